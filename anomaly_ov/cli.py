@@ -1,0 +1,80 @@
+"""`anomaly-ov`: the command line. Imports stay light at module level so `--help` is instant.
+
+Sub-commands are registered here; each one calls into the library (``anomaly_ov.stages`` and friends).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="anomaly-ov",
+    help="Train, evaluate, track and ship Anomaly-OneVision.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a param: section.key=value")]
+WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="workspace (repository) root")]
+
+
+def _load(params_file: Path, overrides: list[str] | None):
+    from anomaly_ov.config import ConfigError, load_params
+
+    try:
+        return load_params(params_file, overrides or [])
+    except ConfigError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="prepare | validate | synthesize | train_expert | train_instruct | "
+                                              "evaluate | extend_medical | extend_3d | register")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Run one pipeline stage (this is what dvc.yaml calls)."""
+    from anomaly_ov.stages import STAGES, StageFailed, run_stage
+
+    if name not in STAGES:
+        _fail(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}", 2)
+    params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides)
+    try:
+        summary = run_stage(name, params, workspace)
+    except StageFailed as exc:
+        _fail(str(exc))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"stage {name!r}: {exc}")
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("params")
+def show_params(params_file: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> None:
+    """Print the effective params (params.yaml + overrides + defaults) as YAML."""
+    import yaml
+
+    params = _load(params_file, overrides)
+    typer.echo(yaml.safe_dump(params.to_dict(), sort_keys=False))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
+
+
+# Register the sub-commands that live in anomaly_ov/commands/ (kept last: they import `app` from here).
+from anomaly_ov.commands import evaluate, orchestrate, registry, serve, validate  # noqa: E402,F401

