@@ -1,0 +1,319 @@
+"""The Anomaly-OV anomaly expert: Look-Twice Feature Matching (LTFM), batched over images and crops.
+
+What it computes (REFERENCE.md section 1; the numbers of the public release, without its per-image Python loop):
+
+* ``features`` ``v`` [N,T,C]: the vision tower's LLM-layer output for N crops (each image's base view first, then
+  its AnyRes crops), T = G*G tokens; ``level_features`` ``f_1..f_L`` [N,T,C]: the multi-level tower outputs.
+* look-back class embedding from the image's base view (``pooling_layer`` over tokens, ``class_predictor`` MLP),
+  normal / abnormal prompts (``positive_embedding`` / ``negative_embedding`` through ``prompt_adaptors[i]``),
+  level features through ``siglip_adaptors[i]``, cosine matching at ``temperature`` -> 2-way softmax; channel 1
+  (the negative / abnormal prompt) is the anomaly map of that level. Maps and significances are averaged over levels.
+* "look twice" selector: the map-weighted mean of ``v`` per 2x2 quadrant queries ``q_former`` (one head,
+  Q = ``query_proj(q)``, K = ``key_proj(v)``, V = ``v``) -> 4 anomaly tokens per crop.
+* per image: the significance-weighted mean of all its crops' tokens -> global token ``r``; ``final_predictor`` +
+  sigmoid -> the image score.
+
+Differences from the release, all settings: ``temperature`` (release 100) and ``eps`` added to the two
+significance divisions (release 0: a collapsed map then yields NaN). With ``eps=0`` and ``temperature=100`` the
+outputs equal the release maths (tests check 1e-5 against a per-image loop). ``predictor_dim`` is the hidden width of
+``final_predictor`` (release: 512); it defaults to ``embed_dim`` so the full-size expert (E = 512) is the release.
+
+Batching: crops of all images are one batch; per-image quantities (base view, global token) use index tensors
+(``index_select`` / ``index_add_``), so no Python loop runs over images or crops.
+
+State dict keys are the release's (``positive_embedding``, ``negative_embedding``, ``pooling_layer.0``,
+``class_predictor.{0,2}``, ``siglip_adaptors.{i}``, ``prompt_adaptors.{i}``, ``final_predictor.{0,2}``,
+``q_former.{query_proj,key_proj}``), so an official ``pretrained_expert_*.pth`` loads with
+:func:`load_expert_weights`, which reports matched / missing / unexpected keys and refuses a file where nothing
+matches or a shape differs.
+
+Usage::
+
+    expert = AnomalyExpert(hidden_size=1152, embed_dim=512, grid_size=27)
+    out = expert(v, [f7, f13, f19, f25], crops_per_image=[5, 1])   # 6 crops: image 0 has 1 base + 4 crops
+    out.maps        # [6,1,27,27]   anomaly map per crop
+    out.crop_tokens # [6,4,1152]    anomaly tokens per crop
+    out.global_tokens  # [2,1,1152]
+    out.scores      # [2,1] in [0,1]; out.score_logits before the sigmoid (use it for BCE)
+    out.maps[out.base_index]  # [2,1,27,27] base-view maps, one per image
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: Prefixes stripped from checkpoint keys before matching (DataParallel / wrappers around the expert).
+_KNOWN_PREFIXES = ("module.", "anomaly_expert.", "expert.", "model.anomaly_expert.", "model.expert.")
+
+
+class ExpertWeightsError(ValueError):
+    """An expert checkpoint that does not fit this expert (nothing matched, or a shape differs)."""
+
+
+@dataclass
+class ExpertOutput:
+    """What :class:`AnomalyExpert` returns (N crops over B images)."""
+
+    maps: torch.Tensor  # [N,1,G,G] anomaly map per crop (mean over levels), values in [0,1]
+    crop_tokens: torch.Tensor  # [N,4,C] anomaly tokens per crop (q_former output)
+    global_tokens: torch.Tensor  # [B,1,C] significance-weighted mean of the image's crop tokens
+    scores: torch.Tensor  # [B,1] sigmoid(score_logits)
+    score_logits: torch.Tensor  # [B,1] final_predictor output before the sigmoid
+    significance: torch.Tensor  # [N] mean anomaly map value per crop (mean over levels)
+    level_maps: list[torch.Tensor]  # L tensors [N,1,G,G], one per level
+    image_index: torch.Tensor  # [N] long: the image each crop belongs to
+    base_index: torch.Tensor  # [B] long: the row of each image's base view
+
+    @property
+    def base_maps(self) -> torch.Tensor:
+        """[B,1,G,G]: the base view's map of every image (what the mask loss compares with the mask)."""
+        return self.maps.index_select(0, self.base_index)
+
+
+class SingleHeadAttention(nn.Module):
+    """The release's ``q_former``: one head, projected queries and keys, unprojected values, no residual/FFN."""
+
+    def __init__(self, query_dim: int, key_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.query_proj = nn.Linear(query_dim, embed_dim)
+        self.key_proj = nn.Linear(key_dim, embed_dim)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        q = self.query_proj(queries)  # [N,Q,E]
+        k = self.key_proj(keys)  # [N,T,E]
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(self.embed_dim)
+        return torch.matmul(scores.softmax(dim=-1), values)  # [N,Q,C]
+
+
+def crop_index(crops_per_image: Sequence[int] | torch.Tensor, device: torch.device | None = None):
+    """(image_index [N], base_index [B]) for images with the given crop counts (base view first in each image)."""
+    counts = torch.as_tensor(crops_per_image, dtype=torch.long, device=device).reshape(-1)
+    if counts.numel() == 0 or bool((counts < 1).any()):
+        raise ValueError(f"crops_per_image must hold at least one crop per image, got {counts.tolist()}")
+    image_index = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    base_index = torch.cumsum(counts, 0) - counts
+    return image_index, base_index
+
+
+class AnomalyExpert(nn.Module):
+    """LTFM anomaly expert for a G x G token grid of width C (tower hidden) and expert width E.
+
+    Args:
+        hidden_size: C, the vision tower width (1152 for SigLIP so400m).
+        embed_dim: E, the matching width (512 in the release; also the class embedding width).
+        grid_size: G; T = G*G tokens per crop (27 for SigLIP at 384 px, patch 14).
+        num_levels: number of multi-level feature maps (4).
+        temperature: matching temperature (release 100).
+        eps: added to the two significance divisions (release 0).
+        predictor_dim: hidden width of ``final_predictor`` (release 512); ``None`` = ``embed_dim``.
+        num_pooling_tokens: quadrant grid side of the selector (release 2 -> 4 tokens per crop).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 1152,
+        embed_dim: int = 512,
+        grid_size: int = 27,
+        num_levels: int = 4,
+        temperature: float = 100.0,
+        eps: float = 1e-6,
+        predictor_dim: int | None = None,
+        num_pooling_tokens: int = 2,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.hidden_size = hidden_size
+        self.embed_dim = embed_dim
+        self.grid_size = grid_size
+        self.num_levels = num_levels
+        self.temperature = float(temperature)
+        self.eps = float(eps)
+        self.predictor_dim = predictor_dim or embed_dim
+        self.num_pooling_tokens = num_pooling_tokens
+        num_patches = grid_size * grid_size
+
+        self.positive_embedding = nn.Parameter(torch.randn(1, embed_dim))
+        self.negative_embedding = nn.Parameter(torch.randn(1, embed_dim))
+        self.pooling_layer = nn.Sequential(nn.Linear(num_patches, 1))
+        self.class_predictor = nn.Sequential(
+            nn.Linear(hidden_size, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim)
+        )
+        self.siglip_adaptors = nn.ModuleList([nn.Linear(hidden_size, embed_dim) for _ in range(num_levels)])
+        self.prompt_adaptors = nn.ModuleList([nn.Linear(2 * embed_dim, embed_dim) for _ in range(num_levels)])
+        self.final_predictor = nn.Sequential(
+            nn.Linear(hidden_size, self.predictor_dim), nn.GELU(), nn.Linear(self.predictor_dim, 1)
+        )
+        self.q_former = SingleHeadAttention(hidden_size, hidden_size, embed_dim)
+
+    def config_dict(self) -> dict[str, Any]:
+        """Constructor arguments (saved beside the weights so the expert can be rebuilt)."""
+        return {
+            "hidden_size": self.hidden_size,
+            "embed_dim": self.embed_dim,
+            "grid_size": self.grid_size,
+            "num_levels": self.num_levels,
+            "temperature": self.temperature,
+            "eps": self.eps,
+            "predictor_dim": self.predictor_dim,
+            "num_pooling_tokens": self.num_pooling_tokens,
+        }
+
+    # ------------------------------------------------------------------------------------------ maths
+    def anomaly_maps(
+        self, level_features: Sequence[torch.Tensor], base_features: torch.Tensor, image_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Maps [N,1,G,G], significance [N] and per-level maps, from level features and each image's base view.
+
+        ``base_features`` [B,T,C] holds the LLM-layer features of each image's base view; the class embedding is
+        computed once per image and gathered for its crops (the release repeats the base view per crop: same numbers).
+        """
+        n = level_features[0].shape[0]
+        g = self.grid_size
+        pooled = self.pooling_layer(base_features.transpose(1, 2)).squeeze(-1)  # [B,C]
+        cls = self.class_predictor(pooled).index_select(0, image_index)  # [N,E]
+        pos = self.positive_embedding.expand(n, -1)
+        neg = self.negative_embedding.expand(n, -1)
+        level_maps: list[torch.Tensor] = []
+        for i in range(self.num_levels):
+            d_pos = F.normalize(self.prompt_adaptors[i](torch.cat([pos, cls], dim=-1)), dim=-1)
+            d_neg = F.normalize(self.prompt_adaptors[i](torch.cat([neg, cls], dim=-1)), dim=-1)
+            prompts = torch.stack([d_pos, d_neg], dim=-1)  # [N,E,2]
+            feats = F.normalize(self.siglip_adaptors[i](level_features[i]), dim=-1)  # [N,T,E]
+            logits = torch.matmul(self.temperature * feats, prompts)  # [N,T,2]
+            probs = logits.transpose(1, 2).reshape(n, 2, g, g).softmax(dim=1)
+            level_maps.append(probs[:, 1:])
+        maps = torch.stack(level_maps, 0).mean(0)  # [N,1,G,G]
+        significance = torch.stack([m.mean(dim=(1, 2, 3)) for m in level_maps], 0).mean(0)  # [N]
+        return maps, significance, level_maps
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        level_features: Sequence[torch.Tensor],
+        crops_per_image: Sequence[int] | torch.Tensor,
+    ) -> ExpertOutput:
+        """Run the expert on N crops of B images (``crops_per_image`` sums to N; each image's base view first)."""
+        n, t, c = features.shape
+        g, p = self.grid_size, self.num_pooling_tokens
+        if t != g * g or c != self.hidden_size:
+            raise ValueError(
+                f"features must be [N,{g * g},{self.hidden_size}] (grid {g}x{g}, hidden {self.hidden_size}); "
+                f"got {list(features.shape)}"
+            )
+        if len(level_features) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} level feature tensors, got {len(level_features)}")
+        for i, f in enumerate(level_features):
+            if f.shape != features.shape:
+                raise ValueError(f"level_features[{i}] has shape {list(f.shape)}, expected {list(features.shape)}")
+        image_index, base_index = crop_index(crops_per_image, device=features.device)
+        if image_index.numel() != n:
+            raise ValueError(f"crops_per_image sums to {image_index.numel()} but {n} crops were given")
+        num_images = base_index.numel()
+
+        maps, significance, level_maps = self.anomaly_maps(
+            level_features, features.index_select(0, base_index), image_index
+        )
+
+        # look twice: map-weighted quadrant means of v query the crop's tokens
+        grid = features.transpose(1, 2).reshape(n, c, g, g)
+        pooled_map = F.adaptive_avg_pool2d(maps, p)  # [N,1,p,p]
+        queries = F.adaptive_avg_pool2d(grid * maps, p) / (pooled_map + self.eps)  # [N,C,p,p]
+        queries = queries.permute(0, 2, 3, 1).reshape(n, p * p, c)
+        in_significance = pooled_map.permute(0, 2, 3, 1).reshape(n, p * p, 1)  # [N,4,1]
+        crop_tokens = self.q_former(queries, features, features)  # [N,4,C]
+
+        # global token per image: significance-weighted mean over the image's crops and quadrants
+        weight = in_significance * significance[:, None, None]  # [N,4,1]
+        numerator = features.new_zeros(num_images, c).index_add_(0, image_index, (crop_tokens * weight).sum(1))
+        denominator = features.new_zeros(num_images, 1).index_add_(0, image_index, weight.sum(1))
+        global_tokens = (numerator / (denominator + self.eps)).unsqueeze(1)  # [B,1,C]
+        score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
+        return ExpertOutput(
+            maps=maps,
+            crop_tokens=crop_tokens,
+            global_tokens=global_tokens,
+            scores=torch.sigmoid(score_logits),
+            score_logits=score_logits,
+            significance=significance,
+            level_maps=level_maps,
+            image_index=image_index,
+            base_index=base_index,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _strip_prefix(key: str) -> str:
+    for prefix in _KNOWN_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def load_expert_weights(
+    expert: AnomalyExpert, source: str | Path | Mapping[str, torch.Tensor], strict: bool = False
+) -> dict[str, list[str]]:
+    """Load an expert state dict with the release key names (a ``.pth`` path or a mapping).
+
+    Logs and returns ``{"matched": [...], "missing": [...], "unexpected": [...]}``. Raises
+    :class:`ExpertWeightsError` when no key matches (a wrong file), when a matched key has another shape (an
+    expert of another size), or, with ``strict=True``, when any key is missing or unexpected.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"expert checkpoint {path} does not exist (set model.expert_checkpoint)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+            state = state["state_dict"]
+    else:
+        state = source
+    if not isinstance(state, Mapping):
+        raise ExpertWeightsError(f"{name}: expected a state dict (mapping of tensors), got {type(state).__name__}")
+    incoming = {_strip_prefix(k): v for k, v in state.items()}
+    own = expert.state_dict()
+    matched = sorted(k for k in own if k in incoming)
+    missing = sorted(k for k in own if k not in incoming)
+    unexpected = sorted(k for k in incoming if k not in own)
+    if not matched:
+        raise ExpertWeightsError(
+            f"{name}: no key matches the expert (expected e.g. {sorted(own)[:4]}; the file has "
+            f"{sorted(incoming)[:4]}). Is this an Anomaly-OV expert checkpoint?"
+        )
+    wrong = [f"{k}: file {tuple(incoming[k].shape)} vs expert {tuple(own[k].shape)}"
+             for k in matched if tuple(incoming[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ExpertWeightsError(
+            f"{name}: {len(wrong)} key(s) have another shape (expert sized for another tower?): " + "; ".join(wrong[:5])
+        )
+    if strict and (missing or unexpected):
+        raise ExpertWeightsError(f"{name}: missing keys {missing}, unexpected keys {unexpected}")
+    with torch.no_grad():
+        for key in matched:
+            own_tensor = own[key]
+            own_tensor.copy_(incoming[key].to(dtype=own_tensor.dtype, device=own_tensor.device))
+    logger.info("expert weights from %s: %d matched keys %s", name, len(matched), matched)
+    if missing:
+        logger.warning("expert weights from %s: %d missing keys (left as initialised): %s", name, len(missing), missing)
+    if unexpected:
+        logger.warning("expert weights from %s: %d unexpected keys ignored: %s", name, len(unexpected), unexpected)
+    return {"matched": matched, "missing": missing, "unexpected": unexpected}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
