@@ -47,7 +47,7 @@ def _absolute_sqlite_uri(uri: str, workspace: str | Path) -> str:
     """``sqlite:///mlflow.db`` is relative to the current folder; anchor it to the workspace instead."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str((Path(workspace).resolve() / uri[len(prefix) :]))
+        return prefix + str(Path(workspace).resolve() / uri[len(prefix) :])
     return uri
 
 

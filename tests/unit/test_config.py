@@ -1,0 +1,76 @@
+"""params.yaml loading: defaults, overrides, and errors that name the key and the allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anomaly_ov.config import ConfigError, Params, apply_overrides, load_params, parse_override
+
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def test_repository_params_file_is_valid_and_complete() -> None:
+    params = load_params(REPO_PARAMS)
+    assert params.model.preset == "tiny"
+    # Every top-level section is spelled out in the file, so users see every knob.
+    written = yaml.safe_load(REPO_PARAMS.read_text())
+    assert set(written) == set(Params().to_dict())
+
+
+def test_recipe_follows_preset() -> None:
+    tiny = load_params(None)
+    assert tiny.expert_recipe.mask_loss and tiny.expert_recipe.temperature == pytest.approx(10.0)
+    pretrained = load_params(None, ["model.preset=llava-onevision-0.5b"])
+    assert pretrained.expert_recipe.lr == pytest.approx(1e-4)
+    assert pretrained.expert_recipe.batch_size == 128 and not pretrained.expert_recipe.mask_loss
+    assert pretrained.expert_recipe.temperature == pytest.approx(100.0)
+
+
+def test_override_keeps_sibling_defaults() -> None:
+    params = load_params(None, ["train.expert.tiny.lr=0.01", "data.synthetic.eval_categories=[pcb]"])
+    assert params.expert_recipe.lr == pytest.approx(0.01)
+    assert params.expert_recipe.epochs == load_params(None).expert_recipe.epochs
+    assert params.data.synthetic.eval_categories == ["pcb"]
+
+
+def test_every_invalid_key_is_reported_with_its_path(tmp_path: Path) -> None:
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump({"model": {"preset": "huge"}, "data": {"synthetic": {"image_size": 4}}, "bogus": 1}))
+    with pytest.raises(ConfigError) as info:
+        load_params(file)
+    message = str(info.value)
+    assert str(file) in message
+    assert "model.preset" in message and "'tiny'" in message and "llava-onevision-7b" in message
+    assert "data.synthetic.image_size" in message
+    assert "bogus: unknown key" in message
+
+
+def test_validate_section_keeps_its_yaml_name() -> None:
+    params = load_params(None, ["validate.min_image_side=16"])
+    assert params.validation.min_image_side == 16
+    assert params.to_dict()["validate"]["min_image_side"] == 16
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a.b=[unclosed"])
+def test_malformed_override_is_explained(bad: str) -> None:
+    with pytest.raises(ConfigError, match="override"):
+        parse_override(bad)
+
+
+def test_override_through_a_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_section_hash_changes_only_with_its_section() -> None:
+    a, b = load_params(None), load_params(None, ["evaluate.threshold=0.4"])
+    assert a.section_hash("data") == b.section_hash("data")
+    assert a.section_hash("evaluate") != b.section_hash("evaluate")
