@@ -116,6 +116,10 @@ class InstructParams(_Section):
     max_answer_chars: int = Field(default=1200, ge=16)
     min_distinct_answer_ratio: float = Field(default=0.2, ge=0, le=1)
     red_boxes: bool = False
+    red_box_dir: str = "data/instruct/red_boxes"
+    knowledge_path: str | None = Field(default=None, description="extra defect-knowledge YAML file or folder")
+    validation_json: str = "reports/instruct_validation.json"
+    validation_md: str = "reports/instruct_validation.md"
     rewriter: RewriterParams = RewriterParams()
 
 
