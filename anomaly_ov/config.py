@@ -165,6 +165,7 @@ class TrainExpertParams(_Section):
     num_processes: int = Field(default=1, ge=1)
     checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    checkpoint_dir: str = Field(default="checkpoints/expert", description="resume state (not a stage output)")
     output_dir: str = "models/expert"
     report: str = "reports/train_expert.json"
 
@@ -199,6 +200,7 @@ class TrainInstructParams(_Section):
     checkpoint_every: int = Field(default=100, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_records: int | None = Field(default=None, description="cap on training records (null = all)")
+    checkpoint_dir: str = Field(default="checkpoints/instruct", description="resume state (not a stage output)")
     output_dir: str = "models/anomaly_ov"
     report: str = "reports/train_instruct.json"
 
