@@ -236,6 +236,12 @@ class EvaluateParams(_Section):
     predictions: str = "reports/predictions.parquet"
     report_md: str = "reports/evaluation.md"
     figures_dir: str = "reports/figures"
+    curves_dir: str = Field(default="reports/curves", description="ROC / PRO / PR curve CSVs for `dvc plots`")
+    batch_size: int = Field(default=4, ge=1, description="images per predictor call in detection")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    exact_pixel_limit: int = Field(
+        default=4_000_000, ge=0, description="pixel metrics are exact up to this many pixels, binned above"
+    )
 
 
 # --------------------------------------------------------------------------------------------- extensions
