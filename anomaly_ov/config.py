@@ -57,6 +57,9 @@ class SyntheticParams(_Section):
     train_normal_per_category: int = Field(default=40, ge=1)
     test_normal_per_category: int = Field(default=10, ge=1)
     test_anomaly_per_category: int = Field(default=20, ge=1)
+    defect_types: dict[str, list[str]] = Field(
+        default_factory=dict, description="category -> defect types to draw (empty = the category's defaults)"
+    )
 
 
 class DataParams(_Section):

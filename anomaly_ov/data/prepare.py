@@ -1,0 +1,113 @@
+"""The ``prepare`` stage: (re)generate the synthetic data when enabled, read every source, write the manifest.
+
+DVC decides whether the stage is stale; when it runs, the generator always rebuilds its folder (into a temporary
+folder swapped into place), so the output depends only on params and seed. Sources are read in params order and
+concatenated; an image listed twice (same root and path) stops the stage.
+
+Extension point: :data:`GENERATORS` lists functions ``(params, workspace) -> dict`` run before the sources are
+read (the industrial generator by default); :func:`sources_for` lists the sources that are read. The medical
+and 3D extensions add theirs there when they join training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from anomaly_ov.config import Params, SourceParams
+from anomaly_ov.paths import in_workspace
+
+Summary = dict[str, Any]
+
+
+def generate_synthetic(params: Params, workspace: Path) -> Summary:
+    """Run the industrial generator when ``data.synthetic.enabled``; return its summary (empty when off)."""
+    synthetic = params.data.synthetic
+    if not synthetic.enabled:
+        return {}
+    from anomaly_ov.data.synthetic import generate_industrial
+
+    return generate_industrial(synthetic, in_workspace(workspace, synthetic.out_dir), params.seed)
+
+
+#: name -> generator run (in order) before the sources are read.
+GENERATORS: dict[str, Callable[[Params, Path], Summary]] = {"synthetic": generate_synthetic}
+
+
+def sources_for(params: Params) -> list[SourceParams]:
+    """The sources the manifest is built from (``data.sources``)."""
+    return list(params.data.sources)
+
+
+def run_prepare(params: Params, workspace: Path) -> Summary:
+    """Generate, read every source, check uniqueness and write ``data.manifest``; return counts and timings."""
+    import pandas as pd
+
+    from anomaly_ov.data.manifest import empty_manifest, write_manifest
+    from anomaly_ov.data.sources import LayoutError, read_source
+    from anomaly_ov.stages import StageFailed
+
+    workspace = Path(workspace)
+    started = time.perf_counter()
+    generated: dict[str, Summary] = {}
+    for name, generator in GENERATORS.items():
+        result = generator(params, workspace)
+        if result:
+            generated[name] = result
+    generator_seconds = time.perf_counter() - started
+
+    sources = sources_for(params)
+    if not sources:
+        raise StageFailed("prepare", "data.sources is empty; list at least one dataset in params.yaml")
+    frames = []
+    per_source: dict[str, int] = {}
+    for source in sources:
+        try:
+            frame = read_source(source, workspace)
+        except LayoutError as exc:
+            raise StageFailed("prepare", f"source {source.name!r} ({source.format} at {source.path}): {exc}") from exc
+        if frame.empty:
+            raise StageFailed("prepare", f"source {source.name!r} ({source.format} at {source.path}) has no images")
+        per_source[source.name] = len(frame)
+        frames.append(frame)
+    manifest = pd.concat(frames, ignore_index=True) if frames else empty_manifest()
+
+    dupes = manifest[manifest.duplicated(["root", "image_path"], keep=False)]
+    if len(dupes):
+        first = dupes.iloc[0]
+        owners = sorted(set(dupes["source"]))
+        raise StageFailed(
+            "prepare",
+            f"{len(dupes)} manifest rows repeat an image (root, image_path), e.g. {first['root']}/{first['image_path']}"
+            f" from sources {owners}; two sources point at the same files: remove one or narrow its categories",
+        )
+    target = in_workspace(workspace, params.data.manifest)
+    write_manifest(manifest, target)
+
+    summary: Summary = {
+        "rows": len(manifest),
+        "images_train_role": int((manifest["role"] == "train").sum()),
+        "images_eval_role": int((manifest["role"] == "eval").sum()),
+        "anomalies": int((manifest["label"] == "anomaly").sum()),
+        "normals": int((manifest["label"] == "normal").sum()),
+        "per_source": per_source,
+        "per_role_label": {
+            f"{role}/{label}": int(n) for (role, label), n in manifest.groupby(["role", "label"]).size().items()
+        },
+        "categories": {
+            role: sorted(set(manifest.loc[manifest["role"] == role, "category"])) for role in ("train", "eval")
+        },
+        "manifest": str(params.data.manifest),
+        "generator_seconds": round(generator_seconds, 3),
+        "prepare_seconds": round(time.perf_counter() - started, 3),
+    }
+    if generated:
+        summary["generated"] = {name: _small(result) for name, result in generated.items()}
+    return summary
+
+
+def _small(result: Summary) -> Summary:
+    """Keep a generator summary JSON-able and short (drop per-image details)."""
+    return {k: v for k, v in result.items() if k in ("images", "seconds", "per_category", "out_dir", "images_per_s")}
