@@ -114,6 +114,24 @@ def barrier() -> None:
         dist.barrier()
 
 
+def wrap_distributed(model: Any, device: torch.device) -> Any:
+    """DistributedDataParallel around ``model`` when running under torchrun (the model itself otherwise)."""
+    if not dist_info().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    init_distributed(device)
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def unwrap(model: Any) -> Any:
     """The module inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)
