@@ -1,0 +1,628 @@
+"""What the Prefect tasks and flows need that is not Prefect: running a DVC stage, reading its reports, MLflow runs.
+
+Prefect owns *when* (ordering, retries, timeouts, schedules, artifacts); DVC owns *whether* (``dvc repro`` skips a
+stage whose code, data and params did not change); MLflow owns the record. This module is the glue in plain
+Python so that ``tasks/`` and ``flows/`` stay thin and this logic is testable without a Prefect server:
+
+- :func:`build_stage_command` / :func:`run_dvc_stage`: ``dvc repro --single-item STAGE`` in the workspace as a
+  subprocess, the venv's ``bin`` first on ``PATH`` (DVC resolves ``anomaly-ov`` from ``PATH``), the flow's MLflow
+  run id in ``ANOMALY_OV_MLFLOW_PARENT_RUN_ID``; output streamed line by line; "skipped because up to date" read
+  from DVC's own message; a failure raised as :class:`StageError` with the reason people need (for ``validate``,
+  the failed critical checks from ``reports/validation.json``) and whether retrying could help.
+- :func:`summarize_stage`: the stage's report JSON as Markdown + a key/value table (for Prefect artifacts).
+- :func:`start_parent_run` / :func:`finish_parent_run`: one MLflow run per flow run, created through the client
+  (the active run is thread-local; the id travels explicitly), closed with the evaluation metrics and reports.
+
+Why ``--single-item``: the flow runs the stages in order, one task each, so every upstream stage has just been
+reproduced (or found up to date) by its own task. ``--single-item`` makes each task own exactly one stage, so a
+retry, timeout, log or artifact is attributed to the stage that caused it, and DVC never re-runs an upstream stage
+inside another stage's task. DVC still checks that one stage's deps/params/outs and skips it when nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import Params, StageRunParams
+
+#: The pipeline's stages in run order (extensions are optional and run after evaluate; register is last).
+PIPELINE_STAGES: tuple[str, ...] = ("prepare", "validate", "synthesize", "train_expert", "train_instruct", "evaluate")
+EXTENSION_STAGES: tuple[str, ...] = ("extend_medical", "extend_3d")
+REGISTER_STAGE = "register"
+
+_SKIP_RE = re.compile(r"Stage '(?P<stage>[^']+)' didn't change, skipping")
+_RUN_RE = re.compile(r"Running stage '(?P<stage>[^']+)'")
+_STAGE_FAILED_RE = re.compile(r"stage '(?P<stage>[^']+)'(?: failed)?: (?P<reason>.+)")
+_TAIL_LINES = 400
+
+LineSink = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------------------------ errors
+class StageError(RuntimeError):
+    """A stage's ``dvc repro`` failed; ``reason`` is for people, ``retryable`` says whether a retry could help.
+
+    Data and configuration problems (a failed validation, a ``StageFailed`` raised by the stage, a bad param)
+    give the same result every time: they are not retryable. A crash, a kill or a timeout may be transient.
+    """
+
+    def __init__(self, stage: str, reason: str, *, retryable: bool, returncode: int | None = None) -> None:
+        super().__init__(f"stage {stage!r} failed: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.retryable = retryable
+        self.returncode = returncode
+
+
+class StageTimeout(StageError):
+    """The stage ran longer than ``schedule.stages.<name>.timeout_s``; its process group was killed."""
+
+
+# ----------------------------------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class StageCommand:
+    """A subprocess to run: argv, full environment and working directory."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+def venv_bin() -> Path:
+    """The ``bin`` folder of the running interpreter (the venv that holds ``dvc``, ``anomaly-ov``, ``mlflow``)."""
+    return Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """Absolute path of a console script of this environment (``dvc``, ``anomaly-ov``), else one from PATH."""
+    candidate = venv_bin() / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(
+            f"`{name}` not found beside {sys.executable} nor on PATH; install the project (pip install -e .)"
+        )
+    return found
+
+
+def subprocess_env(
+    parent_run_id: str | None = None, tracking_uri: str | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Environment for a stage subprocess: venv bin first on PATH, MLflow parent run and store, no analytics."""
+    env = dict(os.environ if base is None else base)
+    bin_dir = str(venv_bin())
+    path = env.get("PATH", "")
+    if bin_dir not in path.split(os.pathsep):
+        env["PATH"] = bin_dir + (os.pathsep + path if path else "")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if parent_run_id:
+        env[PARENT_RUN_ENV] = parent_run_id
+    else:
+        env.pop(PARENT_RUN_ENV, None)
+    if tracking_uri:
+        env[TRACKING_URI_ENV] = tracking_uri
+    return env
+
+
+def build_stage_command(
+    stage: str,
+    workspace: str | Path,
+    *,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    force: bool = False,
+) -> StageCommand:
+    """``dvc repro --single-item STAGE`` (``--force`` re-runs it even when DVC finds it up to date)."""
+    argv = [tool("dvc"), "repro", "--single-item", stage]
+    if force:
+        argv.append("--force")
+    return StageCommand(argv, subprocess_env(parent_run_id, tracking_uri), Path(workspace).resolve())
+
+
+def build_dvc_command(args: Sequence[str], workspace: str | Path) -> StageCommand:
+    """Any other ``dvc`` command (``pull``, ``push``, ``status``) with the same environment rules."""
+    return StageCommand([tool("dvc"), *args], subprocess_env(), Path(workspace).resolve())
+
+
+# ------------------------------------------------------------------------------------------------ running
+@dataclass
+class CommandResult:
+    returncode: int
+    lines: list[str]
+    seconds: float
+    timed_out: bool = False
+
+
+def run_command(
+    command: StageCommand, on_line: LineSink | None = None, timeout_s: float | None = None
+) -> CommandResult:
+    """Run ``command``, passing every output line (stdout and stderr merged) to ``on_line`` as it arrives.
+
+    The process gets its own process group; on timeout, or when the caller is interrupted (Prefect's own timeout,
+    Ctrl-C), the whole group is terminated, then killed, so no stage process outlives its task.
+    """
+    started = time.perf_counter()
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    proc = subprocess.Popen(
+        command.argv,
+        cwd=command.cwd,
+        env=command.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,
+    )
+    timed_out = threading.Event()
+    timer = None
+    if timeout_s is not None:
+
+        def _expire() -> None:
+            timed_out.set()
+            _stop(proc)
+
+        timer = threading.Timer(timeout_s, _expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
+        returncode = proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return CommandResult(returncode, list(tail), round(time.perf_counter() - started, 3), timed_out.is_set())
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass
+class StageOutcome:
+    """What happened to one stage: run or skipped (up to date), how long, and its printed summary."""
+
+    stage: str
+    skipped: bool
+    seconds: float
+    returncode: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_dvc_stage(
+    stage: str,
+    workspace: str | Path,
+    *,
+    params: Params | None = None,
+    on_line: LineSink | None = None,
+    timeout_s: float | None = None,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    force: bool = False,
+) -> StageOutcome:
+    """Reproduce one DVC stage and report whether it ran; raise :class:`StageError` with the reason on failure."""
+    command = build_stage_command(
+        stage, workspace, parent_run_id=parent_run_id, tracking_uri=tracking_uri, force=force
+    )
+    result = run_command(command, on_line, timeout_s)
+    if result.timed_out:
+        raise StageTimeout(
+            stage, f"timed out after {timeout_s:g} s (schedule.stages.{stage}.timeout_s)", retryable=True,
+            returncode=result.returncode,
+        )
+    if result.returncode != 0:
+        reason, retryable = failure_reason(stage, result.lines, workspace, params)
+        raise StageError(stage, reason, retryable=retryable, returncode=result.returncode)
+    skipped = was_skipped(stage, result.lines)
+    return StageOutcome(stage, skipped, result.seconds, 0, {} if skipped else parse_summary(result.lines))
+
+
+def was_skipped(stage: str, lines: Iterable[str]) -> bool:
+    """True when DVC said the stage did not change (and did not run it)."""
+    ran = skipped = False
+    for line in lines:
+        if (m := _RUN_RE.search(line)) and m["stage"] == stage:
+            ran = True
+        if (m := _SKIP_RE.search(line)) and m["stage"] == stage:
+            skipped = True
+    return skipped and not ran
+
+
+def parse_summary(lines: Sequence[str]) -> dict[str, Any]:
+    """The JSON summary `anomaly-ov stage` prints last (an indented object starting with a bare ``{`` line)."""
+    end = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i] == "}" and end is None:
+            end = i
+        elif lines[i] == "{" and end is not None:
+            try:
+                value = json.loads("\n".join(lines[i : end + 1]))
+            except json.JSONDecodeError:
+                return {}
+            return value if isinstance(value, dict) else {}
+    return {}
+
+
+def failure_reason(
+    stage: str, lines: Sequence[str], workspace: str | Path, params: Params | None = None
+) -> tuple[str, bool]:
+    """Why the stage failed, in one paragraph, and whether retrying could help."""
+    if stage == "validate" and params is not None:
+        report = Path(workspace) / params.validation.report_json
+        verdict = validation_failure(report)
+        if verdict:
+            return f"data validation failed: {verdict} (see {params.validation.report_md})", False
+    stage_msgs = [m["reason"] for line in lines if (m := _STAGE_FAILED_RE.match(line.strip())) and m["stage"] == stage]
+    if stage_msgs:  # the stage raised StageFailed / a bad-input error: deterministic
+        return stage_msgs[-1], False
+    config = [line.strip() for line in lines if "invalid setting" in line or "unknown key" in line]
+    if config:
+        return "; ".join(config[:3]), False
+    errors = [line.strip() for line in lines if line.strip().startswith(("ERROR", "Error", "Traceback"))]
+    last = [line.strip() for line in lines if line.strip()][-3:]
+    text = " | ".join(dict.fromkeys(errors[-2:] + last))
+    return text or "the stage command failed with no output", True
+
+
+def validation_failure(report_json: str | Path) -> str | None:
+    """The failed critical checks of a validation report as one line; None when it passed or is missing."""
+    path = Path(report_json)
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if report.get("ok", True):
+        return None
+    failed = [c for c in report.get("checks", []) if not c.get("passed", True) and c.get("severity") == "critical"]
+    if not failed:
+        return "the report says the data is not usable"
+    parts = [f"{c.get('name')}: {c.get('message', '')}".strip() for c in failed[:3]]
+    more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
+    return f"{len(failed)} critical check(s) failed — " + "; ".join(parts) + more
+
+
+# --------------------------------------------------------------------------------------------- summaries
+def stage_reports(params: Params) -> dict[str, str]:
+    """Stage -> the report JSON it writes (relative to the workspace)."""
+    ext = params.extensions.report_dir
+    return {
+        "prepare": params.data.manifest,
+        "validate": params.validation.report_json,
+        "synthesize": params.instruct.report,
+        "train_expert": params.train.expert.report,
+        "train_instruct": params.train.instruct.report,
+        "evaluate": params.evaluate.metrics,
+        "extend_medical": f"{ext}/medical.json",
+        "extend_3d": f"{ext}/3d.json",
+        "register": params.registry.report,
+    }
+
+
+@dataclass
+class StageSummary:
+    """Markdown for people and a ``[{key, value}]`` table for the Prefect UI."""
+
+    markdown: str
+    table: list[dict[str, Any]]
+
+
+def summarize_stage(
+    stage: str, params: Params, workspace: str | Path, outcome: StageOutcome | None = None, max_rows: int = 40
+) -> StageSummary:
+    """Summarise what the stage wrote (its report JSON), whether it ran or DVC found it up to date."""
+    workspace = Path(workspace)
+    report = workspace / stage_reports(params)[stage]
+    status = "skipped (DVC: up to date)" if outcome and outcome.skipped else "ran"
+    head = [f"# Stage `{stage}`", "", f"- status: **{status}**"]
+    if outcome is not None:
+        head.append(f"- seconds: {outcome.seconds:g}")
+    head.append(f"- report: `{stage_reports(params)[stage]}`")
+    rows: list[dict[str, Any]] = []
+    body: list[str] = []
+    if stage == "prepare":
+        rows = _manifest_rows(report)
+    elif report.exists():
+        data = _read(report)
+        if stage == "validate" and isinstance(data, dict):
+            body = _validation_markdown(data)
+            rows = _flat_rows(data.get("summary", {}), max_rows)
+        else:
+            rows = _flat_rows(data, max_rows)
+    else:
+        body = [f"_{stage_reports(params)[stage]} is missing._"]
+    if not rows and outcome is not None and outcome.summary:
+        rows = _flat_rows(outcome.summary, max_rows)
+    table_md = _markdown_table(rows) if rows else []
+    return StageSummary("\n".join(head + [""] + body + ([""] if body else []) + table_md) + "\n", rows)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return {"error": f"cannot read {path.name}: {exc}"}
+
+
+def _manifest_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    import pandas as pd
+
+    frame = pd.read_parquet(path, columns=["source", "split", "label"])
+    counts = frame.groupby(["source", "split", "label"]).size()
+    rows = [{"key": "images", "value": int(len(frame))}]
+    rows += [{"key": f"{src}/{split}/label={label}", "value": int(n)} for (src, split, label), n in counts.items()]
+    return rows
+
+
+def _validation_markdown(data: Mapping[str, Any]) -> list[str]:
+    verdict = "passed" if data.get("ok", True) else "**FAILED**"
+    lines = [f"Validation {verdict}."]
+    failed = [c for c in data.get("checks", []) if not c.get("passed", True)]
+    if failed:
+        lines += ["", "| check | severity | failing | message |", "|---|---|---|---|"]
+        for check in failed[:20]:
+            message = str(check.get("message", "")).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {check.get('name')} | {check.get('severity')} | {check.get('n_failing')} | {message} |")
+    return lines
+
+
+def _flat_rows(data: Any, max_rows: int) -> list[dict[str, Any]]:
+    """Scalars of a nested report as ``key: value`` rows; for a list of records (a training curve) the last one."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            if value and all(isinstance(v, Mapping) for v in value):
+                walk(value[-1], f"{key}[last]")
+            elif value and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                flat[f"{key}[last]"] = value[-1]
+            elif len(value) <= 5 and all(isinstance(v, str | int | float | bool) for v in value):
+                flat[key] = ", ".join(str(v) for v in value)
+        elif isinstance(value, float):
+            flat[key] = round(value, 4) if math.isfinite(value) else str(value)
+        elif isinstance(value, str | int | bool) or value is None:
+            flat[key] = value if not isinstance(value, str) else value[:200]
+
+    walk(data, "")
+    return [{"key": k, "value": v} for k, v in list(flat.items())[:max_rows]]
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| key | value |", "|---|---|"]
+    for row in rows:
+        value = str(row["value"]).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {row['key']} | {value} |")
+    return lines
+
+
+def artifact_key(stage: str, suffix: str = "summary") -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]", "-", f"{stage}-{suffix}".lower())
+
+
+def stage_run_settings(params: Params, stage: str) -> StageRunParams:
+    """``schedule.stages.<stage>`` (retries, retry delay, timeout) or the defaults."""
+    from anomaly_ov.config import StageRunParams
+
+    return params.schedule.stages.get(stage) or StageRunParams()
+
+
+def enabled_extensions(params: Params) -> list[str]:
+    """Extension stages switched on in params (``extensions.medical.enabled``, ``extensions.threed.enabled``)."""
+    chosen = []
+    if params.extensions.medical.enabled:
+        chosen.append("extend_medical")
+    if params.extensions.threed.enabled:
+        chosen.append("extend_3d")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ MLflow parent
+@dataclass
+class ParentRun:
+    """The MLflow run of one flow run; stage runs nest under it through ``ANOMALY_OV_MLFLOW_PARENT_RUN_ID``."""
+
+    run_id: str
+    tracking_uri: str
+    experiment_id: str
+    owned: bool = True  #: False when the run belongs to an outer flow (retrain -> pipeline) and must stay open
+
+
+def start_parent_run(
+    params: Params, workspace: str | Path, flow_name: str, tags: Mapping[str, str] | None = None
+) -> ParentRun | None:
+    """Create the flow's MLflow run (tagged with git commit, params hash, dvc.lock hashes) and log params."""
+    if not params.tracking.enabled:
+        return None
+    from mlflow import MlflowClient
+
+    from anomaly_ov.tracking import configure, run_tags
+
+    uri = configure(params, workspace)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(params.tracking.experiment)
+    all_tags = {**run_tags(params, workspace), "flow": flow_name, **{k: str(v) for k, v in (tags or {}).items()}}
+    run = client.create_run(experiment.experiment_id, tags=all_tags, run_name=flow_name)
+    flat = [(k, str(v)[:6000]) for k, v in flatten(params.to_dict()).items()]
+    from mlflow.entities import Param
+
+    for i in range(0, len(flat), 100):
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
+    return ParentRun(run.info.run_id, uri, experiment.experiment_id)
+
+
+def finish_parent_run(
+    parent: ParentRun | None,
+    params: Params,
+    workspace: str | Path,
+    *,
+    status: str,
+    outcomes: Sequence[StageOutcome] = (),
+    error: str | None = None,
+) -> None:
+    """Log evaluation metrics, stage timings, the reports and the outcome on the flow's run, then close it."""
+    if parent is None:
+        return
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(parent.tracking_uri)
+    workspace = Path(workspace)
+    now = int(time.time() * 1000)
+    metrics: dict[str, float] = {}
+    metrics_file = workspace / params.evaluate.metrics
+    if metrics_file.exists():
+        metrics.update(numeric_metrics(_read(metrics_file)))
+    for outcome in outcomes:
+        metrics[f"stage.{outcome.stage}.seconds"] = float(outcome.seconds)
+        metrics[f"stage.{outcome.stage}.skipped"] = float(outcome.skipped)
+    batch = [Metric(_metric_key(k), v, now, 0) for k, v in metrics.items()]
+    for i in range(0, len(batch), 500):
+        client.log_batch(parent.run_id, metrics=batch[i : i + 500])
+    tags = {"outcome": status.lower()}
+    if error:
+        tags["error"] = error[:5000]
+    register = workspace / params.registry.report
+    if register.exists():
+        data = _read(register)
+        if isinstance(data, dict):
+            for key in ("model_name", "version", "verdict", "alias"):
+                if data.get(key) is not None:
+                    tags[f"registry.{key}"] = str(data[key])
+    for key, value in tags.items():
+        client.set_tag(parent.run_id, key, value)
+    for path in _report_files(params, workspace):
+        client.log_artifact(parent.run_id, str(path), artifact_path="reports")
+    client.log_text(parent.run_id, json.dumps([o.to_dict() for o in outcomes], indent=2, default=str), "stages.json")
+    if parent.owned:
+        client.set_terminated(parent.run_id, status=status)
+
+
+def numeric_metrics(data: Any) -> dict[str, float]:
+    """Flat ``{"zero_shot.image_auroc": 0.91, ...}`` from a (nested or flat) metrics JSON; non-numbers dropped."""
+    if not isinstance(data, Mapping):
+        return {}
+    out = {}
+    for key, value in flatten(data).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        out[key] = float(value)
+    return out
+
+
+def _metric_key(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
+
+
+def _report_files(params: Params, workspace: Path) -> list[Path]:
+    names = [
+        params.validation.report_json,
+        params.validation.report_md,
+        params.instruct.report,
+        params.train.expert.report,
+        params.train.instruct.report,
+        params.evaluate.metrics,
+        params.evaluate.report_md,
+        params.registry.report,
+    ]
+    files = [workspace / n for n in names]
+    ext = workspace / params.extensions.report_dir
+    if ext.is_dir():
+        files += sorted(ext.glob("*.json"))
+    return [f for f in files if f.is_file()]
+
+
+# ------------------------------------------------------------------------------------------ where to look
+def where_to_look(params: Params, workspace: str | Path, parent: ParentRun | None = None) -> str:
+    """The lines printed at the end of a flow: UIs, reports, the registered version and its alias."""
+    workspace = Path(workspace).resolve()
+    lines = ["", "Where to look:"]
+    if params.tracking.enabled:
+        uri = parent.tracking_uri if parent else params.tracking.tracking_uri
+        lines.append(f"  MLflow UI:     cd {workspace} && mlflow ui --backend-store-uri {uri}")
+        if parent:
+            lines.append(f"                 run {parent.run_id} in experiment '{params.tracking.experiment}'")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        lines.append(f"  Prefect UI:    {api.removesuffix('/api')}")
+    else:
+        lines.append(
+            "  Prefect UI:    prefect server start  (then http://127.0.0.1:4200; this run used a temporary server"
+            " — set PREFECT_API_URL=http://127.0.0.1:4200/api to keep run history)"
+        )
+    lines.append(f"  Report:        {workspace / params.evaluate.report_md}")
+    lines.append(f"  Metrics:       {workspace / params.evaluate.metrics}")
+    register = workspace / params.registry.report
+    if register.exists():
+        data = _read(register)
+        if isinstance(data, dict) and data.get("version") is not None:
+            aliases = ", ".join(data.get("aliases") or []) or "none"
+            lines.append(
+                f"  Model:         models:/{data.get('model_name')}/{data.get('version')} "
+                f"(aliases: {aliases}; gate: {data.get('verdict')} — {data.get('reason')})"
+            )
+        elif isinstance(data, dict):
+            lines.append(f"  Model:         not registered ({data.get('reason', 'see ' + params.registry.report)})")
+    return "\n".join(lines)
+
+
+def start_tracking(params: Params, workspace: str | Path) -> str:
+    """Configure MLflow for ``workspace`` and return the tracking URI to hand to stage processes."""
+    from anomaly_ov.tracking import configure
+
+    return configure(params, workspace) or ""
+
+
+def read_register_report(params: Params, workspace: str | Path) -> dict[str, Any]:
+    """The register stage's report (version, aliases, verdict, reason), or {} when it has not run."""
+    path = Path(workspace) / params.registry.report
+    data = _read(path) if path.exists() else {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,102 @@
+"""A stand-in for `anomaly-ov stage NAME` used by the orchestration tests: tiny, real files, real exit codes.
+
+Copied into a temporary DVC repository; its dvc.yaml (see ``FAKE_DVC_YAML``) has the real stage names and report
+paths, so the flows, DVC skipping, artifacts and failure reasons are exercised without training anything.
+Each run also records the environment it saw (MLflow parent run id, tracking URI, the `anomaly-ov` on PATH).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+FAKE_DVC_YAML = {
+    "stages": {
+        "prepare": {"cmd": "python fake_stages.py prepare", "deps": ["fake_stages.py"], "params": ["seed", "data"],
+                    "outs": ["data/manifest.parquet"]},
+        "validate": {"cmd": "python fake_stages.py validate", "deps": ["data/manifest.parquet"],
+                     "params": ["validate"], "metrics": [{"reports/validation.json": {"cache": False}}]},
+        "synthesize": {"cmd": "python fake_stages.py synthesize", "deps": ["reports/validation.json"],
+                       "outs": ["data/instruct"], "metrics": [{"reports/instruct.json": {"cache": False}}]},
+        "train_expert": {"cmd": "python fake_stages.py train_expert", "deps": ["data/instruct"],
+                         "params": ["train.expert"], "outs": ["models/expert"],
+                         "metrics": [{"reports/train_expert.json": {"cache": False}}]},
+        "train_instruct": {"cmd": "python fake_stages.py train_instruct", "deps": ["models/expert"],
+                           "outs": ["models/anomaly_ov"],
+                           "metrics": [{"reports/train_instruct.json": {"cache": False}}]},
+        "evaluate": {"cmd": "python fake_stages.py evaluate", "deps": ["models/anomaly_ov"],
+                     "metrics": [{"reports/metrics.json": {"cache": False}}]},
+        "extend_medical": {"cmd": "python fake_stages.py extend_medical", "deps": ["models/anomaly_ov"],
+                           "metrics": [{"reports/extensions/medical.json": {"cache": False}}]},
+        "extend_3d": {"cmd": "python fake_stages.py extend_3d", "deps": ["models/anomaly_ov"],
+                      "metrics": [{"reports/extensions/3d.json": {"cache": False}}]},
+        "register": {"cmd": "python fake_stages.py register", "deps": ["models/anomaly_ov", "reports/metrics.json"],
+                     "metrics": [{"reports/register.json": {"cache": False}}]},
+    }
+}
+
+
+def _write(path: str, obj) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(obj, indent=2))
+
+
+def main(stage: str) -> int:
+    params = yaml.safe_load(Path("params.yaml").read_text()) or {}
+    Path("reports/env").mkdir(parents=True, exist_ok=True)
+    _write(f"reports/env/{stage}.json", {
+        "parent_run_id": os.environ.get("ANOMALY_OV_MLFLOW_PARENT_RUN_ID"),
+        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+        "anomaly_ov_on_path": shutil.which("anomaly-ov"),
+    })
+    print(f"fake {stage}: working")
+    if stage == "prepare":
+        import pandas as pd
+
+        Path("data").mkdir(exist_ok=True)
+        n = int(params.get("data", {}).get("synthetic", {}).get("train_normal_per_category", 4))
+        pd.DataFrame({"source": ["s"] * n, "split": ["train"] * n, "label": [0] * n}).to_parquet(
+            "data/manifest.parquet")
+    elif stage == "validate":
+        need = int(params.get("validate", {}).get("min_images_per_category", 2))
+        ok = need <= 1000
+        check = {"name": "images_per_category", "severity": "critical", "passed": ok, "n_failing": 0 if ok else 1,
+                 "message": "ok" if ok else f"category s has fewer than {need} images", "failing": []}
+        _write("reports/validation.json", {"ok": ok, "summary": {"checks": 1, "failed": int(not ok)},
+                                           "checks": [check]})
+        if not ok:
+            print(f"stage 'validate' failed: {check['message']}", file=sys.stderr)
+            return 1
+    elif stage == "synthesize":
+        _write("data/instruct/train.json", [{"id": 1}])
+        _write("reports/instruct.json", {"records": 1, "yes_share": 0.5})
+    elif stage == "train_expert":
+        if os.environ.get("FAKE_CRASH_ONCE") and not Path("crashed.flag").exists():
+            Path("crashed.flag").write_text("1")
+            print("simulated crash", file=sys.stderr)
+            return 3
+        _write("models/expert/weights.json", {"w": 1})
+        _write("reports/train_expert.json", {"history": [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.5}]})
+    elif stage == "train_instruct":
+        _write("models/anomaly_ov/config.json", {"preset": "fake"})
+        _write("reports/train_instruct.json", {"history": [{"step": 1, "loss": 2.0}], "final_loss": 2.0})
+    elif stage == "evaluate":
+        _write("reports/metrics.json", {"zero_shot": {"image_auroc": 0.8}, "detection": {"macro_f1": 0.6}})
+    elif stage in ("extend_medical", "extend_3d"):
+        name = "medical" if stage == "extend_medical" else "3d"
+        _write(f"reports/extensions/{name}.json", {"image_auroc": 0.7})
+    elif stage == "register":
+        _write("reports/register.json", {"model_name": "fake", "version": None, "reason": "fake stages"})
+    summary = {"stage": stage, "ok": True}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
