@@ -1,0 +1,467 @@
+"""Medical images for the extension: DICOM / NIfTI -> 8-bit RGB PNG slices (+ masks), and a synthetic medical set.
+
+Why: the model reads 8-bit RGB images, while scanners write signed 12-16 bit values in physical units (Hounsfield
+units for CT). Conversion applies the DICOM rescale (slope / intercept), a display window (a CT preset such as
+``brain`` or ``lung``, an explicit centre / width, the file's own VOI window, or the value range) and the
+MONOCHROME1 inversion, exactly as a radiology viewer would, so that the images match what BMAD-style datasets hold.
+
+Converted and synthetic sets are written in the BMAD pixel-level layout
+(``<cat>/<split>/{good,Ungood}/img/*.png`` with masks in ``.../Ungood/label/*.png``) so that one reader
+(``anomaly_ov.data.sources.bmad``) serves real and generated data alike. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anomaly_ov.data.manifest import ManifestRow, from_rows, relative_root, write_manifest
+from anomaly_ov.io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: CT display windows (centre, width) in Hounsfield units, as radiology viewers ship them.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "stroke": (32.0, 8.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (40.0, 400.0),
+    "liver": (30.0, 150.0),
+    "bone": (400.0, 1800.0),
+}
+#: Window = preset name, (centre, width), "auto" (file's VOI window, else value range), "minmax", or "percentile".
+Window = str | tuple[float, float] | None
+
+BMAD_ANOMALY_DIR = "Ungood"
+SYNTHETIC_MODALITIES = ("brain_mri", "liver_ct", "chest_xray")
+
+
+class MedicalFormatError(ValueError):
+    """A DICOM / NIfTI file cannot be turned into an image; the message names the file and the fix."""
+
+
+# ------------------------------------------------------------------------------------------------ windowing
+def resolve_window(window: Window, values: np.ndarray | None = None, default: tuple[float, float] | None = None,
+                   ) -> tuple[float, float]:
+    """Return (low, high) display limits for ``window``.
+
+    ``default`` is the file's own (centre, width) used by ``"auto"``; without it ``"auto"`` falls back to the
+    value range of ``values``.
+    """
+    if isinstance(window, tuple | list):
+        if len(window) != 2:
+            raise ValueError(f"window {window!r} must be (centre, width)")
+        centre, width = float(window[0]), float(window[1])
+        if width <= 0:
+            raise ValueError(f"window width must be > 0, got {width}")
+        return centre - width / 2.0, centre + width / 2.0
+    name = (window or "auto").lower()
+    if name in WINDOW_PRESETS:
+        return resolve_window(WINDOW_PRESETS[name])
+    if name == "auto" and default is not None:
+        return resolve_window(default)
+    if name in ("auto", "minmax", "percentile"):
+        if values is None or values.size == 0:
+            raise ValueError(f"window {name!r} needs pixel values")
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            return 0.0, 1.0
+        if name == "percentile":
+            low, high = np.percentile(finite, [0.5, 99.5])
+        else:
+            low, high = float(finite.min()), float(finite.max())
+        return float(low), float(high) if high > low else float(low) + 1.0
+    raise ValueError(
+        f"unknown window {window!r}; use one of {sorted(WINDOW_PRESETS)}, 'auto', 'minmax', 'percentile' "
+        "or a (centre, width) pair"
+    )
+
+
+def apply_window(values: np.ndarray, low: float, high: float, invert: bool = False) -> np.ndarray:
+    """Map ``values`` linearly from [low, high] to [0, 255] (clipped, rounded) as uint8; ``invert`` flips it."""
+    scaled = (np.asarray(values, dtype=np.float64) - low) / max(high - low, 1e-12)
+    scaled = np.nan_to_num(np.clip(scaled, 0.0, 1.0), nan=0.0)
+    out = np.rint(scaled * 255.0).astype(np.uint8)
+    return (255 - out) if invert else out
+
+
+def to_rgb(gray: np.ndarray) -> np.ndarray:
+    """HxW uint8 -> HxWx3 uint8 (RGB input passes through)."""
+    if gray.ndim == 3 and gray.shape[2] == 3:
+        return gray.astype(np.uint8)
+    if gray.ndim != 2:
+        raise ValueError(f"expected a 2-D slice, got shape {gray.shape}")
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+# ---------------------------------------------------------------------------------------------------- DICOM
+@dataclass(frozen=True)
+class DicomImage:
+    """A DICOM frame as stored values in physical units plus its display window."""
+
+    values: np.ndarray  # HxW float64 after rescale (HU for CT)
+    low: float
+    high: float
+    invert: bool
+    modality: str
+    path: str
+
+    @property
+    def image(self) -> np.ndarray:
+        """8-bit grayscale after windowing (and MONOCHROME1 inversion)."""
+        return apply_window(self.values, self.low, self.high, self.invert)
+
+
+def _first(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def read_dicom(path: str | Path, window: Window = "auto", frame: int = 0) -> DicomImage:
+    """Read one DICOM file: rescale slope/intercept, choose the window, flag MONOCHROME1 for inversion."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pydicom raises many types for broken files / missing pixel data handlers
+        raise MedicalFormatError(f"{path}: not a readable DICOM image ({exc}); check the file or its transfer "
+                                 "syntax (compressed files may need pylibjpeg / gdcm)") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 or (pixels.ndim == 3 and not photometric.startswith(("RGB", "YBR"))):
+        if not 0 <= frame < pixels.shape[0]:
+            raise MedicalFormatError(f"{path}: frame {frame} out of range (the file has {pixels.shape[0]} frames)")
+        pixels = pixels[frame]
+    if photometric.startswith(("RGB", "YBR")):
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        gray = np.asarray(pixels, dtype=np.float64).mean(axis=2)
+        return DicomImage(gray, 0.0, 255.0, False, str(ds.get("Modality", "")), str(path))
+    slope = _first(ds.get("RescaleSlope")) or 1.0
+    intercept = _first(ds.get("RescaleIntercept")) or 0.0
+    values = np.asarray(pixels, dtype=np.float64) * slope + intercept
+    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    default = (centre, width) if centre is not None and width and width > 0 else None
+    low, high = resolve_window(window, values, default)
+    return DicomImage(values, low, high, photometric == "MONOCHROME1", str(ds.get("Modality", "")), str(path))
+
+
+# ---------------------------------------------------------------------------------------------------- NIfTI
+@dataclass(frozen=True)
+class Slice:
+    """One 2-D slice of a volume: 8-bit image and optional boolean mask."""
+
+    index: int
+    image: np.ndarray
+    mask: np.ndarray | None
+
+
+def _orient(plane: np.ndarray) -> np.ndarray:
+    """Volume axes (i, j) -> display rows/columns: transpose then flip rows (radiological 'up' is +j)."""
+    return np.flipud(plane.T)
+
+
+def nifti_slices(path: str | Path, axis: int = 2, mask_path: str | Path | None = None, window: Window = "percentile",
+                 step: int = 1, skip_blank: bool = True) -> Iterator[Slice]:
+    """Yield slices of a 3-D NIfTI volume along ``axis``; the mask volume is sliced the same way.
+
+    One window is chosen for the whole volume (slices stay comparable). ``skip_blank`` drops slices with no
+    signal (all values at the window's low end), which is where most volumes start and end.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        volume = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise MedicalFormatError(f"{path}: not a readable NIfTI volume ({exc})") from None
+    if volume.ndim == 4 and volume.shape[3] == 1:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise MedicalFormatError(f"{path}: expected a 3-D volume, found shape {volume.shape}; pick one channel first")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+    mask = None
+    if mask_path is not None:
+        mask = np.asarray(nib.load(str(mask_path)).get_fdata(dtype=np.float64)) > 0
+        if mask.ndim == 4 and mask.shape[3] == 1:
+            mask = mask[..., 0]
+        if mask.shape != volume.shape:
+            raise MedicalFormatError(f"{mask_path}: mask shape {mask.shape} differs from volume {path} {volume.shape}")
+    low, high = resolve_window(window, volume)
+    for index in range(0, volume.shape[axis], max(1, step)):
+        plane = np.take(volume, index, axis=axis)
+        image = apply_window(_orient(plane), low, high)
+        if skip_blank and int(image.max()) == 0:
+            continue
+        plane_mask = None if mask is None else _orient(np.take(mask, index, axis=axis))
+        yield Slice(index, image, plane_mask)
+
+
+# ---------------------------------------------------------------------------------------------- PNG writing
+def write_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write a uint8 grayscale or RGB array as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> Path:
+    return write_png(path, (np.asarray(mask) > 0).astype(np.uint8) * 255)
+
+
+def _resize(array: np.ndarray, size: int | None, mask: bool = False) -> np.ndarray:
+    if not size or array.shape[0] == array.shape[1] == size:
+        return array
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    resample = Image.NEAREST if mask else Image.BILINEAR
+    return np.asarray(image.resize((size, size), resample))
+
+
+def _bmad_paths(category: str, split: str, anomalous: bool, stem: str) -> tuple[str, str]:
+    folder = BMAD_ANOMALY_DIR if anomalous else "good"
+    image = f"{category}/{split}/{folder}/img/{stem}.png"
+    mask = f"{category}/{split}/{folder}/label/{stem}.png" if anomalous else ""
+    return image, mask
+
+
+def write_bmad_item(out_root: Path, category: str, split: str, stem: str, image: np.ndarray,
+                    mask: np.ndarray | None, source: str, role: str, workspace: str | Path,
+                    defect_type: str = "lesion", size: int | None = None) -> ManifestRow:
+    """Write one image (and its mask when anomalous) in the BMAD pixel-level layout; return its manifest row."""
+    anomalous = mask is not None and bool(np.asarray(mask).any())
+    image = _resize(to_rgb(image), size)
+    image_rel, mask_rel = _bmad_paths(category, split, anomalous, stem)
+    write_png(out_root / image_rel, image)
+    if anomalous:
+        write_mask(out_root / mask_rel, _resize((np.asarray(mask) > 0).astype(np.uint8) * 255, size, mask=True))
+    return ManifestRow(
+        image_path=image_rel, root=relative_root(out_root, workspace), mask_path=mask_rel, source=source,
+        category=category, split=split, role=role, label="anomaly" if anomalous else "normal",
+        defect_type=defect_type if anomalous else "good", modality="medical", width=image.shape[1],
+        height=image.shape[0],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ converters
+def convert_nifti(volumes: Sequence[tuple[str | Path, str | Path | None]], out_root: str | Path, category: str,
+                  split: str = "test", axis: int = 2, window: Window = "percentile", step: int = 1,
+                  size: int | None = None, source: str = "nifti", role: str = "eval",
+                  workspace: str | Path = ".", defect_type: str = "lesion") -> pd.DataFrame:
+    """Slice NIfTI volumes (with optional label volumes) into BMAD layout; slices with mask pixels are anomalous.
+
+    Writes ``out_root/manifest.parquet`` beside the images and returns the manifest.
+    """
+    out_root = Path(out_root)
+    rows = []
+    for volume, mask in volumes:
+        name = Path(volume).name.removesuffix(".gz").removesuffix(".nii")
+        for item in nifti_slices(volume, axis=axis, mask_path=mask, window=window, step=step):
+            rows.append(write_bmad_item(out_root, category, split, f"{name}_{item.index:04d}", item.image, item.mask,
+                                        source, role, workspace, defect_type, size))
+    return _finish(out_root, rows, f"no non-blank slices in {[str(v) for v, _ in volumes]}")
+
+
+def convert_dicom(files: Iterable[str | Path], out_root: str | Path, category: str, split: str = "test",
+                  window: Window = "auto", masks: dict[str, str | Path] | None = None, size: int | None = None,
+                  source: str = "dicom", role: str = "eval", workspace: str | Path = ".",
+                  defect_type: str = "lesion") -> pd.DataFrame:
+    """Convert DICOM files to BMAD layout. ``masks`` maps a file's stem to a mask PNG (non-zero = anomalous)."""
+    from PIL import Image
+
+    out_root = Path(out_root)
+    masks = {k: Path(v) for k, v in (masks or {}).items()}
+    rows = []
+    for file in files:
+        file = Path(file)
+        dicom = read_dicom(file, window)
+        mask = None
+        if file.stem in masks:
+            mask = np.asarray(Image.open(masks[file.stem]).convert("L")) > 0
+            if mask.shape != dicom.values.shape:
+                raise MedicalFormatError(f"{masks[file.stem]}: mask shape {mask.shape} differs from {file} "
+                                         f"{dicom.values.shape}")
+        rows.append(write_bmad_item(out_root, category, split, file.stem, dicom.image, mask, source, role,
+                                    workspace, defect_type, size))
+    return _finish(out_root, rows, "no DICOM files given")
+
+
+def _finish(out_root: Path, rows: list[ManifestRow], empty_message: str) -> pd.DataFrame:
+    if not rows:
+        raise MedicalFormatError(f"{out_root}: {empty_message}")
+    frame = from_rows(rows)
+    write_manifest(frame, out_root / "manifest.parquet")
+    return frame
+
+
+# ---------------------------------------------------------------------------------------- synthetic phantoms
+def _seed(*parts: Any) -> int:
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    noise = gaussian_filter(rng.standard_normal((size, size)), sigma)
+    return noise / (noise.std() + 1e-9)
+
+
+def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float = 0.0
+             ) -> np.ndarray:
+    """Normalised elliptic radius (< 1 inside)."""
+    c, s = np.cos(angle), np.sin(angle)
+    dy, dx = yy - cy, xx - cx
+    u, v = dx * c + dy * s, -dx * s + dy * c
+    return np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
+
+
+def _blob(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float
+          ) -> np.ndarray:
+    """Irregular lesion shape: an ellipse whose radius wobbles with angle."""
+    angle = np.arctan2(yy - cy, xx - cx)
+    wobble = 1.0 + sum(rng.uniform(0.05, 0.2) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+    dist = np.hypot(yy - cy, xx - cx)
+    return dist < radius * wobble
+
+
+def _pick_inside(rng: np.random.Generator, region: np.ndarray, margin: float, size: int) -> tuple[float, float]:
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(region)
+    candidates = np.argwhere(depth > margin)
+    if len(candidates) == 0:
+        candidates = np.argwhere(region)
+    cy, cx = candidates[rng.integers(len(candidates))]
+    return float(cy), float(cx)
+
+
+def phantom(modality: str, size: int, seed: int, anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic slice (uint8 HxW) and its lesion mask (bool HxW; all False when normal).
+
+    ``brain_mri``: skull ring, textured brain with grey/white contrast and ventricles; lesion = bright tumour with
+    a darker oedema rim. ``liver_ct``: body outline, liver, spine, kidneys; lesion = hypodense liver mass.
+    ``chest_xray``: rib cage and lungs; lesion = opacity in a lung.
+    """
+    if modality not in SYNTHETIC_MODALITIES:
+        raise ValueError(f"unknown synthetic medical modality {modality!r}; choose from {SYNTHETIC_MODALITIES}")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    c = size / 2.0 + rng.normal(0, size * 0.01, 2)
+    scale = rng.uniform(0.92, 1.05)
+    texture = _smooth_noise(rng, size, size / 40.0)
+    fine = rng.standard_normal((size, size))
+    img = np.zeros((size, size))
+    mask = np.zeros((size, size), dtype=bool)
+    if modality == "brain_mri":
+        ry, rx = size * 0.42 * scale, size * 0.34 * scale
+        head = _ellipse(yy, xx, c[0], c[1], ry, rx, rng.normal(0, 0.05))
+        brain = head < 0.9
+        img[(head < 1.0) & ~brain] = 0.85  # skull / scalp
+        img[brain] = 0.45 + 0.06 * texture[brain]
+        white = _ellipse(yy, xx, c[0], c[1], ry * 0.6, rx * 0.6) + 0.15 * _smooth_noise(rng, size, size / 20.0) < 0.9
+        img[white & brain] += 0.12
+        for side in (-1, 1):
+            vent = _ellipse(yy, xx, c[0] - size * 0.03, c[1] + side * size * 0.06, size * 0.1, size * 0.035,
+                            side * 0.25)
+            img[vent < 1.0] = 0.15
+        if anomalous:
+            cy, cx = _pick_inside(rng, brain, size * 0.12, size)
+            radius = size * rng.uniform(0.05, 0.1)
+            oedema = _blob(rng, yy, xx, cy, cx, radius * 1.5) & brain
+            core = _blob(rng, yy, xx, cy, cx, radius) & brain
+            img[oedema] = 0.62 + 0.04 * texture[oedema]
+            img[core] = 0.9 + 0.05 * texture[core]
+            mask = core | oedema
+        img += 0.02 * fine
+    elif modality == "liver_ct":
+        body = _ellipse(yy, xx, c[0], c[1], size * 0.36 * scale, size * 0.46 * scale) < 1.0
+        img[body] = 0.35 + 0.03 * texture[body]  # fat / muscle
+        liver = (_ellipse(yy, xx, c[0] - size * 0.04, c[1] - size * 0.16, size * 0.22, size * 0.2, 0.3)
+                 + 0.08 * _smooth_noise(rng, size, size / 16.0)) < 1.0
+        liver &= body
+        img[liver] = 0.58 + 0.03 * texture[liver]
+        spine = _ellipse(yy, xx, c[0] + size * 0.24, c[1], size * 0.06, size * 0.06) < 1.0
+        img[spine] = 0.95
+        for side in (-1, 1):
+            kidney = _ellipse(yy, xx, c[0] + size * 0.12, c[1] + side * size * 0.2, size * 0.07, size * 0.045)
+            img[(kidney < 1.0) & ~liver] = 0.66
+        if anomalous:
+            cy, cx = _pick_inside(rng, liver, size * 0.08, size)
+            core = _blob(rng, yy, xx, cy, cx, size * rng.uniform(0.04, 0.08)) & liver
+            img[core] = 0.38 + 0.03 * texture[core]
+            mask = core
+        img += 0.025 * fine
+    else:  # chest_xray
+        chest = _ellipse(yy, xx, c[0] + size * 0.05, c[1], size * 0.45, size * 0.42 * scale) < 1.0
+        img[chest] = 0.55
+        lungs = np.zeros_like(mask)
+        for side in (-1, 1):
+            lung = _ellipse(yy, xx, c[0], c[1] + side * size * 0.18, size * 0.32, size * 0.14, side * 0.08) < 1.0
+            lungs |= lung
+        img[lungs] = 0.2 + 0.04 * texture[lungs]
+        ribs = (np.sin((yy - c[0]) / size * 2 * np.pi * 6 + 0.3 * np.abs(xx - c[1]) / size * 2 * np.pi) > 0.85)
+        img[ribs & chest] += 0.12
+        if anomalous:
+            cy, cx = _pick_inside(rng, lungs, size * 0.06, size)
+            core = _blob(rng, yy, xx, cy, cx, size * rng.uniform(0.04, 0.08)) & lungs
+            img[core] = 0.5 + 0.05 * texture[core]
+            mask = core
+        img += 0.03 * fine
+    return apply_window(img, 0.0, 1.0), mask
+
+
+def generate_synthetic_medical(out_dir: str | Path, modalities: Sequence[str] = ("brain_mri", "liver_ct"),
+                               image_size: int = 128, normal_per_modality: int = 12, anomaly_per_modality: int = 12,
+                               train_normal_per_modality: int | None = None, seed: int = 0,
+                               source: str = "synthetic_medical", role: str = "eval",
+                               workspace: str | Path = ".") -> pd.DataFrame:
+    """Write the synthetic medical set in BMAD pixel-level layout under ``out_dir``; return its manifest.
+
+    Layout: ``<modality>/train/good/img`` (normals), ``<modality>/test/good/img`` and ``<modality>/test/Ungood/
+    {img,label}``. Deterministic: the same arguments always give byte-identical files. The folder is replaced
+    as a whole (written beside it, then moved), so a crash never leaves a half-written set.
+    """
+    from anomaly_ov.io import atomic_dir
+
+    out_dir = Path(out_dir)
+    train_normals = normal_per_modality if train_normal_per_modality is None else train_normal_per_modality
+    rows: list[ManifestRow] = []
+    with atomic_dir(out_dir) as tmp:
+        for modality in modalities:
+            plan = [("train", False, i) for i in range(train_normals)]
+            plan += [("test", False, i) for i in range(normal_per_modality)]
+            plan += [("test", True, i) for i in range(anomaly_per_modality)]
+            for split, anomalous, i in plan:
+                image, mask = phantom(modality, image_size, _seed(seed, modality, split, anomalous, i), anomalous)
+                stem = f"{'anomaly' if anomalous else 'normal'}_{i:03d}"
+                row = write_bmad_item(tmp, modality, split, stem, image, mask if anomalous else None, source, role,
+                                      workspace, "lesion")
+                rows.append(row)
+    root = relative_root(out_dir, workspace)
+    frame = from_rows([{**r.as_dict(), "root": root} for r in rows])
+    write_manifest(frame, out_dir / "manifest.parquet")
+    return frame
