@@ -1,0 +1,388 @@
+"""Question and answer templates: region facts + defect knowledge -> short, varied, truthful sentences.
+
+Every answer about a defect is built from :class:`~anomaly_ov.instruct.regions.MaskFacts` (location, size,
+count, shape, appearance) and :class:`~anomaly_ov.instruct.knowledge.DefectInfo` (what, cause, impact,
+prevention); normal images get answers that say no defect is visible and describe the normal object. Answers are
+kept to 1-3 sentences for the tiny model. Randomness comes from the caller's ``random.Random`` only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from anomaly_ov.instruct.knowledge import CategoryInfo, DefectInfo
+from anomaly_ov.instruct.regions import MaskFacts, Region, count_word, with_preposition
+
+DETECTION = "detection"
+LOW_LEVEL = "low_level"
+COMPLEX = "complex"
+KINDS = (DETECTION, LOW_LEVEL, COMPLEX)
+
+#: the VisA-D&R detection prompt (REFERENCE.md section 5); always one of the detection phrasings.
+CANONICAL_DETECTION = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
+
+DETECTION_QUESTIONS: tuple[str, ...] = (
+    CANONICAL_DETECTION,
+    "Is there any anomaly in this image? Please reply with 'Yes' or 'No'.",
+    "Does this {object} have a defect? Answer Yes or No.",
+    "Is the {object} in the image defective? Reply with Yes or No.",
+    "Can you see any flaw on this {object}? Answer with one word: Yes or No.",
+    "Are there any anomalies in the image? Answer Yes or No.",
+    "Is anything wrong with this {object}? Please answer Yes or No.",
+    "Does the image show a damaged or faulty {object}? Yes or No?",
+    "Inspect the {object}. Is there a defect? Answer only Yes or No.",
+    "Would this {object} fail a visual quality inspection? Reply Yes or No.",
+    "Is there an abnormal region in this image? Please reply with 'Yes' or 'No'.",
+    "Check the image for defects. Is one present? Answer Yes or No.",
+)
+
+LOW_LEVEL_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "describe": (
+        "Describe any defect you see on the {object}.",
+        "Describe the condition of the {object} in the image.",
+        "What does the image show? Mention any anomaly.",
+        "Give a short inspection report for this {object}.",
+        "Please describe the anomaly in the image, if there is one.",
+    ),
+    "what": (
+        "What kind of defect is on the {object}?",
+        "What is wrong with this {object}?",
+        "What type of anomaly can you see?",
+        "Which defect does the {object} have?",
+    ),
+    "where": (
+        "Where is the defect located?",
+        "Where in the image is the anomaly?",
+        "In which part of the image is the defect?",
+        "Point out where the {object} is damaged.",
+    ),
+    "size": (
+        "How big is the defect?",
+        "How large is the anomalous area?",
+        "How much of the {object} is affected?",
+    ),
+    "count": (
+        "How many defective regions are there?",
+        "How many anomalies can you find in the image?",
+        "Count the defects on the {object}.",
+    ),
+}
+
+COMPLEX_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "cause": (
+        "What could have caused this defect?",
+        "What is the most likely cause of the anomaly?",
+        "Why might the {object} look like this?",
+        "Explain how this defect may have formed.",
+    ),
+    "impact": (
+        "How could this affect the {object}?",
+        "What is the impact of this anomaly?",
+        "Why does this defect matter?",
+        "Is the {object} still fit for use? Explain briefly.",
+    ),
+    "prevention": (
+        "How can this kind of defect be prevented?",
+        "What should be done to avoid this problem in the future?",
+        "What would you recommend to prevent this anomaly?",
+    ),
+}
+
+MEDICAL_COMPLEX_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "cause": ("What could this finding be caused by?", "What are the likely causes of this abnormality?"),
+    "impact": ("What is the clinical significance of this finding?", "Why does this abnormality matter?"),
+    "prevention": ("What follow-up would you recommend?", "What should be done next about this finding?"),
+}
+
+_APPEARANCE = {
+    "darker": ("darker than its surroundings", "darker than the surrounding {material}"),
+    "brighter": ("brighter than its surroundings", "lighter than the surrounding {material}"),
+    "reddish": ("with a reddish tint", "reddish compared with the rest of the {object}"),
+    "greenish": ("with a greenish tint", "greenish compared with the rest of the {object}"),
+    "bluish": ("with a bluish tint", "bluish compared with the rest of the {object}"),
+    "subtle": ("with only a subtle change in appearance", "only subtly different from its surroundings"),
+}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What the answers talk about: one image (or one multi-view object) with its facts and knowledge."""
+
+    label: str
+    category: CategoryInfo
+    defect: DefectInfo | None
+    facts: MaskFacts | None
+    domain: str = "industrial"
+    views: int = 1
+    view_index: int | None = None  # 0-based view the facts come from (multi-view subjects)
+
+    @property
+    def anomalous(self) -> bool:
+        return self.label == "anomaly"
+
+    @property
+    def localised(self) -> bool:
+        return self.facts is not None and not self.facts.is_empty
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _pick(rng: random.Random, options: Sequence[str]) -> str:
+    return options[rng.randrange(len(options))]
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:] if text else text
+
+
+def _percent(fraction: float) -> str:
+    pct = fraction * 100
+    if pct < 1:
+        return "less than 1%"
+    return f"about {pct:.0f}%"
+
+
+def _shape_phrase(region: Region) -> str:
+    if region.shape in ("thin line", "elongated streak") and region.orientation:
+        return f"{region.orientation} {region.shape}"
+    return region.shape
+
+
+def _appearance(rng: random.Random, region: Region, cat: CategoryInfo) -> str:
+    return _pick(rng, _APPEARANCE.get(region.appearance, _APPEARANCE["subtle"])).format(
+        material=cat.material, object=cat.noun
+    )
+
+
+def _view_note(subject: Subject) -> str:
+    if subject.views > 1 and subject.view_index is not None:
+        return f" (seen best in view {subject.view_index + 1})"
+    return ""
+
+
+def _where_list(facts: MaskFacts) -> str:
+    parts = [f"one {with_preposition(r.location)}" for r in facts.regions]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def fill(question: str, subject: Subject) -> str:
+    return question.format(object=subject.category.noun)
+
+
+# ------------------------------------------------------------------------------------------------ questions
+def detection_question(rng: random.Random, subject: Subject) -> str:
+    return fill(_pick(rng, DETECTION_QUESTIONS), subject)
+
+
+def low_level_question(rng: random.Random, subject: Subject, sub: str) -> str:
+    return fill(_pick(rng, LOW_LEVEL_QUESTIONS[sub]), subject)
+
+
+def complex_question(rng: random.Random, subject: Subject, sub: str) -> str:
+    table = MEDICAL_COMPLEX_QUESTIONS if subject.domain == "medical" else COMPLEX_QUESTIONS
+    return fill(_pick(rng, table[sub]), subject)
+
+
+# -------------------------------------------------------------------------------------------------- answers
+def detection_answer(subject: Subject) -> str:
+    """Exactly "Yes" or "No" (the one-word detection target)."""
+    return "Yes" if subject.anomalous else "No"
+
+
+def _normal_sentence(rng: random.Random, subject: Subject) -> str:
+    desc = _pick(rng, subject.category.normal)
+    return _pick(rng, (
+        f"The image shows {desc}.",
+        f"This is {desc}.",
+        f"I see {desc}.",
+    ))
+
+
+def normal_low_level(rng: random.Random, subject: Subject, sub: str) -> str:
+    """Answer for a normal image: no defect claims, a description of the normal object."""
+    obj = subject.category.noun
+    none = _pick(rng, (
+        "No defect is visible.",
+        f"The {obj} looks normal, with no visible defect.",
+        "There is no anomaly.",
+        f"Nothing is wrong with the {obj}.",
+    ))
+    if sub == "where":
+        return _pick(rng, (f"There is no defect on the {obj}.", "Nowhere: the image shows no anomaly.",
+                           f"No part of the {obj} is damaged.")) + " " + _normal_sentence(rng, subject)
+    if sub == "size":
+        return _pick(rng, ("There is no defect, so nothing is affected.", f"None of the {obj} is affected.",
+                           "No area is anomalous."))
+    if sub == "count":
+        return _pick(rng, ("There are no defective regions.", "Zero: no defect is visible.",
+                           f"I count no defects on the {obj}."))
+    return f"{_normal_sentence(rng, subject)} {none}"
+
+
+def normal_complex(rng: random.Random, subject: Subject, sub: str) -> str:
+    obj = subject.category.noun
+    if sub == "cause":
+        return _pick(rng, (f"There is no defect to explain: the {obj} looks normal.",
+                           f"Nothing needs explaining; the {obj} shows no anomaly."))
+    if sub == "impact":
+        return _pick(rng, (f"None: the {obj} appears normal and fit for use.",
+                           f"The {obj} shows no defect, so there is no impact."))
+    return _pick(rng, ("No action is needed; keep the current process and routine inspection.",
+                       f"Nothing needs fixing: the {obj} is normal."))
+
+
+def _name(subject: Subject) -> str:
+    return subject.defect.name if subject.defect else "defect"
+
+
+def anomaly_what(rng: random.Random, subject: Subject) -> str:
+    name, obj = _name(subject), subject.category.noun
+    what = _pick(rng, subject.defect.what) if subject.defect else "an area that looks abnormal"
+    first = _pick(rng, (
+        f"The {obj} has {_article(name)} {name}: {what}.",
+        f"There is {_article(name)} {name} on the {obj}, {what}.",
+        f"It is {_article(name)} {name}, {what}.",
+    ))
+    if not subject.localised:
+        return first
+    region = subject.facts.regions[0]
+    shape = _shape_phrase(region)
+    second = _pick(rng, (
+        f"It looks like {_article(shape)} {shape}, {_appearance(rng, region, subject.category)}.",
+        f"It appears as {_article(region.size)} {region.size} {_shape_phrase(region)}{_view_note(subject)}.",
+    ))
+    return f"{first} {second}"
+
+
+def anomaly_where(rng: random.Random, subject: Subject) -> str:
+    name = _name(subject)
+    if not subject.localised:
+        return f"The image shows {_article(name)} {name}, but its exact location is not marked."
+    facts = subject.facts
+    note = _view_note(subject)
+    if facts.count == 1:
+        loc = with_preposition(facts.regions[0].location)
+        return _pick(rng, (
+            f"The {name} is {loc} of the image{note}.",
+            f"It is located {loc} of the image{note}.",
+            f"You can find the {name} {loc}{note}.",
+        ))
+    return _pick(rng, (
+        f"There are {count_word(facts.count)} defective regions{note}: {_where_list(facts)}.",
+        f"The {name} appears in {count_word(facts.count)} places{note}: {_where_list(facts)}.",
+    ))
+
+
+def anomaly_size(rng: random.Random, subject: Subject) -> str:
+    name, obj = _name(subject), subject.category.noun
+    if not subject.localised:
+        return f"The extent of the {name} is not marked in the image."
+    facts = subject.facts
+    img = _percent(facts.image_fraction)
+    extra = ""
+    if not subject.category.texture and facts.image_fraction * 1.2 < facts.object_fraction <= 0.5:
+        extra = f" ({_percent(facts.object_fraction)} of the {obj})"
+    size = facts.size
+    return _pick(rng, (
+        f"The {name} is {size}, covering {img} of the image{extra}.",
+        f"It is {_article(size)} {size} defect that covers {img} of the image{extra}.",
+        f"The affected area is {size}: {img} of the image{extra}.",
+    ))
+
+
+def anomaly_count(rng: random.Random, subject: Subject) -> str:
+    name = _name(subject)
+    if not subject.localised:
+        return f"At least one {name} is present; the regions are not marked."
+    n = subject.facts.count
+    if n == 1:
+        return _pick(rng, ("There is one defective region.", f"I can see one region with {_article(name)} {name}.",
+                           f"One: a single defective region{_view_note(subject)}."))
+    return _pick(rng, (f"There are {count_word(n)} defective regions.",
+                       f"I can see {count_word(n)} separate defective regions.",
+                       f"{_cap(count_word(n))} regions are affected{_view_note(subject)}."))
+
+
+def anomaly_describe(rng: random.Random, subject: Subject) -> str:
+    """The full low-level description (what + where + how big + how many) in 1-3 sentences."""
+    name, obj = _name(subject), subject.category.noun
+    if not subject.localised:
+        return anomaly_what(rng, subject)
+    facts = subject.facts
+    region = facts.regions[0]
+    loc = with_preposition(region.location)
+    shape = _shape_phrase(region)
+    look = _appearance(rng, region, subject.category)
+    if facts.count == 1:
+        first = _pick(rng, (
+            f"The {obj} has {_article(name)} {name} {loc} of the image{_view_note(subject)}.",
+            f"There is {_article(name)} {name} {loc}{_view_note(subject)}.",
+        ))
+        second = _pick(rng, (
+            f"It is {_article(region.size)} {region.size} {shape}, {look}, covering {_percent(facts.image_fraction)} "
+            "of the image.",
+            f"It looks like {_article(shape)} {shape}, {look}, and covers {_percent(facts.image_fraction)} of the "
+            "image.",
+        ))
+        return f"{first} {second}"
+    first = f"The {obj} shows {count_word(facts.count)} {name} regions{_view_note(subject)}: {_where_list(facts)}."
+    second = _pick(rng, (
+        f"The largest is {_article(region.size)} {region.size} {shape}, {look}.",
+        f"Together they cover {_percent(facts.image_fraction)} of the image.",
+    ))
+    return f"{first} {second}"
+
+
+def anomaly_low_level(rng: random.Random, subject: Subject, sub: str) -> str:
+    return {
+        "describe": anomaly_describe,
+        "what": anomaly_what,
+        "where": anomaly_where,
+        "size": anomaly_size,
+        "count": anomaly_count,
+    }[sub](rng, subject)
+
+
+def anomaly_complex(rng: random.Random, subject: Subject, sub: str) -> str:
+    info = subject.defect
+    name = _name(subject)
+    if info is None:
+        return "The cause and impact cannot be judged without knowing the defect."
+    if sub == "cause":
+        causes = list(info.causes)
+        rng.shuffle(causes)
+        if len(causes) > 1 and rng.random() < 0.5:
+            return f"The {name} was most likely caused by {causes[0]}. {_cap(causes[1])} is another possibility."
+        return _pick(rng, (f"The most likely cause is {causes[0]}.", f"{_cap(_article(name))} {name} like this usually "
+                           f"comes from {causes[0]}.", f"It was probably caused by {causes[0]}."))
+    if sub == "impact":
+        impact = _pick(rng, info.impact)
+        if subject.localised and rng.random() < 0.4:
+            return f"The {name} is {subject.facts.size}; {impact}."
+        return _pick(rng, (f"{_cap(impact)}.", f"This matters because {impact}."))
+    prevention = list(info.prevention)
+    rng.shuffle(prevention)
+    if subject.domain == "medical":
+        return _pick(rng, (f"Recommended next step: {prevention[0]}.", f"I would {prevention[0]}."))
+    if len(prevention) > 1 and rng.random() < 0.5:
+        return f"To prevent it, {prevention[0]} and {prevention[1]}."
+    return _pick(rng, (f"To prevent it, {prevention[0]}.", f"{_cap(prevention[0])} to avoid this defect."))
+
+
+def low_level_answer(rng: random.Random, subject: Subject, sub: str) -> str:
+    return anomaly_low_level(rng, subject, sub) if subject.anomalous else normal_low_level(rng, subject, sub)
+
+
+def complex_answer(rng: random.Random, subject: Subject, sub: str) -> str:
+    return anomaly_complex(rng, subject, sub) if subject.anomalous else normal_complex(rng, subject, sub)
+
+
+def hint(subject: Subject) -> str:
+    """The captioning hint of the Anomaly-Instruct recipe: "a [category] with [defect type]"."""
+    noun = subject.category.noun
+    return f"a {noun} with {_name(subject)}" if subject.anomalous else f"a normal {noun}"

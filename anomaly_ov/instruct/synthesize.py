@@ -1,0 +1,346 @@
+"""Manifest rows + masks -> LLaVA-format instruction records (the Anomaly-Instruct recipe, REFERENCE.md section 4).
+
+Record format (one dict per conversation; ``data/instruct/train.json`` is a JSON list of them)::
+
+    {"id": str,
+     "image": "<workspace-relative path>"  or  ["<view 1>", "<view 2>", ...]  (multi-view 3D groups),
+     "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...],
+     "category": str, "label": "normal"|"anomaly", "defect_type": str, "source": str, "modality": str,
+     "kinds": ["detection"|"low_level"|"complex", ...]   (one per human/gpt turn),
+     "red_box": "<workspace-relative png>"   (only when params.instruct.red_boxes rendered one)}
+
+The first human turn starts with one ``<image>`` line per image. Question kinds: one-word detection ("Yes" /
+"No", balanced between normal and anomalous images over the whole set by undersampling the larger group),
+low-level description (what / where / how big / how many) and complex reasoning (cause / impact / prevention);
+``params.instruct.multi_turn_fraction`` of the records are multi-turn. Every answer about a defect is built from
+the mask's region facts; normal images get "no defect" answers that describe the normal object.
+
+Randomness: each record draws from ``random.Random(f"{seed}:{id}")``, so the set is reproducible and a record
+does not change when other rows are added. The functions are reusable by the medical and 3D extensions:
+:func:`collect_subjects`, :func:`synthesize_records` and :func:`summarize_records`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomaly_ov.config import Params
+from anomaly_ov.data.manifest import NORMAL_DEFECT, resolve
+from anomaly_ov.instruct import answers as A
+from anomaly_ov.instruct.knowledge import KnowledgeBase, domain_of, load_knowledge
+from anomaly_ov.instruct.regions import MaskFacts, facts_from_files
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anomaly_ov.instruct.llm import Rewriter
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class Item:
+    """One record subject: a single image, or the views of one multi-view object (in view order)."""
+
+    id: str
+    images: list[str]  # workspace-relative paths
+    files: list[Path]  # paths to open
+    masks: list[Path | None]
+    source: str
+    category: str
+    label: str
+    defect_type: str
+    modality: str
+    subject: A.Subject
+    facts_per_view: list[MaskFacts | None] = field(default_factory=list)
+
+
+def workspace_relative(path: Path, workspace: Path) -> str:
+    """``path`` relative to the workspace (POSIX) when inside it, else absolute."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path(workspace).resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _record_id(source: str, image_path: str) -> str:
+    stem = re.sub(r"\.[A-Za-z0-9]+$", "", image_path)
+    return re.sub(r"[^A-Za-z0-9_./-]+", "_", f"{source}/{stem}")
+
+
+def _file_of(row: Any, workspace: Path) -> tuple[str, Path]:
+    path = resolve(row, "image_path", workspace)
+    root = Path(str(row["root"]))
+    rel = (root / str(row["image_path"])).as_posix() if not root.is_absolute() else workspace_relative(path, workspace)
+    return rel, path
+
+
+def _facts(row: Any, params: Params, workspace: Path, texture: bool) -> tuple[Path | None, MaskFacts | None]:
+    if row["label"] != "anomaly" or not row["mask_path"]:
+        return None, None
+    mask = resolve(row, "mask_path", workspace)
+    image = resolve(row, "image_path", workspace)
+    try:
+        facts = facts_from_files(mask, image, dilate_px=params.instruct.dilate_px,
+                                 merge_distance_px=params.instruct.merge_distance_px, texture=texture)
+    except FileNotFoundError as exc:
+        where = f"manifest row: source={row['source']}, image_path={row['image_path']}"
+        raise FileNotFoundError(f"{exc} [{where}]") from None
+    return mask, facts
+
+
+def collect_subjects(
+    frame: pd.DataFrame,
+    params: Params,
+    workspace: str | Path,
+    *,
+    domain: str | None = None,
+    kb: KnowledgeBase | None = None,
+    group_views: bool = True,
+) -> list[Item]:
+    """Turn manifest rows into :class:`Item` s with region facts and knowledge (sorted by id, deterministic).
+
+    Rows of modality ``3d`` sharing a non-empty ``group`` become one multi-view item (``group_views``).
+    ``domain`` forces the knowledge domain; by default it follows each row's ``modality``."""
+    workspace = Path(workspace)
+    kb = kb or load_knowledge(params.instruct.knowledge_path and str(workspace / params.instruct.knowledge_path))
+    singles: list[Any] = []
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for row in frame.to_dict("records"):
+        if group_views and row.get("group") and row.get("modality") == "3d":
+            groups[(row["source"], row["group"])].append(row)
+        else:
+            singles.append(row)
+    items: list[Item] = []
+    for row in singles:
+        dom = domain or domain_of(row["modality"])
+        cat = kb.category(dom, row["category"])
+        rel, path = _file_of(row, workspace)
+        mask, facts = _facts(row, params, workspace, cat.texture)
+        anomalous = row["label"] == "anomaly"
+        subject = A.Subject(label=row["label"], category=cat, domain=dom, facts=facts,
+                            defect=kb.defect(dom, row["defect_type"], row["category"]) if anomalous else None)
+        items.append(Item(id=_record_id(row["source"], row["image_path"]), images=[rel], files=[path], masks=[mask],
+                          source=row["source"], category=row["category"], label=row["label"],
+                          defect_type=row["defect_type"], modality=row["modality"], subject=subject,
+                          facts_per_view=[facts]))
+    for (source, group), rows in groups.items():
+        rows = sorted(rows, key=lambda r: _natural(str(r.get("view") or r["image_path"])))
+        dom = domain or domain_of(rows[0]["modality"])
+        cat = kb.category(dom, rows[0]["category"])
+        anomalous_rows = [r for r in rows if r["label"] == "anomaly"]
+        label = "anomaly" if anomalous_rows else "normal"
+        defect_type = anomalous_rows[0]["defect_type"] if anomalous_rows else NORMAL_DEFECT
+        files, masks, facts_list, rels = [], [], [], []
+        for r in rows:
+            rel, path = _file_of(r, workspace)
+            mask, facts = _facts(r, params, workspace, cat.texture)
+            rels.append(rel)
+            files.append(path)
+            masks.append(mask)
+            facts_list.append(facts)
+        best = max(range(len(rows)), key=lambda i: facts_list[i].image_fraction if facts_list[i] else -1.0)
+        subject = A.Subject(label=label, category=cat, domain=dom, facts=facts_list[best], views=len(rows),
+                            view_index=best if facts_list[best] is not None else None,
+                            defect=kb.defect(dom, defect_type, rows[0]["category"]) if label == "anomaly" else None)
+        items.append(Item(id=_record_id(source, f"{rows[0]['category']}/{group}"), images=rels, files=files,
+                          masks=masks, source=source, category=rows[0]["category"], label=label,
+                          defect_type=defect_type, modality=rows[0]["modality"], subject=subject,
+                          facts_per_view=facts_list))
+    items.sort(key=lambda it: it.id)
+    return items
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+# ------------------------------------------------------------------------------------------------ conversations
+def _detection_plan(items: list[Item], seed: int, pass_index: int) -> set[str]:
+    """Ids that get a detection turn: the smaller label group entirely, an equal-size sample of the larger."""
+    normal = [it.id for it in items if it.label != "anomaly"]
+    anomalous = [it.id for it in items if it.label == "anomaly"]
+    small, large = (normal, anomalous) if len(normal) <= len(anomalous) else (anomalous, normal)
+    rng = random.Random(f"{seed}:detection:{pass_index}")
+    picked = rng.sample(large, len(small)) if small else []
+    return set(small) | set(picked)
+
+
+def _turns(rng: random.Random, item: Item, detect: bool, multi: bool) -> list[tuple[str, str]]:
+    """Plan of (kind, sub-kind) turns for one record."""
+    subject = item.subject
+    low_subs = ["describe", "what", "where", "size", "count"]
+    if subject.anomalous and not subject.localised:
+        low_subs = ["describe", "what"]
+    elif not subject.anomalous:
+        low_subs = ["describe"] * 4 + low_subs  # normal images mostly get a description of the normal object
+    complex_subs = ["cause", "impact", "prevention"]
+    plan: list[tuple[str, str]] = []
+    if detect:
+        plan.append((A.DETECTION, ""))
+    if multi:
+        n_low = 1 + (rng.random() < 0.5) if subject.anomalous else 1
+        for sub in rng.sample(sorted(set(low_subs)), min(n_low, len(set(low_subs)))) if n_low > 1 else [
+            rng.choice(low_subs)
+        ]:
+            plan.append((A.LOW_LEVEL, sub))
+        if subject.anomalous or rng.random() < 0.5:
+            plan.append((A.COMPLEX, rng.choice(complex_subs)))
+        if len(plan) < 2:
+            plan.append((A.LOW_LEVEL, "describe" if plan[0][1] != "describe" else "what"))
+    else:
+        plan.append((A.LOW_LEVEL, rng.choice(["describe"] * 2 + low_subs)) if rng.random() < 0.65
+                    else (A.COMPLEX, rng.choice(complex_subs)))
+    return plan
+
+
+def _qa(rng: random.Random, item: Item, kind: str, sub: str) -> tuple[str, str]:
+    subject = item.subject
+    if kind == A.DETECTION:
+        return A.detection_question(rng, subject), A.detection_answer(subject)
+    if kind == A.LOW_LEVEL:
+        return A.low_level_question(rng, subject, sub), A.low_level_answer(rng, subject, sub)
+    return A.complex_question(rng, subject, sub), A.complex_answer(rng, subject, sub)
+
+
+def image_prefix(n_images: int) -> str:
+    return "\n".join([IMAGE_TOKEN] * n_images) + "\n"
+
+
+def conversation_for(
+    item: Item,
+    seed: int,
+    *,
+    detect: bool,
+    multi: bool,
+    pass_index: int = 0,
+    rewriter: Rewriter | None = None,
+    red_box: str | None = None,
+    plan: list[tuple[str, str]] | None = None,
+    suffix: str = "",
+) -> dict[str, Any]:
+    """One LLaVA record for ``item`` (see the module docstring for the format); ``plan`` forces the turns."""
+    record_id = (item.id if pass_index == 0 else f"{item.id}#{pass_index}") + suffix
+    rng = random.Random(f"{seed}:{record_id}")
+    plan = _turns(rng, item, detect, multi) if plan is None else plan
+    conversations: list[dict[str, str]] = []
+    kinds: list[str] = []
+    for i, (kind, sub) in enumerate(plan):
+        question, answer = _qa(rng, item, kind, sub)
+        if i == 0:
+            if len(item.images) > 1 and rng.random() < 0.5:
+                question = f"These are {len(item.images)} views of the same {item.subject.category.noun}. {question}"
+            question = image_prefix(len(item.images)) + question
+        if rewriter is not None and kind == A.LOW_LEVEL and sub == "describe" and item.subject.anomalous:
+            answer = rewriter.rewrite(answer, A.hint(item.subject), item.files[0], item.subject.facts)
+        conversations.append({"from": "human", "value": question})
+        conversations.append({"from": "gpt", "value": answer})
+        kinds.append(kind)
+    record: dict[str, Any] = {
+        "id": record_id,
+        "image": item.images[0] if len(item.images) == 1 else list(item.images),
+        "conversations": conversations,
+        "category": item.category,
+        "label": item.label,
+        "defect_type": item.defect_type,
+        "source": item.source,
+        "modality": item.modality,
+        "kinds": kinds,
+    }
+    if red_box:
+        record["red_box"] = red_box
+    return record
+
+
+def render_red_boxes(items: Iterable[Item], out_dir: Path, workspace: Path) -> dict[str, str]:
+    """Draw red boxes for every localised anomalous item (first marked view); returns id -> relative png path."""
+    from anomaly_ov.instruct.visual import save_red_boxes
+
+    written: dict[str, str] = {}
+    for item in items:
+        subject = item.subject
+        if not (subject.anomalous and subject.localised):
+            continue
+        view = subject.view_index or 0
+        target = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', item.id)}.png"
+        save_red_boxes(item.files[view], subject.facts, target)
+        written[item.id] = workspace_relative(target, workspace)
+    return written
+
+
+def synthesize_records(
+    frame: pd.DataFrame,
+    params: Params,
+    workspace: str | Path,
+    *,
+    domain: str | None = None,
+    rewriter: Rewriter | None = None,
+    red_box_dir: str | Path | None = None,
+    items: list[Item] | None = None,
+) -> list[dict[str, Any]]:
+    """LLaVA records for every row of ``frame`` (pass the role == "train" rows for the training set).
+
+    ``params.instruct.conversations_per_image`` passes are made; each pass balances the detection turns.
+    ``red_box_dir`` (absolute or workspace-relative) renders the red-box visual prompts there."""
+    workspace = Path(workspace)
+    cfg = params.instruct
+    items = items if items is not None else collect_subjects(frame, params, workspace, domain=domain)
+    red: dict[str, str] = {}
+    if red_box_dir is not None:
+        out = Path(red_box_dir)
+        red = render_red_boxes(items, out if out.is_absolute() else workspace / out, workspace)
+    records: list[dict[str, Any]] = []
+    for pass_index in range(cfg.conversations_per_image):
+        detect_ids = _detection_plan(items, cfg.seed, pass_index)
+        multi_rng = random.Random(f"{cfg.seed}:multi:{pass_index}")
+        for item in items:
+            multi = multi_rng.random() < cfg.multi_turn_fraction
+            detect = item.id in detect_ids
+            if detect and not multi:  # the one-word detection record, beside the content record below
+                records.append(conversation_for(item, cfg.seed, detect=True, multi=False, pass_index=pass_index,
+                                                plan=[(A.DETECTION, "")], suffix="/detect"))
+            records.append(conversation_for(item, cfg.seed, detect=detect and multi, multi=multi,
+                                            pass_index=pass_index, rewriter=rewriter, red_box=red.get(item.id)))
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------- summary
+def summarize_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts by question kind, category, label and turn count; Yes/No balance; distinct-answer ratios."""
+    kinds: Counter[str] = Counter()
+    answers: dict[str, list[str]] = defaultdict(list)
+    yes = no = 0
+    for record in records:
+        gpt = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+        for kind, answer in zip(record.get("kinds", []), gpt, strict=False):
+            kinds[kind] += 1
+            answers[kind].append(answer)
+            if kind == A.DETECTION:
+                yes += answer.strip().lower().startswith("yes")
+                no += answer.strip().lower().startswith("no")
+    distinct = {k: round(len(set(v)) / len(v), 4) for k, v in answers.items() if v and k != A.DETECTION}
+    all_free = [a for k, v in answers.items() if k != A.DETECTION for a in v]
+    return {
+        "records": len(records),
+        "turns": sum(kinds.values()),
+        "by_kind": dict(sorted(kinds.items())),
+        "by_category": dict(sorted(Counter(r["category"] for r in records).items())),
+        "by_label": dict(sorted(Counter(r["label"] for r in records).items())),
+        "by_turns": {str(k): v for k, v in sorted(Counter(len(r["kinds"]) for r in records).items())},
+        "multi_image_records": sum(isinstance(r["image"], list) for r in records),
+        "detection_yes": yes,
+        "detection_no": no,
+        "yes_share": round(yes / (yes + no), 4) if yes + no else None,
+        "distinct_answer_ratio": distinct,
+        "distinct_answer_ratio_all": round(len(set(all_free)) / len(all_free), 4) if all_free else None,
+        "distinct_questions": len({r["conversations"][0]["value"] for r in records}),
+    }
