@@ -652,6 +652,8 @@ def generate_industrial(params: SyntheticParams, out_dir: Path, seed: int) -> di
     unknown = sorted(set(params.train_categories + params.eval_categories) - set(CATEGORIES))
     if unknown:
         raise ValueError(f"data.synthetic: unknown categories {unknown}; known: {sorted(CATEGORIES)}")
+    for category in params.train_categories + params.eval_categories:
+        defects_for(params, category)  # fail before writing anything
     started = time.perf_counter()
     per_category: dict[str, dict[str, int]] = {}
     with atomic_dir(out_dir) as tmp:

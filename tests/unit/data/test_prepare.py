@@ -1,0 +1,64 @@
+"""The prepare stage end to end on a tiny synthetic config, plus its failure modes."""
+
+from __future__ import annotations
+
+import pytest
+
+from anomaly_ov.config import DataParams, Params, SourceParams, SyntheticParams
+from anomaly_ov.data.manifest import read_manifest, resolve
+from anomaly_ov.data.prepare import run_prepare
+from anomaly_ov.stages import StageFailed
+
+
+def tiny_params(**data) -> Params:
+    synthetic = SyntheticParams(
+        image_size=48,
+        train_categories=["tiles", "pill"],
+        eval_categories=["pcb"],
+        train_normal_per_category=2,
+        test_normal_per_category=1,
+        test_anomaly_per_category=2,
+    )
+    return Params(data=DataParams(synthetic=synthetic, **data))
+
+
+def test_prepare_writes_a_valid_manifest(tmp_path):
+    summary = run_prepare(tiny_params(), tmp_path)
+    manifest = read_manifest(tmp_path / "data" / "manifest.parquet")
+    assert summary["rows"] == len(manifest) == 3 * 5
+    assert summary["per_role_label"] == {"eval/anomaly": 2, "eval/normal": 3, "train/anomaly": 4, "train/normal": 6}
+    assert summary["categories"] == {"train": ["pill", "tiles"], "eval": ["pcb"]}
+    assert summary["generated"]["synthetic"]["images"] == 15
+    assert set(manifest["root"]) == {"data/raw/synthetic/mvtec", "data/raw/synthetic/visa"}
+    assert set(manifest["width"]) == {48} and set(manifest["height"]) == {48}
+    for row in manifest.itertuples():
+        assert resolve(row._asdict(), "image_path", tmp_path).is_file()
+        if row.label == "anomaly":
+            assert resolve(row._asdict(), "mask_path", tmp_path).is_file()
+            assert row.defect_type != "good"
+        else:
+            assert row.mask_path == "" and row.defect_type == "good"
+    eval_rows = manifest[manifest["role"] == "eval"]
+    assert set(eval_rows["source"]) == {"synthetic_visa"} and set(eval_rows["category"]) == {"pcb"}
+
+
+def test_same_images_listed_twice_stop_the_stage(tmp_path):
+    sources = [
+        SourceParams(name="a", format="mvtec", path="data/raw/synthetic/mvtec", role="train"),
+        SourceParams(name="b", format="mvtec", path="data/raw/synthetic/mvtec", role="eval"),
+    ]
+    with pytest.raises(StageFailed, match=r"repeat an image .* from sources \['a', 'b'\]"):
+        run_prepare(tiny_params(sources=sources), tmp_path)
+    assert not (tmp_path / "data" / "manifest.parquet").exists()
+
+
+def test_layout_errors_name_the_source(tmp_path):
+    params = Params(
+        data=DataParams(
+            synthetic=SyntheticParams(enabled=False),
+            sources=[SourceParams(name="mine", format="visa", path="nowhere", role="eval")],
+        )
+    )
+    with pytest.raises(StageFailed, match=r"source 'mine' \(visa at nowhere\): .*nowhere: VisA dataset root"):
+        run_prepare(params, tmp_path)
+    assert not (tmp_path / "data").exists()  # generator off: nothing written

@@ -1,0 +1,123 @@
+"""Synthetic industrial generator: determinism, exact masks on the object, distinct normals, both layouts."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly_ov.config import SyntheticParams
+from anomaly_ov.data.synthetic import CATEGORIES, DEFECT_TYPES, generate_industrial, image_rng, make_sample
+
+SIZE = 64
+
+
+def tiny(**kwargs) -> SyntheticParams:
+    values = dict(
+        image_size=SIZE,
+        train_categories=["fabric", "screw"],
+        eval_categories=["round_part"],
+        train_normal_per_category=2,
+        test_normal_per_category=1,
+        test_anomaly_per_category=3,
+    )
+    values.update(kwargs)
+    return SyntheticParams(**values)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_different_seed_different_images(tmp_path):
+    params = tiny()
+    first = generate_industrial(params, tmp_path / "a", seed=3)
+    generate_industrial(params, tmp_path / "b", seed=3)
+    generate_industrial(params, tmp_path / "c", seed=4)
+    a, b, c = tree(tmp_path / "a"), tree(tmp_path / "b"), tree(tmp_path / "c")
+    assert a == b
+    assert a.keys() == c.keys()
+    images = [k for k in a if k.endswith((".png", ".JPG")) and "ground_truth" not in k and "Masks" not in k]
+    assert images and all(a[k] != c[k] for k in images)
+    assert first["images"] == 3 * (2 + 1 + 3)
+
+
+def test_layouts_and_counts(tmp_path):
+    summary = generate_industrial(tiny(), tmp_path / "out", seed=0)
+    mvtec, visa = tmp_path / "out" / "mvtec", tmp_path / "out" / "visa"
+    assert len(list((mvtec / "fabric" / "train" / "good").glob("*.png"))) == 2
+    assert len(list((mvtec / "screw" / "test" / "good").glob("*.png"))) == 1
+    anomalies = [p for p in (mvtec / "fabric" / "test").rglob("*.png") if p.parent.name != "good"]
+    assert len(anomalies) == 3
+    for image in anomalies:
+        mask = mvtec / "fabric" / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
+        values = np.unique(np.asarray(Image.open(mask)))
+        assert set(values.tolist()) == {0, 255}
+    assert not (mvtec / "fabric" / "ground_truth" / "good").exists()
+    lines = (visa / "split_csv" / "1cls.csv").read_text().splitlines()
+    assert lines[0] == "object,split,label,image,mask"
+    assert len(lines) == 1 + 2 + 1 + 3
+    assert (visa / "round_part" / "image_anno.csv").is_file()
+    assert sum(summary["per_category"]["fabric"].values()) == 6
+    with Image.open(next((visa / "round_part" / "Data" / "Images" / "Anomaly").glob("*.JPG"))) as image:
+        assert image.format == "JPEG" and image.size == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize("category", sorted(CATEGORIES))
+def test_masks_are_exactly_where_the_defect_was_painted(category):
+    for i, defect in enumerate(CATEGORIES[category].defects):
+        normal, image, mask = make_sample(category, SIZE, 0, "test_anomaly", i, defect)
+        changed = np.any(normal != image, axis=-1)
+        inside = mask > 0
+        assert inside.any(), (category, defect)
+        assert np.array_equal(changed, inside), (category, defect)
+        assert 0.003 <= inside.mean() <= 0.15, (category, defect, inside.mean())
+        # big enough a change to see: every masked pixel moved by at least ~0.1 on some channel
+        delta = np.abs(normal.astype(int) - image.astype(int)).max(-1)
+        assert delta[inside].min() >= 25, (category, defect)
+        region = CATEGORIES[category].render(image_rng(0, category, "test_anomaly", i), SIZE).region
+        assert not (inside & ~region).any(), f"{defect} left the {category}"
+
+
+def test_normal_images_have_no_mask_and_are_all_different():
+    seen = set()
+    for category in CATEGORIES:
+        for part in ("train_good", "test_good"):
+            for i in range(4):
+                normal, image, mask = make_sample(category, SIZE, 0, part, i)
+                assert mask is None and np.array_equal(normal, image)
+                seen.add(hashlib.sha256(image.tobytes()).hexdigest())
+    assert len(seen) == len(CATEGORIES) * 2 * 4
+
+
+def test_every_defect_type_is_used_and_override(tmp_path):
+    used = {d for c in CATEGORIES.values() for d in c.defects}
+    assert used == set(DEFECT_TYPES)
+    kinds = {c.kind for c in CATEGORIES.values()}
+    assert kinds == {"texture", "object"} and len(CATEGORIES) >= 8
+    params = tiny(eval_categories=[], train_categories=["pill"], defect_types={"pill": ["hole"]})
+    summary = generate_industrial(params, tmp_path / "o", seed=0)
+    assert summary["per_category"]["pill"] == {"good": 3, "hole": 3}
+    assert not (tmp_path / "o" / "visa").exists()
+
+
+def test_bad_params(tmp_path):
+    with pytest.raises(ValueError, match=r"categories \['pcb'\] are both train and eval"):
+        generate_industrial(tiny(train_categories=["pcb"], eval_categories=["pcb"]), tmp_path / "x", 0)
+    with pytest.raises(ValueError, match=r"unknown categories \['glass'\]"):
+        generate_industrial(tiny(train_categories=["glass"]), tmp_path / "x", 0)
+    with pytest.raises(ValueError, match=r"defect_types.fabric: unknown defect\(s\) \['dent'\]"):
+        generate_industrial(tiny(defect_types={"fabric": ["dent"]}), tmp_path / "x", 0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_regeneration_replaces_the_folder(tmp_path):
+    out = tmp_path / "out"
+    generate_industrial(tiny(), out, seed=0)
+    (out / "stale.txt").write_text("left over")
+    generate_industrial(tiny(), out, seed=0)
+    assert not (out / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
