@@ -1,0 +1,345 @@
+"""Per-file checks: every image and mask named by the manifest is opened, decoded and compared.
+
+A file that cannot be read is a finding in the report, never an exception. Decisions (also in each message):
+
+- ``image_readable`` (critical): the file exists, ``PIL.Image.verify()`` accepts it and ``load()`` decodes every
+  pixel (a truncated JPEG or a PNG with a bad CRC fails here), and it converts to RGB.
+- ``image_mode`` (warning): images that are not 8-bit RGB are converted on load by :func:`to_rgb` (CMYK, L, 1,
+  P, RGBA/LA (alpha dropped), 16-bit ``I;16``/``I`` and float ``F`` (rescaled to 8 bit)); the warning names the
+  mode and the conversion.
+- ``decoded_size_in_bounds`` (critical) and ``manifest_size_matches`` (warning: the manifest's width/height,
+  when filled, are stale).
+- ``mask_readable`` and ``mask_size_matches_image`` (critical).
+- ``mask_binary`` (warning): a mask is binarised with ``> 0`` everywhere in the project, so any two-level mask
+  ({0, 1}, {0, 255}, ...) is fine; more than one non-zero level (anti-aliased or JPEG-compressed masks) still
+  works after ``> 0`` but may grow the region by a pixel, hence a warning, not a stop.
+- ``anomaly_mask_not_empty`` (critical): an anomaly whose mask has no pixel > 0 cannot teach localisation.
+- ``duplicate_across_roles`` (critical: the same pixels in a training and an evaluation source break the
+  zero-shot protocol) and ``duplicate_content`` (warning: the same pixels listed twice); the hash is SHA-1 of the
+  decoded pixels, so the same image saved twice in different formats is still found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomaly_ov.validate.report import Check
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from PIL import Image
+
+    from anomaly_ov.config import ValidateParams
+
+#: mode -> how :func:`to_rgb` converts it (shown in the warning).
+CONVERSIONS: dict[str, str] = {
+    "CMYK": "CMYK -> RGB (PIL colour conversion)",
+    "L": "grey -> RGB (channel replicated)",
+    "1": "1-bit -> RGB",
+    "P": "palette -> RGB",
+    "PA": "palette + alpha -> RGB (alpha dropped)",
+    "RGBA": "RGBA -> RGB (alpha dropped)",
+    "LA": "grey + alpha -> RGB (alpha dropped)",
+    "I;16": "16-bit grey -> 8-bit RGB (value * 255 / 65535)",
+    "I;16B": "16-bit grey -> 8-bit RGB (value * 255 / 65535)",
+    "I;16L": "16-bit grey -> 8-bit RGB (value * 255 / 65535)",
+    "I": "32-bit integer grey -> 8-bit RGB (rescaled to the 8/16-bit range, else min-max)",
+    "F": "float grey -> 8-bit RGB ([0, 1] scaled, else min-max)",
+}
+
+
+class ImageReadError(ValueError):
+    """An image or mask file cannot be read; the message names the file and the reason."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open, verify and fully decode an image (raises :class:`ImageReadError` naming the file)."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        with Image.open(path) as probe:
+            probe.verify()  # structure and checksums; the object is unusable afterwards
+        image = Image.open(path)
+        image.load()  # decodes every pixel: truncated data fails here
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for broken files
+        raise ImageReadError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
+    return image
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """8-bit RGB version of ``image`` and a note naming the conversion (None when it already was RGB)."""
+    import numpy as np
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "RGB":
+        return image, None
+    note = CONVERSIONS.get(mode, f"{mode} -> RGB (PIL conversion)")
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16"):
+            scaled = values * 255.0 / 65535.0
+        elif mode == "F" and values.size and values.min() >= 0 and values.max() <= 1:
+            scaled = values * 255.0
+        elif mode == "I" and values.size and values.min() >= 0 and values.max() <= 255:
+            scaled = values
+        elif mode == "I" and values.size and values.min() >= 0 and values.max() <= 65535:
+            scaled = values * 255.0 / 65535.0
+        else:
+            low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+        return grey.convert("RGB"), note
+    if mode == "P" and "transparency" in image.info:
+        return image.convert("RGBA").convert("RGB"), note
+    return image.convert("RGB"), note
+
+
+def load_rgb(path: str | Path) -> tuple[Image.Image, str | None]:
+    """Decode ``path`` and convert it to 8-bit RGB; returns the image and the conversion note (or None)."""
+    return to_rgb(open_image(path))
+
+
+@dataclass
+class MaskStats:
+    """What a mask holds, measured once."""
+
+    size: tuple[int, int]
+    levels: int  #: distinct values
+    nonzero_levels: int  #: distinct values > 0
+    positive: int  #: pixels > 0
+    channels: int
+
+
+def mask_stats(image: Image.Image) -> MaskStats:
+    """Distinct levels and positive pixels of a mask (multi-channel masks: a pixel is positive in any channel)."""
+    import numpy as np
+
+    values = np.asarray(image)
+    channels = 1 if values.ndim == 2 else values.shape[2]
+    if values.ndim == 3:
+        values = values.max(axis=2)
+    if values.dtype == bool:
+        values = values.astype(np.uint8)
+    if values.dtype.kind in "ui" and values.size and values.min() >= 0 and values.max() < 65536:
+        counts = np.bincount(values.ravel().astype(np.int64))
+        present = np.flatnonzero(counts)
+    else:
+        present = np.unique(values)
+    positive = int(np.count_nonzero(values > 0))
+    return MaskStats(image.size, len(present), int((present > 0).sum()), positive, channels)
+
+
+@dataclass
+class RowResult:
+    """Everything measured for one manifest row."""
+
+    row: int
+    file: str
+    label: str
+    role: str
+    manifest_size: tuple[int, int]
+    error: str | None = None
+    mode: str | None = None
+    conversion: str | None = None
+    size: tuple[int, int] | None = None
+    digest: str | None = None
+    mask_file: str = ""
+    mask_error: str | None = None
+    mask: MaskStats | None = None
+
+
+def inspect_row(task: dict[str, Any], hash_pixels: bool = True) -> RowResult:
+    """Open the row's image (and mask); every problem is recorded on the result, nothing is raised."""
+    result = RowResult(task["row"], task["file"], task["label"], task["role"], task["manifest_size"])
+    try:
+        image = open_image(task["file"])
+        result.mode, result.size = image.mode, image.size
+        if hash_pixels:
+            digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
+            digest.update(image.tobytes())
+            result.digest = digest.hexdigest()
+        _, result.conversion = to_rgb(image)
+    except ImageReadError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # a conversion failure is a finding too
+        result.error = f"{task['file']}: cannot convert mode to RGB ({type(exc).__name__}: {exc})"
+    if task.get("mask"):
+        result.mask_file = task["mask"]
+        try:
+            result.mask = mask_stats(open_image(task["mask"]))
+        except ImageReadError as exc:
+            result.mask_error = str(exc)
+        except Exception as exc:
+            result.mask_error = f"{task['mask']}: cannot read mask values ({type(exc).__name__}: {exc})"
+    return result
+
+
+def _tasks(frame: pd.DataFrame, workspace: Path) -> list[dict[str, Any]]:
+    """One task per row: absolute-or-workspace image/mask paths plus what the checks compare against."""
+    tasks = []
+    columns = set(frame.columns)
+    for position, row in enumerate(frame.to_dict("records")):
+        image_path, root = row.get("image_path"), row.get("root")
+        if not isinstance(image_path, str) or not image_path or not isinstance(root, str) or not root:
+            continue  # null/empty paths are table findings (not_null / not_empty); nothing to open
+        base = Path(root) if Path(root).is_absolute() else workspace / root
+        mask_path = row.get("mask_path") if "mask_path" in columns else ""
+        tasks.append({
+            "row": position,
+            "file": str(base / image_path),
+            "mask": str(base / mask_path) if isinstance(mask_path, str) and mask_path else "",
+            "label": str(row.get("label", "")),
+            "role": str(row.get("role", "")),
+            "manifest_size": (_int(row.get("width")), _int(row.get("height"))),
+        })
+    return tasks
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def inspect_files(
+    frame: pd.DataFrame, workspace: str | Path = ".", *, hash_pixels: bool = True, workers: int | None = None
+) -> list[RowResult]:
+    """Inspect every row's files with a thread pool (PIL decodes outside the GIL); results in row order."""
+    tasks = _tasks(frame, Path(workspace))
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    if len(tasks) < 8 or workers == 1:
+        return [inspect_row(t, hash_pixels) for t in tasks]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate-files") as pool:
+        return list(pool.map(lambda t: inspect_row(t, hash_pixels), tasks, chunksize=16))
+
+
+def file_checks(
+    frame: pd.DataFrame, settings: ValidateParams, workspace: str | Path = "."
+) -> tuple[list[Check], list[str], int]:
+    """All per-file checks; returns (checks, notes for the report, number of rows whose files were opened)."""
+    results = inspect_files(frame, workspace, hash_pixels=settings.check_duplicates)
+    return checks_from_results(results, settings), conversion_notes(results), len(results)
+
+
+def conversion_notes(results: Sequence[RowResult]) -> list[str]:
+    counts = Counter(r.mode for r in results if r.conversion)
+    return [f"{n} image(s) in mode {mode}: converted on load, {CONVERSIONS.get(mode, mode + ' -> RGB')}"
+            for mode, n in sorted(counts.items())]
+
+
+def checks_from_results(results: Sequence[RowResult], settings: ValidateParams) -> list[Check]:
+    """Turn the per-row measurements into the file :class:`Check` list."""
+    cap, lo, hi = settings.max_failing_examples, settings.min_image_side, settings.max_image_side
+    readable = [r for r in results if r.error is None]
+
+    def at(r: RowResult, **extra: Any) -> dict[str, Any]:
+        return {"file": r.file, "row": r.row, **extra}
+
+    unreadable = [at(r, error=r.error) for r in results if r.error]
+    converted = [at(r, mode=r.mode, conversion=r.conversion) for r in readable if r.conversion]
+    modes = Counter(item["mode"] for item in converted)
+    out_of_bounds = [at(r, width=r.size[0], height=r.size[1]) for r in readable
+                     if not (lo <= min(r.size) and max(r.size) <= hi)]
+    stale = [at(r, manifest=list(r.manifest_size), decoded=list(r.size)) for r in readable
+             if all(r.manifest_size) and tuple(r.manifest_size) != tuple(r.size)]
+    with_mask = [r for r in results if r.mask_file]
+    bad_mask = [at(r, mask=r.mask_file, error=r.mask_error) for r in with_mask if r.mask_error]
+    masks = [r for r in with_mask if r.mask is not None]
+    wrong_size = [at(r, mask=r.mask_file, mask_size=list(r.mask.size), image_size=list(r.size)) for r in masks
+                  if r.size is not None and tuple(r.mask.size) != tuple(r.size)]
+    non_binary = [at(r, mask=r.mask_file, nonzero_levels=r.mask.nonzero_levels) for r in masks
+                  if r.mask.nonzero_levels > 1]
+    empty = [at(r, mask=r.mask_file) for r in masks if r.label == "anomaly" and r.mask.positive == 0]
+    checks = [
+        Check.from_failures(
+            "image_readable", "critical", unreadable, max_examples=cap, origin="files",
+            ok_message=f"all {len(results)} image(s) decode",
+            fail_message="{n} image(s) cannot be read (missing, corrupt or truncated): {examples}; "
+            "replace or remove them and re-run prepare",
+        ),
+        Check.from_failures(
+            "image_mode", "warning", converted, max_examples=cap, origin="files",
+            ok_message="every image is 8-bit RGB",
+            fail_message="{n} image(s) are not 8-bit RGB and are converted on load ("
+            + ", ".join(f"{mode}: {n}" for mode, n in sorted(modes.items()))
+            + "): {examples}",
+        ),
+        Check.from_failures(
+            "decoded_size_in_bounds", "critical", out_of_bounds, max_examples=cap, origin="files",
+            ok_message=f"every decoded image side is within [{lo}, {hi}] px",
+            fail_message=f"{{n}} image(s) have a side outside [{lo}, {hi}] px "
+            "(validate.min_image_side/max_image_side): {examples}",
+        ),
+        Check.from_failures(
+            "manifest_size_matches", "warning", stale, max_examples=cap, origin="files",
+            ok_message="manifest width/height match the decoded images (where filled)",
+            fail_message="{n} row(s) record a width/height that differs from the decoded image: {examples}; "
+            "re-run prepare",
+        ),
+        Check.from_failures(
+            "mask_readable", "critical", bad_mask, max_examples=cap, origin="files",
+            ok_message=f"all {len(with_mask)} mask(s) decode",
+            fail_message="{n} mask(s) cannot be read (missing, corrupt or truncated): {examples}",
+        ),
+        Check.from_failures(
+            "mask_size_matches_image", "critical", wrong_size, max_examples=cap, origin="files",
+            ok_message="every mask has its image's size",
+            fail_message="{n} mask(s) differ in size from their image: {examples}",
+        ),
+        Check.from_failures(
+            "mask_binary", "warning", non_binary, max_examples=cap, origin="files",
+            ok_message="every mask has one non-zero level (0/1, 0/255, ... are all fine)",
+            fail_message="{n} mask(s) have several non-zero grey levels (soft or JPEG-compressed masks); "
+            "they are binarised with > 0, which may grow the region slightly: {examples}",
+        ),
+        Check.from_failures(
+            "anomaly_mask_not_empty", "critical", empty, max_examples=cap, origin="files",
+            ok_message="every anomaly mask marks at least one pixel",
+            fail_message="{n} anomaly mask(s) have no pixel > 0: {examples}; fix the mask or the label",
+        ),
+    ]
+    if settings.check_duplicates:
+        checks += duplicate_checks(readable, cap)
+    return checks
+
+
+def duplicate_checks(results: Sequence[RowResult], cap: int) -> list[Check]:
+    """Identical decoded pixels listed more than once, and the same pixels in a train and an eval source."""
+    by_digest: dict[str, list[RowResult]] = defaultdict(list)
+    for r in results:
+        if r.digest:
+            by_digest[r.digest].append(r)
+    repeats, leaks = [], []
+    for group in by_digest.values():
+        if len(group) < 2:
+            continue
+        first = group[0]
+        repeats += [{"file": r.file, "row": r.row, "duplicate_of": first.file} for r in group[1:]]
+        if len({r.role for r in group}) > 1:
+            leaks += [{"file": r.file, "row": r.row, "role": r.role,
+                       "same_pixels_as": [o.file for o in group if o.role != r.role][:3]} for r in group]
+    return [
+        Check.from_failures(
+            "duplicate_across_roles", "critical", leaks, max_examples=cap, origin="files",
+            ok_message="no image appears in both a training and an evaluation source",
+            fail_message="{n} image(s) have the same pixels in a training and an evaluation source, which breaks "
+            "the zero-shot protocol: {examples}; remove them from one side",
+        ),
+        Check.from_failures(
+            "duplicate_content", "warning", repeats, max_examples=cap, origin="files",
+            ok_message="no two images have the same pixels",
+            fail_message="{n} image(s) duplicate the pixels of another listed image: {examples}",
+        ),
+    ]
