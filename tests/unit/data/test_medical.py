@@ -167,7 +167,7 @@ def test_synthetic_medical_set_is_deterministic_and_labelled(tmp_path):
     kwargs = dict(modalities=("brain_mri", "liver_ct"), image_size=48, normal_per_modality=2,
                   anomaly_per_modality=3, workspace=tmp_path)
     first = generate_synthetic_medical(tmp_path / "a", **kwargs)
-    second = generate_synthetic_medical(tmp_path / "b", **kwargs)
+    generate_synthetic_medical(tmp_path / "b", **kwargs)
     assert len(first) == 2 * (2 + 2 + 3)
     for rel in first["image_path"]:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()

@@ -1,0 +1,177 @@
+"""Point-cloud loaders, normals, the z-buffered splat renderer and the synthetic 3D set."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from anomaly_ov.data.pointcloud import (
+    Cloud,
+    PointCloudError,
+    _lzf_decompress,
+    camera_ring,
+    defect_from_name,
+    generate_synthetic_3d,
+    load_point_cloud,
+    normals_grid,
+    normals_pca,
+    project,
+    read_pcd,
+    render_view,
+    render_views,
+    synthetic_object,
+    write_pcd,
+)
+
+
+def test_camera_ring_is_orthonormal_and_evenly_spaced():
+    cams = camera_ring(4, elevation_deg=30.0)
+    assert [round(c.azimuth) for c in cams] == [45, 135, 225, 315]
+    for cam in cams:
+        np.testing.assert_allclose(cam.rotation @ cam.rotation.T, np.eye(3), atol=1e-12)
+        assert cam.rotation[1, 2] > 0  # "up" has a positive world-z component
+
+
+def test_known_points_land_on_expected_pixels():
+    cam = camera_ring(1, elevation_deg=0.0, azimuth_offset_deg=0.0)[0]  # camera on +x looking at the origin
+    centre, scale, size = np.zeros(3), 1.0, 100
+    right, up = cam.rotation[0], cam.rotation[1]
+    points = np.stack([np.zeros(3), 0.5 * right, 0.5 * up])
+    row, col, depth = project(points, cam, size, centre, scale)
+    # margin 0.9: x = 0.5 -> col = (0.5 * 0.9 * 0.5 + 0.5) * 100 = 72.5; y = 0.5 -> row = (0.5 - 0.225) * 100
+    np.testing.assert_allclose(col, [50.0, 72.5, 50.0])
+    np.testing.assert_allclose(row, [50.0, 50.0, 27.5])
+    # Depth grows away from the camera (+x is nearer).
+    _, _, d = project(np.array([[1.0, 0, 0], [-1.0, 0, 0]]), cam, size, centre, scale)
+    assert d[0] < d[1]
+
+
+def test_labelled_point_paints_the_mask_and_occluded_points_do_not():
+    cam = camera_ring(1, elevation_deg=0.0, azimuth_offset_deg=0.0)[0]
+    size, centre, scale = 20, np.zeros(3), 1.0
+    normals = np.tile([1.0, 0, 0], (3, 1))
+    # Two points on the same ray: the front one (+x, nearer) is normal, the back one anomalous; a third point
+    # elsewhere is anomalous and unoccluded.
+    points = np.array([[0.5, 0, 0], [-0.5, 0, 0], [0.0, 0.6, 0.0]])
+    labels = np.array([0, 1, 1], np.uint8)
+    view = render_view(points, normals, labels, cam, size, centre, scale, radius=0)
+    r0, c0, _ = project(points, cam, size, centre, scale)
+    front = (int(r0[0]), int(c0[0]))
+    other = (int(r0[2]), int(c0[2]))
+    assert view.point_index[front] == 0  # the nearer point wins the z-buffer
+    assert not view.mask[front]
+    assert view.mask[other]
+    assert view.mask.sum() == 1
+    assert view.image[front].max() > 0 and view.image[0, 0].max() == 0  # background stays black
+    # Swap the labels: now the front point is anomalous and paints the mask.
+    view2 = render_view(points, normals, np.array([1, 0, 0], np.uint8), cam, size, centre, scale, radius=0)
+    assert view2.mask[front] and view2.mask.sum() == 1
+
+
+def test_splats_cover_neighbours_but_nearest_wins():
+    cam = camera_ring(1, elevation_deg=0.0, azimuth_offset_deg=0.0)[0]
+    points = np.array([[0.5, 0, 0], [-0.5, 0, 0]])
+    view = render_view(points, np.tile([1.0, 0, 0], (2, 1)), np.array([0, 1], np.uint8), cam, 21, np.zeros(3), 1.0,
+                       radius=2)
+    assert (view.point_index == 0).sum() == (view.point_index >= 0).sum() > 1
+    assert not view.mask.any()
+
+
+def test_pca_normals_of_a_plane_and_grid_normals():
+    rng = np.random.default_rng(0)
+    plane = np.c_[rng.uniform(-1, 1, (400, 2)), np.zeros(400)]
+    normals = normals_pca(plane, k=8)
+    np.testing.assert_allclose(np.abs(normals[:, 2]), 1.0, atol=1e-6)
+    yy, xx = np.mgrid[0:5, 0:6].astype(float)
+    xyz = np.stack([xx, yy, np.zeros_like(xx)], axis=2)
+    valid = np.ones((5, 6), bool)
+    valid[0, 0] = False
+    grid, ok = normals_grid(xyz, valid)
+    assert ok[2, 2] and not ok[0, 0] and not ok[1, 0]  # missing neighbours -> not ok
+    np.testing.assert_allclose(np.abs(grid[2, 2]), [0, 0, 1], atol=1e-12)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_pcd_round_trip(tmp_path, binary):
+    points = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
+    labels = (np.arange(50) % 5 == 0).astype(np.uint8)
+    write_pcd(tmp_path / "c.pcd", points, binary=binary, labels=labels)
+    cloud = load_point_cloud(tmp_path / "c.pcd")
+    np.testing.assert_allclose(cloud.points, points, atol=1e-5)
+    np.testing.assert_array_equal(cloud.labels, labels)
+
+
+def test_lzf_and_binary_compressed_pcd(tmp_path):
+    # literal "abc" (ctrl 2), then a back-reference of 6 bytes at distance 3: ctrl = (6-2) << 5, offset byte 2.
+    assert _lzf_decompress(b"\x02abc\x80\x02", 9) == b"abcabcabc"
+    xs = np.array([1.0, 2.0], "<f4").tobytes()
+    ys = np.array([3.0, 4.0], "<f4").tobytes()
+    zs = np.array([5.0, 6.0], "<f4").tobytes()
+    raw = xs + ys + zs
+    compressed = bytes([len(raw) - 1]) + raw  # one literal run
+    header = (b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 2\nHEIGHT 1\nPOINTS 2\n"
+              b"DATA binary_compressed\n")
+    (tmp_path / "z.pcd").write_bytes(header + struct.pack("<II", len(compressed), len(raw)) + compressed)
+    fields = read_pcd(tmp_path / "z.pcd")
+    np.testing.assert_array_equal(fields["y"], [3.0, 4.0])
+
+
+def test_ply_ascii_and_binary(tmp_path):
+    ascii_ply = "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n" \
+                "property uchar label\nend_header\n0 0 0 0\n1 2 3 1\n"
+    (tmp_path / "a.ply").write_text(ascii_ply)
+    cloud = load_point_cloud(tmp_path / "a.ply")
+    np.testing.assert_array_equal(cloud.points[1], [1, 2, 3])
+    np.testing.assert_array_equal(cloud.labels, [0, 1])
+    header = b"ply\nformat binary_little_endian 1.0\nelement vertex 2\nproperty float x\nproperty float y\n" \
+             b"property float z\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n"
+    body = np.array([[0, 0, 0], [4, 5, 6]], "<f4").tobytes()
+    (tmp_path / "b.ply").write_bytes(header + body)
+    np.testing.assert_array_equal(load_point_cloud(tmp_path / "b.ply").points[1], [4, 5, 6])
+
+
+def test_npy_txt_and_errors(tmp_path):
+    np.save(tmp_path / "p.npy", np.array([[0, 0, 0, 1], [1, 1, 1, 0]], float))
+    assert list(load_point_cloud(tmp_path / "p.npy").labels) == [1, 0]
+    (tmp_path / "g.txt").write_text("0 0 0 0\n1 1 1 1\n")
+    assert list(load_point_cloud(tmp_path / "g.txt").labels) == [0, 1]
+    (tmp_path / "bad.txt").write_text("0 0\n")
+    with pytest.raises(PointCloudError, match="bad.txt"):
+        load_point_cloud(tmp_path / "bad.txt")
+    with pytest.raises(PointCloudError, match="unknown point-cloud format"):
+        (tmp_path / "x.obj").write_text("v 0 0 0\n")
+        load_point_cloud(tmp_path / "x.obj")
+
+
+def test_defect_names():
+    assert defect_from_name("012_bulge") == "bulge"
+    assert defect_from_name("ashtray0_crack1") == "crack"
+    assert defect_from_name("339_good") == "good"
+    assert defect_from_name("ashtray0_positive2") == "good"
+
+
+def test_synthetic_objects_render_visible_defects_deterministically(tmp_path):
+    a = synthetic_object("cylinder", 3000, seed=3, defect="dent")
+    b = synthetic_object("cylinder", 3000, seed=3, defect="dent")
+    np.testing.assert_array_equal(a.points, b.points)
+    assert 0 < a.labels.sum() < len(a.labels)
+    views = render_views(a, views=4, size=48)
+    assert len(views) == 4
+    assert all(v.image.shape == (48, 48, 3) for v in views)
+    assert sum(int(v.mask.sum()) for v in views) > 0
+    normal = render_views(synthetic_object("box", 3000, seed=1), views=2, size=32)
+    assert not any(v.mask.any() for v in normal)
+    out = generate_synthetic_3d(tmp_path / "s", shapes=("bowl",), normal_per_shape=1, anomaly_per_shape=2,
+                                train_per_shape=1, points_per_object=500)
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == ["bowl/gt/001_dent.txt", "bowl/gt/002_bump.txt", "bowl/test/000_good.pcd",
+                     "bowl/test/001_dent.pcd", "bowl/test/002_bump.pcd", "bowl/train/bowl_template_0.pcd"]
+
+
+def test_cloud_subsample_keeps_anomalies():
+    labels = np.zeros(1000, np.uint8)
+    labels[:10] = 1
+    cloud = Cloud(np.random.default_rng(0).normal(size=(1000, 3)), labels).subsample(100, seed=0)
+    assert len(cloud.points) == 100 and cloud.labels.sum() == 10
