@@ -1,0 +1,387 @@
+"""Model presets and the model-level API the training, evaluation and serving code use.
+
+Presets (``params.model.preset``):
+
+* ``tiny``: SigLIP 128 px / patch 16 (8x8 grid, width 96, 6 layers) + Qwen2 (width 128, 4 layers), expert E = 64,
+  random init from config, tokenizer trained by :func:`anomaly_ov.model.tokenizer.train_tokenizer`. AnyRes
+  pinpoints 128/256 px: a 128 px image is a 1x1 crop grid (base view + 1 crop). Trains on 2 CPU cores in minutes.
+* ``llava-onevision-0.5b`` / ``-7b``: a local directory of ``llava-hf/llava-onevision-qwen2-{0.5b,7b}-ov-hf``
+  (``params.model.checkpoint``; the hub id when online), expert 1152 -> 512, optionally the official
+  ``pretrained_expert_*.pth`` (``params.model.expert_checkpoint``). ``build_shapes_only(preset)`` builds the same
+  architecture from config with random weights (no download) for benchmarks and tests.
+
+API::
+
+    tok = train_tokenizer(texts, vocab_size=2000)                 # tiny only (anomaly_ov.model.tokenizer)
+    model = build_model(params, tokenizer=tok)                    # AnomalyOVForConditionalGeneration
+    proc = build_processor(params, tok)                           # AnomalyOVProcessor (or processor_for(model, tok))
+    save_pretrained(model, proc, d); model, proc = load_pretrained(d)  # whole model, no network
+    save_expert_stage(model, d); load_expert_stage(model, d)      # stage-1 artifact (expert .pth + tiny tower)
+
+Expert temperature: ``params.model.expert.temperature`` or else ``params.expert_recipe.temperature``; eps:
+``params.model.expert.eps``; width: ``params.model.expert.embed_dim`` or the preset's (tiny 64, pretrained 512).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomaly_ov.model.tokenizer import ADV_TOKEN, ADVERB_WORDS, ANOMALY_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import Params
+    from anomaly_ov.model.modeling import AnomalyOVForConditionalGeneration
+    from anomaly_ov.model.processing import AnomalyOVProcessor
+
+logger = logging.getLogger(__name__)
+
+HUB_IDS = {
+    "llava-onevision-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+}
+TINY_IMAGE_SIZE = 128
+TINY_PATCH = 16
+TINY_PINPOINTS = [[128, 128], [128, 256], [256, 128], [256, 256]]
+TINY_VISION = {
+    "hidden_size": 96,
+    "intermediate_size": 256,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "image_size": TINY_IMAGE_SIZE,
+    "patch_size": TINY_PATCH,
+    "vision_use_head": False,
+}
+TINY_TEXT = {
+    "hidden_size": 128,
+    "intermediate_size": 352,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+}
+TINY_EXPERT_DIM = 64
+#: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models).
+QWEN2_TEXT = {
+    "llava-onevision-0.5b": {
+        "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+        "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+        "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+    },
+    "llava-onevision-7b": {
+        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+        "num_key_value_heads": 4, "vocab_size": 152128, "max_position_embeddings": 32768,
+        "tie_word_embeddings": False, "rms_norm_eps": 1e-6,
+    },
+}
+EXPERT_STAGE_FILES = {"expert": "pretrained_expert.pth", "tower": "vision_tower.safetensors", "config": "expert.json"}
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def expert_settings(params: Params) -> dict[str, Any]:
+    """Expert config fields from params (temperature: model.expert.temperature or the stage-1 recipe's)."""
+    exp = params.model.expert
+    default_dim = TINY_EXPERT_DIM if params.model.preset == "tiny" else 512
+    temperature = exp.temperature if exp.temperature is not None else params.expert_recipe.temperature
+    return {
+        "expert_embed_dim": exp.embed_dim or default_dim,
+        "expert_temperature": float(temperature),
+        "expert_eps": float(exp.eps),
+        "suspicious_thresholds": [float(t) for t in params.model.suspicious_thresholds],
+    }
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Make sure the placeholders exist (adds <adv>/<anomaly>/<image> to a Qwen tokenizer); returns it."""
+    missing = [t for t in (IMAGE_TOKEN, ADV_TOKEN, ANOMALY_TOKEN) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def token_settings(tokenizer: Any) -> dict[str, Any]:
+    """Placeholder ids and the adverbs' ids for the config."""
+    vocab = tokenizer.get_vocab()
+    ids = {name: vocab[name] for name in (IMAGE_TOKEN, VIDEO_TOKEN, ADV_TOKEN, ANOMALY_TOKEN) if name in vocab}
+    adverbs = [tokenizer.encode(" " + w, add_special_tokens=False) for w in ADVERB_WORDS]
+    for word, toks in zip(ADVERB_WORDS, adverbs, strict=True):
+        if len(toks) != 1:
+            logger.warning("' %s' is %d tokens; its phrase embedding is their mean", word, len(toks))
+    out = {
+        "image_token_index": ids[IMAGE_TOKEN],
+        "adverb_token_index": ids[ADV_TOKEN],
+        "anomaly_token_index": ids[ANOMALY_TOKEN],
+        "adverb_token_ids": adverbs,
+    }
+    if VIDEO_TOKEN in ids:
+        out["video_token_index"] = ids[VIDEO_TOKEN]
+    return out
+
+
+def _set_generation_ids(model: AnomalyOVForConditionalGeneration, tokenizer: Any) -> None:
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = im_end if im_end is not None and im_end != tokenizer.unk_token_id else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+    model.generation_config.bos_token_id = None
+    model.generation_config.do_sample = False
+
+
+# ------------------------------------------------------------------------------------------------ tiny
+def tiny_config(tokenizer: Any, params: Params | None = None):
+    """The tiny preset's AnomalyOVConfig sized to ``tokenizer``."""
+    from transformers import Qwen2Config, SiglipVisionConfig
+
+    from anomaly_ov.config import Params
+    from anomaly_ov.model.modeling import AnomalyOVConfig
+
+    params = params or Params()
+    vision = SiglipVisionConfig(**TINY_VISION)
+    text = Qwen2Config(
+        **TINY_TEXT,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        bos_token_id=None,
+    )
+    return AnomalyOVConfig(
+        vision_config=vision,
+        text_config=text,
+        image_grid_pinpoints=[list(p) for p in TINY_PINPOINTS],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        tie_word_embeddings=True,
+        **token_settings(tokenizer),
+        **expert_settings(params),
+    )
+
+
+def tiny_image_processor():
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    return LlavaOnevisionImageProcessorPil(
+        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        image_grid_pinpoints=[list(p) for p in TINY_PINPOINTS],
+    )
+
+
+# --------------------------------------------------------------------------------------------- pretrained
+def _checkpoint(params: Params) -> str:
+    return params.model.checkpoint or HUB_IDS[params.model.preset]
+
+
+def _load_pretrained_base(params: Params):
+    """(model, tokenizer, image_processor) from a llava-hf LLaVA-OneVision checkpoint + a fresh expert."""
+    from transformers import AutoTokenizer, LlavaOnevisionConfig
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    from anomaly_ov.model.expert import load_expert_weights
+    from anomaly_ov.model.modeling import AnomalyOVConfig, AnomalyOVForConditionalGeneration
+
+    source = _checkpoint(params)
+    try:
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(source))
+        base_cfg = LlavaOnevisionConfig.from_pretrained(source)
+        image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(source)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"cannot load LLaVA-OneVision checkpoint {source!r} ({exc}). Set model.checkpoint to a local copy of "
+            f"{HUB_IDS[params.model.preset]} (offline runs cannot reach the hub)."
+        ) from exc
+    config = AnomalyOVConfig.from_llava_config(base_cfg, **token_settings(tokenizer), **expert_settings(params))
+    model = AnomalyOVForConditionalGeneration.from_pretrained(source, config=config, dtype="auto")
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.reset_expert()
+    if params.model.expert_checkpoint:
+        load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint)
+    _set_generation_ids(model, tokenizer)
+    return model, tokenizer, image_processor
+
+
+def build_shapes_only(preset: str = "llava-onevision-0.5b", params: Params | None = None):
+    """The preset's architecture from config with random weights (no download, no tokenizer).
+
+    Placeholder ids are the llava-hf ones (<image> 151646) plus 151648 (<anomaly>) and 151649 (<adv>); the adverb
+    ids are arbitrary (shapes only).
+    """
+    from transformers import Qwen2Config
+
+    from anomaly_ov.config import Params
+    from anomaly_ov.model.modeling import AnomalyOVConfig, AnomalyOVForConditionalGeneration
+
+    if preset not in QWEN2_TEXT:
+        raise ValueError(f"no shapes-only build for preset {preset!r}; choose one of {sorted(QWEN2_TEXT)}")
+    params = params or Params(model={"preset": preset})
+    config = AnomalyOVConfig(
+        text_config=Qwen2Config(**QWEN2_TEXT[preset]),
+        image_token_index=151646,
+        video_token_index=151647,
+        anomaly_token_index=151648,
+        adverb_token_index=151649,
+        adverb_token_ids=[[1], [2], [3]],
+        **expert_settings(params),
+    )
+    return AnomalyOVForConditionalGeneration(config)
+
+
+# --------------------------------------------------------------------------------------------------- API
+def build_model(params: Params, tokenizer: Any = None) -> AnomalyOVForConditionalGeneration:
+    """The model for ``params.model.preset`` (tiny: random init sized to ``tokenizer``; else the checkpoint)."""
+    from anomaly_ov.model.modeling import AnomalyOVForConditionalGeneration
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    if params.model.preset == "tiny":
+        tokenizer = tokenizer or train_tokenizer(())
+        model = AnomalyOVForConditionalGeneration(tiny_config(tokenizer, params))
+        _set_generation_ids(model, tokenizer)
+        if params.model.expert_checkpoint:
+            from anomaly_ov.model.expert import load_expert_weights
+
+            load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint)
+        return model
+    model, _, _ = _load_pretrained_base(params)
+    return model
+
+
+def processor_for(model: AnomalyOVForConditionalGeneration, tokenizer: Any, image_processor: Any = None):
+    """An AnomalyOVProcessor matching ``model``'s tower grid and AnyRes settings."""
+    from anomaly_ov.model.processing import AnomalyOVProcessor
+
+    cfg = model.config
+    if image_processor is None:
+        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+            LlavaOnevisionImageProcessorPil,
+        )
+
+        size = cfg.vision_config.image_size
+        image_processor = LlavaOnevisionImageProcessorPil(
+            size={"height": size, "width": size}, image_grid_pinpoints=[list(p) for p in cfg.image_grid_pinpoints]
+        )
+    return AnomalyOVProcessor(
+        prepare_tokenizer(tokenizer),
+        image_processor,
+        num_image_tokens=cfg.grid_size**2,
+        vision_aspect_ratio=cfg.vision_aspect_ratio,
+        num_pooling_tokens=model.anomaly_expert.num_pooling_tokens,
+    )
+
+
+def build_processor(params: Params, tokenizer: Any = None) -> AnomalyOVProcessor:
+    """The processor for ``params.model.preset`` (tiny: needs the tokenizer the model was built with)."""
+    from anomaly_ov.model.modeling import default_expert_layers  # noqa: F401  (keeps import errors early)
+    from anomaly_ov.model.processing import AnomalyOVProcessor
+
+    if params.model.preset == "tiny":
+        if tokenizer is None:
+            raise ValueError("the tiny preset's processor needs the tokenizer its model was built with")
+        g = TINY_IMAGE_SIZE // TINY_PATCH
+        return AnomalyOVProcessor(prepare_tokenizer(tokenizer), tiny_image_processor(), num_image_tokens=g * g)
+    from transformers import AutoTokenizer
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    source = _checkpoint(params)
+    tokenizer = prepare_tokenizer(tokenizer or AutoTokenizer.from_pretrained(source))
+    image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(source)
+    size = image_processor.size["height"]
+    return AnomalyOVProcessor(tokenizer, image_processor, num_image_tokens=(size // 14) ** 2)
+
+
+def save_pretrained(model: AnomalyOVForConditionalGeneration, processor: AnomalyOVProcessor, directory) -> Path:
+    """Whole model (config with expert settings, safetensors) + processor files, atomically, into ``directory``."""
+    from anomaly_ov.io import atomic_dir
+
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return directory
+
+
+def load_pretrained(directory, device: str = "cpu", dtype: Any = None):
+    """(model, processor) from a directory written by :func:`save_pretrained` (no network)."""
+    from anomaly_ov.model.modeling import AnomalyOVForConditionalGeneration
+    from anomaly_ov.model.processing import AnomalyOVProcessor
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} has no config.json: not a saved Anomaly-OV model directory")
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AnomalyOVForConditionalGeneration.from_pretrained(directory, **kwargs).to(device)
+    model.eval()
+    return model, AnomalyOVProcessor.from_pretrained(directory)
+
+
+# -------------------------------------------------------------------------------------------- stage 1 I/O
+def save_expert_stage(model: AnomalyOVForConditionalGeneration, directory, include_tower: bool | None = None) -> Path:
+    """Stage-1 artifact: the expert state dict (release key names, ``pretrained_expert.pth``), the vision tower
+    (``vision_tower.safetensors``; default: only for the tiny preset, whose tower is trained) and ``expert.json``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from anomaly_ov.io import atomic_dir
+
+    directory = Path(directory)
+    cfg = model.config
+    if include_tower is None:
+        include_tower = cfg.vision_config.hidden_size != 1152
+    info = {
+        "expert": model.anomaly_expert.config_dict(),
+        "expert_layers": list(cfg.expert_layers),
+        "vision_feature_layer": cfg.vision_feature_layer,
+        "vision_config": cfg.vision_config.to_dict(),
+        "includes_vision_tower": bool(include_tower),
+    }
+    with atomic_dir(directory) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.anomaly_expert.state_dict().items()}
+        torch.save(state, tmp / EXPERT_STAGE_FILES["expert"])
+        if include_tower:
+            tower = {k: v.detach().cpu().contiguous() for k, v in model.model.vision_tower.state_dict().items()}
+            save_file(tower, str(tmp / EXPERT_STAGE_FILES["tower"]))
+        (tmp / EXPERT_STAGE_FILES["config"]).write_text(json.dumps(info, indent=2, default=str))
+    return directory
+
+
+def load_expert_stage(model: AnomalyOVForConditionalGeneration, directory) -> dict[str, Any]:
+    """Load a stage-1 artifact into ``model`` (expert strictly; the tower too when saved). Returns expert.json."""
+    from safetensors.torch import load_file
+
+    from anomaly_ov.model.expert import ExpertWeightsError, load_expert_weights
+
+    directory = Path(directory)
+    info_file = directory / EXPERT_STAGE_FILES["config"]
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{info_file} is missing: {directory} is not a stage-1 expert artifact")
+    info = json.loads(info_file.read_text())
+    if list(info.get("expert_layers", [])) != list(model.config.expert_layers):
+        raise ExpertWeightsError(
+            f"{directory}: trained on tower layers {info.get('expert_layers')} but the model uses "
+            f"{model.config.expert_layers}"
+        )
+    load_expert_weights(model.anomaly_expert, directory / EXPERT_STAGE_FILES["expert"], strict=True)
+    saved_temperature = info.get("expert", {}).get("temperature")
+    if saved_temperature is not None and saved_temperature != model.anomaly_expert.temperature:
+        logger.warning(
+            "expert trained at temperature %s, model configured with %s; using the trained one",
+            saved_temperature, model.anomaly_expert.temperature,
+        )
+        model.anomaly_expert.temperature = float(saved_temperature)
+        model.config.expert_temperature = float(saved_temperature)
+    if info.get("includes_vision_tower"):
+        tower_file = directory / EXPERT_STAGE_FILES["tower"]
+        state = load_file(str(tower_file))
+        result = model.model.vision_tower.load_state_dict(state, strict=True)
+        logger.info("vision tower loaded from %s (%s)", tower_file, result)
+    return info
