@@ -1,0 +1,338 @@
+"""Zero-shot detection protocol of VisA-D&R (REFERENCE.md section 5) plus the expert's localisation.
+
+For each image of ``test_data.json`` the model is asked the detection prompt (greedy decoding); the answer is
+positive when it contains "Yes" or "yes". The expert's image score and anomaly map are kept for every image:
+maps and masks are compared at ``params.evaluate.resolution`` (masks binarised ``> 0``, resized bilinearly and
+thresholded at 0.5). Pixel metrics are exact for small sets and binned (memory-bounded) above
+``params.evaluate.exact_pixel_limit`` pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from anomaly_ov.evaluate import metrics as M
+from anomaly_ov.paths import in_workspace
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from anomaly_ov.config import EvaluateParams
+
+DETECTION_PROMPT = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
+REQUIRED_TEST_KEYS = ("file", "anomaly")
+KINDS = ("TP", "FP", "FN")
+
+
+class PredictorLike(Protocol):
+    """What evaluation needs from ``anomaly_ov.model.predict.Predictor`` (tests use a small fake)."""
+
+    def predict(self, images: Sequence[Any], question: str | None = None, generate: bool = False,
+                threshold: float = 0.5, max_new_tokens: int = 64) -> list[Any]: ...
+
+    def chat(self, images: Sequence[Any], history: list[tuple[str, str]], question: str) -> str: ...
+
+
+# -------------------------------------------------------------------------------------------- parsing
+def parse_yes_no(answer: str | None) -> bool | None:
+    """The published rule: positive when the response contains "Yes" or "yes" (None when there is no answer)."""
+    if answer is None:
+        return None
+    return "Yes" in answer or "yes" in answer
+
+
+# ---------------------------------------------------------------------------------------------- items
+def load_test_items(path: str | Path, max_images: int | None = None) -> list[dict[str, Any]]:
+    """Read and check ``test_data.json``; ``max_images`` keeps a class- and label-balanced subset."""
+    from anomaly_ov.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of test items, got {type(data).__name__}")
+    items = [normalise_test_item(item, i, str(path)) for i, item in enumerate(data)]
+    return balanced_subset(items, max_images)
+
+
+def normalise_test_item(item: Any, index: int, source: str = "test items") -> dict[str, Any]:
+    """Check one test item's keys and fill ``category`` (second component of ``image``) and ``mask``."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
+    missing = [k for k in REQUIRED_TEST_KEYS if k not in item]
+    if missing:
+        raise ValueError(f"{source}: item {index} lacks key(s) {missing}; each item needs {list(REQUIRED_TEST_KEYS)}")
+    out = dict(item)
+    if not isinstance(out["anomaly"], bool | int):
+        raise ValueError(f"{source}: item {index} key 'anomaly' must be true/false, got {out['anomaly']!r}")
+    out["anomaly"] = bool(out["anomaly"])
+    out.setdefault("mask", "")
+    out["mask"] = out["mask"] or ""
+    out.setdefault("image", str(out["file"]))
+    if not out.get("category"):
+        parts = Path(str(out["image"])).parts
+        if len(parts) < 2:
+            raise ValueError(f"{source}: item {index} has no 'category' and its image {out['image']!r} has no class")
+        out["category"] = parts[1]
+    return out
+
+
+def balanced_subset(items: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """At most ``limit`` items taken round-robin over (category, anomaly) groups, so no class loses a label."""
+    if limit is None or len(items) <= limit:
+        return items
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault((item["category"], item["anomaly"]), []).append(item)
+    queues = [groups[k] for k in sorted(groups)]
+    picked: list[dict[str, Any]] = []
+    depth = 0
+    while len(picked) < limit:
+        for queue in queues:
+            if depth < len(queue) and len(picked) < limit:
+                picked.append(queue[depth])
+        depth += 1
+    return picked
+
+
+# ------------------------------------------------------------------------------------------ image I/O
+def load_image(file: str | Path, workspace: str | Path) -> Image.Image:
+    from PIL import Image
+
+    path = in_workspace(workspace, file)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: image not found (listed in the benchmark file); re-run `synthesize`")
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def resize_map(amap: np.ndarray, resolution: int) -> np.ndarray:
+    """Bilinear resize of a float map to ``resolution`` x ``resolution``, clipped to [0, 1]."""
+    from PIL import Image
+
+    amap = np.asarray(amap, dtype=np.float32)
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly map must be 2-D, got shape {amap.shape}")
+    if amap.shape != (resolution, resolution):
+        amap = np.asarray(Image.fromarray(amap).resize((resolution, resolution), Image.BILINEAR))
+    return np.clip(np.nan_to_num(amap, nan=0.0), 0.0, 1.0).astype(np.float32)
+
+
+def load_mask(file: str | Path | None, resolution: int, workspace: str | Path) -> np.ndarray:
+    """Mask at ``resolution``: binarised ``> 0``, resized bilinearly, thresholded at 0.5. No file -> all zeros."""
+    from PIL import Image
+
+    if not file:
+        return np.zeros((resolution, resolution), dtype=bool)
+    path = in_workspace(workspace, file)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: mask not found (listed in the benchmark file); re-run `synthesize`")
+    with Image.open(path) as img:
+        raw = np.asarray(img)
+    if raw.ndim == 3:
+        raw = raw.max(axis=2)
+    binary = (raw > 0).astype(np.float32)
+    resized = np.asarray(Image.fromarray(binary).resize((resolution, resolution), Image.BILINEAR))
+    return resized > 0.5
+
+
+# --------------------------------------------------------------------------------------------- result
+@dataclass
+class Sample:
+    """One image kept for the figures (at the evaluation resolution)."""
+
+    category: str
+    kind: str
+    file: str
+    image: np.ndarray
+    amap: np.ndarray
+    mask: np.ndarray
+    score: float
+    answer: str | None
+
+
+@dataclass
+class DetectionResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    pixel: dict[str, Any] = field(default_factory=dict)  # category -> PixelAccumulator | ExactPixelStore
+    samples: list[Sample] = field(default_factory=list)
+    exact_pixels: bool = True
+    skipped_pixel_images: int = 0
+
+    def column(self, name: str) -> list[Any]:
+        return [r[name] for r in self.records]
+
+
+def decision_kind(predicted: bool, anomaly: bool) -> str:
+    if predicted and anomaly:
+        return "TP"
+    if predicted:
+        return "FP"
+    return "FN" if anomaly else "TN"
+
+
+def _predict(predictor: PredictorLike, images: list[Any], cfg: EvaluateParams) -> list[Any]:
+    out = predictor.predict(
+        images,
+        question=DETECTION_PROMPT if cfg.generate_answers else None,
+        generate=cfg.generate_answers,
+        threshold=cfg.threshold,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+    if len(out) != len(images):
+        raise RuntimeError(f"predictor returned {len(out)} predictions for {len(images)} images")
+    return out
+
+
+def run_detection(
+    predictor: PredictorLike,
+    items: list[dict[str, Any]],
+    cfg: EvaluateParams,
+    workspace: str | Path = ".",
+    progress: Callable[[int, int], None] | None = None,
+) -> DetectionResult:
+    """Ask the detection prompt for every item and keep scores, answers, pixel statistics and figure samples."""
+    res = cfg.resolution
+    result = DetectionResult(exact_pixels=len(items) * res * res <= cfg.exact_pixel_limit)
+    kept: dict[tuple[str, str], int] = {}
+    for start in range(0, len(items), cfg.batch_size):
+        batch = items[start : start + cfg.batch_size]
+        images = [load_image(item["file"], workspace) for item in batch]
+        for item, image, pred in zip(batch, images, _predict(predictor, images, cfg), strict=True):
+            score = float(pred.score)
+            expert = score >= cfg.threshold
+            answer = getattr(pred, "answer", None)
+            said_yes = parse_yes_no(answer)
+            cat = item["category"]
+            result.records.append(
+                {
+                    "file": str(item["file"]),
+                    "image": str(item.get("image", item["file"])),
+                    "category": cat,
+                    "label": "anomaly" if item["anomaly"] else "normal",
+                    "anomaly": item["anomaly"],
+                    "score": score,
+                    "expert_label": "anomaly" if expert else "normal",
+                    "answer": answer if answer is not None else "",
+                    "parsed": "" if said_yes is None else ("yes" if said_yes else "no"),
+                    "mask": item["mask"],
+                }
+            )
+            amap = getattr(pred, "anomaly_map", None)
+            if amap is None or (item["anomaly"] and not item["mask"]):
+                result.skipped_pixel_images += 1  # no map, or an anomaly whose pixels are unknown
+                amap_res, mask_res = None, None
+            else:
+                amap_res = resize_map(amap, res)
+                mask_res = load_mask(item["mask"], res, workspace)
+                if cat not in result.pixel:
+                    exact = result.exact_pixels
+                    result.pixel[cat] = M.ExactPixelStore() if exact else M.PixelAccumulator(cfg.pixel_bins)
+                result.pixel[cat].add(amap_res, mask_res)
+            kind = decision_kind(said_yes if said_yes is not None else expert, item["anomaly"])
+            if kind in KINDS and kept.get((cat, kind), 0) < cfg.figures_per_kind:
+                kept[(cat, kind)] = kept.get((cat, kind), 0) + 1
+                thumb = np.asarray(image.resize((res, res)), dtype=np.uint8)
+                if amap_res is None and amap is not None:
+                    amap_res = resize_map(amap, res)
+                if mask_res is None:
+                    mask_res = load_mask(item["mask"], res, workspace)
+                result.samples.append(
+                    Sample(cat, kind, str(item["file"]), thumb,
+                           amap_res if amap_res is not None else np.zeros((res, res), np.float32),
+                           mask_res, score, answer)
+                )
+        if progress is not None:
+            progress(min(start + cfg.batch_size, len(items)), len(items))
+    return result
+
+
+# -------------------------------------------------------------------------------------------- metrics
+def detection_metrics(result: DetectionResult, cfg: EvaluateParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(overall, per_class) metric dicts with flat-ready nested keys; missing values are None."""
+    cats = result.column("category")
+    labels = result.column("anomaly")
+    scores = result.column("score")
+    parsed = result.column("parsed")
+    expert = [s >= cfg.threshold for s in scores]
+
+    per_class: dict[str, dict[str, Any]] = {c: {} for c in sorted(set(cats))}
+    overall: dict[str, Any] = {}
+
+    answered = [i for i, p in enumerate(parsed) if p]
+    if answered:
+        text_macro, text_classes = M.macro_binary(
+            [parsed[i] == "yes" for i in answered], [labels[i] for i in answered], [cats[i] for i in answered]
+        )
+        overall["detection"] = {f"macro_{k}": v for k, v in text_macro.items()}
+        for c, values in text_classes.items():
+            per_class[c].update({f"detection.{k}": v for k, v in values.items()})
+    else:
+        overall["detection"] = {f"macro_{k}": None for k in ("accuracy", "precision", "recall", "f1")}
+
+    expert_macro, expert_classes = M.macro_binary(expert, labels, cats)
+    overall["expert"] = {"accuracy": expert_macro.get("accuracy"), "f1": expert_macro.get("f1"),
+                         "precision": expert_macro.get("precision"), "recall": expert_macro.get("recall")}
+    for c, values in expert_classes.items():
+        per_class[c].update({"expert.accuracy": values["accuracy"], "expert.f1": values["f1"]})
+
+    image_macro, image_classes = M.macro_image(scores, labels, cats)
+    pixel_classes: dict[str, dict[str, float | None]] = {}
+    for c in per_class:
+        store = result.pixel.get(c)
+        if store is None:
+            pixel_classes[c] = {"pixel_auroc": None, "pixel_f1_max": None, "aupro": None}
+            continue
+        f1_value, f1_threshold = store.pixel_f1_max()
+        pixel_classes[c] = {"pixel_auroc": store.pixel_auroc(), "pixel_f1_max": f1_value, "aupro": store.aupro(0.3)}
+        per_class[c]["pixel_f1_threshold"] = f1_threshold
+    pixel_macro = M.macro(pixel_classes)
+    overall["zero_shot"] = {
+        "image_auroc": image_macro.get("image_auroc"),
+        "image_f1_max": image_macro.get("image_f1_max"),
+        "pixel_auroc": pixel_macro.get("pixel_auroc"),
+        "pixel_f1_max": pixel_macro.get("pixel_f1_max"),
+        "aupro": pixel_macro.get("aupro"),
+    }
+    for c in per_class:
+        per_class[c].update(image_classes.get(c, {}))
+        per_class[c].update(pixel_classes[c])
+        idx = [i for i, cc in enumerate(cats) if cc == c]
+        per_class[c]["n_images"] = len(idx)
+        per_class[c]["n_anomalous"] = sum(bool(labels[i]) for i in idx)
+    return overall, per_class
+
+
+def curves(result: DetectionResult) -> dict[str, list[dict[str, Any]]]:
+    """Per class image ROC, pixel PRO and image PR curve points, as rows for CSV files."""
+    from sklearn.metrics import precision_recall_curve
+
+    out: dict[str, list[dict[str, Any]]] = {"roc": [], "pro": [], "pr": []}
+    cats = result.column("category")
+    for c in sorted(set(cats)):
+        idx = [i for i, cc in enumerate(cats) if cc == c]
+        s = np.asarray([result.records[i]["score"] for i in idx])
+        y = np.asarray([result.records[i]["anomaly"] for i in idx], dtype=bool)
+        roc = M.roc_points(s, y)
+        if roc is not None:
+            out["roc"].extend({"fpr": float(f), "tpr": float(t), "category": c} for f, t in zip(*roc, strict=True))
+            p, r, _ = precision_recall_curve(y, s)
+            out["pr"].extend(
+                {"recall": float(b), "precision": float(a), "category": c} for a, b in zip(p, r, strict=True)
+            )
+        store = result.pixel.get(c)
+        pro = store.pro_curve() if store is not None else None
+        if pro is not None:
+            out["pro"].extend(_thin(pro[0], pro[1], c, ("fpr", "pro")))
+    return out
+
+
+def _thin(x: np.ndarray, y: np.ndarray, category: str, names: tuple[str, str], points: int = 400) -> list[dict]:
+    """At most about ``points`` points of a long curve (exact curves have one point per distinct score)."""
+    if len(x) > points:
+        keep = np.unique(np.concatenate([np.linspace(0, len(x) - 1, points).astype(int), [len(x) - 1]]))
+        x, y = x[keep], y[keep]
+    return [{names[0]: float(a), names[1]: float(b), "category": category} for a, b in zip(x, y, strict=True)]

@@ -1,0 +1,88 @@
+"""Optional LLM judge for reasoning answers, through any OpenAI-compatible ``/chat/completions`` endpoint.
+
+Off by default (``evaluate.judge.enabled``). The prompt ships as ``judge_prompt.txt`` beside this module; the
+judge replies ``Score: N`` with N in 0..10 and the score is reported divided by 10. Network errors, HTTP errors
+and unparseable replies raise :class:`JudgeError`; the caller counts them and carries on (never fatal).
+Uses only the standard library (urllib).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import JudgeParams
+
+SCORE_RE = re.compile(r"score\s*[:=]\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+class JudgeError(RuntimeError):
+    """The judge could not give a score for one answer (the evaluation goes on without it)."""
+
+
+def judge_prompt() -> str:
+    return resources.files("anomaly_ov.evaluate").joinpath("judge_prompt.txt").read_text()
+
+
+def parse_score(text: str) -> float:
+    """``"Score: 7"`` -> 0.7; raises :class:`JudgeError` when no score in 0..10 is found."""
+    match = SCORE_RE.search(text or "")
+    if not match:
+        raise JudgeError(f"judge reply has no 'Score: N' line: {text[:200]!r}")
+    value = float(match.group(1))
+    if not 0 <= value <= 10:
+        raise JudgeError(f"judge score {value} is outside 0..10")
+    return value / 10.0
+
+
+class Judge:
+    """Scores (question, reference, answer) triples with one HTTP request each."""
+
+    def __init__(self, cfg: JudgeParams, prompt: str | None = None) -> None:
+        if not cfg.base_url or not cfg.model:
+            raise ValueError("evaluate.judge.enabled is true but evaluate.judge.base_url or .model is empty")
+        self.cfg = cfg
+        self.prompt = prompt or judge_prompt()
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.calls = 0
+        self.failures = 0
+
+    def score(self, question: str, reference: str, answer: str) -> float:
+        self.calls += 1
+        try:
+            return parse_score(self._ask(self.prompt.format(question=question, reference=reference, answer=answer)))
+        except JudgeError:
+            self.failures += 1
+            raise
+
+    def try_score(self, question: str, reference: str, answer: str) -> float | None:
+        """Like :meth:`score` but returns None on failure (counted in ``failures``)."""
+        try:
+            return self.score(question, reference, answer)
+        except JudgeError:
+            return None
+
+    def _ask(self, content: str) -> str:
+        body = json.dumps(
+            {"model": self.cfg.model, "temperature": 0, "messages": [{"role": "user", "content": content}]}
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.cfg.api_key_env, "")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
+                payload = json.loads(response.read().decode("utf-8"))
+        except (urllib.error.URLError, TimeoutError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise JudgeError(f"judge request to {self.url} failed: {exc}") from None
+        try:
+            return str(payload["choices"][0]["message"]["content"])
+        except (KeyError, IndexError, TypeError):
+            raise JudgeError(f"judge reply from {self.url} is not a chat completion: {str(payload)[:200]}") from None

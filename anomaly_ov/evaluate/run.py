@@ -1,0 +1,203 @@
+"""The ``evaluate`` stage and the reusable :func:`evaluate_dataset` (CLI, medical and 3D extensions use it too).
+
+Inputs: the benchmark files written by ``synthesize`` (``<instruct.bench_dir>/test_data.json`` and
+``visa_dr.json``) and the model saved by ``train_instruct`` (``train.instruct.output_dir``). Outputs (paths from
+``params.evaluate``, or under ``out_dir`` when one is given): ``metrics.json`` (flat keys), ``predictions.parquet``,
+``reasoning.parquet`` (when reasoning runs), ``evaluation.md``, ``figures/`` and ``curves/{roc,pro,pr}.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomaly_ov.paths import in_workspace
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import Params
+    from anomaly_ov.evaluate.detection import PredictorLike
+
+log = logging.getLogger(__name__)
+
+TEST_DATA = "test_data.json"
+REASONING_DATA = "visa_dr.json"
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    metrics: Path
+    predictions: Path
+    reasoning: Path
+    report_md: Path
+    figures_dir: Path
+    curves_dir: Path
+
+    @classmethod
+    def from_params(cls, params: Params, workspace: str | Path, out_dir: str | Path | None = None) -> OutputPaths:
+        """The stage's paths from ``params.evaluate``; with ``out_dir``, the same file names under that folder."""
+        cfg = params.evaluate
+        if out_dir is not None:
+            out = Path(out_dir)
+            return cls(out / "metrics.json", out / "predictions.parquet", out / "reasoning.parquet",
+                       out / "evaluation.md", out / "figures", out / "curves")
+        predictions = in_workspace(workspace, cfg.predictions)
+        return cls(
+            in_workspace(workspace, cfg.metrics),
+            predictions,
+            predictions.with_name("reasoning.parquet"),
+            in_workspace(workspace, cfg.report_md),
+            in_workspace(workspace, cfg.figures_dir),
+            in_workspace(workspace, cfg.curves_dir),
+        )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else mps, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_predictor(model: str | Path | Any, device: str = "auto") -> PredictorLike:
+    """The real model behind the evaluation: ``anomaly_ov.model.predict.Predictor`` from a saved directory."""
+    from anomaly_ov.model.predict import Predictor
+
+    if isinstance(model, str | Path):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: model directory not found; run `anomaly-ov stage train_instruct` first")
+        model = str(path)
+    return Predictor.from_pretrained(model, device=resolve_device(device))
+
+
+def evaluate_dataset(
+    predictor: PredictorLike,
+    test_items: list[dict[str, Any]],
+    reasoning_items: list[dict[str, Any]] | None,
+    params: Params,
+    out_dir: str | Path | None = None,
+    workspace: str | Path = ".",
+    info: dict[str, Any] | None = None,
+    similarity: Any | None = None,
+    log_to_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Run detection (and reasoning when items are given) and write every report; return the flat metrics.
+
+    ``test_items`` follow ``test_data.json`` (``file``, ``anomaly``, ``mask``, ``category``, ``image``);
+    ``reasoning_items`` follow ``visa_dr.json``. Paths inside items are absolute or workspace-relative.
+    ``out_dir`` None writes to the paths in ``params.evaluate``. ``similarity`` (tests) replaces Sentence-BERT.
+    """
+    from anomaly_ov import tracking
+    from anomaly_ov.evaluate import detection, figures, reasoning, report
+
+    cfg = params.evaluate
+    workspace = Path(workspace)
+    paths = OutputPaths.from_params(params, workspace, out_dir)
+    info = dict(info or {})
+    if not test_items:
+        raise ValueError("no test items to evaluate (the benchmark file or the dataset is empty)")
+    test_items = [detection.normalise_test_item(item, i) for i, item in enumerate(test_items)]
+    started = time.perf_counter()
+    det = detection.run_detection(predictor, test_items, cfg, workspace, _progress("detection"))
+    detect_seconds = time.perf_counter() - started
+    overall, per_class = detection.detection_metrics(det, cfg)
+
+    reason = None
+    if reasoning_items:
+        reasoning_items = [reasoning.normalise_reasoning_item(item, i) for i, item in enumerate(reasoning_items)]
+        reason = reasoning.run_reasoning(predictor, reasoning_items, cfg, workspace, similarity, _progress("reasoning"))
+        r_overall, r_classes = reasoning.reasoning_metrics(reason, cfg.judge.enabled)
+        overall["reasoning"] = r_overall
+        for cls, values in r_classes.items():
+            per_class.setdefault(cls, {})["reasoning"] = values
+        info["sbert_model"] = reason.sbert_name
+
+    labels = det.column("anomaly")
+    counts = {
+        "images": len(labels),
+        "anomalous": sum(bool(v) for v in labels),
+        "normal": sum(not v for v in labels),
+        "categories": len(set(det.column("category"))),
+        "answered": sum(bool(p) for p in det.column("parsed")),
+        "pixel_skipped": det.skipped_pixel_images,
+    }
+    extra = {
+        "eval_resolution": cfg.resolution,
+        "pixel_exact": int(det.exact_pixels),
+        "counts": counts,
+        "speed": {"detection_images_per_s": len(labels) / detect_seconds if detect_seconds > 0 else None},
+    }
+    flat = report.flat_metrics(overall, per_class, extra)
+    info.setdefault("threshold", cfg.threshold)
+    info.setdefault("pixel_bins", cfg.pixel_bins)
+
+    curve_rows = detection.curves(det)
+    report.write_metrics(paths.metrics, flat)
+    report.write_table(paths.predictions, det.records, report.PREDICTION_COLUMNS)
+    if reason is not None:
+        report.write_table(paths.reasoning, reason.records, report.REASONING_COLUMNS)
+    report.write_curves(paths.curves_dir, curve_rows)
+    figure_files = figures.write_figures(det, curve_rows, paths.figures_dir, cfg.threshold)
+    report.write_markdown(paths.report_md, flat, info)
+
+    if log_to_mlflow:
+        tracking.log_metrics(flat)
+        tracking.set_tags({k: v for k, v in info.items() if isinstance(v, str | int | float)})
+        tracking.log_artifact(paths.metrics)
+        tracking.log_artifact(paths.report_md)
+        tracking.log_artifact(paths.predictions)
+        tracking.log_artifact(paths.figures_dir, "figures")
+        tracking.log_artifact(paths.curves_dir, "curves")
+    log.info("evaluation written to %s (%d figures)", paths.metrics.parent, len(figure_files))
+    return flat
+
+
+def _progress(name: str):
+    def report(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            log.info("%s: %d / %d", name, done, total)
+
+    return report
+
+
+def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
+    """Stage ``evaluate``: the trained model on the zero-shot benchmark files; returns the headline numbers."""
+    from anomaly_ov.evaluate.detection import load_test_items
+    from anomaly_ov.evaluate.reasoning import load_reasoning_items
+    from anomaly_ov.evaluate.report import HEADLINE
+    from anomaly_ov.stages import StageFailed
+
+    cfg = params.evaluate
+    bench = in_workspace(workspace, params.instruct.bench_dir)
+    test_file = bench / TEST_DATA
+    if not test_file.exists():
+        raise StageFailed("evaluate", f"{test_file} not found; run `anomaly-ov stage synthesize` first")
+    test_items = load_test_items(test_file, cfg.max_images)
+    reasoning_items = None
+    if cfg.reasoning:
+        reasoning_file = bench / REASONING_DATA
+        if not reasoning_file.exists():
+            raise StageFailed(
+                "evaluate",
+                f"{reasoning_file} not found; run `anomaly-ov stage synthesize`, or set evaluate.reasoning=false",
+            )
+        reasoning_items = load_reasoning_items(reasoning_file, cfg.max_reasoning_items)
+    model_dir = in_workspace(workspace, params.train.instruct.output_dir)
+    predictor = load_predictor(model_dir, cfg.device)
+    info = {"dataset": f"{params.instruct.bench_dir}/{TEST_DATA}", "model": params.train.instruct.output_dir}
+    flat = evaluate_dataset(predictor, test_items, reasoning_items, params, None, workspace, info)
+    summary = {k: flat[k] for k in HEADLINE if flat.get(k) is not None}
+    summary["images"] = flat["counts.images"]
+    for key in ("reasoning.low_level.rouge_l", "reasoning.low_level.sbert", "reasoning.complex.sbert"):
+        if flat.get(key) is not None:
+            summary[key] = flat[key]
+    return summary
