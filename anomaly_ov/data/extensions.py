@@ -1,0 +1,102 @@
+"""Data of the medical and 3D extensions: generate the synthetic sets, read configured sources, build manifests.
+
+Used by the extension stages (``anomaly_ov.evaluate.extensions``) and, when ``extensions.*.join_training`` is set,
+by the ``prepare`` stage (:func:`extension_sources`) so the same images also join training with role ``train``.
+The synthetic sets are deterministic, so both callers produce byte-identical files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anomaly_ov.paths import in_workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anomaly_ov.config import Params
+
+SYNTHETIC_MEDICAL_SOURCE = "synthetic_medical"
+SYNTHETIC_3D_SOURCE = "synthetic_3d"
+
+
+def render_settings(params: Params):
+    """Render settings of the 3D extension (views, image size, point budget) from params."""
+    from anomaly_ov.data.pointcloud import RenderSettings
+
+    threed = params.extensions.threed
+    return RenderSettings(views=threed.views, image_size=threed.image_size,
+                          max_points=max(threed.points_per_object, 1000) * 10)
+
+
+def medical_manifest(params: Params, workspace: Path, role: str | None = None) -> pd.DataFrame:
+    """Synthetic medical set (when enabled) + ``extensions.medical.sources``; ``role`` overrides every row's role."""
+
+    from anomaly_ov.data.medical import generate_synthetic_medical
+    from anomaly_ov.data.sources import read_source
+
+    medical = params.extensions.medical
+    frames = []
+    if medical.enabled:
+        frames.append(generate_synthetic_medical(
+            in_workspace(workspace, medical.out_dir), medical.modalities, medical.image_size,
+            medical.normal_per_modality, medical.anomaly_per_modality, seed=params.seed,
+            source=SYNTHETIC_MEDICAL_SOURCE, role="eval", workspace=workspace,
+        ))
+    for source in medical.sources:
+        frame = read_source(source, workspace).copy()
+        frame["modality"] = "medical"
+        frames.append(frame)
+    return _combine(frames, role)
+
+
+def threed_manifest(params: Params, workspace: Path, role: str | None = None) -> pd.DataFrame:
+    """Rendered synthetic 3D set (when enabled) + ``extensions.threed.sources``, all with the same camera ring."""
+    from anomaly_ov.config import SourceParams
+    from anomaly_ov.data.pointcloud import generate_synthetic_3d
+    from anomaly_ov.data.sources import reader_for
+
+    threed = params.extensions.threed
+    settings = render_settings(params)
+    out = in_workspace(workspace, threed.out_dir)
+    frames = []
+    if threed.enabled:
+        generate_synthetic_3d(out / "clouds", threed.shapes, threed.normal_per_shape, threed.anomaly_per_shape,
+                              train_per_shape=2, points_per_object=threed.points_per_object, seed=params.seed)
+        source = SourceParams(name=SYNTHETIC_3D_SOURCE, format="real3d", path=str(out / "clouds"), role="eval",
+                              modality="3d")
+        frames.append(reader_for("real3d")(source, workspace, settings=settings, out_dir=out / "renders"))
+    for source in threed.sources:
+        reader = reader_for(source.format)
+        if source.format in ("mvtec3d", "real3d", "shapenet"):
+            frame = reader(source, workspace, settings=settings, out_dir=out / "renders_sources" / source.name)
+        else:  # already rendered views in an image layout
+            frame = reader(source, workspace).copy()
+            frame["modality"] = "3d"
+        frames.append(frame)
+    return _combine(frames, role)
+
+
+def _combine(frames: list[pd.DataFrame], role: str | None) -> pd.DataFrame:
+    import pandas as pd
+
+    from anomaly_ov.data.manifest import empty_manifest, normalise
+
+    if not frames:
+        return empty_manifest()
+    frame = normalise(pd.concat(frames, ignore_index=True))
+    if role is not None:
+        frame["role"] = role
+    return frame
+
+
+def extension_sources(params: Params, workspace: Path) -> list[pd.DataFrame]:
+    """Manifests (role ``train``) of the extensions whose ``join_training`` is set; called by ``prepare``."""
+    workspace = Path(workspace)
+    frames = []
+    if params.extensions.medical.join_training:
+        frames.append(medical_manifest(params, workspace, role="train"))
+    if params.extensions.threed.join_training:
+        frames.append(threed_manifest(params, workspace, role="train"))
+    return [f for f in frames if len(f)]
