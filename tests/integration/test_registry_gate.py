@@ -1,0 +1,73 @@
+"""The promotion gate and rollback against a real MLflow registry (SQLite in tmp), with three logged versions."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from anomaly_ov import registry
+from anomaly_ov.config import load_params
+from anomaly_ov.tracking import configure
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = load_params(None, [
+        "registry.model_name=gate-test",
+        "registry.margin=0.01",
+        "registry.thresholds={zero_shot.image_auroc: 0.7}",
+    ])
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    uri = configure(params, tmp_path)
+    return params, model_dir, MlflowClient(uri)
+
+
+def new_version(params, model_dir, client, auroc: float):
+    """Log + register the dummy model and run the gate with the given metric (what run_register does)."""
+    with mlflow.start_run():
+        info = registry.log_model(model_dir, params.registry.model_name, validate_example=False)
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(params.registry.model_name, version, "metric.zero_shot.image_auroc", str(auroc))
+    decision = registry.apply_gate(client, params.registry, version, {"zero_shot.image_auroc": auroc})
+    return version, decision
+
+
+def test_gate_promotes_better_refuses_worse_and_rollback_restores(setup, tmp_path):
+    params, model_dir, client = setup
+    name = params.registry.model_name
+    v1, d1 = new_version(params, model_dir, client, 0.80)
+    assert d1.verdict == "production"
+    v2, d2 = new_version(params, model_dir, client, 0.75)  # worse: staging at most, production untouched
+    assert d2.verdict == "staging"
+    assert registry.alias_version(client, name, "production") == v1
+    assert registry.alias_version(client, name, "staging") == v2
+    assert registry.alias_version(client, name, "candidate") == v2
+    tags = client.get_model_version(name, v2).tags
+    assert tags["gate.verdict"] == "staging" and "does not beat production" in tags["gate.reason"]
+    assert tags["gate.production_before"] == v1 and tags["gate.thresholds"] == '{"zero_shot.image_auroc": 0.7}'
+    v3, d3 = new_version(params, model_dir, client, 0.65)  # below threshold: stays candidate only
+    assert d3.verdict == "candidate"
+    assert registry.alias_version(client, name, "staging") == v2
+    v4, d4 = new_version(params, model_dir, client, 0.90)  # better by more than the margin: production
+    assert d4.verdict == "production"
+    assert set(client.get_model_version(name, v4).aliases) == {"candidate", "staging", "production"}
+    assert client.get_registered_model(name).tags[registry.PREVIOUS_TAG] == v1
+
+    restored = registry.rollback(params, tmp_path)
+    assert restored == {"model_name": name, "production": v1, "rolled_back": v4}
+    assert registry.alias_version(client, name, "production") == v1
+    with pytest.raises(ValueError, match="no earlier production"):
+        registry.rollback(params, tmp_path)
+
+    promoted = registry.promote(params, v2, "production", tmp_path)
+    assert promoted["previous"] == v1
+    assert client.get_model_version(name, v2).tags["production.how"] == "manual"
+    assert registry.rollback(params, tmp_path)["production"] == v1
+    with pytest.raises(ValueError, match="no version 99"):
+        registry.promote(params, 99, "staging", tmp_path)
