@@ -104,7 +104,7 @@ class AnomalyOVPyfunc(mlflow.pyfunc.PythonModel):
                 images, question=question, generate=generate or question is not None, threshold=threshold
             )
             for i, pred in zip(index, preds, strict=True):
-                row = {"score": float(pred.score), "label": int(pred.label), "answer": pred.answer or ""}
+                row = {"score": float(pred.score), "label": str(pred.label), "answer": pred.answer or ""}
                 if return_map:
                     row["anomaly_map"] = pred.anomaly_map.tolist()
                 rows[i] = row
@@ -116,7 +116,7 @@ def _signature():
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", "image"), ColSpec("string", "question", required=False)])
-    outputs = Schema([ColSpec("double", "score"), ColSpec("long", "label"), ColSpec("string", "answer")])
+    outputs = Schema([ColSpec("double", "score"), ColSpec("string", "label"), ColSpec("string", "answer")])
     params = ParamSchema(
         [
             ParamSpec("threshold", "double", 0.5),

@@ -47,5 +47,19 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml", force: bool 
     }
 
 
+
+def retrain_deployment(params, workspace: str, params_file: str = "params.yaml"):
+    """The scheduled deployment of :func:`retrain`: cron and timezone from ``params.schedule``."""
+    from prefect.schedules import Cron
+
+    return retrain.to_deployment(
+        name=params.schedule.deployment_name,
+        schedules=[Cron(params.schedule.cron, timezone=params.schedule.timezone)],
+        parameters={"workspace": str(Path(workspace).resolve()), "params_file": params_file},
+        description="Weekly retraining: dvc pull -> pipeline -> promotion gate -> dvc push",
+        tags=["anomaly-ov", "retrain"],
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     retrain()

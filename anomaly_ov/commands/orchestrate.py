@@ -1,4 +1,101 @@
-"""`anomaly-ov` commands: orchestrate."""
+"""`anomaly-ov run` (the main job: a Prefect flow over the DVC stages) and `anomaly-ov schedule` (weekly retrain)."""
 
-from anomaly_ov.cli import app  # noqa: F401  (commands register on it)
+from __future__ import annotations
 
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _fail, app
+
+#: Offline, no-telemetry defaults (REFERENCE.md section 9); set before Prefect / MLflow / DVC are imported.
+OFFLINE_DEFAULTS = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+class FlowName(StrEnum):
+    pipeline = "pipeline"
+    retrain = "retrain"
+    extensions = "extensions"
+
+
+def prepare_environment() -> None:
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("PREFECT_API_URL", None) == "":
+        del os.environ["PREFECT_API_URL"]  # empty means "no server" to people, but breaks Prefect's client
+
+
+@app.command("run")
+def run_flow(
+    flow: Annotated[FlowName, typer.Option("--flow", "-f", help="pipeline | retrain | extensions")] = FlowName.pipeline,
+    params_file: ParamsOpt = Path("params.yaml"),
+    workspace: WorkspaceOpt = Path("."),
+    force: Annotated[bool, typer.Option(help="re-run every stage even when DVC finds it up to date")] = False,
+) -> None:
+    """Run a flow: every stage through `dvc repro` under Prefect, tracked in MLflow; prints where to look.
+
+    Without PREFECT_API_URL the flow runs on Prefect's temporary local server (started and stopped here); with
+    it, the run is recorded on that server. Params come from the workspace's params file (edit it: DVC tracks it).
+    """
+    prepare_environment()
+    from anomaly_ov.config import ConfigError
+    from anomaly_ov.orchestration import StageError
+
+    if flow is FlowName.pipeline:
+        from flows.pipeline import pipeline as chosen
+    elif flow is FlowName.retrain:
+        from flows.retrain import retrain as chosen
+    else:
+        from flows.extensions import extensions as chosen
+    try:
+        chosen(workspace=str(workspace.resolve()), params_file=str(params_file), force=force)
+    except StageError as exc:
+        _fail(f"{flow.value} flow stopped: {exc}")
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+@app.command()
+def schedule(
+    params_file: ParamsOpt = Path("params.yaml"),
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Serve the retrain deployment on schedule.cron (params.yaml) against the Prefect server in PREFECT_API_URL.
+
+    Start a server first: `prefect server start` (UI at http://127.0.0.1:4200), then
+    `PREFECT_API_URL=http://127.0.0.1:4200/api anomaly-ov schedule`. Runs until Ctrl-C; each scheduled run is
+    `anomaly-ov run --flow retrain` in this workspace.
+    """
+    prepare_environment()
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            "PREFECT_API_URL is not set: a schedule needs a running Prefect server.\n"
+            "  prefect server start            # UI at http://127.0.0.1:4200\n"
+            "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+            "  anomaly-ov schedule"
+        )
+    from prefect import serve
+
+    from anomaly_ov.config import ConfigError, load_params
+    from flows.retrain import retrain_deployment
+
+    workspace = workspace.resolve()
+    try:
+        params = load_params(params_file if params_file.is_absolute() else workspace / params_file)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    deployment = retrain_deployment(params, str(workspace), str(params_file))
+    typer.echo(
+        f"serving deployment 'anomaly-ov-retrain/{params.schedule.deployment_name}' "
+        f"(cron '{params.schedule.cron}' {params.schedule.timezone}) on {os.environ['PREFECT_API_URL']}"
+    )
+    serve(deployment)

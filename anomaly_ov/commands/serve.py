@@ -1,4 +1,72 @@
-"""`anomaly-ov` commands: serve."""
+"""`anomaly-ov predict` and `anomaly-ov chat`: use a trained model (a directory or a registered version)."""
 
-from anomaly_ov.cli import app  # noqa: F401  (commands register on it)
+from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _fail, _load, app
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="model directory, or an MLflow URI such as models:/anomaly-ov@production")
+]
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    model: ModelOpt = "models/anomaly_ov",
+    overlay: Annotated[Path | None, typer.Option(help="write <image>_overlay.png (anomaly map in red) here")] = None,
+    question: Annotated[str | None, typer.Option("--question", "-q", help="also ask the model this")] = None,
+    threshold: Annotated[float, typer.Option(help="score threshold for the label")] = 0.5,
+    params_file: ParamsOpt = Path("params.yaml"),
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Score images: JSON with score, label (and the answer to --question) per image."""
+    from anomaly_ov.serving import load_predictor, predict_files
+
+    params = _load(workspace / params_file, None)
+    try:
+        predictor = load_predictor(model, params, workspace)
+        rows = predict_files(predictor, images, question=question, threshold=threshold, overlay_dir=overlay)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@app.command()
+def chat(
+    images: Annotated[list[Path], typer.Argument(help="image file(s); several = views of one object")],
+    model: ModelOpt = "models/anomaly_ov",
+    params_file: ParamsOpt = Path("params.yaml"),
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Ask questions about an image, one per line on stdin (`quit` to stop); answers on stdout."""
+    from anomaly_ov.serving import chat_loop, load_predictor
+
+    params = _load(workspace / params_file, None)
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        _fail(f"image file(s) not found: {', '.join(missing)}")
+    try:
+        predictor = load_predictor(model, params, workspace)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        typer.echo("Ask about the image (empty line skipped, `quit` to stop).")
+
+    def lines():
+        while True:
+            if interactive:
+                typer.echo("> ", nl=False)
+            line = sys.stdin.readline()
+            if not line:
+                return
+            yield line
+
+    chat_loop(predictor, images, lines(), typer.echo)
