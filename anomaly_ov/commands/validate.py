@@ -1,4 +1,98 @@
-"""`anomaly-ov` commands: validate."""
+"""`anomaly-ov validate PATH --format FMT`: check a dataset on disk before pointing the pipeline at it.
 
-from anomaly_ov.cli import app  # noqa: F401  (commands register on it)
+Reads the dataset with the reader of its format, runs every table and file check of the `validate` stage,
+writes the JSON report (and the Markdown one beside it), prints a short summary and exits with
+0 (no critical failure), 1 (critical failures; see the report) or 2 (the dataset or the params are unusable:
+wrong layout, unknown format, bad params).
+"""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anomaly_ov.cli import ParamsOpt, SetOpt, WorkspaceOpt, _fail, _load, app
+
+FORMATS = ("mvtec", "visa", "meta_json", "folder", "bmad", "mvtec3d", "real3d", "shapenet")
+
+
+@app.command("validate")
+def validate_dataset(
+    path: Annotated[Path, typer.Argument(help="dataset root folder")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="layout: mvtec | visa | meta_json | folder | ...")],
+    report: Annotated[Path, typer.Option("--report", "-r", help="JSON report (Markdown is written beside it)")] = Path(
+        "reports/validation.json"
+    ),
+    role: Annotated[str, typer.Option(help="eval (zero-shot evaluation: needs anomalies) or train")] = "eval",
+    name: Annotated[str | None, typer.Option(help="source name (default: the folder name)")] = None,
+    categories: Annotated[
+        list[str] | None, typer.Option("--category", "-c", help="only these categories (repeatable)")
+    ] = None,
+    modality: Annotated[str, typer.Option(help="industrial | medical | 3d")] = "industrial",
+    files: Annotated[bool, typer.Option("--files/--no-files", help="open and check every image and mask")] = True,
+    params_file: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Validate a dataset folder (table + file checks) and write reports/validation.{json,md}."""
+    from pydantic import ValidationError
+
+    from anomaly_ov.config import SourceParams
+    from anomaly_ov.data.sources import LayoutError, read_source
+    from anomaly_ov.validate.report import write_report
+    from anomaly_ov.validate.run import validate_manifest
+
+    if fmt not in FORMATS:
+        _fail(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}", 2)
+    params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides)
+    root = path if path.is_absolute() else Path.cwd() / path
+    try:
+        source = SourceParams(
+            name=name or root.resolve().name, format=fmt, path=str(root), role=role,
+            categories=categories or None, modality=modality,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid option(s): {problems}", 2)
+    try:
+        frame = read_source(source, workspace)
+    except (LayoutError, FileNotFoundError, NotADirectoryError) as exc:
+        _fail(f"{path}: cannot read as {fmt!r}: {exc}", 2)
+    result = validate_manifest(frame, params, workspace, sources=[source], subject=str(path), check_files=files)
+    md_path = report.with_suffix(".md")
+    write_report(result, report, md_path)
+    _print_summary(result, report, md_path)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _print_summary(report, json_path: Path, md_path: Path) -> None:
+    """Short rich summary: status, counts, then one line per failed check with its first failing file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from anomaly_ov.validate.report import describe_examples
+
+    console = Console(soft_wrap=True)
+    summary = report.summary
+    status = "[bold green]PASSED[/]" if report.ok else "[bold red]FAILED[/]"
+    console.print(
+        f"{status} {summary.get('rows', 0)} rows, {summary['checks']} checks: "
+        f"{summary['critical_failed']} critical and {summary['warning_failed']} warning check(s) failed "
+        f"({summary.get('seconds', 0)} s)"
+    )
+    failed = report.critical_failures + report.warnings
+    if failed:
+        table = Table(show_header=True, header_style="bold")
+        for column in ("severity", "check", "failing", "e.g."):
+            table.add_column(column, overflow="fold")
+        for check in failed:
+            colour = "red" if check.severity == "critical" else "yellow"
+            example = describe_examples(check.failing, limit=1) if check.failing else check.message
+            table.add_row(f"[{colour}]{check.severity}[/]", check.name, str(check.n_failing), example)
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    console.print(f"report: {json_path} and {md_path}")

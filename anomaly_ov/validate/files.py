@@ -244,8 +244,8 @@ def checks_from_results(results: Sequence[RowResult], settings: ValidateParams) 
     cap, lo, hi = settings.max_failing_examples, settings.min_image_side, settings.max_image_side
     readable = [r for r in results if r.error is None]
 
-    def at(r: RowResult, **extra: Any) -> dict[str, Any]:
-        return {"file": r.file, "row": r.row, **extra}
+    def at(r: RowResult, mask: str | None = None, **extra: Any) -> dict[str, Any]:
+        return ({"mask": mask} if mask else {}) | {"file": r.file, "row": r.row, **extra}
 
     unreadable = [at(r, error=r.error) for r in results if r.error]
     converted = [at(r, mode=r.mode, conversion=r.conversion) for r in readable if r.conversion]

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 Severity = Literal["critical", "warning"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning")
-#: keys of a failing-example dict that name where the problem is, in the order they are shown.
-_LOCATION_KEYS = ("file", "mask", "row", "category", "source", "group")
+#: keys of a failing-example dict that name where the problem is, most specific first.
+_LOCATION_KEYS = ("mask", "file", "row", "category", "source", "group")  # a mask check names the mask
 
 
 @dataclass
