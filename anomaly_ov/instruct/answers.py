@@ -285,7 +285,7 @@ def anomaly_size(rng: random.Random, subject: Subject) -> str:
     facts = subject.facts
     img = _percent(facts.image_fraction)
     extra = ""
-    if not subject.category.texture and facts.image_fraction * 1.2 < facts.object_fraction <= 0.5:
+    if not subject.category.texture and facts.image_fraction * 2 <= facts.object_fraction <= 0.5:
         extra = f" ({_percent(facts.object_fraction)} of the {obj})"
     size = facts.size
     return _pick(rng, (
@@ -370,7 +370,7 @@ def anomaly_complex(rng: random.Random, subject: Subject, sub: str) -> str:
     if subject.domain == "medical":
         return _pick(rng, (f"Recommended next step: {prevention[0]}.", f"I would {prevention[0]}."))
     if len(prevention) > 1 and rng.random() < 0.5:
-        return f"To prevent it, {prevention[0]} and {prevention[1]}."
+        return f"To prevent it, {prevention[0]}; also {prevention[1]}."
     return _pick(rng, (f"To prevent it, {prevention[0]}.", f"{_cap(prevention[0])} to avoid this defect."))
 
 

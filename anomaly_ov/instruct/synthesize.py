@@ -72,7 +72,8 @@ def workspace_relative(path: Path, workspace: Path) -> str:
         return path.as_posix()
 
 
-def _record_id(source: str, image_path: str) -> str:
+def record_id_for(source: str, image_path: str) -> str:
+    """Stable record id of a manifest row: ``<source>/<image_path without extension>``."""
     stem = re.sub(r"\.[A-Za-z0-9]+$", "", image_path)
     return re.sub(r"[^A-Za-z0-9_./-]+", "_", f"{source}/{stem}")
 
@@ -129,7 +130,7 @@ def collect_subjects(
         anomalous = row["label"] == "anomaly"
         subject = A.Subject(label=row["label"], category=cat, domain=dom, facts=facts,
                             defect=kb.defect(dom, row["defect_type"], row["category"]) if anomalous else None)
-        items.append(Item(id=_record_id(row["source"], row["image_path"]), images=[rel], files=[path], masks=[mask],
+        items.append(Item(id=record_id_for(row["source"], row["image_path"]), images=[rel], files=[path], masks=[mask],
                           source=row["source"], category=row["category"], label=row["label"],
                           defect_type=row["defect_type"], modality=row["modality"], subject=subject,
                           facts_per_view=[facts]))
@@ -152,7 +153,7 @@ def collect_subjects(
         subject = A.Subject(label=label, category=cat, domain=dom, facts=facts_list[best], views=len(rows),
                             view_index=best if facts_list[best] is not None else None,
                             defect=kb.defect(dom, defect_type, rows[0]["category"]) if label == "anomaly" else None)
-        items.append(Item(id=_record_id(source, f"{rows[0]['category']}/{group}"), images=rels, files=files,
+        items.append(Item(id=record_id_for(source, f"{rows[0]['category']}/{group}"), images=rels, files=files,
                           masks=masks, source=source, category=rows[0]["category"], label=label,
                           defect_type=defect_type, modality=rows[0]["modality"], subject=subject,
                           facts_per_view=facts_list))

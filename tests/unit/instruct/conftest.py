@@ -66,7 +66,7 @@ def make_workspace(root: Path, normals_per_category: int = 4, with_3d: bool = Tr
     rng = np.random.default_rng(0)
     rows: list[dict] = []
     base = root / "data/raw/hand"
-    common = {"root": "data/raw/hand", "source": "hand", "width": SIZE, "height": SIZE}
+    common = {"root": "data/raw/hand", "source": "hand", "width": SIZE, "height": SIZE, "modality": "industrial"}
     for role, categories in (("train", ("tile", "pill")), ("eval", ("pcb",))):
         for category in categories:
             for i in range(normals_per_category):
