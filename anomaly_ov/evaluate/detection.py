@@ -35,7 +35,8 @@ class PredictorLike(Protocol):
     def predict(self, images: Sequence[Any], question: str | None = None, generate: bool = False,
                 threshold: float = 0.5, max_new_tokens: int = 64) -> list[Any]: ...
 
-    def chat(self, images: Sequence[Any], history: list[tuple[str, str]], question: str) -> str: ...
+    def chat(self, images: Sequence[Any], history: list[tuple[str, str]], question: str,
+             max_new_tokens: int = 128) -> str: ...
 
 
 # -------------------------------------------------------------------------------------------- parsing

@@ -20,18 +20,18 @@ if TYPE_CHECKING:
     from anomaly_ov.evaluate.detection import DetectionResult, Sample
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(width: float, height: float, layout: str | None = None) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    fig.savefig(path, format="png")
     return path
 
 
@@ -92,7 +92,7 @@ def confusion_counts(predicted: Iterable[bool], labels: Iterable[bool]) -> np.nd
 
 
 def confusion_figure(panels: dict[str, np.ndarray], path: Path) -> Path:
-    fig = _figure(3.6 * max(len(panels), 1), 3.4)
+    fig = _figure(3.6 * max(len(panels), 1), 3.4, layout="constrained")
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
     for ax, (name, matrix) in zip(axes, panels.items(), strict=False):
         ax.imshow(matrix, cmap="Blues", vmin=0)

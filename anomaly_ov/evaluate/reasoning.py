@@ -136,6 +136,7 @@ def ask_items(
     items: list[dict[str, Any]],
     workspace: str | Path = ".",
     progress: Callable[[int, int], None] | None = None,
+    max_new_tokens: int = 128,
 ) -> list[dict[str, Any]]:
     """Ask every item's questions in turn, each with the model's earlier answers as history."""
     from anomaly_ov.evaluate.detection import load_image
@@ -147,7 +148,7 @@ def ask_items(
         for turn, (question, reference, kind) in enumerate(
             zip(item["questions"], item["answers"], item["kinds"], strict=True)
         ):
-            answer = str(predictor.chat([image], list(history), question))
+            answer = str(predictor.chat([image], list(history), question, max_new_tokens=max_new_tokens))
             history.append((question, answer))
             records.append(
                 {
@@ -197,7 +198,7 @@ def run_reasoning(
     progress: Callable[[int, int], None] | None = None,
 ) -> ReasoningResult:
     """Ask and score the reasoning items (loads Sentence-BERT and, when enabled, the judge)."""
-    records = ask_items(predictor, items, workspace, progress)
+    records = ask_items(predictor, items, workspace, progress, cfg.reasoning_max_new_tokens)
     if similarity is None and records:
         similarity = SentenceSimilarity(cfg.sbert_model)
     judge = None

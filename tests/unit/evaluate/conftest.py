@@ -38,7 +38,7 @@ class FakePredictor:
             out.append(FakePrediction(score, "anomaly" if score >= threshold else "normal", arr, answer))
         return out
 
-    def chat(self, images, history, question):
+    def chat(self, images, history, question, max_new_tokens=128):
         self.chats.append((len(images), list(history), question))
         return f"A bright square scratch near the centre (turn {len(history)})."
 
