@@ -110,7 +110,10 @@ def table_checks(
             "columns_present", "critical", missing, ok_message="all manifest columns are present",
             fail_message="manifest is missing column(s) {examples}; expected " + str(list(COLUMNS)),
             max_examples=cap,
-        )
+        ),
+        Check("manifest_not_empty", "critical", len(frame) > 0,
+              f"the manifest lists {len(frame)} image(s)" if len(frame) else
+              "the manifest lists no image; check data.sources (paths, formats, categories) and re-run prepare"),
     ]
     keyed = with_keys(frame)
     checks += run_suite(

@@ -306,3 +306,12 @@ def test_missing_column_and_files_switch(tmp_path):
     assert "label" in _failed(report, "columns_present", "critical")
     assert report.summary["files_checked"] == 0
     assert not any(c.origin == "files" for c in report.checks)
+
+
+def test_empty_manifest_is_critical(tmp_path):
+    from anomaly_ov.data.manifest import empty_manifest
+
+    report = validate_manifest(empty_manifest(), toy_params(), tmp_path)
+    check = report.check("manifest_not_empty")
+    assert not check.passed and check.severity == "critical" and "no image" in check.message
+    assert not report.ok
