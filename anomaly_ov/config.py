@@ -123,6 +123,7 @@ class InstructParams(_Section):
     knowledge_path: str | None = Field(default=None, description="extra defect-knowledge YAML file or folder")
     validation_json: str = "reports/instruct_validation.json"
     validation_md: str = "reports/instruct_validation.md"
+    workers: int = Field(default=1, ge=1, description="processes computing region facts (1 = in-process)")
     rewriter: RewriterParams = RewriterParams()
 
 

@@ -85,18 +85,33 @@ def _file_of(row: Any, workspace: Path) -> tuple[str, Path]:
     return rel, path
 
 
-def _facts(row: Any, params: Params, workspace: Path, texture: bool) -> tuple[Path | None, MaskFacts | None]:
-    if row["label"] != "anomaly" or not row["mask_path"]:
-        return None, None
-    mask = resolve(row, "mask_path", workspace)
-    image = resolve(row, "image_path", workspace)
+FactsKey = tuple[str, str, bool]
+
+
+def _facts_job(args: tuple[str, str, bool, int, int]) -> tuple[MaskFacts | None, str]:
+    mask, image, texture, dilate, merge = args
     try:
-        facts = facts_from_files(mask, image, dilate_px=params.instruct.dilate_px,
-                                 merge_distance_px=params.instruct.merge_distance_px, texture=texture)
-    except FileNotFoundError as exc:
-        where = f"manifest row: source={row['source']}, image_path={row['image_path']}"
-        raise FileNotFoundError(f"{exc} [{where}]") from None
-    return mask, facts
+        return facts_from_files(mask, image, dilate_px=dilate, merge_distance_px=merge, texture=texture), ""
+    except (OSError, ValueError) as exc:  # missing or unreadable file: reported with its manifest row
+        return None, str(exc)
+
+
+def compute_facts(keys: list[FactsKey], dilate_px: int, merge_distance_px: int, workers: int = 1) -> list[Any]:
+    """Region facts for (mask, image, texture) keys, in order; ``workers`` > 1 fans out over processes.
+    Each result is ``(facts | None, error message)``."""
+    jobs = [(m, i, t, dilate_px, merge_distance_px) for m, i, t in keys]
+    if workers <= 1 or len(jobs) < 64:
+        return [_facts_job(job) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_facts_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+
+
+def _facts_key(row: Any, workspace: Path, texture: bool) -> FactsKey | None:
+    if row["label"] != "anomaly" or not row["mask_path"]:
+        return None
+    return (str(resolve(row, "mask_path", workspace)), str(resolve(row, "image_path", workspace)), texture)
 
 
 def collect_subjects(
@@ -107,11 +122,13 @@ def collect_subjects(
     domain: str | None = None,
     kb: KnowledgeBase | None = None,
     group_views: bool = True,
+    workers: int | None = None,
 ) -> list[Item]:
     """Turn manifest rows into :class:`Item` s with region facts and knowledge (sorted by id, deterministic).
 
     Rows of modality ``3d`` sharing a non-empty ``group`` become one multi-view item (``group_views``).
-    ``domain`` forces the knowledge domain; by default it follows each row's ``modality``."""
+    ``domain`` forces the knowledge domain; by default it follows each row's ``modality``. ``workers``
+    (default ``params.instruct.workers``) processes compute the region facts."""
     workspace = Path(workspace)
     kb = kb or load_knowledge(params.instruct.knowledge_path and str(workspace / params.instruct.knowledge_path))
     singles: list[Any] = []
@@ -121,12 +138,31 @@ def collect_subjects(
             groups[(row["source"], row["group"])].append(row)
         else:
             singles.append(row)
+    # Region facts first, for all anomalous rows at once (optionally over several processes).
+    keys: dict[FactsKey, Any] = {}
+    for row in frame.to_dict("records"):
+        dom = domain or domain_of(row["modality"])
+        key = _facts_key(row, workspace, kb.category(dom, row["category"]).texture)
+        if key is not None:
+            keys[key] = row
+    results = compute_facts(list(keys), params.instruct.dilate_px, params.instruct.merge_distance_px,
+                            workers if workers is not None else params.instruct.workers)
+    facts_by_key: dict[FactsKey, MaskFacts] = {}
+    for (key, row), (facts, error) in zip(keys.items(), results, strict=True):
+        if facts is None:
+            raise FileNotFoundError(f"{error} [manifest row: source={row['source']}, image_path={row['image_path']}]")
+        facts_by_key[key] = facts
+
+    def _facts(row: Any, texture: bool) -> tuple[Path | None, MaskFacts | None]:
+        key = _facts_key(row, workspace, texture)
+        return (None, None) if key is None else (Path(key[0]), facts_by_key[key])
+
     items: list[Item] = []
     for row in singles:
         dom = domain or domain_of(row["modality"])
         cat = kb.category(dom, row["category"])
         rel, path = _file_of(row, workspace)
-        mask, facts = _facts(row, params, workspace, cat.texture)
+        mask, facts = _facts(row, cat.texture)
         anomalous = row["label"] == "anomaly"
         subject = A.Subject(label=row["label"], category=cat, domain=dom, facts=facts,
                             defect=kb.defect(dom, row["defect_type"], row["category"]) if anomalous else None)
@@ -144,7 +180,7 @@ def collect_subjects(
         files, masks, facts_list, rels = [], [], [], []
         for r in rows:
             rel, path = _file_of(r, workspace)
-            mask, facts = _facts(r, params, workspace, cat.texture)
+            mask, facts = _facts(r, cat.texture)
             rels.append(rel)
             files.append(path)
             masks.append(mask)

@@ -188,3 +188,15 @@ def test_red_boxes_rendered(workspace):
     image = np.asarray(Image.open(ws / boxed[0]["red_box"]).convert("RGB")).astype(int)
     red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
     assert red.sum() > 10
+
+
+def test_parallel_facts_match_sequential(workspace):
+    from anomaly_ov.instruct.synthesize import compute_facts
+
+    ws, frame, _ = workspace
+    rows = frame[(frame.label == "anomaly") & (frame.group == "")]
+    keys = [(str(resolve(r, "mask_path", ws)), str(resolve(r, "image_path", ws)), False) for _, r in rows.iterrows()]
+    keys = (keys * 8)[:70]  # above the in-process threshold
+    assert compute_facts(keys, 3, 6, workers=2) == compute_facts(keys, 3, 6, workers=1)
+    missing = compute_facts([(str(ws / "no_mask.png"), str(ws / "no_image.png"), False)], 3, 6)
+    assert missing[0][0] is None and "not found" in missing[0][1]
