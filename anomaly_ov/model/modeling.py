@@ -264,14 +264,23 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
         return torch.bucketize(scores.reshape(-1).detach(), thresholds, right=True)
 
     def anomaly_token_layout(
-        self, expert: ExpertOutput, counts: list[int], image_sizes: torch.Tensor, projected: bool = True
+        self,
+        expert: ExpertOutput,
+        counts: list[int],
+        image_sizes: torch.Tensor,
+        project: Any = None,
+        newline: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Per image: [global (1), base view's 4, crops' tokens as (2h)x(2w) grid + newline per row], projected."""
-        project = self.model.multi_modal_projector if projected else (lambda x: x)
+        """Per image: [global (1), base view's 4, crops' tokens as (2h)x(2w) grid + newline per row].
+
+        ``project`` defaults to the model's projector and ``newline`` to ``image_newline`` (tests pass identities).
+        """
+        project = self.model.multi_modal_projector if project is None else project
         tokens = project(expert.crop_tokens)  # [N,4,D]
         globals_ = project(expert.global_tokens)  # [B,1,D]
-        newline = self.model.image_newline.to(tokens.dtype) if projected else None
+        newline = (self.model.image_newline if newline is None else newline).to(tokens.dtype)
         width = tokens.shape[-1]
+        p = self.anomaly_expert.num_pooling_tokens
         per_image = []
         for b, (start, count) in enumerate(zip(expert.base_index.tolist(), counts, strict=True)):
             parts = [globals_[b], tokens[start]]
@@ -281,11 +290,9 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
                 )
                 if h * w != count - 1:
                     raise ValueError(f"image {b}: {count - 1} crops do not form the {h}x{w} grid of its size")
-                p = self.anomaly_expert.num_pooling_tokens
                 grid = tokens[start + 1 : start + count].reshape(h, w, p, p, width)
                 grid = grid.permute(0, 2, 1, 3, 4).reshape(h * p, w * p, width)
-                if newline is not None:
-                    grid = torch.cat([grid, newline.expand(h * p, 1, width)], dim=1)
+                grid = torch.cat([grid, newline.expand(h * p, 1, width)], dim=1)
                 parts.append(grid.reshape(-1, width))
             per_image.append(torch.cat(parts, dim=0))
         return per_image

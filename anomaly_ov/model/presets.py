@@ -4,7 +4,8 @@ Presets (``params.model.preset``):
 
 * ``tiny``: SigLIP 128 px / patch 16 (8x8 grid, width 96, 6 layers) + Qwen2 (width 128, 4 layers), expert E = 64,
   random init from config, tokenizer trained by :func:`anomaly_ov.model.tokenizer.train_tokenizer`. AnyRes
-  pinpoints 128/256 px: a 128 px image is a 1x1 crop grid (base view + 1 crop). Trains on 2 CPU cores in minutes.
+  pinpoints up to 2x3 crops of 128 px: a square image is a 1x1 crop grid (base view + 1 crop). Trains on 2 CPU
+  cores in minutes.
 * ``llava-onevision-0.5b`` / ``-7b``: a local directory of ``llava-hf/llava-onevision-qwen2-{0.5b,7b}-ov-hf``
   (``params.model.checkpoint``; the hub id when online), expert 1152 -> 512, optionally the official
   ``pretrained_expert_*.pth`` (``params.model.expert_checkpoint``). ``build_shapes_only(preset)`` builds the same
@@ -44,7 +45,7 @@ HUB_IDS = {
 }
 TINY_IMAGE_SIZE = 128
 TINY_PATCH = 16
-TINY_PINPOINTS = [[128, 128], [128, 256], [256, 128], [256, 256]]
+TINY_PINPOINTS = [[128, 128], [128, 256], [256, 128], [256, 256], [256, 384], [384, 256]]
 TINY_VISION = {
     "hidden_size": 96,
     "intermediate_size": 256,
@@ -287,7 +288,7 @@ def build_processor(params: Params, tokenizer: Any = None) -> AnomalyOVProcessor
             raise ValueError("the tiny preset's processor needs the tokenizer its model was built with")
         g = TINY_IMAGE_SIZE // TINY_PATCH
         return AnomalyOVProcessor(prepare_tokenizer(tokenizer), tiny_image_processor(), num_image_tokens=g * g)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, LlavaOnevisionConfig
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
@@ -295,8 +296,11 @@ def build_processor(params: Params, tokenizer: Any = None) -> AnomalyOVProcessor
     source = _checkpoint(params)
     tokenizer = prepare_tokenizer(tokenizer or AutoTokenizer.from_pretrained(source))
     image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(source)
-    size = image_processor.size["height"]
-    return AnomalyOVProcessor(tokenizer, image_processor, num_image_tokens=(size // 14) ** 2)
+    cfg = LlavaOnevisionConfig.from_pretrained(source)
+    grid = cfg.vision_config.image_size // cfg.vision_config.patch_size
+    return AnomalyOVProcessor(
+        tokenizer, image_processor, num_image_tokens=grid * grid, vision_aspect_ratio=cfg.vision_aspect_ratio
+    )
 
 
 def save_pretrained(model: AnomalyOVForConditionalGeneration, processor: AnomalyOVProcessor, directory) -> Path:

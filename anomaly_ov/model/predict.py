@@ -1,0 +1,128 @@
+"""Inference API: image score, anomaly map at the image's size, label, and (when asked) the model's answer.
+
+    predictor = Predictor.from_pretrained("models/anomaly_ov", device="cpu")   # or (model, processor=proc)
+    preds = predictor.predict(["a.png", pil_image], generate=True, threshold=0.5)
+    preds[0].score, preds[0].label, preds[0].anomaly_map.shape == (H, W), preds[0].answer
+    predictor.chat(["view1.png", "view2.png"], history=[("Is it defective?", "Yes.")], question="Where?")
+
+Scores and maps come from one batched tower + expert pass per ``batch_size`` images (the base view's map, which
+covers the whole image, resized bilinearly to the image). Answers come from greedy ``generate()`` with the
+detection prompt of VisA-D&R unless another question is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomaly_ov.model.processing import DETECTION_PROMPT, IMAGE_TOKEN, load_image
+
+
+@dataclass
+class Prediction:
+    """One image's result."""
+
+    score: float
+    label: str  # "anomaly" | "normal"
+    anomaly_map: np.ndarray  # float32 [H, W] in [0, 1]
+    answer: str | None = None
+
+
+class Predictor:
+    """Batched inference over an :class:`AnomalyOVForConditionalGeneration` and its processor."""
+
+    def __init__(self, model: Any, processor: Any, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.device = device
+
+    @classmethod
+    def from_pretrained(cls, path_or_model: Any, device: str = "cpu", processor: Any = None) -> Predictor:
+        """From a saved directory (model + processor) or from a model object plus its ``processor``."""
+        if isinstance(path_or_model, (str, Path)):
+            from anomaly_ov.model.presets import load_pretrained
+
+            model, loaded = load_pretrained(path_or_model, device=device)
+            return cls(model, processor or loaded, device=device)
+        if processor is None:
+            raise ValueError("Predictor.from_pretrained(model) needs processor=... (the model's AnomalyOVProcessor)")
+        return cls(path_or_model, processor, device=device)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    def score_images(self, images: Sequence[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(scores [B] float, maps: float32 [H, W] per image) for already loaded PIL images."""
+        import torch
+        import torch.nn.functional as F
+
+        pix = self._to_device(self.processor.preprocess_images(list(images)))
+        with torch.inference_mode():
+            out = self.model.expert_forward(pix["pixel_values"], pix["image_sizes"])
+            base = out.base_maps.float()
+            maps = []
+            for b, image in enumerate(images):
+                width, height = image.size
+                resized = F.interpolate(base[b : b + 1], size=(height, width), mode="bilinear", align_corners=False)
+                maps.append(resized[0, 0].clamp_(0, 1).cpu().numpy().astype(np.float32))
+            scores = out.scores.float().reshape(-1).cpu().numpy()
+        return scores, maps
+
+    def _generate(self, groups: list[list[Any]], conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+        import torch
+
+        inputs = self._to_device(self.processor(groups, conversations, add_generation_prompt=True))
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        return self.processor.decode_answers(out, inputs["input_ids"])
+
+    def predict(
+        self,
+        images: Sequence[Any],
+        question: str | None = None,
+        generate: bool = False,
+        threshold: float = 0.5,
+        max_new_tokens: int = 64,
+        batch_size: int = 8,
+    ) -> list[Prediction]:
+        """Score, map, label and optional answer for every image (paths or PIL images), ``batch_size`` at a time."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if isinstance(images, (str, Path)) or hasattr(images, "size") and not isinstance(images, Sequence):
+            images = [images]
+        results: list[Prediction] = []
+        prompt = question or DETECTION_PROMPT
+        for start in range(0, len(images), max(1, batch_size)):
+            loaded = [load_image(im) for im in images[start : start + batch_size]]
+            scores, maps = self.score_images(loaded)
+            answers: list[str | None] = [None] * len(loaded)
+            if generate:
+                convs = [[{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}] for _ in loaded]
+                answers = list(self._generate([[im] for im in loaded], convs, max_new_tokens))
+            for score, amap, answer in zip(scores, maps, answers, strict=True):
+                label = "anomaly" if float(score) >= threshold else "normal"
+                results.append(Prediction(score=float(score), label=label, anomaly_map=amap, answer=answer))
+        return results
+
+    def chat(
+        self,
+        images: Sequence[Any],
+        history: Sequence[tuple[str, str]] = (),
+        question: str = DETECTION_PROMPT,
+        max_new_tokens: int = 128,
+    ) -> str:
+        """One more answer in a multi-turn conversation about ``images`` (several = multi-view, each its own tokens)."""
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            images = [images]
+        loaded = [load_image(im) for im in images]
+        turns: list[dict[str, str]] = []
+        for q, a in history:
+            turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        turns.append({"from": "human", "value": question})
+        if not any(IMAGE_TOKEN in t["value"] for t in turns):
+            turns[0] = {"from": "human", "value": IMAGE_TOKEN * len(loaded) + "\n" + turns[0]["value"]}
+        return self._generate([loaded], [turns], max_new_tokens)[0]
