@@ -9,6 +9,7 @@ kept to 1-3 sentences for the tiny model. Randomness comes from the caller's ``r
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -170,13 +171,37 @@ def _where_list(facts: MaskFacts) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+#: detection phrasings that only make sense for manufactured objects (left out for medical images).
+_INDUSTRIAL_ONLY = ("quality inspection", "damaged or faulty")
+_MEDICAL_WORDS = (
+    (re.compile(r"\bdefects\b"), "abnormalities"),
+    (re.compile(r"\bdefect\b"), "abnormality"),
+    (re.compile(r"\bdefective\b"), "abnormal"),
+    (re.compile(r"\bflaw\b"), "abnormality"),
+    (re.compile(r"\bis damaged\b"), "looks abnormal"),
+)
+
+
+def medical_wording(text: str, subject: Subject) -> str:
+    """Industrial words -> clinical ones for medical subjects ("defect" -> "abnormality", "on the scan" -> "in
+    the scan"); the canonical VisA-D&R detection prompt is never changed."""
+    if subject.domain != "medical" or CANONICAL_DETECTION in text:
+        return text
+    for pattern, word in _MEDICAL_WORDS:
+        text = pattern.sub(word, text)
+    return text.replace(f" on the {subject.category.noun}", f" in the {subject.category.noun}")
+
+
 def fill(question: str, subject: Subject) -> str:
-    return question.format(object=subject.category.noun)
+    return medical_wording(question.format(object=subject.category.noun), subject)
 
 
 # ------------------------------------------------------------------------------------------------ questions
 def detection_question(rng: random.Random, subject: Subject) -> str:
-    return fill(_pick(rng, DETECTION_QUESTIONS), subject)
+    options = DETECTION_QUESTIONS
+    if subject.domain == "medical":
+        options = tuple(q for q in DETECTION_QUESTIONS if not any(word in q for word in _INDUSTRIAL_ONLY))
+    return fill(_pick(rng, options), subject)
 
 
 def low_level_question(rng: random.Random, subject: Subject, sub: str) -> str:
@@ -375,11 +400,13 @@ def anomaly_complex(rng: random.Random, subject: Subject, sub: str) -> str:
 
 
 def low_level_answer(rng: random.Random, subject: Subject, sub: str) -> str:
-    return anomaly_low_level(rng, subject, sub) if subject.anomalous else normal_low_level(rng, subject, sub)
+    answer = anomaly_low_level(rng, subject, sub) if subject.anomalous else normal_low_level(rng, subject, sub)
+    return medical_wording(answer, subject)
 
 
 def complex_answer(rng: random.Random, subject: Subject, sub: str) -> str:
-    return anomaly_complex(rng, subject, sub) if subject.anomalous else normal_complex(rng, subject, sub)
+    answer = anomaly_complex(rng, subject, sub) if subject.anomalous else normal_complex(rng, subject, sub)
+    return medical_wording(answer, subject)
 
 
 def hint(subject: Subject) -> str:

@@ -88,8 +88,8 @@ def reasoning_item(item: Item, seed: int) -> dict[str, Any] | None:
         if kind == A.COMPLEX and subject.domain == "medical":
             template = A.MEDICAL_COMPLEX_QUESTIONS[sub][0]
         questions.append(A.fill(template, subject))
-        answers.append(A.anomaly_low_level(rng, subject, sub) if kind == A.LOW_LEVEL
-                       else A.anomaly_complex(rng, subject, sub))
+        answers.append(A.low_level_answer(rng, subject, sub) if kind == A.LOW_LEVEL
+                       else A.complex_answer(rng, subject, sub))
         kinds.append(kind)
     return {"questions": questions, "answers": answers, "kinds": kinds}
 

@@ -176,6 +176,12 @@ def test_unknown_defect_uses_generic_knowledge_and_medical_wording(workspace):
     anomalous = [it for it in med if it.label == "anomaly"][0]
     assert anomalous.subject.domain == "medical"
     assert A.complex_question(rng, anomalous.subject, "prevention") in A.MEDICAL_COMPLEX_QUESTIONS["prevention"]
+    records = synthesize_records(frame[frame.category == "pill"], params, ws, domain="medical")
+    texts = [t["value"] for r in records for t in r["conversations"]]
+    assert texts
+    for text in texts:
+        if A.CANONICAL_DETECTION not in text:
+            assert not re.search(r"\bdefect", text) and "quality inspection" not in text, text
 
 
 def test_red_boxes_rendered(workspace):
