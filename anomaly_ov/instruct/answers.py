@@ -64,6 +64,11 @@ LOW_LEVEL_QUESTIONS: dict[str, tuple[str, ...]] = {
         "How large is the anomalous area?",
         "How much of the {object} is affected?",
     ),
+    "explain": (
+        "Is there anything unusual about this {object}? Explain briefly.",
+        "Do you see a defect on the {object}? Answer and give a short reason.",
+        "Is this {object} defective? If so, say what and where.",
+    ),
     "count": (
         "How many defective regions are there?",
         "How many anomalies can you find in the image?",
@@ -135,6 +140,15 @@ def _pick(rng: random.Random, options: Sequence[str]) -> str:
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+#: defect names used without an article ("there is excess material", not "an excess material").
+MASS_NOUNS = frozenset({"excess material", "extra material", "contamination", "discolouration", "damage"})
+
+
+def _a(name: str) -> str:
+    """The defect name with its indefinite article ("a scratch", "an opacity", "excess material")."""
+    return name if name in MASS_NOUNS else f"{_article(name)} {name}"
 
 
 def _cap(text: str) -> str:
@@ -243,6 +257,9 @@ def normal_low_level(rng: random.Random, subject: Subject, sub: str) -> str:
     if sub == "size":
         return _pick(rng, ("There is no defect, so nothing is affected.", f"None of the {obj} is affected.",
                            "No area is anomalous."))
+    if sub == "explain":
+        lead = _pick(rng, ("No.", "No, there is no defect.", "No, it looks normal."))
+        return f"{lead} {_normal_sentence(rng, subject)}"
     if sub == "count":
         return _pick(rng, ("There are no defective regions.", "Zero: no defect is visible.",
                            f"I count no defects on the {obj}."))
@@ -269,9 +286,9 @@ def anomaly_what(rng: random.Random, subject: Subject) -> str:
     name, obj = _name(subject), subject.category.noun
     what = _pick(rng, subject.defect.what) if subject.defect else "an area that looks abnormal"
     first = _pick(rng, (
-        f"The {obj} has {_article(name)} {name}: {what}.",
-        f"There is {_article(name)} {name} on the {obj}, {what}.",
-        f"It is {_article(name)} {name}, {what}.",
+        f"The {obj} has {_a(name)}: {what}.",
+        f"There is {_a(name)} on the {obj}, {what}.",
+        f"It is {_a(name)}, {what}.",
     ))
     if not subject.localised:
         return first
@@ -287,7 +304,7 @@ def anomaly_what(rng: random.Random, subject: Subject) -> str:
 def anomaly_where(rng: random.Random, subject: Subject) -> str:
     name = _name(subject)
     if not subject.localised:
-        return f"The image shows {_article(name)} {name}, but its exact location is not marked."
+        return f"The image shows {_a(name)}, but its exact location is not marked."
     facts = subject.facts
     note = _view_note(subject)
     if facts.count == 1:
@@ -326,7 +343,7 @@ def anomaly_count(rng: random.Random, subject: Subject) -> str:
         return f"At least one {name} is present; the regions are not marked."
     n = subject.facts.count
     if n == 1:
-        return _pick(rng, ("There is one defective region.", f"I can see one region with {_article(name)} {name}.",
+        return _pick(rng, ("There is one defective region.", f"I can see one region with {_a(name)}.",
                            f"One: a single defective region{_view_note(subject)}."))
     return _pick(rng, (f"There are {count_word(n)} defective regions.",
                        f"I can see {count_word(n)} separate defective regions.",
@@ -345,8 +362,8 @@ def anomaly_describe(rng: random.Random, subject: Subject) -> str:
     look = _appearance(rng, region, subject.category)
     if facts.count == 1:
         first = _pick(rng, (
-            f"The {obj} has {_article(name)} {name} {loc} of the image{_view_note(subject)}.",
-            f"There is {_article(name)} {name} {loc}{_view_note(subject)}.",
+            f"The {obj} has {_a(name)} {loc} of the image{_view_note(subject)}.",
+            f"There is {_a(name)} {loc}{_view_note(subject)}.",
         ))
         second = _pick(rng, (
             f"It is {_article(region.size)} {region.size} {shape}, {look}, covering {_percent(facts.image_fraction)} "
@@ -363,8 +380,14 @@ def anomaly_describe(rng: random.Random, subject: Subject) -> str:
     return f"{first} {second}"
 
 
+def anomaly_explain(rng: random.Random, subject: Subject) -> str:
+    """Detection with a short explanation: "Yes." + the description."""
+    return f"{_pick(rng, ('Yes.', 'Yes, there is a defect.'))} {anomaly_describe(rng, subject)}"
+
+
 def anomaly_low_level(rng: random.Random, subject: Subject, sub: str) -> str:
     return {
+        "explain": anomaly_explain,
         "describe": anomaly_describe,
         "what": anomaly_what,
         "where": anomaly_where,
@@ -382,8 +405,8 @@ def anomaly_complex(rng: random.Random, subject: Subject, sub: str) -> str:
         causes = list(info.causes)
         rng.shuffle(causes)
         if len(causes) > 1 and rng.random() < 0.5:
-            return f"The {name} was most likely caused by {causes[0]}. {_cap(causes[1])} is another possibility."
-        return _pick(rng, (f"The most likely cause is {causes[0]}.", f"{_cap(_article(name))} {name} like this usually "
+            return f"The {name} was most likely caused by {causes[0]}. Another possible cause is {causes[1]}."
+        return _pick(rng, (f"The most likely cause is {causes[0]}.", f"{_cap(_a(name))} like this usually "
                            f"comes from {causes[0]}.", f"It was probably caused by {causes[0]}."))
     if sub == "impact":
         impact = _pick(rng, info.impact)

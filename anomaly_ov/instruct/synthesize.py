@@ -215,9 +215,9 @@ def _detection_plan(items: list[Item], seed: int, pass_index: int) -> set[str]:
 def _turns(rng: random.Random, item: Item, detect: bool, multi: bool) -> list[tuple[str, str]]:
     """Plan of (kind, sub-kind) turns for one record."""
     subject = item.subject
-    low_subs = ["describe", "what", "where", "size", "count"]
+    low_subs = ["describe", "what", "where", "size", "count", "explain"]
     if subject.anomalous and not subject.localised:
-        low_subs = ["describe", "what"]
+        low_subs = ["describe", "what", "explain"]
     elif not subject.anomalous:
         low_subs = ["describe"] * 4 + low_subs  # normal images mostly get a description of the normal object
     complex_subs = ["cause", "impact", "prevention"]
