@@ -275,9 +275,13 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
 
         ``project`` defaults to the model's projector and ``newline`` to ``image_newline`` (tests pass identities).
         """
-        project = self.model.multi_modal_projector if project is None else project
-        tokens = project(expert.crop_tokens)  # [N,4,D]
-        globals_ = project(expert.global_tokens)  # [B,1,D]
+        if project is None:
+            project = self.model.multi_modal_projector
+            dtype = self.model.multi_modal_projector.linear_1.weight.dtype
+        else:
+            dtype = expert.crop_tokens.dtype
+        tokens = project(expert.crop_tokens.to(dtype))  # [N,4,D]
+        globals_ = project(expert.global_tokens.to(dtype))  # [B,1,D]
         newline = (self.model.image_newline if newline is None else newline).to(tokens.dtype)
         width = tokens.shape[-1]
         p = self.anomaly_expert.num_pooling_tokens

@@ -1,0 +1,107 @@
+"""Presets: the pretrained path on a local llava-hf style checkpoint (legacy key layout), shapes-only builds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from anomaly_ov.config import Params
+from anomaly_ov.model.expert import AnomalyExpert, count_parameters
+from anomaly_ov.model.presets import (
+    TINY_PINPOINTS,
+    TINY_TEXT,
+    TINY_VISION,
+    build_model,
+    build_processor,
+    build_shapes_only,
+    tiny_image_processor,
+)
+
+from .conftest import make_image
+
+LEGACY = [  # transformers' current key prefixes -> the layout of the llava-hf checkpoints on the hub
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.image_newline", "image_newline"),
+]
+
+
+def _legacy_checkpoint(directory, tok):
+    """A small plain LLaVA-OneVision saved like llava-hf/llava-onevision-qwen2-*-ov-hf (old key names)."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    vocab = tok.get_vocab()
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**TINY_VISION),
+        text_config=Qwen2Config(**{**TINY_TEXT, "tie_word_embeddings": False}, vocab_size=len(tok)),
+        image_token_index=vocab["<image>"],
+        video_token_index=vocab["<video>"],
+        image_grid_pinpoints=[list(p) for p in TINY_PINPOINTS],
+    )
+    torch.manual_seed(3)
+    plain = LlavaOnevisionForConditionalGeneration(config)
+    plain.save_pretrained(directory)
+    weights = directory / "model.safetensors"
+    state = load_file(str(weights))
+    renamed = {}
+    for key, value in state.items():
+        for new, old in LEGACY:
+            if key.startswith(new):
+                key = old + key[len(new) :]
+                break
+        renamed[key] = value
+    assert any(k.startswith("language_model.model.") for k in renamed)
+    save_file(renamed, str(weights), metadata={"format": "pt"})
+    tok.save_pretrained(directory)
+    tiny_image_processor().save_pretrained(directory)
+    return plain
+
+
+def test_pretrained_preset_loads_a_local_llava_checkpoint(tiny_parts, tmp_path):
+    _, tok, _, _ = tiny_parts
+    plain = _legacy_checkpoint(tmp_path / "llava", tok)
+    expert_file = tmp_path / "pretrained_expert_tiny.pth"
+    reference_expert = AnomalyExpert(hidden_size=96, embed_dim=512, grid_size=8)
+    torch.save(reference_expert.state_dict(), expert_file)
+    params = Params(
+        model={"preset": "llava-onevision-0.5b", "checkpoint": str(tmp_path / "llava"),
+               "expert_checkpoint": str(expert_file)}
+    )
+    model = build_model(params).eval()
+    assert model.config.expert_temperature == 100.0  # the pretrained (paper) recipe
+    assert model.config.expert_layers == [2, 3, 4, 5]
+    for (name, a), (_, b) in zip(plain.model.language_model.state_dict().items(),
+                                 model.model.language_model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    torch.testing.assert_close(plain.model.image_newline, model.model.image_newline)
+    for key, value in reference_expert.state_dict().items():
+        assert torch.equal(model.anomaly_expert.state_dict()[key], value), key
+    proc = build_processor(params)
+    inputs = proc([make_image(128, 256)], [{"from": "human", "value": "<image>\nAny defect?"}])
+    with torch.no_grad():
+        out = model(**inputs)
+    assert torch.isfinite(out.logits).all() and out.anomaly_scores.shape == (1, 1)
+
+
+def test_missing_checkpoint_names_the_setting(tmp_path):
+    params = Params(model={"preset": "llava-onevision-0.5b", "checkpoint": str(tmp_path / "nowhere")})
+    with pytest.raises((FileNotFoundError, OSError), match="nowhere"):
+        build_model(params)
+
+
+def test_shapes_only_half_billion_on_meta():
+    with torch.device("meta"):
+        model = build_shapes_only("llava-onevision-0.5b")
+    cfg = model.config
+    assert cfg.expert_layers == [7, 13, 19, 25] and cfg.llm_layer_index == 26 and cfg.grid_size == 27
+    assert model.anomaly_expert.temperature == 100.0
+    assert 7.0e6 < count_parameters(model.anomaly_expert) < 7.2e6
+    assert 0.85e9 < count_parameters(model) < 0.95e9
