@@ -53,3 +53,16 @@ def test_no_training_rows_is_a_clear_failure(workspace):
     write_manifest(frame[frame.role == "eval"], ws / "data/manifest.parquet")
     with pytest.raises(StageFailed, match="role == 'train'"):
         run_synthesize(params_from_dict({}), ws)
+
+
+def test_unreachable_rewriter_never_crashes_the_stage(workspace):
+    ws, frame, _ = workspace
+    write_manifest(frame, ws / "data/manifest.parquet")
+    params = params_from_dict({"instruct": {"rewriter": {"enabled": True, "base_url": "http://127.0.0.1:9/v1",
+                                                         "model": "none", "timeout_s": 2, "max_records": 3}}})
+    summary = run_synthesize(params, ws)
+    report = json.loads((ws / "reports/instruct.json").read_text())
+    rewriter = report["rewriter"]
+    assert rewriter["enabled"] and rewriter["attempted"] >= 1 and rewriter["succeeded"] == 0
+    assert rewriter["failed"] == rewriter["attempted"] == summary["rewriter_failed"]
+    assert summary["validation_ok"]
