@@ -166,7 +166,7 @@ def _render_fabric(rng: np.random.Generator, size: int) -> Render:
     over = ((iu + iv) % 2) == 0
     thread = np.where(over, np.sqrt(pu) * (0.8 + 0.2 * pv), np.sqrt(pv) * (0.8 + 0.2 * pu))
     fibres = 0.9 + 0.2 * _smooth_noise(rng, size, max(8, size // 4))
-    colour = _hsv_colour(rng, (0.2, 0.8), (0.45, 0.9))
+    colour = _hsv_colour(rng, (0.2, 0.85), (0.3, 0.9))
     image = _shade(colour, (0.35 + 0.65 * thread) * fibres)
     return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
 
@@ -209,7 +209,7 @@ def _render_tiles(rng: np.random.Generator, size: int) -> Render:
     iu, iv = np.floor(fu).astype(np.int32), np.floor(fv).astype(np.int32)
     edge = np.minimum(np.minimum(fu - iu, 1 - (fu - iu)), np.minimum(fv - iv, 1 - (fv - iv))) * tile
     palette_size = 8
-    base = _hsv_colour(rng, (0.1, 0.6), (0.55, 0.9))
+    base = _hsv_colour(rng, (0.1, 0.75), (0.4, 0.9))
     palette = np.clip(base + rng.uniform(-0.06, 0.06, (palette_size, palette_size, 3)), 0, 1).astype(np.float32)
     colours = palette[iu % palette_size, iv % palette_size]
     glaze = 0.93 + 0.1 * _fbm(rng, size, 6, 2)
@@ -275,24 +275,25 @@ def _render_pcb(rng: np.random.Generator, size: int) -> Render:
     board = _jitter_colour(rng, (0.12, 0.42, 0.2), 0.07)
     image = _shade(board, 0.85 + 0.25 * _fbm(rng, size, 5, 2))
     copper = _jitter_colour(rng, (0.8, 0.62, 0.3), 0.07)
-    width = rng.uniform(0.012, 0.02)
-    for _ in range(int(rng.integers(4, 9))):
+    trace_colour = np.clip(board * 1.45 + 0.03, 0, 1)  # copper under the solder mask: a lighter green
+    width = rng.uniform(0.008, 0.014)
+    for _ in range(int(rng.integers(3, 7))):
         pos = rng.uniform(-0.85, 0.85)
         start, stop = np.sort(rng.uniform(-1, 1, 2))
         if rng.random() < 0.5:
             trace = (np.abs(u - pos * half_w) < width) & (v > start * half_h) & (v < stop * half_h)
         else:
             trace = (np.abs(v - pos * half_h) < width) & (u > start * half_w) & (u < stop * half_w)
-        image[trace] = copper
-    for _ in range(int(rng.integers(3, 8))):
+        image[trace] = trace_colour
+    for _ in range(int(rng.integers(2, 6))):
         pu, pv = rng.uniform(-0.85, 0.85) * half_w, rng.uniform(-0.85, 0.85) * half_h
-        radius = rng.uniform(0.018, 0.03)
+        radius = rng.uniform(0.014, 0.022)
         pad = (u - pu) ** 2 + (v - pv) ** 2 < radius**2
         image[pad] = copper * 1.15
         image[(u - pu) ** 2 + (v - pv) ** 2 < (radius * 0.4) ** 2] = 0.08
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(int(rng.integers(0, 2))):
         cu, cv = rng.uniform(-0.5, 0.5) * half_w, rng.uniform(-0.5, 0.5) * half_h
-        cw, ch = rng.uniform(0.08, 0.16), rng.uniform(0.06, 0.12)
+        cw, ch = rng.uniform(0.06, 0.12), rng.uniform(0.05, 0.09)
         pins = (np.abs(u - cu) < cw + 0.02) & (np.abs(v - cv) < ch) & (np.sin((v - cv) / 0.022 * np.pi) > 0.2)
         image[pins] = copper * 0.9
         chip = (np.abs(u - cu) < cw) & (np.abs(v - cv) < ch)
@@ -403,7 +404,7 @@ def _scratch(rng, render: Render, size: int):
     mask = _polyline(size, points, max(1.0, size * rng.uniform(0.008, 0.014)))
     image = render.image
     bright = rng.random() < 0.5
-    painted = image * 0.3 + 0.68 if bright else image * 0.3
+    painted = image * 0.15 + 0.82 if bright else image * 0.25
     return painted, mask
 
 
@@ -434,19 +435,28 @@ def _hole(rng, render: Render, size: int):
     return np.ascontiguousarray(painted), mask
 
 
+#: oil, rust, grime, dried liquid: what contamination looks like (dark or brownish, rarely vivid).
+_DIRT = ((0.08, 0.06, 0.05), (0.55, 0.25, 0.08), (0.3, 0.27, 0.2), (0.62, 0.55, 0.32))
+
+
 def _stain(rng, render: Render, size: int):
     centre = _pick_point(rng, render.region, size // 12)
     mask = _blob(rng, size, centre, rng.uniform(0.015, 0.06))
-    colour = _hsv_colour(rng, (0.4, 0.9), (0.15, 0.6))
+    colour = _jitter_colour(rng, _DIRT[int(rng.integers(0, len(_DIRT)))], 0.05)
     alpha = rng.uniform(0.6, 0.85)
-    mottling = 0.85 + 0.3 * _smooth_noise(rng, size, 12)
-    return render.image * (1 - alpha) + colour * alpha * mottling[..., None], mask
+    mottling = 0.8 + 0.4 * _smooth_noise(rng, size, 12)
+    stained = render.image * (1 - alpha) + colour * alpha * mottling[..., None]
+    return stained, mask
 
 
 def _missing(rng, render: Render, size: int):
     centre = _pick_point(rng, render.region, size // 10, edge=not render.region.all())
     mask = _blob(rng, size, centre, rng.uniform(0.02, 0.06))
-    return render.background, mask
+    if render.region.all():  # texture: the backing shows through
+        return render.background, mask
+    # object: a broken-off piece leaves a shadowed, rough fracture where the part used to be
+    rough = 0.3 + 0.25 * _smooth_noise(rng, size, max(8, size // 6))
+    return render.background * rough[..., None], mask
 
 
 def _bent(rng, render: Render, size: int):
