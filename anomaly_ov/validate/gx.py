@@ -115,9 +115,9 @@ def result_to_check(result: Any, max_examples: int = 20) -> Check:
     meta = config.meta or {}
     what = config.description or meta.get("what") or name
     origin = f"great_expectations:{config.type}"
-    info = result.exception_info or {}
-    if info.get("raised_exception"):
-        message = f"{what}: could not be evaluated ({info.get('exception_message')})"
+    errors = exception_messages(result.exception_info)
+    if errors:
+        message = f"{what}: could not be evaluated ({'; '.join(errors)})"
         return Check(name, severity, False, message, [], 1, origin)
     data = dict(result.result or {})
     if result.success:
@@ -139,6 +139,21 @@ def result_to_check(result: Any, max_examples: int = 20) -> Check:
     if meta.get("hint"):
         message += f". {meta['hint']}"
     return Check(name, severity, False, message, failing, count, origin)
+
+
+def exception_messages(info: Any) -> list[str]:
+    """Error messages in a result's ``exception_info``: flat (``raised_exception``) or keyed by metric id."""
+    if not isinstance(info, dict):
+        return []
+    if "raised_exception" in info or "exception_message" in info:
+        if not info.get("raised_exception") and not info.get("exception_message"):
+            return []
+        text = info.get("exception_message") or (info.get("exception_traceback") or "").strip().splitlines()[-1:]
+        return [str(text if isinstance(text, str) else "".join(text))]
+    messages: list[str] = []
+    for value in info.values():
+        messages += [m for m in exception_messages(value) if m not in messages]
+    return messages
 
 
 def _clean_row(item: Any) -> Any:

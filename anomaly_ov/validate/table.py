@@ -111,6 +111,7 @@ def table_checks(
             fail_message="manifest is missing column(s) {examples}; expected " + str(list(COLUMNS)),
             max_examples=cap,
         ),
+        type_check(frame, cap),
         Check("manifest_not_empty", "critical", len(frame) > 0,
               f"the manifest lists {len(frame)} image(s)" if len(frame) else
               "the manifest lists no image; check data.sources (paths, formats, categories) and re-run prepare"),
@@ -125,6 +126,44 @@ def table_checks(
     if sources and {"source", "category"} <= set(frame.columns):
         checks += declared_checks(frame, sources, cap)
     return checks
+
+
+def type_check(frame: pd.DataFrame, cap: int) -> Check:
+    """Text columns hold strings and ``width``/``height`` whole numbers (nulls are the not_null checks' job)."""
+    import pandas as pd
+
+    failing: list[dict[str, Any]] = []
+    count = 0
+    for column, kind in COLUMNS.items():
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        present = values.notna()
+        if kind == "int":
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = present & (numbers.isna() | (numbers.fillna(0) % 1 != 0))
+        elif isinstance(values.dtype, pd.StringDtype):
+            continue  # pandas' string dtype (what Parquet text columns read as) holds only strings and nulls
+        else:
+            bad = present & ~values.map(lambda v: isinstance(v, str))
+        positions = bad.to_numpy().nonzero()[0]
+        count += len(positions)
+        failing += [_located(frame, int(p), column) for p in positions[: max(cap - len(failing), 0)]]
+    return Check.from_failures(
+        "column_types", "critical", failing, max_examples=cap, n_failing=count,
+        ok_message="text columns hold strings; width and height hold whole numbers",
+        fail_message="{n} value(s) have the wrong type (text columns need strings, width/height whole numbers): "
+        "{examples}",
+    )
+
+
+def _located(frame: pd.DataFrame, position: int, column: str) -> dict[str, Any]:
+    record = frame.iloc[position]
+    where: dict[str, Any] = {}
+    if "root" in frame.columns and "image_path" in frame.columns:
+        where["file"] = f"{str(record['root']).rstrip('/')}/{record['image_path']}"
+    value = record[column]
+    return where | {"row": position, "column": column, "value": value if isinstance(value, str | int) else repr(value)}
 
 
 def category_checks(frame: pd.DataFrame, settings: ValidateParams) -> list[Check]:

@@ -315,3 +315,17 @@ def test_empty_manifest_is_critical(tmp_path):
     check = report.check("manifest_not_empty")
     assert not check.passed and check.severity == "critical" and "no image" in check.message
     assert not report.ok
+
+
+def test_wrong_types_are_critical_and_named(tmp_path):
+    frame = from_rows([row(f"widget/{i}.png", ROOT) for i in range(3)])
+    frame["category"] = frame["category"].astype(object)
+    frame.loc[1, "category"] = 7
+    frame["width"] = frame["width"].astype(object)
+    frame.loc[2, "width"] = "wide"
+    report = validate_manifest(frame, toy_params(check_files=False), tmp_path)
+    text = _failed(report, "column_types", "critical")
+    assert "ds/widget/1.png" in text and "ds/widget/2.png" in text and "'category'" in text
+    assert report.check("column_types").n_failing == 2
+    bounds = report.check("width_in_bounds")  # GX cannot compare "wide" with numbers: reported, not raised
+    assert not bounds.passed and "could not be evaluated" in bounds.message
