@@ -89,3 +89,43 @@ def test_missing_image_names_the_file(benchmark, fake_predictor, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.png"):
         evaluate_dataset(fake_predictor, test, None, _params(), tmp_path / "out", workspace)
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def _stage_workspace(tmp_path, test, dr):
+    bench = tmp_path / "data" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "test_data.json").write_text(json.dumps(test))
+    (bench / "visa_dr.json").write_text(json.dumps(dr))
+    return tmp_path
+
+
+def test_run_evaluate_stage_uses_params_paths(benchmark, fake_predictor, word_overlap, monkeypatch):
+    import anomaly_ov.evaluate.reasoning as reasoning
+    import anomaly_ov.evaluate.run as run
+
+    workspace, test, dr = benchmark
+    _stage_workspace(workspace, test, dr)
+    seen = []
+    monkeypatch.setattr(run, "load_predictor", lambda path, device="auto": seen.append(path) or fake_predictor)
+    monkeypatch.setattr(reasoning, "SentenceSimilarity", lambda name: word_overlap)
+    params = _params(max_reasoning_items=1, max_images=8)
+    summary = run.run_evaluate(params, workspace)
+    assert seen == [workspace / "models/anomaly_ov"]
+    assert summary["images"] == 8 and "zero_shot.image_auroc" in summary
+    metrics = json.loads((workspace / "reports/metrics.json").read_text())
+    assert metrics["reasoning.count.items"] == 1 and metrics["counts.images"] == 8
+    for rel in ("reports/predictions.parquet", "reports/reasoning.parquet", "reports/evaluation.md",
+                "reports/curves/roc.csv", "reports/figures/confusion.png"):
+        assert (workspace / rel).exists(), rel
+
+
+def test_run_evaluate_stage_explains_missing_inputs(tmp_path):
+    from anomaly_ov.evaluate.run import run_evaluate
+    from anomaly_ov.stages import StageFailed
+
+    with pytest.raises(StageFailed, match="test_data.json not found; run `anomaly-ov stage synthesize`"):
+        run_evaluate(_params(), tmp_path)
+    (tmp_path / "data/bench").mkdir(parents=True)
+    (tmp_path / "data/bench/test_data.json").write_text("[]")
+    with pytest.raises(StageFailed, match="evaluate.reasoning=false"):
+        run_evaluate(_params(), tmp_path)
