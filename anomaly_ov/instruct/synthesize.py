@@ -278,7 +278,8 @@ def conversation_for(
                 question = f"These are {len(item.images)} views of the same {item.subject.category.noun}. {question}"
             question = image_prefix(len(item.images)) + question
         if rewriter is not None and kind == A.LOW_LEVEL and sub == "describe" and item.subject.anomalous:
-            answer = rewriter.rewrite(answer, A.hint(item.subject), item.files[0], item.subject.facts)
+            view = item.files[item.subject.view_index or 0]
+            answer = rewriter.rewrite(answer, A.hint(item.subject), view, item.subject.facts)
         conversations.append({"from": "human", "value": question})
         conversations.append({"from": "gpt", "value": answer})
         kinds.append(kind)

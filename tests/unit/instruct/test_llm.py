@@ -119,3 +119,19 @@ def test_disabled_by_default_and_config_errors():
     assert make_rewriter(RewriterParams()) is None
     with pytest.raises(ValueError, match="base_url"):
         Rewriter(RewriterParams(enabled=True))
+
+
+def test_synthesis_uses_the_rewriter_for_anomalous_descriptions(server, workspace):
+    from anomaly_ov.instruct.synthesize import synthesize_records
+
+    _, url = server
+    _Handler.mode = "ok"
+    ws, frame, params = workspace
+    rw = _rewriter(url)
+    records = synthesize_records(frame[frame.role == "train"], params, ws, rewriter=rw)
+    rewritten = [t["value"] for r in records for t in r["conversations"] if t["value"] == "A rewritten crack."]
+    assert rewritten and rw.stats["attempted"] == rw.stats["succeeded"] == len(rewritten)
+    assert all(r["label"] == "anomaly" for r in records if any(t["value"] == "A rewritten crack."
+                                                               for t in r["conversations"]))
+    hints = [sent["body"]["messages"][1]["content"][0]["text"] for sent in _Handler.received]
+    assert all(h.startswith("Hint: a ") and " with " in h for h in hints)
