@@ -7,10 +7,10 @@ sources and categories present). Both end up as :class:`~anomaly_ov.validate.rep
 
 Severities (the rationale is in each check's message):
 
-- critical: missing columns, null/empty required values, values outside the allowed sets, image sides outside
-  ``validate.min_image_side..max_image_side``, an industrial anomaly without a mask, a normal image with a mask,
-  duplicate paths, a category with too few/many images or without a normal image, an evaluation category
-  without an anomaly, a declared source or category with no rows.
+- critical: missing columns, an empty manifest, values of the wrong type, null/empty required values, values
+  outside the allowed sets, image sides outside ``validate.min_image_side..max_image_side``, an industrial
+  anomaly without a mask, a normal image with a mask, duplicate paths, a category with too few/many images or
+  without a normal image, an evaluation category without an anomaly, a declared source or category with no rows.
 - warning: an anomaly without a mask in a medical/3D source (image-level sets such as BMAD chest X-ray have
   none), ``defect_type`` that disagrees with ``label``.
 """
