@@ -80,7 +80,9 @@ def evaluate_command(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="model directory or MLflow URI (models:/NAME@ALIAS)")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="report folder")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="report folder (default: reports/external/<dataset folder>)")
+    ] = None,
     categories: Annotated[str | None, typer.Option(help="comma-separated subset of categories")] = None,
     reasoning_file: Annotated[
         Path | None, typer.Option("--reasoning", help="visa_dr.json-style file: also run the reasoning protocol")
