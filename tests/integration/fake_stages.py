@@ -55,6 +55,12 @@ def main(stage: str) -> int:
         "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
         "anomaly_ov_on_path": shutil.which("anomaly-ov"),
     })
+    with open(f"reports/env/{stage}.attempts", "a") as fh:
+        fh.write("1\n")
+    if os.environ.get("FAKE_SLEEP_STAGE") == stage:
+        import time
+
+        time.sleep(60)
     print(f"fake {stage}: working")
     if stage == "prepare":
         import pandas as pd

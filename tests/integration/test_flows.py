@@ -1,0 +1,131 @@
+"""The Prefect flows for real (temporary Prefect server, MLflow SQLite, DVC in a git repo) on tiny stand-in stages.
+
+The stand-in stages (fake_stages.py) have the real names and report paths, so these tests cover the
+orchestration itself: ordering, DVC skipping, environment hand-over, retries, timeouts, failure reasons,
+artifacts, the MLflow parent run, dvc pull/push and the deployment definition. The real stages are covered by
+test_pipeline_real.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+from workspaces import read_json
+
+from anomaly_ov.orchestration import StageError
+
+pytestmark = pytest.mark.integration
+
+
+def attempts(ws, stage: str) -> int:
+    path = ws / "reports" / "env" / f"{stage}.attempts"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def test_pipeline_runs_every_stage_then_dvc_skips_them(prefect_server, fake_workspace):
+    from prefect.artifacts import Artifact
+
+    from flows.pipeline import pipeline
+
+    first = pipeline(workspace=str(fake_workspace))
+    names = [s["stage"] for s in first["stages"]]
+    assert names == ["prepare", "validate", "synthesize", "train_expert", "train_instruct", "evaluate",
+                     "extend_medical", "extend_3d", "register"]
+    assert not any(s["skipped"] for s in first["stages"])
+    run_id = first["mlflow_run_id"]
+    env = read_json(fake_workspace / "reports/env/train_expert.json")
+    assert env["parent_run_id"] == run_id
+    assert env["tracking_uri"] == f"sqlite:///{fake_workspace / 'mlflow.db'}"
+    assert env["anomaly_ov_on_path"] and env["anomaly_ov_on_path"].endswith("anomaly-ov")
+
+    client = MlflowClient(env["tracking_uri"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["zero_shot.image_auroc"] == pytest.approx(0.8)
+    assert run.data.metrics["stage.train_expert.skipped"] == 0.0
+    assert run.data.params["train.expert.tiny.epochs"] == "1"
+    assert len(run.data.tags["git_commit"]) == 40 and run.data.tags["params_hash"]
+    assert run.data.tags["prefect.flow_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "reports")}
+    assert "reports/metrics.json" in artifacts and "reports/validation.json" in artifacts
+
+    summary = Artifact.get("train-expert-summary")
+    assert "status: **ran**" in summary.data and "history[last].loss | 0.5" in summary.data
+    assert "validation passed" in Artifact.get("validate-summary").data.lower()
+
+    second = pipeline(workspace=str(fake_workspace))
+    assert all(s["skipped"] for s in second["stages"])
+    assert attempts(fake_workspace, "train_expert") == 1
+    assert "skipped (DVC: up to date)" in Artifact.get("train-expert-summary").data
+    assert client.get_run(second["mlflow_run_id"]).data.metrics["stage.evaluate.skipped"] == 1.0
+
+
+def test_validation_failure_stops_the_flow_without_retry(prefect_server, make_workspace):
+    from flows.pipeline import pipeline
+
+    ws = make_workspace("fake", ["validate.min_images_per_category=5000",
+                                 "schedule.stages={validate: {retries: 2, retry_delay_s: 0}}"])
+    with pytest.raises(StageError) as info:
+        pipeline(workspace=str(ws))
+    assert info.value.stage == "validate" and not info.value.retryable
+    assert "data validation failed" in info.value.reason
+    assert "images_per_category: category s has fewer than 5000 images" in info.value.reason
+    assert attempts(ws, "validate") == 1  # no retries for a data failure
+    assert attempts(ws, "synthesize") == 0  # nothing after it ran
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("anomaly-ov")
+    runs = client.search_runs([experiment.experiment_id], "tags.flow = 'pipeline'")
+    assert [r.info.status for r in runs] == ["FAILED"], [(r.info.status, r.data.tags) for r in runs]
+    assert "fewer than 5000" in runs[0].data.tags["error"]
+
+
+def test_crash_is_retried_and_timeout_reported(prefect_server, make_workspace, monkeypatch):
+    from flows.pipeline import pipeline
+
+    ws = make_workspace("fake", ["schedule.stages={train_expert: {retries: 1, retry_delay_s: 0}, "
+                                 "evaluate: {timeout_s: 2}}"])
+    monkeypatch.setenv("FAKE_CRASH_ONCE", "1")
+    monkeypatch.setenv("FAKE_SLEEP_STAGE", "evaluate")
+    with pytest.raises(StageError, match="timed out after 2 s"):
+        pipeline(workspace=str(ws))
+    assert attempts(ws, "train_expert") == 2  # crashed once, retried, succeeded
+    assert (ws / "models/expert/weights.json").exists()
+
+
+def test_retrain_tolerates_an_empty_remote_and_pushes(prefect_server, fake_workspace):
+    from flows.retrain import retrain
+
+    remote = fake_workspace.parent / f"{fake_workspace.name}-remote"
+    assert not remote.exists()
+    result = retrain(workspace=str(fake_workspace))
+    assert result["register"]["reason"] == "fake stages"
+    pushed = [p for p in remote.rglob("*") if p.is_file()]
+    assert pushed, "dvc push sent nothing to the remote"
+
+
+def test_extensions_flow_runs_only_enabled_extensions(prefect_server, make_workspace):
+    from flows.extensions import extensions
+    from flows.pipeline import pipeline
+
+    ws = make_workspace("fake", ["extensions.threed.enabled=false"])
+    pipeline(workspace=str(ws))
+    result = extensions(workspace=str(ws), force=True)
+    assert [s["stage"] for s in result["stages"]] == ["extend_medical"]
+    assert attempts(ws, "extend_medical") == 2 and attempts(ws, "extend_3d") == 0
+
+
+def test_retrain_deployment_has_the_cron_from_params(make_workspace):
+    from anomaly_ov.config import load_params
+    from flows.retrain import retrain_deployment
+
+    ws = make_workspace("fake", ["schedule.cron=15 4 * * 2", "schedule.timezone=Europe/Paris",
+                                 "schedule.deployment_name=nightly"])
+    params = load_params(ws / "params.yaml")
+    deployment = retrain_deployment(params, str(ws))
+    assert deployment.name == "nightly"
+    schedule = deployment.schedules[0].schedule
+    assert (schedule.cron, schedule.timezone) == ("15 4 * * 2", "Europe/Paris")
+    assert deployment.parameters == {"workspace": str(ws.resolve()), "params_file": "params.yaml"}
+    assert json.dumps(deployment.parameters)

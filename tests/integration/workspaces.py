@@ -1,0 +1,95 @@
+"""Temporary DVC workspaces for the integration tests: git + DVC + a local remote, fake or real stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+#: The smallest configuration the real stages accept: few images, one epoch, no extensions.
+TINY_OVERRIDES = [
+    "data.synthetic.image_size=64",
+    "data.synthetic.train_categories=[fabric, screw]",
+    "data.synthetic.eval_categories=[pcb]",
+    "data.synthetic.train_normal_per_category=4",
+    "data.synthetic.test_normal_per_category=2",
+    "data.synthetic.test_anomaly_per_category=4",
+    "train.expert.tiny.epochs=1",
+    "train.instruct.tiny.epochs=1",
+    "train.instruct.max_records=16",
+    "evaluate.max_images=8",
+    "evaluate.max_reasoning_items=2",
+    "evaluate.max_new_tokens=4",
+    "evaluate.figures_per_kind=1",
+    "extensions.medical.enabled=false",
+    "extensions.threed.enabled=false",
+    "registry.thresholds={}",
+]
+
+
+def run(argv: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{argv} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def init_repo(root: Path) -> Path:
+    """git init + dvc init + a local DVC remote beside the repo."""
+    root.mkdir(parents=True, exist_ok=True)
+    run(["git", "init", "-q", "-b", "main"], root)
+    run([str(BIN / "dvc"), "init", "-q"], root)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    run([str(BIN / "dvc"), "config", "core.autostage", "true"], root)
+    remote = root.parent / f"{root.name}-remote"
+    run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(remote)], root)
+    return root
+
+
+def commit_all(root: Path, message: str = "workspace") -> None:
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", message, "--allow-empty"], root)
+
+
+def write_params(root: Path, overrides: list[str], base: Path | None = None) -> None:
+    """params.yaml for the workspace: ``base`` (None = the built-in defaults) plus ``overrides``."""
+    from anomaly_ov.config import dump_params, load_params
+
+    dump_params(load_params(base, overrides), root / "params.yaml")
+
+
+def make_fake_workspace(root: Path, overrides: list[str] = ()) -> Path:
+    from fake_stages import FAKE_DVC_YAML
+
+    init_repo(root)
+    shutil.copy(Path(__file__).with_name("fake_stages.py"), root / "fake_stages.py")
+    (root / "dvc.yaml").write_text(yaml.safe_dump(FAKE_DVC_YAML, sort_keys=False))
+    write_params(root, ["train.expert.tiny.epochs=1", "registry.model_name=fake", *overrides])
+    (root / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/reports/\ncrashed.flag\n")
+    commit_all(root, "fake workspace")
+    return root
+
+
+def make_real_workspace(root: Path, overrides: list[str] = ()) -> Path:
+    init_repo(root)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO_ROOT / "anomaly_ov", root / "anomaly_ov", ignore=skip)
+    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO_ROOT / ".dvcignore", root / ".dvcignore")
+    write_params(root, [*TINY_OVERRIDES, *overrides], base=REPO_ROOT / "params.yaml")
+    (root / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/reports/\n")
+    commit_all(root, "real workspace")
+    return root
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
