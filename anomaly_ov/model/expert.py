@@ -91,10 +91,12 @@ class SingleHeadAttention(nn.Module):
         self.key_proj = nn.Linear(key_dim, embed_dim)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        # softmax(Q (K W^T + b)^T) = softmax((Q W) K^T): the bias term Q.b is the same for every key of a query and
+        # cancels in the softmax. Projecting the 4 queries back (Q W, [N,4,C]) instead of the T keys ([N,T,E]) gives
+        # the release's numbers with T/4 times less work and no [N,T,E] tensor.
         q = self.query_proj(queries)  # [N,Q,E]
-        k = self.key_proj(keys)  # [N,T,E]
-        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(self.embed_dim)
-        return torch.matmul(scores.softmax(dim=-1), values)  # [N,Q,C]
+        scores = torch.matmul(torch.matmul(q, self.key_proj.weight), keys.transpose(-2, -1))  # [N,Q,T]
+        return torch.matmul((scores / math.sqrt(self.embed_dim)).softmax(dim=-1), values)  # [N,Q,C]
 
 
 def crop_index(crops_per_image: Sequence[int] | torch.Tensor, device: torch.device | None = None):
