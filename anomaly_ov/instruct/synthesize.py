@@ -381,4 +381,7 @@ def summarize_records(records: list[dict[str, Any]]) -> dict[str, Any]:
         "distinct_answer_ratio": distinct,
         "distinct_answer_ratio_all": round(len(set(all_free)) / len(all_free), 4) if all_free else None,
         "distinct_questions": len({r["conversations"][0]["value"] for r in records}),
+        "answer_chars_mean": {k: round(sum(map(len, v)) / len(v), 1) for k, v in sorted(answers.items()) if v},
+        "answer_chars_max": {k: max(map(len, v)) for k, v in sorted(answers.items()) if v},
+        "record_chars_max": max((sum(len(t["value"]) for t in r["conversations"]) for r in records), default=0),
     }
