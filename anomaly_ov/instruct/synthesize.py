@@ -189,7 +189,10 @@ def collect_subjects(
         subject = A.Subject(label=label, category=cat, domain=dom, facts=facts_list[best], views=len(rows),
                             view_index=best if facts_list[best] is not None else None,
                             defect=kb.defect(dom, defect_type, rows[0]["category"]) if label == "anomaly" else None)
-        items.append(Item(id=record_id_for(source, f"{rows[0]['category']}/{group}"), images=rels, files=files,
+        local = group[len(source) + 1:] if group.startswith(f"{source}/") else group
+        if "/" not in local:
+            local = f"{rows[0]['category']}/{local}"
+        items.append(Item(id=record_id_for(source, local), images=rels, files=files,
                           masks=masks, source=source, category=rows[0]["category"], label=label,
                           defect_type=defect_type, modality=rows[0]["modality"], subject=subject,
                           facts_per_view=facts_list))
