@@ -119,12 +119,14 @@ def _evaluate(
 
     from anomaly_ov import tracking
     from anomaly_ov.data.sources import read_source
+    from anomaly_ov.evaluate.detection import balanced_subset
     from anomaly_ov.evaluate.reasoning import load_reasoning_items
     from anomaly_ov.evaluate.report import HEADLINE
     from anomaly_ov.evaluate.run import evaluate_dataset, load_predictor
     from anomaly_ov.paths import in_workspace
 
     items = manifest_to_test_items(read_source(source, workspace), workspace)
+    items = balanced_subset(items, params.evaluate.max_images)
     reasoning = load_reasoning_items(reasoning_file, params.evaluate.max_reasoning_items) if reasoning_file else None
     model = model or params.train.instruct.output_dir
     with tempfile.TemporaryDirectory(prefix="anomaly-ov-model-") as tmp:
