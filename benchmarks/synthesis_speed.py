@@ -5,10 +5,13 @@
 1. Generates the default synthetic dataset (the `prepare` stage) in a temporary workspace.
 2. Times the whole `synthesize` stage on the default set (synthesis, GX validation, benchmark files, reports) and
    the synthesis alone.
-3. Replicates the training rows (new source names and dataset roots that are symlinks to the real one, so every
-   record is distinct and every anomalous row's region facts are recomputed) until about ``--records``
-   records, times ``synthesize_records`` with each ``--workers`` value and extrapolates to 100k records.
+3. Replicates the training rows (new source names; roots are symlinks, in a temporary folder, to the real ones)
+   so that every record is distinct and every anomalous row's region facts are recomputed, up to about
+   ``--records`` records; times ``synthesize_records`` with each ``--workers`` value; extrapolates to 100k.
    Target: the default set in well under a minute, 100k records in under 10 minutes on 2 cores.
+
+``--workspace`` reuses a scratch workspace that already has ``data/manifest.parquet``; the stage writes its
+outputs (data/instruct, data/bench, reports) there, so never point it at a real project.
 """
 
 from __future__ import annotations
@@ -62,14 +65,13 @@ def main() -> None:
 
     copies = max(1, math.ceil(args.records / len(records)))
     parts = []
+    links = Path(tempfile.mkdtemp(prefix="anomaly-ov-synth-links-"))  # outside the workspace: nothing to clean there
     for k in range(copies):
         roots = {}
-        for root in train["root"].unique():
-            real = (workspace / root).resolve()
-            link = real.parent / f"{real.name}_copy{k}"
-            if not link.exists():
-                link.symlink_to(real, target_is_directory=True)
-            roots[root] = str(Path(root).parent / link.name)
+        for i, root in enumerate(train["root"].unique()):
+            link = links / f"copy{k}_{i}"
+            link.symlink_to((workspace / root).resolve(), target_is_directory=True)
+            roots[root] = str(link)
         parts.append(train.assign(source=train["source"] + f"_copy{k}", root=train["root"].map(roots)))
     big = pd.concat(parts, ignore_index=True)
     results = {}
