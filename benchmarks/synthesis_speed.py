@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ def main() -> None:
                             "extrapolated_100k_min": round(100_000 / rate / 60, 2)}
         print(f"scale: {len(big)} rows -> {len(out)} records with workers={workers}: {seconds:.1f} s = "
               f"{rate:.0f} records/s -> 100k records in about {100_000 / rate / 60:.1f} min")
+    shutil.rmtree(links)  # removes the symlinks only (rmtree never follows them)
     print(json.dumps({"default_stage_s": round(stage_s, 2), "default_synthesis_s": round(synth_s, 2),
                       "scale": results}))
 
