@@ -150,7 +150,8 @@ def collect_subjects(
     facts_by_key: dict[FactsKey, MaskFacts] = {}
     for (key, row), (facts, error) in zip(keys.items(), results, strict=True):
         if facts is None:
-            raise FileNotFoundError(f"{error} [manifest row: source={row['source']}, image_path={row['image_path']}]")
+            message = f"{error} [manifest row: source={row['source']}, image_path={row['image_path']}]"
+            raise (FileNotFoundError if "not found" in error else ValueError)(message)
         facts_by_key[key] = facts
 
     def _facts(row: Any, texture: bool) -> tuple[Path | None, MaskFacts | None]:

@@ -206,3 +206,15 @@ def test_parallel_facts_match_sequential(workspace):
     assert compute_facts(keys, 3, 6, workers=2) == compute_facts(keys, 3, 6, workers=1)
     missing = compute_facts([(str(ws / "no_mask.png"), str(ws / "no_image.png"), False)], 3, 6)
     assert missing[0][0] is None and "not found" in missing[0][1]
+
+
+def test_missing_or_corrupt_mask_names_the_row(workspace):
+    ws, frame, params = workspace
+    row = frame[(frame.role == "train") & (frame.label == "anomaly") & (frame.group == "")].iloc[0]
+    mask = resolve(row, "mask_path", ws)
+    mask.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=f"image_path={row['image_path']}"):
+        collect_subjects(frame[frame.role == "train"], params, ws)
+    mask.unlink()
+    with pytest.raises(FileNotFoundError, match="mask file not found"):
+        collect_subjects(frame[frame.role == "train"], params, ws)
