@@ -77,4 +77,4 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 # Register the sub-commands that live in anomaly_ov/commands/ (kept last: they import `app` from here).
-from anomaly_ov.commands import evaluate, instruct, orchestrate, registry, serve, validate  # noqa: E402,F401
+from anomaly_ov.commands import evaluate, extensions, instruct, orchestrate, registry, serve, validate  # noqa: E402,F401
