@@ -211,7 +211,14 @@ def fill(question: str, subject: Subject) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ questions
+#: share of detection turns that use the canonical VisA-D&R prompt (the one evaluation asks).
+CANONICAL_SHARE = 0.25
+
+
 def detection_question(rng: random.Random, subject: Subject) -> str:
+    """A detection question; the canonical VisA-D&R prompt a quarter of the time, else one of the phrasings."""
+    if rng.random() < CANONICAL_SHARE:
+        return CANONICAL_DETECTION
     options = DETECTION_QUESTIONS
     if subject.domain == "medical":
         options = tuple(q for q in DETECTION_QUESTIONS if not any(word in q for word in _INDUSTRIAL_ONLY))

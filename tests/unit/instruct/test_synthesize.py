@@ -218,3 +218,12 @@ def test_missing_or_corrupt_mask_names_the_row(workspace):
     mask.unlink()
     with pytest.raises(FileNotFoundError, match="mask file not found"):
         collect_subjects(frame[frame.role == "train"], params, ws)
+
+
+def test_canonical_detection_prompt_is_frequent(workspace):
+    ws, frame, params = workspace
+    p = params.model_copy(update={"instruct": params.instruct.model_copy(update={"conversations_per_image": 8})})
+    records = synthesize_records(frame[frame.role == "train"], p, ws)
+    questions = [q.split("\n")[-1] for r in records for q, _, k in _pairs(r) if k == A.DETECTION]
+    share = questions.count(A.CANONICAL_DETECTION) / len(questions)
+    assert 0.15 < share < 0.45 and len(set(questions)) > 6
