@@ -396,12 +396,12 @@ def _polyline(size: int, points: np.ndarray, half_width_px: float) -> np.ndarray
 
 def _scratch(rng, render: Render, size: int):
     start = np.array(_pick_point(rng, render.region, size // 16))
-    angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.4)
+    angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.45)
     end = start + length * np.array([np.sin(angle), np.cos(angle)])
     bend = (start + end) / 2 + rng.uniform(-0.08, 0.08, 2)
     t = np.linspace(0, 1, 12)[:, None]
     points = (1 - t) ** 2 * start + 2 * (1 - t) * t * bend + t**2 * end
-    mask = _polyline(size, points, max(1.0, size * rng.uniform(0.008, 0.014)))
+    mask = _polyline(size, points, max(1.0, size * rng.uniform(0.01, 0.016)))
     image = render.image
     bright = rng.random() < 0.5
     painted = image * 0.15 + 0.82 if bright else image * 0.25
@@ -412,11 +412,11 @@ def _crack(rng, render: Render, size: int):
     point = np.array(_pick_point(rng, render.region, size // 16))
     angle = rng.uniform(0, 2 * np.pi)
     points = [point.copy()]
-    for _ in range(int(rng.integers(10, 18))):
+    for _ in range(int(rng.integers(12, 20))):
         angle += rng.uniform(-0.7, 0.7)
         point = point + 0.025 * np.array([np.sin(angle), np.cos(angle)])
         points.append(point.copy())
-    mask = _polyline(size, np.array(points), max(1.0, size * rng.uniform(0.008, 0.013)))
+    mask = _polyline(size, np.array(points), max(1.0, size * rng.uniform(0.01, 0.015)))
     branch_from = points[len(points) // 2]
     branch_angle = angle + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2)
     branch = [branch_from + k * 0.025 * np.array([np.sin(branch_angle), np.cos(branch_angle)]) for k in range(5)]
