@@ -346,7 +346,7 @@ def describe(params: Params, workspace: str | Path = ".") -> dict[str, Any]:
     for item in client.search_model_versions(f"name='{name}'"):
         full = client.get_model_version(name, item.version)  # search_model_versions has no aliases on SQLite
         versions.append({
-            "version": full.version,
+            "version": str(full.version),
             "aliases": list(full.aliases),
             "verdict": full.tags.get("gate.verdict"),
             params.registry.primary_metric: full.tags.get(f"metric.{params.registry.primary_metric}"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -71,3 +73,27 @@ def test_gate_promotes_better_refuses_worse_and_rollback_restores(setup, tmp_pat
     assert registry.rollback(params, tmp_path)["production"] == v1
     with pytest.raises(ValueError, match="no version 99"):
         registry.promote(params, 99, "staging", tmp_path)
+
+
+def test_cli_promote_rollback_and_models(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from anomaly_ov.cli import app
+    from anomaly_ov.config import dump_params
+
+    params, model_dir, client = setup
+    dump_params(params, tmp_path / "params.yaml")
+    cli = CliRunner()
+    ws = ["-w", str(tmp_path)]
+    refused = cli.invoke(app, ["rollback", *ws])
+    assert refused.exit_code == 1 and "has no production version" in refused.output
+    v1, _ = new_version(params, model_dir, client, 0.80)
+    v2, _ = new_version(params, model_dir, client, 0.75)
+    done = cli.invoke(app, ["promote", "--version", v2, "--to", "production", *ws])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["previous"] == v1
+    assert json.loads(cli.invoke(app, ["rollback", *ws]).stdout)["production"] == v1
+    listing = json.loads(cli.invoke(app, ["models", *ws]).stdout)
+    assert [(v["version"], "production" in v["aliases"]) for v in listing["versions"]] == [(v1, True), (v2, False)]
+    bad = cli.invoke(app, ["promote", "--version", v1, "--to", "prod", *ws])
+    assert bad.exit_code == 1 and "not one of candidate, staging, production" in bad.output
