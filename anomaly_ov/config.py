@@ -155,11 +155,15 @@ class ExpertRecipe(_Section):
     temperature: float = Field(gt=0)
     train_vision_tower: bool
     restarts_per_epoch: int = Field(default=2, ge=1, description="CosineAnnealingWarmRestarts cycles per epoch")
+    base_view_only: bool = Field(
+        default=False, description="stage 1 sees each image's base view only (AnyRes crops skipped; exact for "
+        "images whose crop grid is 1x1, about half the compute)")
 
 
 class TrainExpertParams(_Section):
     tiny: ExpertRecipe = ExpertRecipe(
-        lr=1e-3, epochs=6, batch_size=16, mask_loss=True, temperature=10.0, train_vision_tower=True
+        lr=1e-3, epochs=6, batch_size=16, mask_loss=True, temperature=10.0, train_vision_tower=True,
+        base_view_only=True,
     )
     pretrained: ExpertRecipe = ExpertRecipe(
         lr=1e-4, epochs=2, batch_size=128, mask_loss=False, temperature=100.0, train_vision_tower=False
@@ -204,6 +208,8 @@ class TrainInstructParams(_Section):
     checkpoint_every: int = Field(default=100, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_records: int | None = Field(default=None, description="cap on training records (null = all)")
+    tokenizer_vocab_size: int = Field(default=2000, ge=300, description="tiny preset: BPE vocabulary size")
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (null = off)")
     checkpoint_dir: str = Field(default="checkpoints/instruct", description="resume state (not a stage output)")
     output_dir: str = "models/anomaly_ov"
     report: str = "reports/train_instruct.json"

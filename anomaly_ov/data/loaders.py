@@ -263,7 +263,10 @@ def collate_instruct(items: Sequence[Mapping[str, Any]], pad_token_id: int) -> d
         batch["pixel_values"] = torch.cat(padded, 0)
         batch["image_sizes"] = torch.cat([torch.as_tensor(it["image_sizes"]).reshape(-1, 2) for it in items
                                           if it.get("image_sizes") is not None], 0)
+        if all(it.get("batch_num_images") is not None for it in items if it.get("pixel_values") is not None):
+            batch["batch_num_images"] = torch.cat([torch.as_tensor(it["batch_num_images"]).reshape(-1) for it in items
+                                                   if it.get("pixel_values") is not None], 0)
     for key in items[0]:
-        if key not in batch and key not in ("input_ids", "labels", "pixel_values", "image_sizes"):
+        if key not in batch and key not in ("input_ids", "labels", "pixel_values", "image_sizes", "batch_num_images"):
             batch[key] = [it.get(key) for it in items]
     return batch

@@ -1,0 +1,385 @@
+"""Stage 1: train the anomaly expert (LTFM) on the training-role images of the manifest.
+
+Loss: class-balanced BCE on the image score logits (weights from the training set's label frequencies), plus,
+when the recipe turns it on, focal + dice between the base view's anomaly map (bilinearly upsampled to the mask
+resolution) and the defect mask. Normal images count with an all-zero target; anomalies without a mask are left
+out of the mask loss. The paper's recipe (pretrained presets) has no mask loss and temperature 100; the tiny preset,
+whose tower starts from random weights, needs the mask loss at temperature 10 (REFERENCE.md section 1) — the run
+records which recipe was used.
+
+Optimiser: AdamW over the expert (and the vision tower when ``train_vision_tower``), CosineAnnealingWarmRestarts
+restarting ``restarts_per_epoch`` times per epoch. A stratified ``val_fraction`` of the training-role rows is held
+out; image and pixel AUROC on it are logged every epoch. Output: ``models/expert/`` (the model's
+``save_expert_stage``) and ``reports/train_expert.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomaly_ov.train import common
+
+if TYPE_CHECKING:
+    import torch
+
+    from anomaly_ov.config import ExpertRecipe, Params
+
+log = logging.getLogger(__name__)
+
+STAGE = "train_expert"
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+def class_balance(labels: Sequence[int]) -> tuple[float, float]:
+    """Per-sample BCE weights (normal, anomaly) so both classes weigh half of the loss on average."""
+    n = len(labels)
+    n_pos = sum(1 for v in labels if v)
+    n_neg = n - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"stage 1 needs normal and anomalous training images; found {n_neg} normal, "
+                         f"{n_pos} anomalous (add test splits with anomalies to the training sources)")
+    return n / (2.0 * n_neg), n / (2.0 * n_pos)
+
+
+def balanced_bce(logits: torch.Tensor, labels: torch.Tensor, weights: tuple[float, float]) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    w = labels * weights[1] + (1 - labels) * weights[0]
+    return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels, weight=w)
+
+
+def focal_loss(prob: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
+    """Binary focal loss on probabilities (mean over pixels)."""
+    p = prob.clamp(eps, 1 - eps)
+    pt = target * p + (1 - target) * (1 - p)
+    return (-((1 - pt) ** gamma) * pt.log()).mean()
+
+
+def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft dice over the whole batch, on the anomaly channel and on the normal channel (as AnomalyCLIP).
+
+    Over the batch, not per image: a normal image's all-zero target would otherwise give a per-image dice near 1
+    whatever the map does (no useful gradient); pooled, its false positives simply enlarge the denominator.
+    """
+
+    def dice(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return 1 - (2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
+
+    return (dice(prob, target) + dice(1 - prob, 1 - target)) / 2
+
+
+def mask_loss(maps: torch.Tensor, masks: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """Focal + dice between base-view maps [B,1,G,G] (upsampled to the masks' size) and masks [B,1,R,R]."""
+    import torch.nn.functional as F
+
+    if not bool(eligible.any()):
+        return maps.sum() * 0.0
+    maps = maps[eligible]
+    masks = masks[eligible]
+    up = F.interpolate(maps, size=masks.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    return focal_loss(up, masks) + dice_loss(up, masks)
+
+
+def expert_loss(out: Any, batch: Mapping[str, Any], recipe: ExpertRecipe, weights: tuple[float, float]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    labels = batch["labels"].to(out.score_logits.device)
+    bce = balanced_bce(out.score_logits, labels, weights)
+    metrics = {"bce": float(bce.detach())}
+    loss = bce
+    if recipe.mask_loss and recipe.mask_loss_weight > 0:
+        dev = out.maps.device
+        ml = mask_loss(out.base_maps, batch["masks"].to(dev), batch["has_mask_target"].to(dev))
+        metrics["mask_loss"] = float(ml.detach())
+        loss = loss + recipe.mask_loss_weight * ml
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def evaluate_expert(
+    forward: Callable[[Any, Mapping[str, Any]], Any],
+    model: Any,
+    dataset: Any,
+    collate: Callable,
+    batch_size: int,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Image AUROC and pixel AUROC (per category, then the mean) of the expert on ``dataset``.
+
+    Pixel maps are the base view's map upsampled (bilinear) to the dataset's mask resolution.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from anomaly_ov.evaluate import metrics as M
+
+    if len(dataset) == 0:
+        return {}
+    batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
+    loader = common.make_loader(dataset, batches, collate, num_workers, seed=0, epoch=0)
+    scores: list[float] = []
+    labels: list[int] = []
+    cats: list[str] = []
+    maps: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            out = forward(model, batch)
+            scores += out.scores.reshape(-1).float().cpu().tolist()
+            labels += [int(v) for v in batch["labels"].tolist()]
+            cats += list(batch["categories"])
+            size = batch["masks"].shape[-2:]
+            up = F.interpolate(out.base_maps.float(), size=size, mode="bilinear", align_corners=False)
+            maps += list(up[:, 0].cpu().numpy())
+            masks += list(batch["masks"][:, 0].cpu().numpy() > 0)
+    model.train(was_training)
+    per_class: dict[str, dict[str, float | None]] = {}
+    for cat in sorted(set(cats)):
+        idx = [i for i, c in enumerate(cats) if c == cat]
+        # only images whose mask is known count at pixel level (anomalies without a mask would count as normal)
+        px = [i for i in idx if labels[i] == 0 or masks[i].any()]
+        per_class[cat] = {
+            "image_auroc": M.image_auroc([scores[i] for i in idx], [labels[i] for i in idx]),
+            "pixel_auroc": M.pixel_auroc([maps[i] for i in px], [masks[i] for i in px]) if px else None,
+        }
+    return {
+        "image_auroc": M.mean_of(v["image_auroc"] for v in per_class.values()),
+        "pixel_auroc": M.mean_of(v["pixel_auroc"] for v in per_class.values()),
+        "images": len(scores),
+        "per_class": per_class,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- training
+def make_optimizer(params: Sequence[torch.nn.Parameter], recipe: ExpertRecipe, steps_per_epoch: int):
+    """AdamW + CosineAnnealingWarmRestarts with ``restarts_per_epoch`` cycles per epoch (stepped every step)."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    cycle = max(1, math.ceil(steps_per_epoch / recipe.restarts_per_epoch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cycle, eta_min=recipe.lr * 0.01)
+    return opt, sched
+
+
+def set_trainable(model: Any, trainable: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """Freeze everything in ``model`` except ``trainable`` (returned as a list without duplicates)."""
+    keep = {id(p) for p in trainable}
+    unique: list[torch.nn.Parameter] = []
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+        if id(p) in keep:
+            unique.append(p)
+    return unique
+
+
+def fit_expert(
+    model: Any,
+    forward: Callable[[Any, Mapping[str, Any]], Any],
+    trainable: Sequence[torch.nn.Parameter],
+    train_set: Any,
+    val_set: Any | None,
+    collate: Callable,
+    recipe: ExpertRecipe,
+    *,
+    seed: int,
+    checkpoint_dir: Path,
+    checkpoint_every: int,
+    num_workers: int = 0,
+    fingerprint: str = "",
+    progress: bool = True,
+    on_step_end: common.StepHook | None = None,
+    max_grad_norm: float | None = None,
+) -> common.LoopResult:
+    """Train the expert part of ``model`` (anything ``forward(model, batch) -> ExpertOutput`` understands)."""
+    import torch
+
+    info = common.dist_info()
+    params = set_trainable(model, trainable)
+    if not params:
+        raise ValueError("stage 1 has no trainable parameter (is the expert attached to the model?)")
+    weights = class_balance(train_set.labels)
+    per_epoch = common.steps_per_epoch(len(train_set), recipe.batch_size, world_size=info.world_size)
+    optimizer, scheduler = make_optimizer(params, recipe, per_epoch)
+    ddp_model = common.wrap_distributed(model, next(iter(params)).device)
+
+    def step(m: Any, batch: Mapping[str, Any]) -> common.StepOutput:
+        out = forward(m, batch)
+        loss, metrics = expert_loss(out, batch, recipe, weights)
+        return common.StepOutput(loss=loss, items=len(batch["labels"]), metrics=metrics)
+
+    def epoch_end(epoch: int, m: Any) -> dict[str, float]:
+        if val_set is None or len(val_set) == 0:
+            return {}
+        res = evaluate_expert(forward, common.unwrap(m), val_set, collate, recipe.batch_size, num_workers)
+        return {k: v for k, v in res.items() if k in ("image_auroc", "pixel_auroc") and v is not None}
+
+    settings = common.LoopSettings(
+        epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, num_workers=num_workers, desc="stage 1 (expert)",
+        items_name="images", fingerprint=fingerprint, progress=progress, max_grad_norm=max_grad_norm,
+    )
+    torch.manual_seed(seed)
+    return common.run_loop(ddp_model, optimizer, scheduler, train_set, collate, step, settings,
+                           on_epoch_end=epoch_end, on_step_end=on_step_end)
+
+
+def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
+    """What the run records about the recipe (tags, params, report)."""
+    return {
+        "family": "pretrained" if params.is_pretrained else "tiny",
+        "mask_loss": recipe.mask_loss,
+        "mask_loss_weight": recipe.mask_loss_weight,
+        "temperature": params.model.expert.temperature or recipe.temperature,
+        "train_vision_tower": recipe.train_vision_tower,
+        "lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
+        "restarts_per_epoch": recipe.restarts_per_epoch, "weight_decay": recipe.weight_decay,
+    }
+
+
+class ExpertStage:
+    """Module view of a model's stage-1 path (tower + expert) so DistributedDataParallel sees the forward.
+
+    Built lazily as an ``nn.Module`` subclass (torch is imported inside functions only).
+    """
+
+    def __new__(cls, model: Any, base_view_only: bool) -> Any:
+        import torch
+
+        class _ExpertStage(torch.nn.Module):
+            def __init__(self, inner: Any, base_only: bool) -> None:
+                super().__init__()
+                self.model = inner
+                self.base_only = base_only
+
+            def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, crops: list[int]) -> Any:
+                m = self.model
+                if self.base_only:
+                    starts = torch.tensor([sum(crops[:i]) for i in range(len(crops))], device=pixel_values.device)
+                    base = pixel_values.index_select(0, starts)
+                    features, levels = m.tower_features(base)
+                    dtype = m.anomaly_expert.positive_embedding.dtype
+                    return m.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], [1] * len(crops))
+                return m.expert_forward(pixel_values, image_sizes)
+
+        return _ExpertStage(model, base_view_only)
+
+
+def stage_forward(device: torch.device) -> Callable[[Any, Mapping[str, Any]], Any]:
+    """``forward(stage_module, batch) -> ExpertOutput`` for batches of :func:`collate_expert`."""
+
+    def forward(module: Any, batch: Mapping[str, Any]) -> Any:
+        return module(batch["pixel_values"].to(device), batch["image_sizes"].to(device),
+                      list(batch["crops_per_image"]))
+
+    return forward
+
+
+def split_training_rows(params: Params, workspace: Path):
+    """(train rows, held-out rows) of the manifest's training role, stratified by category and label."""
+    from anomaly_ov.data.loaders import stratified_split
+    from anomaly_ov.data.manifest import read_manifest
+    from anomaly_ov.paths import in_workspace
+
+    manifest = in_workspace(workspace, params.data.manifest)
+    frame = read_manifest(manifest)
+    train_rows = frame[frame["role"] == "train"]
+    if train_rows.empty:
+        raise ValueError(f"{manifest}: no rows with role 'train'; list a training source in data.sources")
+    return stratified_split(train_rows, params.train.expert.val_fraction, params.train.seed)
+
+
+def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
+    """Stage ``train_expert``: manifest (role train) -> models/expert/ + reports/train_expert.json."""
+    from anomaly_ov import tracking
+    from anomaly_ov.data.loaders import ExpertDataset, collate_expert
+    from anomaly_ov.io import atomic_write_json
+    from anomaly_ov.model.presets import build_model, processor_for, save_expert_stage
+    from anomaly_ov.model.processing import ImagePreprocessor
+    from anomaly_ov.paths import in_workspace
+
+    cfg = params.train.expert
+    workspace = Path(workspace)
+    info = common.dist_info()
+    if cfg.num_processes > 1 and not info.distributed:
+        from anomaly_ov.train.launch import relaunch
+
+        return relaunch(STAGE, params, workspace, cfg.num_processes)
+
+    started = time.perf_counter()
+    recipe = params.expert_recipe
+    device = common.select_device(cfg.device)
+    common.seed_everything(params.train.seed)
+    train_rows, val_rows = split_training_rows(params, workspace)
+
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(())
+    model = build_model(params, tokenizer=tokenizer).to(device)
+    processor = processor_for(model, tokenizer)
+    preprocess = ImagePreprocessor(processor.image_processor)
+    grid = int(model.config.grid_size)
+    mask_size = params.evaluate.resolution
+    train_set = ExpertDataset(train_rows, workspace, preprocess, grid, mask_size)
+    val_set = ExpertDataset(val_rows, workspace, preprocess, grid, mask_size) if len(val_rows) else None
+
+    stage_module = ExpertStage(model, recipe.base_view_only)
+    trainable = list(model.anomaly_expert.parameters())
+    if recipe.train_vision_tower:
+        trainable += list(model.model.vision_tower.parameters())
+    forward = stage_forward(device)
+    record = recipe_record(params, recipe)
+    if info.is_main:
+        tracking.set_tags({"recipe": record["family"], "mask_loss": record["mask_loss"],
+                           "temperature": record["temperature"]})
+        tracking.log_params({"recipe": record, "train_images": len(train_set),
+                             "val_images": len(val_set or []), "device": str(device),
+                             "num_processes": info.world_size})
+    fp = common.fingerprint(
+        params.to_dict()["model"], params.to_dict()["train"]["expert"], params.train.seed, mask_size,
+        common.file_signature(in_workspace(workspace, params.data.manifest)), info.world_size,
+    )
+    result = fit_expert(
+        stage_module, forward, trainable, train_set, val_set, collate_expert, recipe, seed=params.train.seed,
+        checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
+        num_workers=cfg.num_workers, fingerprint=fp,
+    )
+    val = (evaluate_expert(forward, stage_module, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
+           if val_set is not None else {})
+    seconds = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "steps": result.step,
+        "epochs": recipe.epochs,
+        "train_images": len(train_set),
+        "val_images": len(val_set or []),
+        "val_image_auroc": val.get("image_auroc"),
+        "val_pixel_auroc": val.get("pixel_auroc"),
+        **common.summarise_history(result),
+        "train_seconds": round(result.seconds, 3),
+        "images_per_s": round(result.items_per_s, 2),
+        "resumed_from_step": result.resumed_from_step,
+    }
+    if info.is_main:
+        out_dir = in_workspace(workspace, cfg.output_dir)
+        save_expert_stage(model, out_dir)
+        report_path = in_workspace(workspace, cfg.report)
+        curves = common.plot_curves(result, report_path.with_name(report_path.stem + "_curves.png"),
+                                    f"stage 1 (expert, {record['family']} recipe)", keys=("loss", "bce", "mask_loss",
+                                                                                      "lr"))
+        atomic_write_json(report_path, {
+            **summary, "seconds": round(seconds, 3), "recipe": record, "device": str(device),
+            "num_processes": info.world_size, "val": val,
+            "epoch_metrics": result.epoch_metrics, "output_dir": cfg.output_dir,
+        })
+        tracking.log_artifact(out_dir, "expert")
+        tracking.log_artifact(report_path)
+        if curves is not None:
+            tracking.log_artifact(curves)
+    common.barrier()
+    return summary

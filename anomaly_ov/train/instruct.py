@@ -1,0 +1,269 @@
+"""Stage 2: instruction tuning of the projector and the LLM on the LLaVA-format conversations.
+
+Cross-entropy on the answer tokens only (the processor sets every other label to -100). The vision tower and the
+expert are frozen and come from stage 1 (``models/expert`` through ``load_expert_stage``). The tiny preset trains
+its BPE tokenizer on the instruction text at stage start and saves it with the model; pretrained presets use their
+checkpoint's tokenizer. Optional LoRA (peft) on the LLM's linear layers (merged back before saving, so the output
+directory is a plain model). Gradient accumulation; gradient checkpointing and bf16 autocast only on CUDA; cosine
+schedule with warmup. Output: ``models/anomaly_ov/`` (``save_pretrained``, atomic) and
+``reports/train_instruct.json`` with the loss curve's end values, tokens/s and sample answers to the detection
+question for one normal and one anomalous training image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomaly_ov.train import common
+
+if TYPE_CHECKING:
+    import torch
+
+    from anomaly_ov.config import InstructRecipe, Params
+
+log = logging.getLogger(__name__)
+
+STAGE = "train_instruct"
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+DESCRIBE_PROMPT = "Describe the defect in the image, if there is one."
+
+
+def conversation_texts(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every turn's text (the tiny tokenizer is trained on them)."""
+    return [turn["value"] for rec in records for turn in rec["conversations"]]
+
+
+def make_encoder(processor: Any, max_length: int) -> Callable[[list[Any], list[dict[str, str]]], dict[str, Any]]:
+    """(images, conversation) -> one training example (tensors without the batch axis where it is 1)."""
+
+    def encode(images: list[Any], conversation: list[dict[str, str]]) -> dict[str, Any]:
+        out = processor(images or None, conversation, max_length=max_length, return_labels=True)
+        item: dict[str, Any] = {"input_ids": out["input_ids"][0], "labels": out["labels"][0]}
+        if "pixel_values" in out:
+            item["pixel_values"] = out["pixel_values"]
+            item["image_sizes"] = out["image_sizes"]
+            item["batch_num_images"] = out["batch_num_images"]
+        return item
+
+    return encode
+
+
+def apply_lora(model: Any, params: Params) -> Any:
+    """Wrap the LLM's linear layers with LoRA adapters (peft); the projector stays fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = params.train.instruct.lora
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=LORA_TARGETS,
+                      bias="none")
+    peft_model = get_peft_model(model, lora)
+    for p in peft_model.base_model.model.model.multi_modal_projector.parameters():
+        p.requires_grad_(True)
+    peft_model.base_model.model.model.image_newline.requires_grad_(True)
+    return peft_model
+
+
+def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def frozen_snapshot(model: Any, part_names: Sequence[str]) -> dict[str, Any]:
+    """Copies of the parameters under ``part_names`` (used by tests to check they stay unchanged)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if any(k in n for k in part_names)}
+
+
+def sample_answers(model: Any, processor: Any, records: Sequence[Mapping[str, Any]], workspace: Path,
+                   device: Any, max_new_tokens: int = 40) -> list[dict[str, Any]]:
+    """Greedy answers to the detection question (and a description request) for one normal and one anomalous
+    single-image training record."""
+    from anomaly_ov.data.loaders import record_images
+    from anomaly_ov.model.predict import Predictor
+
+    picks: dict[str, Mapping[str, Any]] = {}
+    for rec in records:
+        imgs = record_images(rec)
+        label = rec.get("label")
+        if len(imgs) == 1 and label in ("normal", "anomaly") and label not in picks:
+            picks[label] = rec
+        if len(picks) == 2:
+            break
+    predictor = Predictor(model, processor, device=str(device))
+    samples = []
+    for label in ("normal", "anomaly"):
+        if label not in picks:
+            continue
+        rec = picks[label]
+        path = Path(workspace) / record_images(rec)[0]
+        pred = predictor.predict([str(path)], generate=True, max_new_tokens=max_new_tokens)[0]
+        describe = predictor.predict([str(path)], question=DESCRIBE_PROMPT, generate=True,
+                                     max_new_tokens=max_new_tokens)[0]
+        samples.append({"image": record_images(rec)[0], "label": label, "category": rec.get("category"),
+                        "expert_score": round(pred.score, 4), "detection_answer": pred.answer,
+                        "describe_answer": describe.answer})
+    return samples
+
+
+def fit_instruct(
+    model: Any,
+    dataset: Any,
+    collate: Callable,
+    recipe: InstructRecipe,
+    *,
+    seed: int,
+    device: Any,
+    checkpoint_dir: Path,
+    checkpoint_every: int,
+    num_workers: int = 0,
+    fingerprint: str = "",
+    bf16: bool = False,
+    max_grad_norm: float | None = 1.0,
+    progress: bool = True,
+    on_step_end: common.StepHook | None = None,
+) -> common.LoopResult:
+    """Train the parameters of ``model`` that require grad on ``dataset`` (cross-entropy on answer tokens)."""
+    import contextlib
+
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    info = common.dist_info()
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("stage 2 has no trainable parameter")
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    per_epoch = common.steps_per_epoch(len(dataset), recipe.batch_size, recipe.grad_accum,
+                                       world_size=info.world_size)
+    total = per_epoch * recipe.epochs
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(recipe.warmup_ratio * total), total)
+    ddp_model = common.wrap_distributed(model, device)
+    use_bf16 = bf16 and device.type == "cuda"
+
+    def step(m: Any, batch: Mapping[str, Any]) -> common.StepOutput:
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels", "pixel_values",
+                                                   "image_sizes", "batch_num_images") if k in batch}
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        with ctx:
+            out = m(**inputs)
+        answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        return common.StepOutput(loss=out.loss.float(), items=int(batch["attention_mask"].sum()),
+                                 metrics={"answer_tokens": float(answer_tokens)})
+
+    settings = common.LoopSettings(
+        epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, grad_accum=recipe.grad_accum, max_grad_norm=max_grad_norm,
+        num_workers=num_workers, desc="stage 2 (instruct)", items_name="tokens", fingerprint=fingerprint,
+        progress=progress,
+    )
+    torch.manual_seed(seed)
+    return common.run_loop(ddp_model, optimizer, scheduler, dataset, collate, step, settings,
+                           on_step_end=on_step_end)
+
+
+def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
+    """Stage ``train_instruct``: data/instruct/train.json + models/expert -> models/anomaly_ov/ + report."""
+    from functools import partial
+
+    from anomaly_ov import tracking
+    from anomaly_ov.data.loaders import InstructDataset, collate_instruct, read_instruct_records
+    from anomaly_ov.io import atomic_write_json
+    from anomaly_ov.model.presets import (
+        build_model,
+        build_processor,
+        load_expert_stage,
+        processor_for,
+        save_pretrained,
+    )
+    from anomaly_ov.paths import in_workspace
+
+    cfg = params.train.instruct
+    workspace = Path(workspace)
+    info = common.dist_info()
+    if cfg.num_processes > 1 and not info.distributed:
+        from anomaly_ov.train.launch import relaunch
+
+        return relaunch(STAGE, params, workspace, cfg.num_processes)
+
+    started = time.perf_counter()
+    recipe = params.instruct_recipe
+    device = common.select_device(cfg.device)
+    common.seed_everything(params.train.seed)
+    train_json = in_workspace(workspace, params.instruct.train_json)
+    records = read_instruct_records(train_json, cfg.max_records)
+    expert_dir = in_workspace(workspace, params.train.expert.output_dir)
+
+    if params.is_pretrained:
+        processor = build_processor(params)
+        tokenizer = processor.tokenizer
+        model = build_model(params, tokenizer=tokenizer)
+    else:
+        from anomaly_ov.model.tokenizer import train_tokenizer
+
+        tokenizer = train_tokenizer(conversation_texts(records), vocab_size=cfg.tokenizer_vocab_size)
+        model = build_model(params, tokenizer=tokenizer)
+        processor = processor_for(model, tokenizer)
+    expert_info = load_expert_stage(model, expert_dir)
+    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
+    model.to(device)
+    if device.type == "cuda" and cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    train_model = apply_lora(model, params) if cfg.lora.enabled else model
+
+    dataset = InstructDataset(records, workspace, make_encoder(processor, recipe.max_length))
+    collate = partial(collate_instruct, pad_token_id=processor.pad_token_id)
+    n_trainable = sum(p.numel() for p in trainable_parameters(train_model))
+    if info.is_main:
+        tracking.set_tags({"lora": cfg.lora.enabled, "stage1_temperature": expert_info.get("expert", {}).get(
+            "temperature")})
+        tracking.log_params({"recipe": recipe.model_dump(), "lora": cfg.lora.model_dump(), "records": len(records),
+                             "trainable_parameters": n_trainable, "device": str(device),
+                             "vocab_size": len(tokenizer), "num_processes": info.world_size})
+    fp = common.fingerprint(
+        params.to_dict()["model"], params.to_dict()["train"]["instruct"], params.train.seed,
+        common.file_signature(train_json), common.file_signature(expert_dir / "pretrained_expert.pth"),
+        info.world_size,
+    )
+    result = fit_instruct(
+        train_model, dataset, collate, recipe, seed=params.train.seed, device=device,
+        checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
+        num_workers=cfg.num_workers, fingerprint=fp, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm,
+    )
+    if cfg.lora.enabled:
+        model = train_model.merge_and_unload()
+    if device.type == "cuda" and cfg.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    summary: dict[str, Any] = {
+        "records": len(records),
+        "steps": result.step,
+        "epochs": recipe.epochs,
+        **common.summarise_history(result),
+        "train_seconds": round(result.seconds, 3),
+        "tokens_per_s": round(result.items_per_s, 1),
+        "trainable_parameters": n_trainable,
+        "resumed_from_step": result.resumed_from_step,
+    }
+    if info.is_main:
+        samples = sample_answers(model, processor, records, workspace, device)
+        out_dir = in_workspace(workspace, cfg.output_dir)
+        save_pretrained(model, processor, out_dir)
+        report_path = in_workspace(workspace, cfg.report)
+        curves = common.plot_curves(result, report_path.with_name(report_path.stem + "_curves.png"),
+                                    "stage 2 (instruction tuning)")
+        atomic_write_json(report_path, {
+            **summary, "seconds": round(time.perf_counter() - started, 3), "recipe": recipe.model_dump(),
+            "lora": cfg.lora.model_dump(), "device": str(device), "num_processes": info.world_size,
+            "samples": samples, "output_dir": cfg.output_dir,
+            "loss_curve": [[int(h["step"]), round(h["loss"], 5)] for h in result.history],
+        })
+        tracking.log_artifact(out_dir, "model")
+        tracking.log_artifact(report_path)
+        if curves is not None:
+            tracking.log_artifact(curves)
+        summary["samples"] = {s["label"]: s["detection_answer"] for s in samples}
+    common.barrier()
+    return summary

@@ -1,0 +1,91 @@
+"""A tiny workspace for the stage tests: 2 categories x (3 normal + 3 anomalous) 64 px images with masks, the
+manifest, and a LLaVA instruction file (detection + description turns)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly_ov.config import load_params
+from anomaly_ov.data.manifest import ManifestRow, from_rows, write_manifest
+
+TINY_OVERRIDES = [
+    "tracking.enabled=false",
+    "train.expert.tiny.epochs=2",
+    "train.expert.tiny.batch_size=4",
+    "train.expert.val_fraction=0.34",
+    "train.expert.checkpoint_every=2",
+    "train.expert.device=cpu",
+    "train.instruct.tiny.epochs=2",
+    "train.instruct.tiny.batch_size=4",
+    "train.instruct.checkpoint_every=2",
+    "train.instruct.device=cpu",
+    "train.instruct.tokenizer_vocab_size=400",
+    "evaluate.resolution=32",
+]
+
+
+def tiny_params(*extra: str):
+    return load_params(None, [*TINY_OVERRIDES, *extra])
+
+
+def make_workspace(root: Path, per_label: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    rows, records = [], []
+    for c, cat in enumerate(("weave", "plate")):
+        for i in range(2 * per_label):
+            anomalous = i >= per_label
+            img = (rng.normal(120 + 40 * c, 12, (64, 64, 3))).clip(0, 255).astype("uint8")
+            kind = "spot" if anomalous else "good"
+            rel = f"{cat}/{'test' if anomalous else 'train'}/{kind}/{i:03d}.png"
+            mask_rel = ""
+            (root / "data/raw" / rel).parent.mkdir(parents=True, exist_ok=True)
+            if anomalous:
+                y, x = rng.integers(8, 40, 2)
+                img[y : y + 16, x : x + 16] = (240, 30, 30)
+                mask = np.zeros((64, 64), dtype="uint8")
+                mask[y : y + 16, x : x + 16] = 255
+                mask_rel = f"{cat}/ground_truth/spot/{i:03d}_mask.png"
+                (root / "data/raw" / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask).save(root / "data/raw" / mask_rel)
+            Image.fromarray(img).save(root / "data/raw" / rel)
+            rows.append(ManifestRow(image_path=rel, root="data/raw", source="tiny", category=cat,
+                                    split="test" if anomalous else "train", role="train",
+                                    label="anomaly" if anomalous else "normal", defect_type=kind,
+                                    mask_path=mask_rel, width=64, height=64))
+            answer = "Yes" if anomalous else "No"
+            describe = (f"There is a red spot on the {cat}." if anomalous else f"The {cat} looks normal.")
+            records.append({
+                "id": f"{cat}-{i}", "image": f"data/raw/{rel}", "label": "anomaly" if anomalous else "normal",
+                "category": cat,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nAre there any defects for the object in the image? "
+                                               "Please reply with 'Yes' or 'No'."},
+                    {"from": "gpt", "value": answer},
+                    {"from": "human", "value": "Describe the object."},
+                    {"from": "gpt", "value": describe},
+                ],
+            })
+    write_manifest(from_rows(rows), root / "data/manifest.parquet")
+    (root / "data/instruct").mkdir(parents=True, exist_ok=True)
+    (root / "data/instruct/train.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.fixture
+def tiny_workspace(tmp_path: Path) -> Path:
+    return make_workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="module")
+def trained_expert_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace where stage 1 has already run (shared by the stage-2 tests of a module)."""
+    from anomaly_ov.train.expert import run_train_expert
+
+    ws = make_workspace(tmp_path_factory.mktemp("expert") / "ws")
+    run_train_expert(tiny_params(), ws)
+    return ws

@@ -1,0 +1,100 @@
+"""Stage 1 on a tiny model and a dozen images: outputs, report, exact resume after a kill, frozen parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomaly_ov.train import common
+from anomaly_ov.train import expert as stage1
+
+from .conftest import make_workspace, tiny_params  # noqa: TID252
+
+
+def test_stage1_writes_expert_and_report(tiny_workspace: Path) -> None:
+    summary = stage1.run_train_expert(tiny_params(), tiny_workspace)
+    assert summary["steps"] == 2 * 2  # 8 training images, batch 4, 2 epochs
+    assert summary["val_images"] == 4
+    assert summary["val_image_auroc"] is not None and 0 <= summary["val_image_auroc"] <= 1
+    assert summary["loss_last"] > 0 and summary["images_per_s"] > 0
+    out = tiny_workspace / "models/expert"
+    assert {"pretrained_expert.pth", "expert.json", "vision_tower.safetensors"} <= {p.name for p in out.iterdir()}
+    report = json.loads((tiny_workspace / "reports/train_expert.json").read_text())
+    assert report["recipe"]["mask_loss"] is True and report["recipe"]["temperature"] == 10.0
+    assert len(report["epoch_metrics"]) == 2 and "pixel_auroc" in report["epoch_metrics"][0]
+    assert (tiny_workspace / "reports/train_expert_curves.png").exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_stage1_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = tiny_params("train.expert.checkpoint_every=1", "train.expert.tiny.epochs=2")
+    straight = make_workspace(tmp_path / "a")
+    stage1.run_train_expert(params, straight)
+
+    killed = make_workspace(tmp_path / "b")
+    real_loop = common.run_loop
+
+    def loop_killed_after_3(*args, **kwargs):
+        def hook(step, record):
+            if step == 3:
+                raise _Killed()
+        kwargs["on_step_end"] = hook
+        return real_loop(*args, **kwargs)
+
+    monkeypatch.setattr(common, "run_loop", loop_killed_after_3)
+    with pytest.raises(_Killed):
+        stage1.run_train_expert(params, killed)
+    monkeypatch.setattr(common, "run_loop", real_loop)
+    assert not (killed / "models/expert").exists(), "no output before the stage completes"
+    summary = stage1.run_train_expert(params, killed)
+    assert summary["resumed_from_step"] == 3
+    a = torch.load(straight / "models/expert/pretrained_expert.pth")
+    b = torch.load(killed / "models/expert/pretrained_expert.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_frozen_tower_stays_unchanged_with_pretrained_style_recipe(tiny_workspace: Path) -> None:
+    from anomaly_ov.data.loaders import ExpertDataset, collate_expert
+    from anomaly_ov.model.presets import build_model, processor_for
+    from anomaly_ov.model.processing import ImagePreprocessor
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    params = tiny_params("train.expert.tiny.train_vision_tower=false", "train.expert.tiny.epochs=1")
+    tok = train_tokenizer((), vocab_size=400)
+    model = build_model(params, tokenizer=tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "anomaly_expert" not in n}
+    expert_before = {n: p.detach().clone() for n, p in model.anomaly_expert.named_parameters()}
+    rows, _ = stage1.split_training_rows(params, tiny_workspace)
+    ds = ExpertDataset(rows, tiny_workspace, ImagePreprocessor(processor_for(model, tok).image_processor),
+                       model.config.grid_size, 32)
+    module = stage1.ExpertStage(model, base_view_only=False)
+    stage1.fit_expert(module, stage1.stage_forward(torch.device("cpu")), list(model.anomaly_expert.parameters()),
+                      ds, None, collate_expert, params.expert_recipe, seed=0,
+                      checkpoint_dir=tiny_workspace / "ckpt", checkpoint_every=10, progress=False)
+    for name, p in model.named_parameters():
+        if name in before:
+            assert torch.equal(p, before[name]), f"{name} changed although frozen"
+    assert any(not torch.equal(p, expert_before[n]) for n, p in model.anomaly_expert.named_parameters())
+
+
+def test_losses_behave() -> None:
+    prob = torch.full((2, 1, 4, 4), 0.5)
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, :, :2, :2] = 1
+    better = target * 0.9 + 0.05
+    assert stage1.focal_loss(better, target) < stage1.focal_loss(prob, target)
+    assert stage1.dice_loss(better, target) < stage1.dice_loss(prob, target)
+    w = stage1.class_balance([0, 0, 0, 1])
+    assert w[0] * 3 == pytest.approx(w[1])
+    with pytest.raises(ValueError, match="normal and anomalous"):
+        stage1.class_balance([0, 0])
+    none_eligible = stage1.mask_loss(prob, target, torch.tensor([False, False]))
+    assert float(none_eligible) == 0.0
