@@ -7,6 +7,7 @@ import pytest
 from anomaly_ov.config import DataParams, Params, SourceParams, SyntheticParams
 from anomaly_ov.data.manifest import read_manifest, resolve
 from anomaly_ov.data.prepare import run_prepare
+from anomaly_ov.data.synthetic import DEFECT_TYPES
 from anomaly_ov.stages import StageFailed
 
 
@@ -40,6 +41,9 @@ def test_prepare_writes_a_valid_manifest(tmp_path):
             assert row.mask_path == "" and row.defect_type == "good"
     eval_rows = manifest[manifest["role"] == "eval"]
     assert set(eval_rows["source"]) == {"synthetic_visa"} and set(eval_rows["category"]) == {"pcb"}
+    # VisA defect types come from the generator's image_anno.csv, not the generic "anomaly"
+    assert set(eval_rows.loc[eval_rows["label"] == "anomaly", "defect_type"]) <= set(DEFECT_TYPES)
+    assert set(eval_rows["split"]) == {"train", "test"}
 
 
 def test_same_images_listed_twice_stop_the_stage(tmp_path):
