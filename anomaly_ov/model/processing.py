@@ -416,3 +416,24 @@ def collate_crops(items: Sequence[tuple[torch.Tensor, tuple[int, int]]]) -> dict
         "pixel_values": torch.stack(padded),
         "image_sizes": torch.tensor([list(size) for _, size in items], dtype=torch.long),
     }
+
+
+class ConversationCollator:
+    """Stage-2 DataLoader ``collate_fn``: items ``(images, conversation)`` -> one training batch with labels.
+
+    ``images`` is a list of PIL images or paths (one per ``<image>``); ``conversation`` a LLaVA-format list of turns.
+    """
+
+    def __init__(self, processor: AnomalyOVProcessor, max_length: int | None = None) -> None:
+        self.processor = processor
+        self.max_length = max_length
+
+    def __call__(self, items: Sequence[tuple[Sequence[Any], Sequence[Mapping[str, Any]]]]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise ValueError("empty batch")
+        groups = [list(images) for images, _ in items]
+        convs = [list(conv) for _, conv in items]
+        return self.processor(
+            groups, convs, add_generation_prompt=False, max_length=self.max_length, padding_side="right",
+            return_labels=True,
+        )

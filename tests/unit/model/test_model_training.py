@@ -16,7 +16,7 @@ from anomaly_ov.model.presets import (
     save_expert_stage,
     save_pretrained,
 )
-from anomaly_ov.model.processing import IGNORE_INDEX, ImagePreprocessor, collate_crops
+from anomaly_ov.model.processing import IGNORE_INDEX, ConversationCollator, ImagePreprocessor, collate_crops
 
 from .conftest import make_image
 
@@ -41,6 +41,17 @@ def test_labels_keep_only_answers_and_their_end_token(tiny_parts):
     # right padding for training batches: padded positions are masked everywhere
     assert batch["attention_mask"][1, -1] == 0 and batch["attention_mask"][1, 0] == 1
     assert (labels[1][batch["attention_mask"][1] == 0] == IGNORE_INDEX).all()
+
+
+def test_collator_builds_training_batches_and_refuses_cutting_images(tiny_parts):
+    _, _, _, proc = tiny_parts
+    items = [([make_image(128, 128)], CONV), ([make_image(128, 256)], CONV[:2])]
+    batch = ConversationCollator(proc)(items)
+    assert batch["labels"].shape == batch["input_ids"].shape and batch["pixel_values"].shape[0] == 2
+    short = ConversationCollator(proc, max_length=batch["input_ids"].shape[1] - 3)(items)
+    assert short["input_ids"].shape[1] == batch["input_ids"].shape[1] - 3
+    with pytest.raises(ValueError, match="max_length"):
+        ConversationCollator(proc, max_length=50)(items)
 
 
 def test_training_lowers_loss_then_generate_answers(tiny_parts):
