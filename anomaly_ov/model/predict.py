@@ -7,7 +7,8 @@
 
 Scores and maps come from one batched tower + expert pass per ``batch_size`` images (the base view's map, which
 covers the whole image, resized bilinearly to the image). Answers come from greedy ``generate()`` with the
-detection prompt of VisA-D&R unless another question is given.
+detection prompt of VisA-D&R unless another question is given; with ``generate=True`` the same pass gives the
+prompt embeddings and the scores (the tower runs once).
 """
 
 from __future__ import annotations
@@ -55,30 +56,46 @@ class Predictor:
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
+    def _maps_at_image_size(self, base_maps: Any, images: Sequence[Any]) -> list[np.ndarray]:
+        import torch.nn.functional as F
+
+        maps = []
+        for b, image in enumerate(images):
+            width, height = image.size
+            resized = F.interpolate(
+                base_maps[b : b + 1].float(), size=(height, width), mode="bilinear", align_corners=False
+            )
+            maps.append(resized[0, 0].clamp_(0, 1).cpu().numpy().astype(np.float32))
+        return maps
+
     def score_images(self, images: Sequence[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
         """(scores [B] float, maps: float32 [H, W] per image) for already loaded PIL images."""
         import torch
-        import torch.nn.functional as F
 
         pix = self._to_device(self.processor.preprocess_images(list(images)))
         with torch.inference_mode():
             out = self.model.expert_forward(pix["pixel_values"], pix["image_sizes"])
-            base = out.base_maps.float()
-            maps = []
-            for b, image in enumerate(images):
-                width, height = image.size
-                resized = F.interpolate(base[b : b + 1], size=(height, width), mode="bilinear", align_corners=False)
-                maps.append(resized[0, 0].clamp_(0, 1).cpu().numpy().astype(np.float32))
-            scores = out.scores.float().reshape(-1).cpu().numpy()
-        return scores, maps
+            return out.scores.float().reshape(-1).cpu().numpy(), self._maps_at_image_size(out.base_maps, images)
 
-    def _generate(self, groups: list[list[Any]], conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    def _generate(
+        self, groups: list[list[Any]], conversations: list[list[dict]], max_new_tokens: int
+    ) -> tuple[list[str], Any]:
+        """Answers + the expert output of the same pass (the prompt embeddings are built once, then generated from)."""
         import torch
 
         inputs = self._to_device(self.processor(groups, conversations, add_generation_prompt=True))
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return self.processor.decode_answers(out, inputs["input_ids"])
+            embeds, encoded = self.model.build_inputs_embeds(
+                inputs["input_ids"], inputs["pixel_values"], inputs["image_sizes"], inputs.get("batch_num_images")
+            )
+            out = self.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=inputs["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
+        # with only inputs_embeds, generate() returns the new tokens alone
+        return self.processor.decode_answers(out), encoded.expert
 
     def predict(
         self,
@@ -98,11 +115,15 @@ class Predictor:
         prompt = question or DETECTION_PROMPT
         for start in range(0, len(images), max(1, batch_size)):
             loaded = [load_image(im) for im in images[start : start + batch_size]]
-            scores, maps = self.score_images(loaded)
             answers: list[str | None] = [None] * len(loaded)
             if generate:
                 convs = [[{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}] for _ in loaded]
-                answers = list(self._generate([[im] for im in loaded], convs, max_new_tokens))
+                texts, expert = self._generate([[im] for im in loaded], convs, max_new_tokens)
+                answers = list(texts)
+                scores = expert.scores.float().reshape(-1).cpu().numpy()
+                maps = self._maps_at_image_size(expert.base_maps, loaded)
+            else:
+                scores, maps = self.score_images(loaded)
             for score, amap, answer in zip(scores, maps, answers, strict=True):
                 label = "anomaly" if float(score) >= threshold else "normal"
                 results.append(Prediction(score=float(score), label=label, anomaly_map=amap, answer=answer))
@@ -125,4 +146,4 @@ class Predictor:
         turns.append({"from": "human", "value": question})
         if not any(IMAGE_TOKEN in t["value"] for t in turns):
             turns[0] = {"from": "human", "value": IMAGE_TOKEN * len(loaded) + "\n" + turns[0]["value"]}
-        return self._generate([loaded], [turns], max_new_tokens)[0]
+        return self._generate([loaded], [turns], max_new_tokens)[0][0]

@@ -76,6 +76,10 @@ def test_training_lowers_loss_then_generate_answers(tiny_parts):
     out = model.generate(**prompt, max_new_tokens=4)
     assert out.shape[1] > prompt["input_ids"].shape[1]
     assert proc.decode_answers(out, prompt["input_ids"]) == ["Yes"]
+    # the predictor generates from prompt embeddings built in the same pass as the scores
+    preds = Predictor(model, proc).predict([make_image(128, 128), make_image(128, 256, seed=3)],
+                                           question="Are there any defects?", generate=True, max_new_tokens=4)
+    assert [p.answer for p in preds] == ["Yes", "Yes"]
 
 
 def test_save_load_round_trip_gives_identical_logits(tiny_parts, tmp_path):
