@@ -423,3 +423,17 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
             module.requires_grad_(flag)
         self.model.image_newline.requires_grad_(projector)
         self.lm_head.requires_grad_(language_model)
+
+
+def _register_auto_classes() -> None:
+    """So ``AutoConfig`` / ``AutoModelForImageTextToText.from_pretrained(saved_dir)`` know ``anomaly_ov``."""
+    try:
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        AutoConfig.register("anomaly_ov", AnomalyOVConfig, exist_ok=True)
+        AutoModelForImageTextToText.register(AnomalyOVConfig, AnomalyOVForConditionalGeneration, exist_ok=True)
+    except Exception as exc:  # pragma: no cover - depends on the transformers version
+        logger.warning("could not register anomaly_ov with the transformers Auto classes: %s", exc)
+
+
+_register_auto_classes()

@@ -237,10 +237,17 @@ def build_shapes_only(preset: str = "llava-onevision-0.5b", params: Params | Non
 
 
 # --------------------------------------------------------------------------------------------------- API
-def build_model(params: Params, tokenizer: Any = None) -> AnomalyOVForConditionalGeneration:
-    """The model for ``params.model.preset`` (tiny: random init sized to ``tokenizer``; else the checkpoint)."""
+def build_model(params: Params, tokenizer: Any = None, config_only: bool = False) -> AnomalyOVForConditionalGeneration:
+    """The model for ``params.model.preset`` (tiny: random init sized to ``tokenizer``; else the checkpoint).
+
+    ``config_only=True`` with a pretrained preset builds its architecture with random weights (no download, see
+    :func:`build_shapes_only`).
+    """
     from anomaly_ov.model.modeling import AnomalyOVForConditionalGeneration
     from anomaly_ov.model.tokenizer import train_tokenizer
+
+    if config_only and params.model.preset != "tiny":
+        return build_shapes_only(params.model.preset, params)
 
     if params.model.preset == "tiny":
         tokenizer = tokenizer or train_tokenizer(())
