@@ -592,11 +592,10 @@ def _sample_shape(shape: str, n: int, rng: np.random.Generator) -> tuple[np.ndar
 
 
 def _visible_anchor(points: np.ndarray, normals: np.ndarray, rng: np.random.Generator) -> int:
-    """A point whose normal faces up or sideways (the camera ring sees it from above)."""
-    candidates = np.flatnonzero(normals[:, 2] > -0.2)
-    centre = points.mean(axis=0)
-    far = np.linalg.norm(points[candidates] - centre, axis=1)
-    candidates = candidates[far > np.percentile(far, 20)] if len(candidates) > 10 else candidates
+    """A point facing the first camera of the ring (which every ring has), so the defect shows in view 0."""
+    towards = -camera_ring(1)[0].rotation[2]  # from the object to the camera
+    facing = normals @ towards
+    candidates = np.flatnonzero(facing >= max(0.3, float(np.percentile(facing, 85))))
     return int(rng.choice(candidates if len(candidates) else np.arange(len(points))))
 
 
@@ -640,13 +639,13 @@ def synthetic_object(shape: str, n_points: int, seed: int, defect: str | None = 
     """One primitive (randomly sized and turned about z) with an optional labelled defect."""
     rng = np.random.default_rng(seed)
     points, normals = _sample_shape(shape, n_points, rng)
-    if defect is None:
-        labels = np.zeros(len(points), dtype=np.uint8)
-    else:
-        points, labels = make_defect(points, normals, defect, rng)
     angle = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    return Cloud(points @ rot.T, labels)
+    points, normals = points @ rot.T, normals @ rot.T
+    if defect is None:
+        return Cloud(points, np.zeros(len(points), dtype=np.uint8))
+    points, labels = make_defect(points, normals, defect, rng)
+    return Cloud(points, labels)
 
 
 def generate_synthetic_3d(out_dir: str | Path, shapes: Sequence[str] = ("cylinder", "box", "bowl"),
