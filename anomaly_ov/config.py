@@ -173,6 +173,7 @@ class TrainExpertParams(_Section):
     num_processes: int = Field(default=1, ge=1)
     checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    cache_mb: int = Field(default=1024, ge=0, description="keep decoded training images in memory when they fit")
     checkpoint_dir: str = Field(default="checkpoints/expert", description="resume state (not a stage output)")
     output_dir: str = "models/expert"
     report: str = "reports/train_expert.json"

@@ -3,7 +3,8 @@
 Stage 1 (:class:`ExpertDataset`): manifest rows -> ``{"pixel_values" [n_crops,3,H,W], "image_size" (h, w),
 "label" 0/1, "mask" [1,R,R] (binary, at the evaluation resolution R), "mask_grid" [1,G,G] (fraction of defect
 pixels per expert cell), "has_mask_target"}``. Images are decoded lazily in ``__getitem__`` (workers can share
-the work); the image transform is the model's (``preprocess(PIL.Image) -> (pixel_values, (h, w))``), so this
+the work; ``cache=True`` keeps decoded items in memory for small sets trained over many epochs); the image
+transform is the model's (``preprocess(PIL.Image) -> (pixel_values, (h, w))``), so this
 module knows nothing about crop sizes. ``has_mask_target`` is true for normal images (all-zero target) and for
 anomalies with a mask; anomalies without a mask take no part in the mask loss.
 
@@ -46,20 +47,33 @@ def load_image(path: Path, row_hint: str = "") -> Image.Image:
         raise DataError(f"{path}: unreadable image{row_hint} ({exc}); fix or drop the file") from None
 
 
-def load_mask(path: Path, size: int, row_hint: str = "") -> torch.Tensor:
-    """Binary mask [1,size,size] (``mask > 0``, then resized and thresholded at 0.5)."""
+def load_mask(path: Path, size: int, row_hint: str = "", binary: bool = True) -> torch.Tensor:
+    """Mask [1,size,size]: ``mask > 0``, box-resized (fraction of defect pixels), thresholded at 0.5 if ``binary``."""
+    return load_mask_sizes(path, (size,), row_hint, binary=(binary,))[0]
+
+
+def load_mask_sizes(path: Path, sizes: Sequence[int], row_hint: str = "",
+                    binary: Sequence[bool] | None = None) -> list[torch.Tensor]:
+    """One decode, several square sizes (see :func:`load_mask`)."""
     import numpy as np
     import torch
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("L")) > 0
+            arr = (np.asarray(img.convert("L")) > 0).astype("float32")
     except FileNotFoundError:
         raise DataError(f"{path}: mask not found{row_hint}; check the manifest's mask_path") from None
     except OSError as exc:
         raise DataError(f"{path}: unreadable mask{row_hint} ({exc})") from None
-    return resize_mask(torch.from_numpy(arr.astype("float32"))[None], size)
+    full = Image.fromarray(arr, mode="F")
+    out = []
+    for i, size in enumerate(sizes):
+        small = np.asarray(full.resize((size, size), Image.Resampling.BOX), dtype="float32")
+        if binary is None or binary[i]:
+            small = (small >= 0.5).astype("float32")
+        out.append(torch.from_numpy(small.copy())[None])
+    return out
 
 
 def resize_mask(mask: torch.Tensor, size: int, binary: bool = True) -> torch.Tensor:
@@ -81,8 +95,11 @@ class ExpertDataset:
         preprocess: Preprocess,
         grid_size: int,
         mask_size: int,
+        cache: bool = False,
     ) -> None:
         from anomaly_ov.data.manifest import resolve
+
+        self.cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
         self.frame = frame.reset_index(drop=True)
         self.workspace = Path(workspace)
@@ -104,6 +121,14 @@ class ExpertDataset:
         return [int(v == "anomaly") for v in self.frame["label"]]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        item = self._load(index)
+        if self.cache is not None:
+            self.cache[index] = item
+        return item
+
+    def _load(self, index: int) -> dict[str, Any]:
         import torch
 
         row = self.frame.iloc[index]
@@ -113,9 +138,7 @@ class ExpertDataset:
         label = int(row["label"] == "anomaly")
         mask_path = self._masks[index]
         if mask_path is not None:
-            full = load_mask(mask_path, max(self.mask_size, self.grid_size) * 4, hint)
-            mask = resize_mask(full, self.mask_size)
-            grid = resize_mask(full, self.grid_size, binary=False)
+            mask, grid = load_mask_sizes(mask_path, (self.mask_size, self.grid_size), hint, binary=(True, False))
         else:
             mask = torch.zeros(1, self.mask_size, self.mask_size)
             grid = torch.zeros(1, self.grid_size, self.grid_size)

@@ -281,6 +281,12 @@ def stage_forward(device: torch.device) -> Callable[[Any, Mapping[str, Any]], An
     return forward
 
 
+def item_megabytes(item: Mapping[str, Any]) -> float:
+    """Memory of one decoded stage-1 item (to decide whether the training set may be cached)."""
+    total = sum(v.numel() * v.element_size() for v in item.values() if hasattr(v, "numel"))
+    return total / 2**20
+
+
 def split_training_rows(params: Params, workspace: Path):
     """(train rows, held-out rows) of the manifest's training role, stratified by category and label."""
     from anomaly_ov.data.loaders import stratified_split
@@ -327,7 +333,9 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     grid = int(model.config.grid_size)
     mask_size = params.evaluate.resolution
     train_set = ExpertDataset(train_rows, workspace, preprocess, grid, mask_size)
-    val_set = ExpertDataset(val_rows, workspace, preprocess, grid, mask_size) if len(val_rows) else None
+    cache = len(train_set) * item_megabytes(train_set[0]) <= cfg.cache_mb
+    train_set.cache = {} if cache else None
+    val_set = ExpertDataset(val_rows, workspace, preprocess, grid, mask_size, cache=cache) if len(val_rows) else None
 
     stage_module = ExpertStage(model, recipe.base_view_only)
     trainable = list(model.anomaly_expert.parameters())

@@ -14,6 +14,7 @@ from anomaly_ov.train import expert as stage1
 from .conftest import make_workspace, tiny_params  # noqa: TID252
 
 
+@pytest.mark.slow
 def test_stage1_writes_expert_and_report(tiny_workspace: Path) -> None:
     summary = stage1.run_train_expert(tiny_params(), tiny_workspace)
     assert summary["steps"] == 2 * 2  # 8 training images, batch 4, 2 epochs
@@ -32,6 +33,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_stage1_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = tiny_params("train.expert.checkpoint_every=1", "train.expert.tiny.epochs=2")
     straight = make_workspace(tmp_path / "a")
@@ -61,6 +63,7 @@ def test_stage1_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, monkey
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_frozen_tower_stays_unchanged_with_pretrained_style_recipe(tiny_workspace: Path) -> None:
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
     from anomaly_ov.model.presets import build_model, processor_for
