@@ -206,6 +206,20 @@ def run_extend_3d(params: Params, workspace: Path, predictor: PredictorLike | No
     return _summary(report)
 
 
+def _chat(predictor: PredictorLike, images: list[Any], history: list[tuple[str, str]], question: str,
+          max_new_tokens: int) -> str:
+    """``predictor.chat`` with the answer length of ``evaluate.max_new_tokens`` when the predictor takes one."""
+    import inspect
+
+    try:
+        takes_length = "max_new_tokens" in inspect.signature(predictor.chat).parameters
+    except (TypeError, ValueError):
+        takes_length = False
+    if takes_length:
+        return str(predictor.chat(images, history, question, max_new_tokens=max_new_tokens))
+    return str(predictor.chat(images, history, question))
+
+
 def _scores_of(predictions: Path) -> dict[str, float]:
     import pandas as pd
 
@@ -243,7 +257,7 @@ def object_level(predictor: PredictorLike, view_items: list[dict[str, Any]], par
             preds = predictor.predict(images, question=None, generate=False, threshold=cfg.threshold,
                                       max_new_tokens=cfg.max_new_tokens)
             scores = [float(p.score) for p in preds]
-        answer = str(predictor.chat(images, [], DETECTION_PROMPT)) if cfg.generate_answers else ""
+        answer = _chat(predictor, images, [], DETECTION_PROMPT, cfg.max_new_tokens) if cfg.generate_answers else ""
         said = parse_yes_no(answer) if cfg.generate_answers else None
         objects.append({
             "group": group, "category": items[0]["category"], "anomaly": any(it["anomaly"] for it in items),
@@ -313,7 +327,7 @@ def multiview_reasoning(predictor: PredictorLike, items: list[dict[str, Any]], f
         history: list[tuple[str, str]] = []
         for turn, (question, reference, kind) in enumerate(zip(item["questions"], item["answers"], item["kinds"],
                                                                strict=True)):
-            answer = str(predictor.chat(images, list(history), question))
+            answer = _chat(predictor, images, list(history), question, params.evaluate.max_new_tokens)
             history.append((question, answer))
             records.append({"file": str(views[0]), "category": item["category"],
                             "defect_type": item.get("defect_type", ""), "turn": turn, "kind": kind,
