@@ -135,6 +135,7 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
         mode = header["DATA"][0].lower()
     except (KeyError, ValueError, IndexError) as exc:
         raise PointCloudError(f"{path}: malformed PCD header ({exc}); need FIELDS, SIZE, TYPE, POINTS, DATA") from None
+    fields = [f if fields.count(f) == 1 else f"{f}_{i}" for i, f in enumerate(fields)]  # PCL pads with "_" fields
     dtypes = []
     for name, size, kind, count in zip(fields, sizes, types, counts, strict=False):
         if (kind.upper(), size) not in _PCD_TYPES:

@@ -175,3 +175,11 @@ def test_cloud_subsample_keeps_anomalies():
     labels[:10] = 1
     cloud = Cloud(np.random.default_rng(0).normal(size=(1000, 3)), labels).subsample(100, seed=0)
     assert len(cloud.points) == 100 and cloud.labels.sum() == 10
+
+
+def test_pcd_with_padding_fields(tmp_path):
+    header = (b"VERSION 0.7\nFIELDS x y z _ _\nSIZE 4 4 4 1 1\nTYPE F F F U U\nCOUNT 1 1 1 1 1\nWIDTH 1\nHEIGHT 1\n"
+              b"POINTS 1\nDATA binary\n")
+    body = np.array([1.0, 2.0, 3.0], "<f4").tobytes() + b"\x00\x00"
+    (tmp_path / "p.pcd").write_bytes(header + body)
+    np.testing.assert_array_equal(load_point_cloud(tmp_path / "p.pcd").points, [[1, 2, 3]])
