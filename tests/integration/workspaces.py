@@ -27,6 +27,7 @@ TINY_OVERRIDES = [
     "train.instruct.max_records=16",
     "evaluate.max_images=8",
     "evaluate.max_reasoning_items=2",
+    "evaluate.reasoning=false",
     "evaluate.max_new_tokens=4",
     "evaluate.figures_per_kind=1",
     "extensions.medical.enabled=false",
