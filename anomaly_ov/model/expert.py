@@ -176,6 +176,17 @@ class AnomalyExpert(nn.Module):
         }
 
     # ------------------------------------------------------------------------------------------ maths
+    def pooling_matrix(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[p*p, G*G]: row q averages the tokens of quadrant q exactly as ``AdaptiveAvgPool2d(p)`` (row-major q)."""
+        g, p = self.grid_size, self.num_pooling_tokens
+        matrix = torch.zeros(p * p, g, g, dtype=torch.float64)
+        for i in range(p):
+            r0, r1 = (i * g) // p, -(-((i + 1) * g) // p)
+            for j in range(p):
+                c0, c1 = (j * g) // p, -(-((j + 1) * g) // p)
+                matrix[i * p + j, r0:r1, c0:c1] = 1.0 / ((r1 - r0) * (c1 - c0))
+        return matrix.reshape(p * p, g * g).to(device=device, dtype=dtype)
+
     def anomaly_maps(
         self, level_features: Sequence[torch.Tensor], base_features: torch.Tensor, image_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -195,8 +206,11 @@ class AnomalyExpert(nn.Module):
             d_pos = F.normalize(self.prompt_adaptors[i](torch.cat([pos, cls], dim=-1)), dim=-1)
             d_neg = F.normalize(self.prompt_adaptors[i](torch.cat([neg, cls], dim=-1)), dim=-1)
             prompts = torch.stack([d_pos, d_neg], dim=-1)  # [N,E,2]
-            feats = F.normalize(self.siglip_adaptors[i](level_features[i]), dim=-1)  # [N,T,E]
-            logits = torch.matmul(self.temperature * feats, prompts)  # [N,T,2]
+            # temperature * cos(f_hat, d): normalise the [N,T,2] products, not the [N,T,E] features (same numbers,
+            # two fewer passes over the largest tensor of the expert)
+            feats = self.siglip_adaptors[i](level_features[i])  # [N,T,E]
+            scale = self.temperature / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [N,T,1]
+            logits = torch.matmul(feats, prompts) * scale  # [N,T,2]
             probs = logits.transpose(1, 2).reshape(n, 2, g, g).softmax(dim=1)
             level_maps.append(probs[:, 1:])
         maps = torch.stack(level_maps, 0).mean(0)  # [N,1,G,G]
@@ -211,7 +225,7 @@ class AnomalyExpert(nn.Module):
     ) -> ExpertOutput:
         """Run the expert on N crops of B images (``crops_per_image`` sums to N; each image's base view first)."""
         n, t, c = features.shape
-        g, p = self.grid_size, self.num_pooling_tokens
+        g = self.grid_size
         if t != g * g or c != self.hidden_size:
             raise ValueError(
                 f"features must be [N,{g * g},{self.hidden_size}] (grid {g}x{g}, hidden {self.hidden_size}); "
@@ -231,12 +245,12 @@ class AnomalyExpert(nn.Module):
             level_features, features.index_select(0, base_index), image_index
         )
 
-        # look twice: map-weighted quadrant means of v query the crop's tokens
-        grid = features.transpose(1, 2).reshape(n, c, g, g)
-        pooled_map = F.adaptive_avg_pool2d(maps, p)  # [N,1,p,p]
-        queries = F.adaptive_avg_pool2d(grid * maps, p) / (pooled_map + self.eps)  # [N,C,p,p]
-        queries = queries.permute(0, 2, 3, 1).reshape(n, p * p, c)
-        in_significance = pooled_map.permute(0, 2, 3, 1).reshape(n, p * p, 1)  # [N,4,1]
+        # look twice: map-weighted quadrant means of v query the crop's tokens. AdaptiveAvgPool2d(p) over the G x G
+        # grid is a fixed [p*p, T] averaging matrix, so P(v * m) is one batched matmul (no [N,C,G,G] copy).
+        pool = self.pooling_matrix(features.device, features.dtype)  # [p*p,T]
+        weights = pool.unsqueeze(0) * maps.reshape(n, 1, t)  # [N,p*p,T]
+        in_significance = weights.sum(-1, keepdim=True)  # [N,4,1] = P(m)
+        queries = torch.bmm(weights, features) / (in_significance + self.eps)  # [N,4,C] = P(v*m) / P(m)
         crop_tokens = self.q_former(queries, features, features)  # [N,4,C]
 
         # global token per image: significance-weighted mean over the image's crops and quadrants
