@@ -138,3 +138,33 @@ def test_image_count_mismatch_is_refused(tiny_parts):
     _, _, _, proc = tiny_parts
     with pytest.raises(ValueError, match="placeholder"):
         proc([make_image(128, 128), make_image(128, 128)], [{"from": "human", "value": "<image>\nQ"}])
+
+
+def test_visual_token_counts_match_llava_packing_at_full_size(tiny_parts):
+    """The processor's counts equal transformers' pack_image_features (unpadding + anyres_max_9) for 384 px crops."""
+    from types import SimpleNamespace
+
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    from anomaly_ov.model.processing import AnomalyOVProcessor
+
+    _, tok, _, _ = tiny_parts
+    image_processor = LlavaOnevisionImageProcessorPil()  # 384 px, the release's 36 pinpoints
+    proc = AnomalyOVProcessor(tok, image_processor, num_image_tokens=27 * 27)
+    fake = SimpleNamespace(
+        config=SimpleNamespace(
+            vision_config=SimpleNamespace(image_size=384, patch_size=14),
+            image_grid_pinpoints=image_processor.image_grid_pinpoints,
+        )
+    )
+    sizes = [(h, w) for h in (100, 384, 500, 767, 1000, 2300, 3000) for w in (90, 384, 640, 1333, 4000)]
+    for h, w in sizes:
+        layout = proc.layout(h, w)
+        gh, gw = layout.grid
+        feats = [torch.zeros(1 + gh * gw, 27 * 27, 1)]
+        _, lens = LlavaOnevisionModel.pack_image_features(fake, feats, torch.tensor([[h, w]]), torch.zeros(1))
+        assert int(lens[0]) == layout.visual, (h, w)
+        assert layout.anomaly == 1 + 4 + 2 * gh * (2 * gw + 1)
