@@ -54,9 +54,13 @@ def balanced_bce(logits: torch.Tensor, labels: torch.Tensor, weights: tuple[floa
 
 
 def focal_loss(prob: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
-    """Binary focal loss on probabilities (mean over pixels)."""
-    p = prob.clamp(eps, 1 - eps)
-    pt = target * p + (1 - target) * (1 - p)
+    """Binary focal loss on probabilities (mean over pixels).
+
+    ``pt`` is squeezed into [eps, 1 - eps] affinely rather than clamped: a clamp would cut the gradient of pixels
+    whose probability saturated below eps, exactly the defect pixels a collapsed map must recover.
+    """
+    pt = target * prob + (1 - target) * (1 - prob)
+    pt = pt * (1 - 2 * eps) + eps
     return (-((1 - pt) ** gamma) * pt.log()).mean()
 
 
