@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "train_instruct"
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-DESCRIBE_PROMPT = "Describe the defect in the image, if there is one."
+DESCRIBE_PROMPT = "Please describe the anomaly in the image, if there is one."
 
 
 def conversation_texts(records: Sequence[Mapping[str, Any]]) -> list[str]:
