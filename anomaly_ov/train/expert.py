@@ -244,6 +244,7 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
         "train_vision_tower": recipe.train_vision_tower,
         "lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
         "restarts_per_epoch": recipe.restarts_per_epoch, "weight_decay": recipe.weight_decay,
+        "base_view_only": recipe.base_view_only,
     }
 
 
