@@ -199,7 +199,7 @@ class InstructRecipe(_Section):
 
 
 class TrainInstructParams(_Section):
-    tiny: InstructRecipe = InstructRecipe(lr=2e-3, epochs=3, batch_size=8, max_length=1024)
+    tiny: InstructRecipe = InstructRecipe(lr=4e-3, epochs=4, batch_size=8, max_length=1024)
     pretrained: InstructRecipe = InstructRecipe(lr=1e-5, epochs=1, batch_size=16, grad_accum=8)
     lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = True
