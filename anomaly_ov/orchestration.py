@@ -484,9 +484,9 @@ def start_parent_run(
         return None
     from mlflow import MlflowClient
 
-    from anomaly_ov.tracking import configure, run_tags
+    from anomaly_ov.tracking import run_tags
 
-    uri = configure(params, workspace)
+    uri = start_tracking(params, workspace)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(params.tracking.experiment)
     all_tags = {**run_tags(params, workspace), "flow": flow_name, **{k: str(v) for k, v in (tags or {}).items()}}
@@ -615,9 +615,15 @@ def where_to_look(params: Params, workspace: str | Path, parent: ParentRun | Non
 
 
 def start_tracking(params: Params, workspace: str | Path) -> str:
-    """Configure MLflow for ``workspace`` and return the tracking URI to hand to stage processes."""
+    """Configure MLflow for ``workspace`` from ``params.tracking`` and return the URI to hand to stage processes.
+
+    In the flow (or CLI) process the workspace's params decide the store: ``MLFLOW_TRACKING_URI`` is dropped first,
+    because ``mlflow.set_tracking_uri`` itself exports it, so a process that has touched another workspace would
+    otherwise keep writing to that workspace's database. The variable then carries this URI to stage processes.
+    """
     from anomaly_ov.tracking import configure
 
+    os.environ.pop(TRACKING_URI_ENV, None)
     return configure(params, workspace) or ""
 
 

@@ -423,11 +423,12 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
 
 
 def _client(params: Params, workspace: str | Path) -> MlflowClient:
-    from anomaly_ov.tracking import configure
+    """A client on the workspace's registry (``params.tracking``; see ``orchestration.start_tracking``)."""
+    from anomaly_ov.orchestration import start_tracking
 
     if not params.tracking.enabled:
         raise ValueError("tracking.enabled is false: there is no model registry to use")
-    return MlflowClient(configure(params, workspace))
+    return MlflowClient(start_tracking(params, workspace))
 
 
 def _now() -> str:

@@ -23,9 +23,9 @@ def load_predictor(model: str, params: Params | None = None, workspace: str | Pa
         import mlflow
 
         if params is not None:
-            from anomaly_ov.tracking import configure
+            from anomaly_ov.orchestration import start_tracking
 
-            configure(params, workspace)
+            start_tracking(params, workspace)
         loaded = mlflow.pyfunc.load_model(model)
         return loaded.unwrap_python_model().predictor
     path = Path(model)

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from anomaly_ov import registry
 from anomaly_ov.config import load_params
-from anomaly_ov.tracking import configure
+from anomaly_ov.orchestration import start_tracking
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def setup(tmp_path, monkeypatch):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    uri = configure(params, tmp_path)
+    uri = start_tracking(params, tmp_path)
     return params, model_dir, MlflowClient(uri)
 
 
