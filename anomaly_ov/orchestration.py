@@ -624,7 +624,7 @@ def start_tracking(params: Params, workspace: str | Path) -> str:
     from anomaly_ov.tracking import configure
 
     os.environ.pop(TRACKING_URI_ENV, None)
-    return configure(params, workspace) or ""
+    return configure(params, workspace, honour_env=False) or ""
 
 
 def read_register_report(params: Params, workspace: str | Path) -> dict[str, Any]:

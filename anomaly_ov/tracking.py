@@ -23,15 +23,23 @@ log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "ANOMALY_OV_MLFLOW_PARENT_RUN_ID"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+#: The store this process was started with (a flow hands it to its stage processes). Read once: MLflow's own
+#: ``set_tracking_uri`` exports the variable, so reading it later would return whatever store was used last.
+_INHERITED_URI = os.environ.get(TRACKING_URI_ENV) or None
 
 
-def configure(params: Params, workspace: str | Path = ".") -> str | None:
-    """Point MLflow at the configured store (a SQLite file in the workspace by default) and experiment."""
+def configure(params: Params, workspace: str | Path = ".", honour_env: bool = True) -> str | None:
+    """Point MLflow at the configured store (a SQLite file in the workspace by default) and experiment.
+
+    A ``MLFLOW_TRACKING_URI`` present when the process started wins (``honour_env``), so that a stage launched by a
+    flow logs where the flow does; otherwise ``params.tracking.tracking_uri``, anchored to ``workspace``.
+    """
     if not params.tracking.enabled:
         return None
     import mlflow
 
-    uri = os.environ.get(TRACKING_URI_ENV) or _absolute_sqlite_uri(params.tracking.tracking_uri, workspace)
+    inherited = _INHERITED_URI if honour_env else None
+    uri = inherited or _absolute_sqlite_uri(params.tracking.tracking_uri, workspace)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
     if experiment is None:

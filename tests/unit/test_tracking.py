@@ -55,3 +55,20 @@ def test_disabled_tracking_is_a_no_op(tmp_path: Path) -> None:
 def test_flatten_and_metric_names() -> None:
     assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
     assert tracking._metric_key("per_class.pcb@0.5") == "per_class.pcb_0.5"
+
+
+def test_consecutive_workspaces_log_to_their_own_store(tmp_path: Path) -> None:
+    """MLflow exports MLFLOW_TRACKING_URI when a store is set; a later workspace must not inherit it."""
+    import mlflow
+
+    stores = []
+    for name in ("a", "b"):
+        ws = tmp_path / name
+        ws.mkdir()
+        params = load_params(None, ["tracking.experiment=t"])
+        with tracking.stage_run(params, "prepare", ws):
+            tracking.log_metrics({"rows": 1})
+        stores.append(ws / "mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+        assert len(mlflow.search_runs(experiment_names=["t"])) == 1
+    assert all(store.exists() for store in stores)
