@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import SourceParams
+    from anomaly_ov.data.manifest import ManifestRow
 
 #: file name endings accepted as images (compared case-insensitively).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -75,3 +80,25 @@ def select_categories(available: Sequence[str], wanted: Iterable[str] | None, ro
 def rel(path: Path, root: Path) -> str:
     """``path`` relative to the dataset root, with forward slashes (the manifest's path convention)."""
     return path.relative_to(root).as_posix()
+
+
+def file_row(source: SourceParams, root: Path, stored_root: str, image: Path, mask: Path | None, category: str,
+             split: str, defect: str) -> ManifestRow:
+    """The manifest row of one image file found under ``root`` (its size read from the header only)."""
+    from anomaly_ov.data.manifest import NORMAL_DEFECT, ManifestRow
+
+    width, height = image_size(image)
+    return ManifestRow(
+        image_path=rel(image, root),
+        root=stored_root,
+        mask_path=rel(mask, root) if mask is not None else "",
+        source=source.name,
+        category=category,
+        split=split,
+        role=source.role,
+        label="normal" if defect == NORMAL_DEFECT else "anomaly",
+        defect_type=defect,
+        modality=source.modality,
+        width=width,
+        height=height,
+    )

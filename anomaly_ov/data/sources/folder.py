@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING
 from anomaly_ov.data.manifest import NORMAL_DEFECT, ManifestRow, from_rows, relative_root
 from anomaly_ov.data.sources._common import (
     LayoutError,
-    image_size,
+    file_row,
     is_image,
     list_images,
-    rel,
     require_dir,
     select_categories,
     subdirs,
@@ -96,23 +95,7 @@ def _read_split(
             mask = masks.pop(image.stem, None)
             if defect == NORMAL_DEFECT and mask is not None:
                 raise LayoutError(f"{mask}: mask for a normal ('{NORMAL_DEFECT}') image; remove it or move the image")
-            width, height = image_size(image)
-            rows.append(
-                ManifestRow(
-                    image_path=rel(image, root),
-                    root=stored_root,
-                    mask_path=rel(mask, root) if mask is not None else "",
-                    source=source.name,
-                    category=category,
-                    split=split,
-                    role=source.role,
-                    label="normal" if defect == NORMAL_DEFECT else "anomaly",
-                    defect_type=defect,
-                    modality=source.modality,
-                    width=width,
-                    height=height,
-                )
-            )
+            rows.append(file_row(source, root, stored_root, image, mask, category, split, defect))
         if masks:
             orphan = sorted(masks.values())[0]
             raise LayoutError(f"{orphan}: mask has no image in {defect_dir} ({len(masks)} orphan mask(s))")

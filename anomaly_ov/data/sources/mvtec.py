@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 from anomaly_ov.data.manifest import NORMAL_DEFECT, ManifestRow, from_rows, relative_root
 from anomaly_ov.data.sources._common import (
     LayoutError,
-    image_size,
+    file_row,
     list_images,
-    rel,
     require_dir,
     select_categories,
     subdirs,
@@ -60,23 +59,7 @@ def _read_category(root: Path, category: str, source: SourceParams, stored_root:
     rows: list[ManifestRow] = []
 
     def add(path: Path, split: str, defect: str, mask: Path | None) -> None:
-        width, height = image_size(path)
-        rows.append(
-            ManifestRow(
-                image_path=rel(path, root),
-                root=stored_root,
-                mask_path=rel(mask, root) if mask is not None else "",
-                source=source.name,
-                category=category,
-                split=split,
-                role=source.role,
-                label="normal" if defect == NORMAL_DEFECT else "anomaly",
-                defect_type=defect,
-                modality=source.modality,
-                width=width,
-                height=height,
-            )
-        )
+        rows.append(file_row(source, root, stored_root, path, mask, category, split, defect))
 
     for folder in subdirs(cdir / "train"):
         if folder.name != NORMAL_DEFECT:
