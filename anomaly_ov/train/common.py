@@ -476,11 +476,19 @@ def run_loop(
 
 
 class _Progress:
-    """A rich progress bar with ETA (silent when disabled or when rich cannot draw)."""
+    """A rich progress bar with ETA on a terminal; without one (a DVC stage inside a Prefect flow, CI logs) a plain
+    line about every 10 % of the steps, so a long training stage is never silent in the flow's log."""
 
     def __init__(self, desc: str, total: int, done: int, enabled: bool) -> None:
+        import sys
+        import time
+
         self._bar = None
-        if not enabled:
+        self._plain = enabled and not sys.stdout.isatty()
+        self._desc, self._total, self._done = desc, max(int(total), 1), int(done)
+        self._every = max(self._total // 10, 1)
+        self._started, self._start_step = time.perf_counter(), int(done)
+        if not enabled or self._plain:
             return
         from rich.progress import (
             BarColumn,
@@ -500,6 +508,19 @@ class _Progress:
     def advance(self, loss: float) -> None:
         if self._bar is not None:
             self._bar.update(self._task, advance=1, loss=f"{loss:.4f}")
+        elif self._plain:
+            self._done += 1
+            if self._done % self._every == 0 or self._done == self._total:
+                print(self._line(loss), flush=True)
+
+    def _line(self, loss: float) -> str:
+        import time
+
+        elapsed = time.perf_counter() - self._started
+        rate = (self._done - self._start_step) / elapsed if elapsed > 0 else 0.0
+        eta = (self._total - self._done) / rate if rate > 0 else float("nan")
+        return (f"{self._desc}: step {self._done}/{self._total} loss {loss:.4f} "
+                f"elapsed {elapsed:.0f}s ETA {eta:.0f}s")
 
     def close(self) -> None:
         if self._bar is not None:
