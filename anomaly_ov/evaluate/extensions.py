@@ -106,31 +106,41 @@ def _finish(name: str, report: dict[str, Any], params: Params, workspace: Path, 
     return report
 
 
+# ------------------------------------------------------------------------------------------------ shared
+def _prepare_extension(stage: str, name: str, frame: Any, params: Params, workspace: Path
+                       ) -> tuple[Path, dict[str, Any], Path, float]:
+    """Write the extension's manifest, instruction set and benchmark; return (out dir, instruct stats, bench dir,
+    synthesis seconds). An empty manifest stops the stage: nothing is enabled and no source is configured."""
+    from anomaly_ov.data.manifest import write_manifest
+    from anomaly_ov.stages import StageFailed
+
+    section = "medical" if name == "medical" else "threed"
+    if frame.empty:
+        raise StageFailed(stage, f"no {name} data: extensions.{section}.enabled is false and "
+                          f"extensions.{section}.sources is empty")
+    out = extension_dir(workspace, name)
+    write_manifest(frame, out / "manifest.parquet")
+    t0 = time.perf_counter()
+    instruct_stats, bench = write_instruct_and_bench(frame, params, workspace, out, name)
+    return out, instruct_stats, bench, time.perf_counter() - t0
+
+
 # ------------------------------------------------------------------------------------------------ medical
 def run_extend_medical(params: Params, workspace: Path, predictor: PredictorLike | None = None,
                        similarity: Any | None = None) -> dict[str, Any]:
     """Stage ``extend_medical``; ``predictor`` / ``similarity`` replace the saved model / Sentence-BERT in tests."""
     from anomaly_ov.data.extensions import medical_manifest
-    from anomaly_ov.data.manifest import write_manifest
     from anomaly_ov.evaluate.detection import load_test_items
     from anomaly_ov.evaluate.run import TEST_DATA, evaluate_dataset
-    from anomaly_ov.stages import StageFailed
 
     workspace = Path(workspace)
     started = time.perf_counter()
     frame = medical_manifest(params, workspace)
-    if frame.empty:
-        raise StageFailed("extend_medical", "no medical data: extensions.medical.enabled is false and "
-                          "extensions.medical.sources is empty")
-    out = extension_dir(workspace, "medical")
-    write_manifest(frame, out / "manifest.parquet")
     data_seconds = time.perf_counter() - started
-
-    t0 = time.perf_counter()
-    instruct_stats, bench = write_instruct_and_bench(frame, params, workspace, out, "medical")
+    out, instruct_stats, bench, synth_seconds = _prepare_extension("extend_medical", "medical", frame, params,
+                                                                   workspace)
     test_items = load_test_items(bench / TEST_DATA, params.evaluate.max_images)
     reasoning_items = _reasoning_items(bench, params)
-    synth_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     predictor = predictor or load_model(params, workspace, "extend_medical")
@@ -157,24 +167,14 @@ def run_extend_3d(params: Params, workspace: Path, predictor: PredictorLike | No
                   similarity: Any | None = None) -> dict[str, Any]:
     """Stage ``extend_3d``; ``predictor`` / ``similarity`` replace the saved model / Sentence-BERT in tests."""
     from anomaly_ov.data.extensions import threed_manifest
-    from anomaly_ov.data.manifest import write_manifest
     from anomaly_ov.evaluate.run import evaluate_dataset
-    from anomaly_ov.stages import StageFailed
 
     workspace = Path(workspace)
     started = time.perf_counter()
     frame = threed_manifest(params, workspace)
-    if frame.empty:
-        raise StageFailed("extend_3d", "no 3D data: extensions.threed.enabled is false and "
-                          "extensions.threed.sources is empty")
-    out = extension_dir(workspace, "3d")
-    write_manifest(frame, out / "manifest.parquet")
     data_seconds = time.perf_counter() - started
-
-    t0 = time.perf_counter()
-    instruct_stats, bench = write_instruct_and_bench(frame, params, workspace, out, "3d")
+    out, instruct_stats, bench, synth_seconds = _prepare_extension("extend_3d", "3d", frame, params, workspace)
     reasoning_items = _reasoning_items(bench, params)
-    synth_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     predictor = predictor or load_model(params, workspace, "extend_3d")
