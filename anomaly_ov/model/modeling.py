@@ -57,11 +57,17 @@ DEFAULT_THRESHOLDS = (0.3, 0.7)
 
 
 def default_expert_layers(llm_layer: int) -> list[int]:
-    """Four evenly spaced ``hidden_states`` indices ending one below the LLM layer (26 -> [7, 13, 19, 25])."""
+    """Four evenly spaced ``hidden_states`` indices ending one below the LLM layer (26 -> [7, 13, 19, 25]).
+
+    A tower with fewer than 4 layers below the LLM layer cannot give four distinct ones that way; it then uses
+    its first four layers, the LLM layer included (4 -> [1, 2, 3, 4]), repeating the last when it has fewer.
+    """
     if llm_layer < 2:
         raise ValueError(f"the vision tower needs at least 2 layers for the expert, LLM layer is {llm_layer}")
-    step = max(1, (llm_layer - 1) // 4)
-    return [max(1, llm_layer - 1 - step * (3 - k)) for k in range(4)]
+    if llm_layer - 1 < 4:
+        return [min(k + 1, llm_layer) for k in range(4)]
+    step = (llm_layer - 1) // 4
+    return [llm_layer - 1 - step * (3 - k) for k in range(4)]
 
 
 @strict

@@ -42,10 +42,10 @@ def check_image_block(tok, block, visual, anomaly):
 @pytest.mark.parametrize(
     ("height", "width", "grid", "visual", "anomaly"),
     [
-        # 1x1 grid: base 8x8 + crop 8x8 + 8 newlines; anomaly 1 + 4 + 2*1*(2*1+1)
-        (128, 128, (1, 1), 64 + 64 + 8, 1 + 4 + 2 * 3),
-        # 2x3 grid (256x384 px): base 64 + 16x24 unpadded + 16 newlines; anomaly 1 + 4 + 4*(6+1)
-        (256, 384, (2, 3), 64 + 16 * 24 + 16, 1 + 4 + 4 * 7),
+        # 1x1 grid: base 16x16 + crop 16x16 + 16 newlines; anomaly 1 + 4 + 2*1*(2*1+1)
+        (128, 128, (1, 1), 256 + 256 + 16, 1 + 4 + 2 * 3),
+        # 2x3 grid (256x384 px): base 256 + 32x48 unpadded + 32 newlines; anomaly 1 + 4 + 4*(6+1)
+        (256, 384, (2, 3), 256 + 32 * 48 + 32, 1 + 4 + 4 * 7),
     ],
 )
 def test_single_image_order_and_counts(tiny_parts, height, width, grid, visual, anomaly):
@@ -84,8 +84,8 @@ def test_four_views_each_with_own_phrase_and_tokens(tiny_parts):
     r = image_runs(proc, inputs["input_ids"][0].tolist())
     starts = [i for i, run in enumerate(r) if run[0] == "image"]
     assert len(starts) == 4
-    for s in starts:  # multi-image samples are not cropped: base 64 + newline; anomaly 1 + 4
-        check_image_block(tok, r[s:], 65, 5)
+    for s in starts:  # multi-image samples are not cropped: base 256 + newline; anomaly 1 + 4
+        check_image_block(tok, r[s:], 257, 5)
     with torch.no_grad():
         out = model(**inputs)
     assert out.anomaly_scores.shape == (4, 1)
@@ -98,7 +98,7 @@ def test_batch_of_different_grids_runs(tiny_parts):
     with torch.no_grad():
         out = model(**inputs)
     assert torch.isfinite(out.loss)
-    assert out.anomaly_maps.shape == (2 + 7, 1, 8, 8)
+    assert out.anomaly_maps.shape == (2 + 7, 1, 16, 16)
 
 
 def test_crop_tokens_form_a_2h_by_2w_grid_with_newlines(tiny_parts):
@@ -110,7 +110,7 @@ def test_crop_tokens_form_a_2h_by_2w_grid_with_newlines(tiny_parts):
         for q in range(4):
             tokens[crop, q] = torch.tensor([crop, q, 1.0])
     expert = ExpertOutput(
-        maps=torch.zeros(n, 1, 8, 8), crop_tokens=tokens, global_tokens=torch.full((1, 1, c), -1.0),
+        maps=torch.zeros(n, 1, 16, 16), crop_tokens=tokens, global_tokens=torch.full((1, 1, c), -1.0),
         scores=torch.zeros(1, 1), score_logits=torch.zeros(1, 1), significance=torch.zeros(n), level_maps=[],
         image_index=torch.zeros(n, dtype=torch.long), base_index=torch.zeros(1, dtype=torch.long),
     )

@@ -69,7 +69,7 @@ def test_pretrained_preset_loads_a_local_llava_checkpoint(tiny_parts, tmp_path):
     _, tok, _, _ = tiny_parts
     plain = _legacy_checkpoint(tmp_path / "llava", tok)
     expert_file = tmp_path / "pretrained_expert_tiny.pth"
-    reference_expert = AnomalyExpert(hidden_size=96, embed_dim=512, grid_size=8)
+    reference_expert = AnomalyExpert(hidden_size=64, embed_dim=512, grid_size=16)
     torch.save(reference_expert.state_dict(), expert_file)
     params = Params(
         model={"preset": "llava-onevision-0.5b", "checkpoint": str(tmp_path / "llava"),
@@ -77,7 +77,7 @@ def test_pretrained_preset_loads_a_local_llava_checkpoint(tiny_parts, tmp_path):
     )
     model = build_model(params).eval()
     assert model.config.expert_temperature == 100.0  # the pretrained (paper) recipe
-    assert model.config.expert_layers == [2, 3, 4, 5]
+    assert model.config.expert_layers == [1, 2, 3, 4]
     for (name, a), (_, b) in zip(plain.model.language_model.state_dict().items(),
                                  model.model.language_model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -105,3 +105,18 @@ def test_shapes_only_half_billion_on_meta():
     assert model.anomaly_expert.temperature == 100.0
     assert 7.0e6 < count_parameters(model.anomaly_expert) < 7.2e6
     assert 0.85e9 < count_parameters(model) < 0.95e9
+
+
+@pytest.mark.parametrize(("llm_layer", "levels"), [
+    (26, [7, 13, 19, 25]),  # SigLIP so400m as the release taps it
+    (6, [2, 3, 4, 5]),
+    (5, [1, 2, 3, 4]),
+    (4, [1, 2, 3, 4]),  # the tiny preset: too shallow for four layers below the LLM one, so that one joins
+    (2, [1, 2, 2, 2]),
+])
+def test_default_expert_layers_are_distinct_where_the_tower_allows(llm_layer, levels):
+    from anomaly_ov.model.modeling import default_expert_layers
+
+    assert default_expert_layers(llm_layer) == levels
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        default_expert_layers(1)

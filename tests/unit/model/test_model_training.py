@@ -107,7 +107,7 @@ def test_expert_forward_trains_the_tower_and_stage_artifact_round_trips(tiny_par
     batch = collate_crops([pre(make_image(128, 128)), pre(make_image(256, 384, seed=2))])
     assert batch["pixel_values"].shape == (2, 7, 3, 128, 128)
     out = model.expert_forward(batch["pixel_values"], batch["image_sizes"])
-    assert out.maps.shape == (2 + 7, 1, 8, 8) and out.base_maps.shape == (2, 1, 8, 8)
+    assert out.maps.shape == (2 + 7, 1, 16, 16) and out.base_maps.shape == (2, 1, 16, 16)
     (out.base_maps.mean() + out.score_logits.sum()).backward()
     assert model.model.vision_tower.embeddings.patch_embedding.weight.grad is not None
     assert model.anomaly_expert.positive_embedding.grad is not None
