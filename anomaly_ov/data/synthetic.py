@@ -600,23 +600,24 @@ def defects_for(params: SyntheticParams, category: str) -> tuple[str, ...]:
     return defects
 
 
-def _anomaly_plan(params: SyntheticParams, category: str) -> list[str]:
+def _anomaly_plan(params: SyntheticParams, category: str, count: int | None = None) -> list[str]:
+    """Defect type of each anomalous image of ``category`` (``count`` images, default test_anomaly_per_category)."""
     defects = defects_for(params, category)
-    return [defects[i % len(defects)] for i in range(params.test_anomaly_per_category)]
+    count = params.test_anomaly_per_category if count is None else count
+    return [defects[i % len(defects)] for i in range(count)]
 
 
 def _write_mvtec(params: SyntheticParams, root: Path, category: str, seed: int) -> dict[str, int]:
     size, counts = params.image_size, {"good": 0}
     cdir = root / category
-    for split, part, count in (
-        ("train", "train_good", params.train_normal_per_category),
-        ("test", "test_good", params.test_normal_per_category),
-    ):
+    # training categories may draw more images than the evaluation ones: stage 1's auxiliary data
+    normals = params.training_normals_per_category or params.train_normal_per_category
+    for split, part, count in (("train", "train_good", normals), ("test", "test_good", params.test_normal_per_category)):
         for i in range(count):
             image = make_sample(category, size, seed, part, i)[1]
             _write(cdir / split / "good" / f"{i:03d}.png", _png_bytes(image))
-    counts["good"] = params.train_normal_per_category + params.test_normal_per_category
-    for i, defect in enumerate(_anomaly_plan(params, category)):
+    counts["good"] = normals + params.test_normal_per_category
+    for i, defect in enumerate(_anomaly_plan(params, category, params.training_anomalies_per_category)):
         n = counts.get(defect, 0)
         _, image, mask = make_sample(category, size, seed, "test_anomaly", i, defect)
         _write(cdir / "test" / defect / f"{n:03d}.png", _png_bytes(image))

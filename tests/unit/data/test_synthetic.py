@@ -45,6 +45,15 @@ def test_same_seed_same_bytes_different_seed_different_images(tmp_path):
     assert first["images"] == 3 * (2 + 1 + 3)
 
 
+def test_training_categories_may_draw_more_images(tmp_path):
+    generate_industrial(tiny(training_normals_per_category=4, training_anomalies_per_category=5), tmp_path, seed=0)
+    fabric = tmp_path / "mvtec" / "fabric"
+    assert len(list((fabric / "train" / "good").glob("*.png"))) == 4
+    assert len([p for p in (fabric / "test").rglob("*.png") if p.parent.name != "good"]) == 5
+    visa_rows = (tmp_path / "visa" / "split_csv" / "1cls.csv").read_text().splitlines()[1:]
+    assert sum(",normal," in r for r in visa_rows) == 2 + 1 and sum(",anomaly," in r for r in visa_rows) == 3
+
+
 def test_layouts_and_counts(tmp_path):
     summary = generate_industrial(tiny(), tmp_path / "out", seed=0)
     mvtec, visa = tmp_path / "out" / "mvtec", tmp_path / "out" / "visa"
