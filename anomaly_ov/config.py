@@ -57,6 +57,12 @@ class SyntheticParams(_Section):
     train_normal_per_category: int = Field(default=40, ge=1)
     test_normal_per_category: int = Field(default=10, ge=1)
     test_anomaly_per_category: int = Field(default=20, ge=1)
+    training_normals_per_category: int | None = Field(
+        default=None, ge=1, description="train/good images of each *training* category (stage 1's auxiliary data); "
+        "null = train_normal_per_category")
+    training_anomalies_per_category: int | None = Field(
+        default=None, ge=1, description="anomalous images of each *training* category; "
+        "null = test_anomaly_per_category")
     defect_types: dict[str, list[str]] = Field(
         default_factory=dict, description="category -> defect types to draw (empty = the category's defaults)"
     )
@@ -158,12 +164,24 @@ class ExpertRecipe(_Section):
     base_view_only: bool = Field(
         default=False, description="stage 1 sees each image's base view only (AnyRes crops skipped; exact for "
         "images whose crop grid is 1x1, about half the compute)")
+    mask_pos_weight: float = Field(
+        default=5.0, gt=0, description="weight of a defect cell against a normal one in the mask loss's per-cell BCE")
+    augment: bool = Field(
+        default=False, description="random 90-degree turns and mirror flips of each batch (images and masks); needs "
+        "base_view_only, whose square base views turn without changing shape")
+
+    @model_validator(mode="after")
+    def _augment_needs_base_view(self) -> ExpertRecipe:
+        if self.augment and not self.base_view_only:
+            raise ValueError("augment: true needs base_view_only: true (AnyRes crops of a non-square image cannot "
+                             "be turned by 90 degrees); turn one on or the other off")
+        return self
 
 
 class TrainExpertParams(_Section):
     tiny: ExpertRecipe = ExpertRecipe(
-        lr=1e-3, epochs=6, batch_size=16, mask_loss=True, temperature=10.0, train_vision_tower=True,
-        base_view_only=True,
+        lr=1e-3, epochs=8, batch_size=16, mask_loss=True, temperature=10.0, train_vision_tower=True,
+        base_view_only=True, augment=True,
     )
     pretrained: ExpertRecipe = ExpertRecipe(
         lr=1e-4, epochs=2, batch_size=128, mask_loss=False, temperature=100.0, train_vision_tower=False
@@ -174,6 +192,7 @@ class TrainExpertParams(_Section):
     checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     cache_mb: int = Field(default=1024, ge=0, description="keep decoded training images in memory when they fit")
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (null = none)")
     checkpoint_dir: str = Field(default="checkpoints/expert", description="resume state (not a stage output)")
     output_dir: str = "models/expert"
     report: str = "reports/train_expert.json"
@@ -196,10 +215,13 @@ class InstructRecipe(_Section):
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     max_length: int = Field(default=2048, ge=16)
+    max_records: int | None = Field(
+        default=None, ge=1, description="records this recipe trains on, a seeded random draw (null = all); the tiny "
+        "recipe's cap keeps the embedded default CPU-sized")
 
 
 class TrainInstructParams(_Section):
-    tiny: InstructRecipe = InstructRecipe(lr=4e-3, epochs=4, batch_size=8, max_length=1024)
+    tiny: InstructRecipe = InstructRecipe(lr=4e-3, epochs=3, batch_size=8, max_length=1024, max_records=480)
     pretrained: InstructRecipe = InstructRecipe(lr=1e-5, epochs=1, batch_size=16, grad_accum=8)
     lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = True
@@ -208,7 +230,9 @@ class TrainInstructParams(_Section):
     num_processes: int = Field(default=1, ge=1)
     checkpoint_every: int = Field(default=100, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    max_records: int | None = Field(default=None, description="cap on training records (null = all)")
+    max_records: int | None = Field(
+        default=None, ge=1, description="cap on training records for any recipe (quick checks), a seeded random draw; "
+        "the smaller of this and the recipe's max_records applies (null = no cap)")
     tokenizer_vocab_size: int = Field(default=2000, ge=300, description="tiny preset: BPE vocabulary size")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (null = off)")
     checkpoint_dir: str = Field(default="checkpoints/instruct", description="resume state (not a stage output)")

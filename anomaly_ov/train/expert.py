@@ -1,11 +1,12 @@
 """Stage 1: train the anomaly expert (LTFM) on the training-role images of the manifest.
 
 Loss: class-balanced BCE on the image score logits (weights from the training set's label frequencies), plus,
-when the recipe turns it on, focal + dice between the base view's anomaly map (bilinearly upsampled to the mask
-resolution) and the defect mask. Normal images count with an all-zero target; anomalies without a mask are left
-out of the mask loss. The paper's recipe (pretrained presets) has no mask loss and temperature 100; the tiny preset,
-whose tower starts from random weights, needs the mask loss at temperature 10 (REFERENCE.md section 1) — the run
-records which recipe was used.
+when the recipe turns it on, a mask loss on every level's base-view anomaly map: focal + dice against the defect
+mask (the map bilinearly upsampled to the mask resolution) and a per-cell BCE against the fraction of defect pixels
+in each G x G cell. Normal images count with an all-zero target; anomalies without a mask are left out of the mask
+loss. ``augment`` turns and mirrors each batch (seeded by the batch, so resume stays exact). The paper's recipe
+(pretrained presets) has no mask loss and temperature 100; the tiny preset, whose tower starts from random weights,
+needs the mask loss at temperature 10 (REFERENCE.md section 1) — the run records which recipe was used.
 
 Optimiser: AdamW over the expert (and the vision tower when ``train_vision_tower``), CosineAnnealingWarmRestarts
 restarting ``restarts_per_epoch`` times per epoch. A stratified ``val_fraction`` of the training-role rows is held
@@ -77,16 +78,36 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> 
     return (dice(prob, target) + dice(1 - prob, 1 - target)) / 2
 
 
-def mask_loss(maps: torch.Tensor, masks: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-    """Focal + dice between base-view maps [B,1,G,G] (upsampled to the masks' size) and masks [B,1,R,R]."""
+def cell_bce(prob: torch.Tensor, target: torch.Tensor, pos_weight: float, eps: float = 1e-6) -> torch.Tensor:
+    """BCE between a G x G map and the fraction of defect pixels per cell, defect cells weighted ``pos_weight``.
+
+    The per-cell target reaches every cell the defect touches, also those of thin defects that bilinear upsampling
+    and a 0.5-thresholded mask would miss; ``pos_weight`` keeps the few defect cells from being outvoted.
+    """
+    p = prob.clamp(eps, 1 - eps)
+    weight = 1 + (pos_weight - 1) * target
+    return -(weight * (target * p.log() + (1 - target) * (1 - p).log())).mean()
+
+
+def mask_loss(level_maps: Sequence[torch.Tensor], masks: torch.Tensor, cells: torch.Tensor, eligible: torch.Tensor,
+              pos_weight: float = 5.0) -> torch.Tensor:
+    """Mean over levels of focal + dice (the map upsampled to the masks [B,1,R,R]) plus per-cell BCE (the map
+    against ``cells`` [B,1,G,G], the fraction of defect pixels per cell), on base-view maps [B,1,G,G].
+
+    Every level is supervised on its own map: supervising only their mean lets one level carry the map while the
+    others stay flat, and the mean is what the selector and the evaluation read.
+    """
     import torch.nn.functional as F
 
     if not bool(eligible.any()):
-        return maps.sum() * 0.0
-    maps = maps[eligible]
-    masks = masks[eligible]
-    up = F.interpolate(maps, size=masks.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
-    return focal_loss(up, masks) + dice_loss(up, masks)
+        return level_maps[0].sum() * 0.0
+    masks, cells = masks[eligible], cells[eligible]
+    total = level_maps[0].new_zeros(())
+    for level in level_maps:
+        level = level[eligible]
+        up = F.interpolate(level, size=masks.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+        total = total + focal_loss(up, masks) + dice_loss(up, masks) + cell_bce(level, cells, pos_weight)
+    return total / len(level_maps)
 
 
 def expert_loss(out: Any, batch: Mapping[str, Any], recipe: ExpertRecipe, weights: tuple[float, float]
@@ -97,10 +118,35 @@ def expert_loss(out: Any, batch: Mapping[str, Any], recipe: ExpertRecipe, weight
     loss = bce
     if recipe.mask_loss and recipe.mask_loss_weight > 0:
         dev = out.maps.device
-        ml = mask_loss(out.base_maps, batch["masks"].to(dev), batch["has_mask_target"].to(dev))
+        levels = [m.index_select(0, out.base_index) for m in out.level_maps]
+        ml = mask_loss(levels, batch["masks"].to(dev), batch["mask_grids"].to(dev), batch["has_mask_target"].to(dev),
+                       recipe.mask_pos_weight)
         metrics["mask_loss"] = float(ml.detach())
         loss = loss + recipe.mask_loss_weight * ml
     return loss, metrics
+
+
+def augment_batch(batch: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The batch turned by a random multiple of 90 degrees and maybe mirrored (images, masks and mask cells alike).
+
+    The draw is seeded by ``seed`` and the batch's dataset indices, so a resumed run augments its batches exactly
+    as the uninterrupted run did. The training set's categories then appear in 8 poses, which keeps the expert
+    from tying a defect to where it sits or how it is oriented in the few training categories.
+    """
+    import torch
+
+    key = int(common.fingerprint(seed, [int(i) for i in batch["index"].tolist()])[:12], 16)
+    draw = torch.randint(0, 8, (1,), generator=torch.Generator().manual_seed(key)).item()
+    turns, mirror = draw % 4, draw >= 4
+
+    def transform(t: torch.Tensor) -> torch.Tensor:
+        t = torch.rot90(t, turns, dims=(-2, -1))
+        return t.flip(-1) if mirror else t
+
+    out = dict(batch)
+    for name in ("pixel_values", "masks", "mask_grids"):
+        out[name] = transform(batch[name])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -214,6 +260,8 @@ def fit_expert(
     ddp_model = common.wrap_distributed(model, next(iter(params)).device)
 
     def step(m: Any, batch: Mapping[str, Any]) -> common.StepOutput:
+        if recipe.augment:
+            batch = augment_batch(batch, seed)
         out = forward(m, batch)
         loss, metrics = expert_loss(out, batch, recipe, weights)
         return common.StepOutput(loss=loss, items=len(batch["labels"]), metrics=metrics)
@@ -244,7 +292,8 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
         "train_vision_tower": recipe.train_vision_tower,
         "lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
         "restarts_per_epoch": recipe.restarts_per_epoch, "weight_decay": recipe.weight_decay,
-        "base_view_only": recipe.base_view_only,
+        "base_view_only": recipe.base_view_only, "mask_pos_weight": recipe.mask_pos_weight,
+        "augment": recipe.augment,
     }
 
 
@@ -361,7 +410,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     result = fit_expert(
         stage_module, forward, trainable, train_set, val_set, collate_expert, recipe, seed=params.train.seed,
         checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
-        num_workers=cfg.num_workers, fingerprint=fp,
+        num_workers=cfg.num_workers, fingerprint=fp, max_grad_norm=cfg.max_grad_norm,
     )
     val = (evaluate_expert(forward, stage_module, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
            if val_set is not None else {})

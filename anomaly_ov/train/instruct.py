@@ -67,6 +67,20 @@ def apply_lora(model: Any, params: Params) -> Any:
     return peft_model
 
 
+def sample_records(records: Sequence[Mapping[str, Any]], limit: int | None, seed: int) -> list[Mapping[str, Any]]:
+    """At most ``limit`` records, drawn at random (seeded) and kept in file order.
+
+    A random draw rather than the first ``limit``: the instruction file is ordered by manifest row, so its head is
+    the first categories only.
+    """
+    if limit is None or limit >= len(records):
+        return list(records)
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(records), size=limit, replace=False))
+    return [records[int(i)] for i in keep]
+
+
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -192,7 +206,8 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     device = common.select_device(cfg.device)
     common.seed_everything(params.train.seed)
     train_json = in_workspace(workspace, params.instruct.train_json)
-    records = read_instruct_records(train_json, cfg.max_records)
+    limits = [n for n in (recipe.max_records, cfg.max_records) if n is not None]
+    records = sample_records(read_instruct_records(train_json), min(limits, default=None), params.train.seed)
     expert_dir = in_workspace(workspace, params.train.expert.output_dir)
 
     if params.is_pretrained:

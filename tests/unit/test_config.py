@@ -74,3 +74,10 @@ def test_section_hash_changes_only_with_its_section() -> None:
     a, b = load_params(None), load_params(None, ["evaluate.threshold=0.4"])
     assert a.section_hash("data") == b.section_hash("data")
     assert a.section_hash("evaluate") != b.section_hash("evaluate")
+
+
+def test_augment_needs_base_view_only() -> None:
+    with pytest.raises(ConfigError, match="augment: true needs base_view_only"):
+        load_params(None, ["train.expert.pretrained.augment=true"])
+    assert load_params(None, ["train.expert.pretrained.augment=true",
+                              "train.expert.pretrained.base_view_only=true"]).train.expert.pretrained.augment

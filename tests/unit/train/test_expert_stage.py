@@ -99,5 +99,46 @@ def test_losses_behave() -> None:
     assert w[0] * 3 == pytest.approx(w[1])
     with pytest.raises(ValueError, match="normal and anomalous"):
         stage1.class_balance([0, 0])
-    none_eligible = stage1.mask_loss(prob, target, torch.tensor([False, False]))
+    cells = target.clone()
+    none_eligible = stage1.mask_loss([prob], target, cells, torch.tensor([False, False]))
     assert float(none_eligible) == 0.0
+    # per level: a level that matches the mask lowers the loss even when another level does not
+    both_flat = stage1.mask_loss([prob, prob], target, cells, torch.tensor([True, True]))
+    one_good = stage1.mask_loss([better, prob], target, cells, torch.tensor([True, True]))
+    assert float(one_good) < float(both_flat)
+
+
+def test_cell_bce_weighs_defect_cells_and_reaches_thin_defects() -> None:
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 1, 1] = 0.3  # a thin defect covering under half of one cell: a 0.5-thresholded mask would drop it
+    flat = torch.full((1, 1, 4, 4), 0.1)
+    lit = flat.clone()
+    lit[0, 0, 1, 1] = 0.3
+    assert stage1.cell_bce(lit, target, 5.0) < stage1.cell_bce(flat, target, 5.0)
+    # pos_weight raises the cost of missing the defect cell only
+    assert stage1.cell_bce(flat, target, 5.0) > stage1.cell_bce(flat, target, 1.0)
+    assert stage1.cell_bce(flat, torch.zeros_like(target), 5.0) == pytest.approx(
+        float(stage1.cell_bce(flat, torch.zeros_like(target), 1.0)))
+    saturated = torch.zeros(1, 1, 4, 4)  # probabilities of exactly 0 stay finite
+    assert torch.isfinite(stage1.cell_bce(saturated, target, 5.0))
+
+
+def test_augment_turns_images_and_masks_together_and_is_seeded_by_the_batch() -> None:
+    image = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 0, 0] = 1  # a corner pixel: every turn or flip moves it, so the pose is visible
+    cells = mask[:, :, ::2, ::2].clone()
+    batch = {"index": torch.tensor([4, 7]), "pixel_values": image, "masks": mask, "mask_grids": cells, "labels": 1}
+    poses = set()
+    for seed in range(24):
+        out = stage1.augment_batch(batch, seed)
+        again = stage1.augment_batch(batch, seed)
+        assert torch.equal(out["pixel_values"], again["pixel_values"])  # resume replays the same augmentation
+        corner = tuple(int(v) for v in (out["masks"][0, 0] == 1).nonzero()[0])
+        # the image moved with the mask: the pixel now under the mask's corner is the original corner pixel
+        assert out["pixel_values"][0, :, corner[0], corner[1]].tolist() == image[0, :, 0, 0].tolist()
+        cell = tuple(int(v) for v in (out["mask_grids"][0, 0] == 1).nonzero()[0])
+        assert cell == (corner[0] // 2, corner[1] // 2)
+        poses.add(out["pixel_values"][0, 0].flatten().tolist().__repr__())
+        assert out["labels"] == 1 and batch["pixel_values"] is image  # other keys kept, input untouched
+    assert len(poses) >= 6  # of the 8 poses, most appear over 24 seeds

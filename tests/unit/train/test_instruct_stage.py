@@ -54,3 +54,13 @@ def test_stage2_lora_merges_into_a_plain_model(trained_expert_workspace: Path) -
     assert summary["steps"] == 3
     model, _ = load_pretrained(ws / "models/lora")
     assert not any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_record_cap_is_a_seeded_draw_in_file_order() -> None:
+    records = [{"id": f"{cat}/{i}"} for cat in ("fabric", "wood", "metal") for i in range(20)]
+    sample = stage2.sample_records(records, 12, seed=0)
+    assert len(sample) == 12 and sample == stage2.sample_records(records, 12, seed=0)
+    assert sample != stage2.sample_records(records, 12, seed=1)
+    assert [records.index(r) for r in sample] == sorted(records.index(r) for r in sample)
+    assert {r["id"].split("/")[0] for r in sample} == {"fabric", "wood", "metal"}  # not just the file's head
+    assert stage2.sample_records(records, None, 0) == records and stage2.sample_records(records, 99, 0) == records
