@@ -218,10 +218,15 @@ class InstructRecipe(_Section):
     max_records: int | None = Field(
         default=None, ge=1, description="records this recipe trains on, a seeded random draw (null = all); the tiny "
         "recipe's cap keeps the embedded default CPU-sized")
+    loss_reduction: Literal["token", "square", "sample"] = Field(
+        default="token", description="how answer tokens are averaged: token = every token alike (LLaVA's); sample = "
+        "each conversation alike, so a one-word Yes/No answer weighs as much as a long description; square = a token "
+        "of an n-token conversation weighs 1/sqrt(n) (InternVL 2.5)")
 
 
 class TrainInstructParams(_Section):
-    tiny: InstructRecipe = InstructRecipe(lr=4e-3, epochs=3, batch_size=8, max_length=1024, max_records=480)
+    tiny: InstructRecipe = InstructRecipe(lr=2e-3, epochs=3, batch_size=8, max_length=1024, max_records=480,
+                                          loss_reduction="sample")
     pretrained: InstructRecipe = InstructRecipe(lr=1e-5, epochs=1, batch_size=16, grad_accum=8)
     lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = True

@@ -1,6 +1,8 @@
 """Stage 2: instruction tuning of the projector and the LLM on the LLaVA-format conversations.
 
-Cross-entropy on the answer tokens only (the processor sets every other label to -100). The vision tower and the
+Cross-entropy on the answer tokens only (the processor sets every other label to -100), averaged per token or per
+conversation (``recipe.loss_reduction``, see :func:`answer_loss`); the LM head runs on the answer positions only.
+The vision tower and the
 expert are frozen and come from stage 1 (``models/expert`` through ``load_expert_stage``). The tiny preset trains
 its BPE tokenizer on the instruction text at stage start and saves it with the model; pretrained presets use their
 checkpoint's tokenizer. Optional LoRA (peft) on the LLM's linear layers (merged back before saving, so the output
@@ -79,6 +81,49 @@ def sample_records(records: Sequence[Mapping[str, Any]], limit: int | None, seed
 
     keep = np.sort(np.random.default_rng(seed).choice(len(records), size=limit, replace=False))
     return [records[int(i)] for i in keep]
+
+
+#: exponent p of the per-token weight n^-p, n = the tokens of the token's conversation (InternVL 2.5's token, square
+#: and sample averaging)
+LOSS_REDUCTIONS = {"token": 0.0, "square": 0.5, "sample": 1.0}
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose next token is an answer token in any row of the batch: the only logits the loss needs.
+
+    Passed to the model as ``logits_to_keep``, so the LM head skips the visual and prompt positions (most of the
+    sequence).
+    """
+    return (labels[:, 1:] != -100).any(dim=0).nonzero()[:, 0]
+
+
+def answer_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """Cross-entropy of ``logits`` [B, K, V] against ``targets`` [B, K] (-100 = not an answer token), weighted per
+    ``reduction``.
+
+    Each answer token of a conversation with n answer tokens weighs n^-p: ``token`` (p = 0) is the plain mean over
+    the batch's answer tokens (LLaVA's loss), ``sample`` (p = 1) the mean of the conversations' means, ``square``
+    (p = 1/2) in between. Under ``token`` a batch's long descriptions drown its one-token Yes/No answers.
+    """
+    import torch.nn.functional as F
+
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r} (use one of {sorted(LOSS_REDUCTIONS)})")
+    answered = targets != -100
+    if not bool(answered.any()):
+        return logits.sum() * 0.0
+    per_token = F.cross_entropy(logits[answered].float(), targets[answered], reduction="none")
+    counts = answered.sum(dim=1).to(per_token.dtype)
+    weights = counts.clamp(min=1).pow(-LOSS_REDUCTIONS[reduction])[answered.nonzero()[:, 0]]
+    return (weights * per_token).sum() / weights.sum()
+
+
+def conversation_loss(model: Any, inputs: Mapping[str, Any], reduction: str = "token") -> torch.Tensor:
+    """Forward ``inputs`` (with ``labels``) through ``model`` and return :func:`answer_loss` on the answer positions."""
+    labels = inputs["labels"]
+    keep = answer_positions(labels)
+    logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep).logits
+    return answer_loss(logits, labels[:, keep + 1], reduction)
 
 
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
@@ -161,9 +206,9 @@ def fit_instruct(
                                                    "image_sizes", "batch_num_images") if k in batch}
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
         with ctx:
-            out = m(**inputs)
+            loss = conversation_loss(m, inputs, recipe.loss_reduction)
         answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
-        return common.StepOutput(loss=out.loss.float(), items=int(batch["attention_mask"].sum()),
+        return common.StepOutput(loss=loss.float(), items=int(batch["attention_mask"].sum()),
                                  metrics={"answer_tokens": float(answer_tokens)})
 
     settings = common.LoopSettings(

@@ -81,3 +81,11 @@ def test_augment_needs_base_view_only() -> None:
         load_params(None, ["train.expert.pretrained.augment=true"])
     assert load_params(None, ["train.expert.pretrained.augment=true",
                               "train.expert.pretrained.base_view_only=true"]).train.expert.pretrained.augment
+
+
+def test_loss_reduction_names_the_key_and_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"train\.instruct\.tiny\.loss_reduction.*'token', 'square' or 'sample'"):
+        load_params(None, ["train.instruct.tiny.loss_reduction=mean"])
+    params = load_params(None)
+    assert params.train.instruct.tiny.loss_reduction == "sample"
+    assert params.train.instruct.pretrained.loss_reduction == "token"  # LLaVA's, as the paper trains
