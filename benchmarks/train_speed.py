@@ -1,7 +1,9 @@
 """Training throughput: stage 1 images/s and stage 2 tokens/s.
 
 * tiny preset on CPU (always): the real stage-1 step (tower + expert forward/backward + AdamW, base view only as
-  the tiny recipe trains) and the real stage-2 step (processor-built batch, projector + LLM trainable).
+  the tiny recipe trains) and the real stage-2 step (processor-built batch, projector + LLM trainable, the LM head
+  on the answer positions only), against a baseline stage-2 step that takes the model's own loss over every
+  position (``stage2_answer_logits_speedup``).
 * when CUDA is available: the 0.5B-shaped model (``build_shapes_only``, random weights) in bf16 — stage 1 with the
   tower frozen (the pretrained recipe) and stage 2 on the LLM with a 2048-token sequence — with MFU
   (6 * trainable-or-forward FLOPs / peak; peak bf16 dense from ``--peak-tflops``, default 989 for H100/H200).
@@ -36,6 +38,7 @@ def tiny_cpu(steps: int, batch: int) -> dict:
     from anomaly_ov.model.presets import build_model, processor_for
     from anomaly_ov.model.tokenizer import train_tokenizer
     from anomaly_ov.train.expert import ExpertStage, expert_loss
+    from anomaly_ov.train.instruct import conversation_loss
 
     params = load_params(None, ["tracking.enabled=false"])
     tok = train_tokenizer(())
@@ -52,7 +55,9 @@ def tiny_cpu(steps: int, batch: int) -> dict:
     sizes = torch.tensor([[size, size]] * batch)
     g = model.config.grid_size
     res = params.evaluate.resolution
-    b = {"labels": (torch.arange(batch) % 2).float(), "masks": (torch.rand(batch, 1, res, res) > 0.95).float(),
+    masks = (torch.rand(batch, 1, res, res) > 0.95).float()
+    b = {"labels": (torch.arange(batch) % 2).float(), "masks": masks,
+         "mask_grids": torch.nn.functional.adaptive_avg_pool2d(masks, g),  # defect fraction per expert cell
          "has_mask_target": torch.ones(batch, dtype=torch.bool)}
 
     def step1():
@@ -73,16 +78,19 @@ def tiny_cpu(steps: int, batch: int) -> dict:
     inputs = proc([[img]] * batch, [conv] * batch)
     tokens = int(inputs["attention_mask"].sum())
 
-    def step2():
-        out = model(**inputs)
+    def step2(full_logits: bool = False):
+        # the stage's loss (LM head on the answer positions only) or, as the baseline, the model's own on every one
+        loss = model(**inputs).loss if full_logits else conversation_loss(model, inputs, "sample")
         opt2.zero_grad()
-        out.loss.backward()
+        loss.backward()
         opt2.step()
 
     s2 = _timed(step2, steps)
+    s2_full = _timed(lambda: step2(full_logits=True), steps)
     return {"device": "cpu", "threads": torch.get_num_threads(), "grid": g, "batch": batch,
             "stage1_images_per_s": round(batch / s1, 1), "stage2_tokens_per_s": round(tokens / s2, 1),
-            "stage2_tokens_per_batch": tokens}
+            "stage2_full_logits_tokens_per_s": round(tokens / s2_full, 1),
+            "stage2_answer_logits_speedup": round(s2_full / s2, 2), "stage2_tokens_per_batch": tokens}
 
 
 def shapes_gpu(steps: int, batch: int, seq: int, peak_tflops: float) -> dict:
