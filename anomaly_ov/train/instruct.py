@@ -126,6 +126,17 @@ def conversation_loss(model: Any, inputs: Mapping[str, Any], reduction: str = "t
     return answer_loss(logits, labels[:, keep + 1], reduction)
 
 
+def training_records(params: Params, workspace: Path) -> list[Mapping[str, Any]]:
+    """The records stage 2 trains on: the instruction file, capped by the recipe's and the global ``max_records``
+    (the smaller applies) with a draw seeded by ``train.seed``."""
+    from anomaly_ov.data.loaders import read_instruct_records
+    from anomaly_ov.paths import in_workspace
+
+    limits = [n for n in (params.instruct_recipe.max_records, params.train.instruct.max_records) if n is not None]
+    records = read_instruct_records(in_workspace(Path(workspace), params.instruct.train_json))
+    return sample_records(records, min(limits, default=None), params.train.seed)
+
+
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -227,7 +238,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     from functools import partial
 
     from anomaly_ov import tracking
-    from anomaly_ov.data.loaders import InstructDataset, collate_instruct, read_instruct_records
+    from anomaly_ov.data.loaders import InstructDataset, collate_instruct
     from anomaly_ov.io import atomic_write_json
     from anomaly_ov.model.presets import (
         build_model,
@@ -251,8 +262,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     device = common.select_device(cfg.device)
     common.seed_everything(params.train.seed)
     train_json = in_workspace(workspace, params.instruct.train_json)
-    limits = [n for n in (recipe.max_records, cfg.max_records) if n is not None]
-    records = sample_records(read_instruct_records(train_json), min(limits, default=None), params.train.seed)
+    records = training_records(params, workspace)
     expert_dir = in_workspace(workspace, params.train.expert.output_dir)
 
     if params.is_pretrained:
