@@ -2,12 +2,11 @@
 
 Cross-entropy on the answer tokens only (the processor sets every other label to -100), averaged per token or per
 conversation (``recipe.loss_reduction``, see :func:`answer_loss`); the LM head runs on the answer positions only.
-The vision tower and the
-expert are frozen and come from stage 1 (``models/expert`` through ``load_expert_stage``). The tiny preset trains
-its BPE tokenizer on the instruction text at stage start and saves it with the model; pretrained presets use their
-checkpoint's tokenizer. Optional LoRA (peft) on the LLM's linear layers (merged back before saving, so the output
-directory is a plain model). Gradient accumulation; gradient checkpointing and bf16 autocast only on CUDA; cosine
-schedule with warmup. Output: ``models/anomaly_ov/`` (``save_pretrained``, atomic) and
+The vision tower and the expert are frozen and come from stage 1 (``models/expert`` through ``load_expert_stage``).
+The tiny preset trains its BPE tokenizer on the instruction text at stage start and saves it with the model;
+pretrained presets use their checkpoint's tokenizer. Optional LoRA (peft) on the LLM's linear layers (merged back
+before saving, so the output directory is a plain model). Gradient accumulation; gradient checkpointing and bf16
+autocast only on CUDA; cosine schedule with warmup. Output: ``models/anomaly_ov/`` (``save_pretrained``, atomic) and
 ``reports/train_instruct.json`` with the loss curve's end values, tokens/s and sample answers to the detection
 question for one normal and one anomalous training image.
 """
