@@ -51,7 +51,8 @@ def probe(workspace: Path, per_label: int, threshold: float, seed: int = 0) -> d
         return {"skipped": f"no trained model in {model_dir}: run `make pipeline` (or the train_instruct stage) first"}
     manifest = pd.read_parquet(in_workspace(workspace, params.data.manifest))
     manifest["image"] = [f"{r}/{p}" for r, p in zip(manifest["root"], manifest["image_path"], strict=True)]
-    seen = {img for rec in training_records(params, workspace) for img in record_images(rec)}
+    records = training_records(params, workspace)
+    seen = {img for rec in records for img in record_images(rec)}
     model, processor = load_pretrained(model_dir)
     predictor = Predictor(model.eval(), processor)
     rng = random.Random(seed)
@@ -62,7 +63,7 @@ def probe(workspace: Path, per_label: int, threshold: float, seed: int = 0) -> d
         picks.append(pool.iloc[rng.sample(range(len(pool)), min(per_label, len(pool)))])
     sets = {"training_categories_unseen_by_stage2": pd.concat(picks),
             "zero_shot_categories": manifest[manifest["role"] == "eval"]}
-    out = {"stage2_records": len(training_records(params, workspace)), "threshold": threshold}
+    out = {"stage2_records": len(records), "threshold": threshold}
     for name, rows in sets.items():
         preds = predictor.predict([str(workspace / p) for p in rows["image"]], generate=True, max_new_tokens=4,
                                   batch_size=8)
