@@ -78,9 +78,11 @@ def tiny_cpu(steps: int, batch: int) -> dict:
     inputs = proc([[img]] * batch, [conv] * batch)
     tokens = int(inputs["attention_mask"].sum())
 
+    reduction = params.instruct_recipe.loss_reduction
+
     def step2(full_logits: bool = False):
         # the stage's loss (LM head on the answer positions only) or, as the baseline, the model's own on every one
-        loss = model(**inputs).loss if full_logits else conversation_loss(model, inputs, "sample")
+        loss = model(**inputs).loss if full_logits else conversation_loss(model, inputs, reduction)
         opt2.zero_grad()
         loss.backward()
         opt2.step()

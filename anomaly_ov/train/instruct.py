@@ -112,8 +112,8 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "t
     if not bool(answered.any()):
         return logits.sum() * 0.0
     per_token = F.cross_entropy(logits[answered].float(), targets[answered], reduction="none")
-    counts = answered.sum(dim=1).to(per_token.dtype)
-    weights = counts.clamp(min=1).pow(-LOSS_REDUCTIONS[reduction])[answered.nonzero()[:, 0]]
+    counts = answered.sum(dim=1).to(per_token.dtype)  # >= 1 for every row indexed below
+    weights = counts.pow(-LOSS_REDUCTIONS[reduction])[answered.nonzero()[:, 0]]
     return (weights * per_token).sum() / weights.sum()
 
 
