@@ -200,15 +200,14 @@ class AnomalyOVProcessor:
                 self._cache.clear()
         return list(self._cache[text])
 
+    def phrase_ids(self, adverb: str | None = None) -> list[int]:
+        """'with <adv> suspicious features: ' as ids: the ``<adv>`` placeholder, or the word ``adverb`` itself."""
+        middle = [self.adv_token_id] if adverb is None else self._encode(" " + adverb)
+        return self._encode(PHRASE_PREFIX) + middle + self._encode(PHRASE_SUFFIX)
+
     def image_ids(self, layout: ImageLayout) -> list[int]:
         """Placeholder ids of one image: visual tokens, the phrase with <adv>, anomaly tokens."""
-        return (
-            [self.image_token_id] * layout.visual
-            + self._encode(PHRASE_PREFIX)
-            + [self.adv_token_id]
-            + self._encode(PHRASE_SUFFIX)
-            + [self.anomaly_token_id] * layout.anomaly
-        )
+        return [self.image_token_id] * layout.visual + self.phrase_ids() + [self.anomaly_token_id] * layout.anomaly
 
     def encode_conversation(
         self,
@@ -217,17 +216,37 @@ class AnomalyOVProcessor:
         add_generation_prompt: bool | None = None,
     ) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one conversation; labels keep only the assistant answers and their <|im_end|>."""
+        return self._encode_turns(conversation, [self.image_ids(lay) for lay in layouts], add_generation_prompt)
+
+    def encode_text_only(
+        self,
+        conversation: Sequence[Mapping[str, Any]],
+        adverbs: Sequence[str],
+        add_generation_prompt: bool | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) with each image reduced to its phrase, the adverb spelled out (no visual or anomaly
+        tokens): the text the LLM reads around an image whose expert score gave ``adverbs[i]``."""
+        return self._encode_turns(conversation, [self.phrase_ids(a) for a in adverbs], add_generation_prompt)
+
+    def _encode_turns(
+        self,
+        conversation: Sequence[Mapping[str, Any]],
+        image_segments: Sequence[list[int]],
+        add_generation_prompt: bool | None,
+    ) -> tuple[list[int], list[int]]:
+        """ChatML ids and labels; ``image_segments[i]`` replaces the i-th ``<image>``."""
         turns = normalize_conversation(conversation)
         n_placeholders = sum(text.count(IMAGE_TOKEN) for role, text in turns if role == "user")
-        if n_placeholders == 0 and len(layouts) == 1:
+        if n_placeholders == 0 and len(image_segments) == 1:
             idx = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
             if idx is None:
                 raise ValueError("the conversation has no human turn to attach the image to")
             turns[idx] = ("user", IMAGE_TOKEN + "\n" + turns[idx][1])
             n_placeholders = 1
-        if n_placeholders != len(layouts):
+        if n_placeholders != len(image_segments):
             raise ValueError(
-                f"the conversation has {n_placeholders} '<image>' placeholder(s) but {len(layouts)} image(s) were given"
+                f"the conversation has {n_placeholders} '<image>' placeholder(s) but {len(image_segments)} image(s) "
+                "were given"
             )
         if add_generation_prompt is None:
             add_generation_prompt = turns[-1][0] == "user"
@@ -242,7 +261,7 @@ class AnomalyOVProcessor:
         if turns[0][0] == "system":
             system = turns.pop(0)[1]
         emit(self._encode(f"{IM_START}system\n{system}{IM_END}\n"))
-        image_iter = iter(layouts)
+        segments = iter(image_segments)
         for role, text in turns:
             if role == "system":
                 raise ValueError("a system turn may only come first")
@@ -250,7 +269,7 @@ class AnomalyOVProcessor:
             if role == "user":
                 for k, piece in enumerate(re.split(re.escape(IMAGE_TOKEN), text)):
                     if k > 0:
-                        emit(self.image_ids(next(image_iter)))
+                        emit(next(segments))
                     if piece:
                         emit(self._encode(piece))
                 emit(self._encode(f"{IM_END}\n"))

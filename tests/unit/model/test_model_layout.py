@@ -168,3 +168,28 @@ def test_visual_token_counts_match_llava_packing_at_full_size(tiny_parts):
         _, lens = LlavaOnevisionModel.pack_image_features(fake, feats, torch.tensor([[h, w]]), torch.zeros(1))
         assert int(lens[0]) == layout.visual, (h, w)
         assert layout.anomaly == 1 + 4 + 2 * gh * (2 * gw + 1)
+
+
+def test_text_only_encoding_is_the_visual_one_less_the_image_tokens(tiny_parts):
+    """The text warm-up's ids: the visual layout with visual and anomaly tokens removed and <adv> spelled out."""
+    _, tok, _, proc = tiny_parts
+    conv = [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": "Yes"},
+            {"from": "human", "value": "Describe it."}, {"from": "gpt", "value": "A scratch on the left."}]
+    ids, labels = proc.encode_conversation(conv, [proc.layout(128, 128)])
+    text_ids, text_labels = proc.encode_text_only(conv, ["highly"])
+    (highly,) = tok(" highly", add_special_tokens=False)["input_ids"]
+    drop = {proc.image_token_id, proc.anomaly_token_id}
+    kept = [(highly if t == proc.adv_token_id else t, lab) for t, lab in zip(ids, labels, strict=True) if t not in drop]
+    assert text_ids == [t for t, _ in kept] and text_labels == [lab for _, lab in kept]
+    assert "with highly suspicious features: \n" + QUESTION in tok.decode(text_ids)
+
+
+def test_text_only_encoding_spells_each_images_own_word(tiny_parts):
+    _, tok, _, proc = tiny_parts
+    conv = [{"from": "human", "value": "<image><image>\n" + QUESTION}]
+    ids, labels = proc.encode_text_only(conv, ["slightly", "highly"])
+    text = tok.decode(ids)
+    assert text.index("with slightly suspicious features: ") < text.index("with highly suspicious features: ")
+    assert text.endswith("<|im_start|>assistant\n") and set(labels) == {-100}
+    with pytest.raises(ValueError, match="placeholder"):
+        proc.encode_text_only(conv, ["slightly"])
