@@ -115,6 +115,23 @@ def test_epoch_batches_cover_each_item_once_and_shard_by_rank() -> None:
     assert set(i for s in shards for b in s for i in b) == set(range(10))
 
 
+def test_length_grouped_batches_pad_less_and_keep_the_shuffle() -> None:
+    lengths = [int(v) for v in torch.randint(5, 200, (300,), generator=torch.Generator().manual_seed(0))]
+    plain = common.epoch_batches(300, 8, seed=1, epoch=0)
+    grouped = common.epoch_batches(300, 8, seed=1, epoch=0, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(300))
+    assert [len(b) for b in grouped] == [len(b) for b in plain]
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert padded(grouped) < 0.8 * padded(plain)
+    assert grouped == common.epoch_batches(300, 8, seed=1, epoch=0, lengths=lengths)
+    assert grouped != common.epoch_batches(300, 8, seed=1, epoch=1, lengths=lengths)
+    with pytest.raises(ValueError, match="3 lengths for 300 items"):
+        common.epoch_batches(300, 8, seed=1, epoch=0, lengths=[1, 2, 3])
+
+
 def test_select_device_cpu_and_errors() -> None:
     assert common.select_device("cpu").type == "cpu"
     assert common.select_device("auto").type in {"cpu", "cuda", "mps"}
