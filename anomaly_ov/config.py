@@ -222,11 +222,17 @@ class InstructRecipe(_Section):
         default="token", description="how answer tokens are averaged: token = every token alike (LLaVA's); sample = "
         "each conversation alike, so a one-word Yes/No answer weighs as much as a long description; square = a token "
         "of an n-token conversation weighs 1/sqrt(n) (InternVL 2.5)")
+    text_warmup_epochs: int = Field(
+        default=0, ge=0, description="epochs of text-only training of the LLM on every instruction record before the "
+        "visual phase, each image reduced to its phrase with the expert's word (a from-scratch LLM's language "
+        "lessons; 0 = none, as for a pretrained LLM)")
+    text_warmup_batch_size: int = Field(default=32, ge=1)
+    text_warmup_lr: float | None = Field(default=None, gt=0, description="null = lr")
 
 
 class TrainInstructParams(_Section):
     tiny: InstructRecipe = InstructRecipe(lr=2e-3, epochs=3, batch_size=8, max_length=1024, max_records=480,
-                                          loss_reduction="sample")
+                                          loss_reduction="sample", text_warmup_epochs=3)
     pretrained: InstructRecipe = InstructRecipe(lr=1e-5, epochs=1, batch_size=16, grad_accum=8)
     lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = True

@@ -3,6 +3,9 @@
 Cross-entropy on the answer tokens only (the processor sets every other label to -100), averaged per token or per
 conversation (``recipe.loss_reduction``, see :func:`answer_loss`); the LM head runs on the answer positions only.
 The vision tower and the expert are frozen and come from stage 1 (``models/expert`` through ``load_expert_stage``).
+An optional text warm-up (``recipe.text_warmup_epochs``, on for the tiny preset) first trains the LLM alone on
+text-only versions of every record, each image reduced to its phrase with the expert's word (see
+:func:`warm_up_language`).
 The tiny preset trains its BPE tokenizer on the instruction text at stage start and saves it with the model;
 pretrained presets use their checkpoint's tokenizer. Optional LoRA (peft) on the LLM's linear layers (merged back
 before saving, so the output directory is a plain model). Gradient accumulation; gradient checkpointing and bf16
@@ -125,15 +128,137 @@ def conversation_loss(model: Any, inputs: Mapping[str, Any], reduction: str = "t
     return answer_loss(logits, labels[:, keep + 1], reduction)
 
 
-def training_records(params: Params, workspace: Path) -> list[Mapping[str, Any]]:
+def training_records(params: Params, workspace: Path, text_warmup: bool = False) -> list[Mapping[str, Any]]:
     """The records stage 2 trains on: the instruction file, capped by the recipe's and the global ``max_records``
-    (the smaller applies) with a draw seeded by ``train.seed``."""
+    (the smaller applies) with a draw seeded by ``train.seed``. The text warm-up's records (``text_warmup=True``)
+    skip the recipe's cap: text examples are cheap, so the warm-up reads the whole file (global cap only); the
+    tiny tokenizer is trained on them too."""
     from anomaly_ov.data.loaders import read_instruct_records
     from anomaly_ov.paths import in_workspace
 
-    limits = [n for n in (params.instruct_recipe.max_records, params.train.instruct.max_records) if n is not None]
+    caps = [params.train.instruct.max_records] + ([] if text_warmup else [params.instruct_recipe.max_records])
     records = read_instruct_records(in_workspace(Path(workspace), params.instruct.train_json))
-    return sample_records(records, min(limits, default=None), params.train.seed)
+    return sample_records(records, min([n for n in caps if n is not None], default=None), params.train.seed)
+
+
+def expert_adverbs(model: Any, processor: Any, records: Sequence[Mapping[str, Any]], workspace: Path, device: Any,
+                   batch_size: int = 32) -> dict[tuple[str, ...], list[str]]:
+    """The frozen expert's suspicious-level word ("slightly" / "moderately" / "highly") for every image of
+    ``records``, keyed by the record's image list (its images are scored together, uncropped when there are
+    several, as the visual phase sees them)."""
+    import torch
+
+    from anomaly_ov.data.loaders import load_image, record_images
+    from anomaly_ov.model.processing import adverb_for_score
+
+    groups = list(dict.fromkeys(tuple(record_images(rec)) for rec in records if record_images(rec)))
+    thresholds = tuple(model.config.suspicious_thresholds)
+    words: dict[tuple[str, ...], list[str]] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(groups), batch_size):
+            chunk = groups[start : start + batch_size]
+            images = [[load_image(p if Path(p).is_absolute() else Path(workspace) / p, f" (instruction image {p})")
+                       for p in group] for group in chunk]
+            pix = processor.preprocess_images(images)
+            scores = model.expert_forward(pix["pixel_values"].to(device), pix["image_sizes"].to(device),
+                                          pix["batch_num_images"].to(device)).scores.reshape(-1).tolist()
+            k = 0
+            for group in chunk:
+                words[group] = [adverb_for_score(s, thresholds) for s in scores[k : k + len(group)]]
+                k += len(group)
+    model.train(was_training)
+    return words
+
+
+def text_warmup_items(records: Sequence[Mapping[str, Any]], processor: Any,
+                      adverbs: Mapping[tuple[str, ...], list[str]], max_length: int) -> list[dict[str, Any]]:
+    """Text-only training examples: each conversation with its images reduced to their phrases (see
+    ``AnomalyOVProcessor.encode_text_only``); labels on the answers as in the visual phase."""
+    import torch
+
+    from anomaly_ov.data.loaders import record_images
+
+    items = []
+    for index, rec in enumerate(records):
+        words = adverbs.get(tuple(record_images(rec)), [])
+        ids, labels = processor.encode_text_only(list(rec["conversations"]), words, add_generation_prompt=False)
+        ids, labels = ids[:max_length], labels[:max_length]
+        items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "index": index})
+    return items
+
+
+def _language_only(model: Any) -> list[torch.nn.Parameter]:
+    """Freeze the trainable parameters outside the LLM (the projector, image_newline); returns them to restore."""
+    base = common.unwrap(model)
+    if hasattr(base, "base_model") and hasattr(base.base_model, "model"):  # peft wrapper
+        base = base.base_model.model
+    outside = [*base.model.multi_modal_projector.parameters(), base.model.image_newline]
+    frozen = [p for p in outside if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
+
+
+def warm_up_language(
+    model: Any,
+    items: Sequence[Mapping[str, Any]],
+    collate: Callable,
+    recipe: InstructRecipe,
+    *,
+    seed: int,
+    device: Any,
+    checkpoint_dir: Path,
+    checkpoint_every: int,
+    fingerprint: str = "",
+    bf16: bool = False,
+    max_grad_norm: float | None = 1.0,
+    progress: bool = True,
+) -> common.LoopResult:
+    """Text warm-up (``recipe.text_warmup_epochs``): the LLM alone learns the answers' language on text-only
+    conversations, before the visual phase.
+
+    Why: the tiny preset's LLM starts random, and with 500+ visual tokens per example the visual phase affords
+    too few steps to learn language (it answered "The image." to every description request). A text example is
+    a few dozen tokens, so many more conversations fit the budget. The image's phrase keeps the expert's word, so
+    the LLM also learns that "highly suspicious" goes with "Yes". A pretrained LLM needs none of this (0 epochs).
+    """
+    import contextlib
+
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    info = common.dist_info()
+    use_bf16 = bf16 and device.type == "cuda"
+    restore = _language_only(model)
+    try:
+        params = trainable_parameters(model)
+        if not params:
+            raise ValueError("the text warm-up has no trainable LLM parameter")
+        optimizer = torch.optim.AdamW(params, lr=recipe.text_warmup_lr or recipe.lr, weight_decay=recipe.weight_decay)
+        total = common.steps_per_epoch(len(items), recipe.text_warmup_batch_size,
+                                       world_size=info.world_size) * recipe.text_warmup_epochs
+        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(recipe.warmup_ratio * total), total)
+        ddp_model = common.wrap_distributed(model, device)
+
+        def step(m: Any, batch: Mapping[str, Any]) -> common.StepOutput:
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+            with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext():
+                loss = conversation_loss(m, inputs, recipe.loss_reduction)
+            return common.StepOutput(loss=loss.float(), items=int(batch["attention_mask"].sum()))
+
+        settings = common.LoopSettings(
+            epochs=recipe.text_warmup_epochs, batch_size=recipe.text_warmup_batch_size, seed=seed + 1,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm,
+            desc="stage 2 (text warm-up)", items_name="tokens", fingerprint=fingerprint, progress=progress,
+            log_prefix="text_warmup", lengths=[len(it["input_ids"]) for it in items],
+        )
+        torch.manual_seed(seed + 1)
+        return common.run_loop(ddp_model, optimizer, scheduler, items, collate, step, settings)
+    finally:
+        for p in restore:
+            p.requires_grad_(True)
 
 
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
@@ -262,6 +387,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     common.seed_everything(params.train.seed)
     train_json = in_workspace(workspace, params.instruct.train_json)
     records = training_records(params, workspace)
+    all_records = training_records(params, workspace, text_warmup=True)
     expert_dir = in_workspace(workspace, params.train.expert.output_dir)
 
     if params.is_pretrained:
@@ -271,7 +397,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     else:
         from anomaly_ov.model.tokenizer import train_tokenizer
 
-        tokenizer = train_tokenizer(conversation_texts(records), vocab_size=cfg.tokenizer_vocab_size)
+        tokenizer = train_tokenizer(conversation_texts(all_records), vocab_size=cfg.tokenizer_vocab_size)
         model = build_model(params, tokenizer=tokenizer)
         processor = processor_for(model, tokenizer)
     expert_info = load_expert_stage(model, expert_dir)
@@ -289,6 +415,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         tracking.set_tags({"lora": cfg.lora.enabled, "stage1_temperature": expert_info.get("expert", {}).get(
             "temperature")})
         tracking.log_params({"recipe": recipe.model_dump(), "lora": cfg.lora.model_dump(), "records": len(records),
+                             "text_warmup_records": len(all_records) if recipe.text_warmup_epochs else 0,
                              "trainable_parameters": n_trainable, "device": str(device),
                              "vocab_size": len(tokenizer), "num_processes": info.world_size})
     fp = common.fingerprint(
@@ -296,10 +423,20 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         common.file_signature(train_json), common.file_signature(expert_dir / "pretrained_expert.pth"),
         info.world_size,
     )
+    checkpoint_dir = in_workspace(workspace, cfg.checkpoint_dir)
+    warmup = None
+    if recipe.text_warmup_epochs:
+        adverbs = expert_adverbs(model, processor, all_records, workspace, device)
+        items = text_warmup_items(all_records, processor, adverbs, recipe.max_length)
+        warmup = warm_up_language(
+            train_model, items, collate, recipe, seed=params.train.seed, device=device,
+            checkpoint_dir=checkpoint_dir / "text_warmup", checkpoint_every=cfg.checkpoint_every, fingerprint=fp,
+            bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm,
+        )
     result = fit_instruct(
         train_model, dataset, collate, recipe, seed=params.train.seed, device=device,
-        checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
-        num_workers=cfg.num_workers, fingerprint=fp, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every, num_workers=cfg.num_workers,
+        fingerprint=fp, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm,
     )
     if cfg.lora.enabled:
         model = train_model.merge_and_unload()
@@ -316,6 +453,12 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         "trainable_parameters": n_trainable,
         "resumed_from_step": result.resumed_from_step,
     }
+    if warmup is not None:
+        summary["text_warmup"] = {
+            "records": len(all_records), "steps": warmup.step, "epochs": recipe.text_warmup_epochs,
+            **common.summarise_history(warmup), "train_seconds": round(warmup.seconds, 3),
+            "tokens_per_s": round(warmup.items_per_s, 1), "resumed_from_step": warmup.resumed_from_step,
+        }
     if info.is_main:
         samples = sample_answers(model, processor, records, workspace, device)
         out_dir = in_workspace(workspace, cfg.output_dir)
@@ -328,6 +471,8 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             "lora": cfg.lora.model_dump(), "device": str(device), "num_processes": info.world_size,
             "samples": samples, "output_dir": cfg.output_dir,
             "loss_curve": [[int(h["step"]), round(h["loss"], 5)] for h in result.history],
+            **({"text_warmup_loss_curve": [[int(h["step"]), round(h["loss"], 5)] for h in warmup.history]}
+               if warmup is not None else {}),
         })
         tracking.log_artifact(out_dir, "model")
         tracking.log_artifact(report_path)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+from anomaly_ov.model.processing import adverb_for_score
 from anomaly_ov.train import instruct as stage2
 
 from .conftest import tiny_params  # noqa: TID252
@@ -54,6 +56,69 @@ def test_stage2_lora_merges_into_a_plain_model(trained_expert_workspace: Path) -
     assert summary["steps"] == 3
     model, _ = load_pretrained(ws / "models/lora")
     assert not any("lora_" in name for name, _ in model.named_parameters())
+
+
+def _tiny_model(records: list[dict]):
+    from anomaly_ov.model.presets import build_model, processor_for
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(stage2.conversation_texts(records), vocab_size=400)
+    model = build_model(tiny_params(), tokenizer=tokenizer)
+    return model, processor_for(model, tokenizer)
+
+
+def test_expert_words_are_the_adverbs_of_the_models_own_scores(tiny_workspace: Path) -> None:
+    records = json.loads((tiny_workspace / "data/instruct/train.json").read_text())[:3]
+    model, processor = _tiny_model(records)
+    words = stage2.expert_adverbs(model, processor, records, tiny_workspace, torch.device("cpu"), batch_size=2)
+    assert list(words) == [(rec["image"],) for rec in records]
+    inputs = processor([Image.open(tiny_workspace / records[2]["image"])], records[2]["conversations"])
+    with torch.no_grad():
+        score = float(model(**inputs).anomaly_scores)
+    assert words[(records[2]["image"],)] == [adverb_for_score(score, model.config.suspicious_thresholds)]
+
+
+def test_text_warmup_trains_the_llm_and_leaves_the_projector(tiny_workspace: Path) -> None:
+    from functools import partial
+
+    from anomaly_ov.data.loaders import collate_instruct
+
+    records = json.loads((tiny_workspace / "data/instruct/train.json").read_text())
+    model, processor = _tiny_model(records)
+    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
+    words = {(rec["image"],): ["highly" if rec["label"] == "anomaly" else "slightly"] for rec in records}
+    items = stage2.text_warmup_items(records, processor, words, max_length=256)
+    assert all(processor.image_token_id not in it["input_ids"] for it in items)
+    before = stage2.frozen_snapshot(model, ["multi_modal_projector", "language_model"])
+    recipe = tiny_params("train.instruct.tiny.text_warmup_epochs=6", "train.instruct.tiny.text_warmup_batch_size=4",
+                         "train.instruct.tiny.lr=0.003").instruct_recipe
+    result = stage2.warm_up_language(model, items, partial(collate_instruct, pad_token_id=processor.pad_token_id),
+                                     recipe, seed=0, device=torch.device("cpu"),
+                                     checkpoint_dir=tiny_workspace / "ckpt", checkpoint_every=100, progress=False)
+    assert result.step == 6 * 3
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-3:]) < sum(losses[:3]), "the text loss falls"
+    after = dict(model.named_parameters())
+    projector = [n for n in before if "multi_modal_projector" in n]
+    assert projector and all(torch.equal(after[n], before[n]) for n in projector), "the projector moved"
+    assert any(not torch.equal(after[n], v) for n, v in before.items() if "language_model" in n)
+    assert all(p.requires_grad for p in model.model.multi_modal_projector.parameters()), "projector unfrozen again"
+
+
+def test_stage2_with_text_warmup_reports_both_phases_and_resumes(trained_expert_workspace: Path) -> None:
+    ws = trained_expert_workspace
+    params = tiny_params("train.instruct.tiny.text_warmup_epochs=2", "train.instruct.tiny.text_warmup_batch_size=6",
+                         "train.instruct.tiny.epochs=1", "train.instruct.output_dir=models/warm",
+                         "train.instruct.report=reports/warm.json", "train.instruct.checkpoint_dir=checkpoints/warm")
+    summary = stage2.run_train_instruct(params, ws)
+    assert summary["text_warmup"]["records"] == 12 and summary["text_warmup"]["steps"] == 2 * 2
+    assert summary["steps"] == 3
+    report = json.loads((ws / "reports/warm.json").read_text())
+    assert [s for s, _ in report["text_warmup_loss_curve"]] == [1, 2, 3, 4]
+    again = stage2.run_train_instruct(params, ws)  # both loops find their finished checkpoints
+    assert again["text_warmup"]["resumed_from_step"] == 4 and again["resumed_from_step"] == 3
+    assert again["loss_last"] == summary["loss_last"]
 
 
 def test_record_cap_is_a_seeded_draw_in_file_order() -> None:
