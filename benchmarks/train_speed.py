@@ -3,7 +3,8 @@
 * tiny preset on CPU (always): the real stage-1 step (tower + expert forward/backward + AdamW, base view only as
   the tiny recipe trains) and the real stage-2 step (processor-built batch, projector + LLM trainable, the LM head
   on the answer positions only), against a baseline stage-2 step that takes the model's own loss over every
-  position (``stage2_answer_logits_speedup``).
+  position (``stage2_answer_logits_speedup``); and the text warm-up's step on mixed-length conversations batched
+  by length against the plain shuffle (``text_warmup_length_grouping_speedup``).
 * when CUDA is available: the 0.5B-shaped model (``build_shapes_only``, random weights) in bf16 — stage 1 with the
   tower frozen (the pretrained recipe) and stage 2 on the LLM with a 2048-token sequence — with MFU
   (6 * trainable-or-forward FLOPs / peak; peak bf16 dense from ``--peak-tflops``, default 989 for H100/H200).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 
 import torch
@@ -35,10 +37,12 @@ def tiny_cpu(steps: int, batch: int) -> dict:
     from PIL import Image
 
     from anomaly_ov.config import load_params
+    from anomaly_ov.data.loaders import collate_instruct
     from anomaly_ov.model.presets import build_model, processor_for
     from anomaly_ov.model.tokenizer import train_tokenizer
+    from anomaly_ov.train import common
     from anomaly_ov.train.expert import ExpertStage, expert_loss
-    from anomaly_ov.train.instruct import conversation_loss
+    from anomaly_ov.train.instruct import conversation_loss, text_warmup_items
 
     params = load_params(None, ["tracking.enabled=false"])
     tok = train_tokenizer(())
@@ -89,10 +93,34 @@ def tiny_cpu(steps: int, batch: int) -> dict:
 
     s2 = _timed(step2, steps)
     s2_full = _timed(lambda: step2(full_logits=True), steps)
+
+    # stage 2's text warm-up: the same mixed-length conversations in the plain shuffle or grouped by length
+    rng = random.Random(0)
+    words = ["the", "fabric", "shows", "a", "small", "dark", "stain", "near", "the", "upper", "left", "corner"]
+    records = [{"image": "x.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the defect."},
+        {"from": "gpt", "value": " ".join(rng.choices(words, k=rng.choice([1, 1, 12, 20, 30, 60, 120])))}]}
+        for _ in range(batch * 8)]
+    items = text_warmup_items(records, proc, {("x.png",): ["highly"]}, max_length=1024)
+    lengths = [len(it["input_ids"]) for it in items]
+
+    def text_epoch(grouped: bool) -> None:
+        for indices in common.epoch_batches(len(items), batch, 0, 0, lengths=lengths if grouped else None):
+            b2 = collate_instruct([items[i] for i in indices], proc.pad_token_id)
+            loss = conversation_loss(model, {k: b2[k] for k in ("input_ids", "attention_mask", "labels")}, reduction)
+            opt2.zero_grad()
+            loss.backward()
+            opt2.step()
+
+    text_plain = _timed(lambda: text_epoch(False), 1)
+    text_grouped = _timed(lambda: text_epoch(True), 1)
     return {"device": "cpu", "threads": torch.get_num_threads(), "grid": g, "batch": batch,
             "stage1_images_per_s": round(batch / s1, 1), "stage2_tokens_per_s": round(tokens / s2, 1),
             "stage2_full_logits_tokens_per_s": round(tokens / s2_full, 1),
-            "stage2_answer_logits_speedup": round(s2_full / s2, 2), "stage2_tokens_per_batch": tokens}
+            "stage2_answer_logits_speedup": round(s2_full / s2, 2), "stage2_tokens_per_batch": tokens,
+            "text_warmup_tokens_per_s": round(sum(lengths) / text_grouped, 1),
+            "text_warmup_ungrouped_tokens_per_s": round(sum(lengths) / text_plain, 1),
+            "text_warmup_length_grouping_speedup": round(text_plain / text_grouped, 2)}
 
 
 def shapes_gpu(steps: int, batch: int, seq: int, peak_tflops: float) -> dict:
