@@ -121,6 +121,22 @@ def test_stage2_with_text_warmup_reports_both_phases_and_resumes(trained_expert_
     assert again["loss_last"] == summary["loss_last"]
 
 
+def test_stage2_with_text_warmup_runs_in_two_processes(trained_expert_workspace: Path) -> None:
+    """torchrun, 2 CPU processes (gloo): both loops (text warm-up, then visual) run under DDP; rank 0 saves."""
+    from anomaly_ov.model.presets import load_pretrained
+
+    ws = trained_expert_workspace
+    params = tiny_params("train.instruct.num_processes=2", "train.instruct.tiny.epochs=1",
+                         "train.instruct.output_dir=models/ddp", "train.instruct.report=reports/ddp.json",
+                         "train.instruct.checkpoint_dir=checkpoints/ddp")
+    summary = stage2.run_train_instruct(params, ws)
+    assert summary["num_processes"] == 2
+    assert summary["steps"] == 2  # 12 records, 6 per rank, batch 4
+    assert summary["text_warmup"]["steps"] == 3  # 6 per rank make 1 batch of 32 per epoch, 3 epochs
+    load_pretrained(ws / "models/ddp")
+    assert json.loads((ws / "reports/ddp.json").read_text())["num_processes"] == 2
+
+
 def test_record_cap_is_a_seeded_draw_in_file_order() -> None:
     records = [{"id": f"{cat}/{i}"} for cat in ("fabric", "wood", "metal") for i in range(20)]
     sample = stage2.sample_records(records, 12, seed=0)
