@@ -244,6 +244,9 @@ class TrainInstructParams(_Section):
     max_records: int | None = Field(
         default=None, ge=1, description="cap on training records for any recipe (quick checks), a seeded random draw; "
         "the smaller of this and the recipe's max_records applies (null = no cap)")
+    group_by_length: bool = Field(
+        default=True, description="batch records of similar length together (less padding; LLaVA's training scripts "
+        "group by length too); the order stays a seeded shuffle")
     tokenizer_vocab_size: int = Field(default=2000, ge=300, description="tiny preset: BPE vocabulary size")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (null = off)")
     checkpoint_dir: str = Field(default="checkpoints/instruct", description="resume state (not a stage output)")

@@ -189,6 +189,15 @@ def text_warmup_items(records: Sequence[Mapping[str, Any]], processor: Any,
     return items
 
 
+def text_lengths(records: Sequence[Mapping[str, Any]], processor: Any) -> list[int]:
+    """Each record's token count without its image tokens: the key of length-grouped batches (an image adds about
+    the same count to every single-image record, so the text decides how much a batch pads)."""
+    from anomaly_ov.data.loaders import record_images
+
+    return [len(processor.encode_text_only(list(rec["conversations"]), ["slightly"] * len(record_images(rec)),
+                                           add_generation_prompt=False)[0]) for rec in records]
+
+
 def _language_only(model: Any) -> list[torch.nn.Parameter]:
     """Freeze the trainable parameters outside the LLM (the projector, image_newline); returns them to restore."""
     base = common.unwrap(model)
@@ -215,6 +224,7 @@ def warm_up_language(
     bf16: bool = False,
     max_grad_norm: float | None = 1.0,
     progress: bool = True,
+    group_by_length: bool = True,
 ) -> common.LoopResult:
     """Text warm-up (``recipe.text_warmup_epochs``): the LLM alone learns the answers' language on text-only
     conversations, before the visual phase.
@@ -252,7 +262,7 @@ def warm_up_language(
             epochs=recipe.text_warmup_epochs, batch_size=recipe.text_warmup_batch_size, seed=seed + 1,
             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm,
             desc="stage 2 (text warm-up)", items_name="tokens", fingerprint=fingerprint, progress=progress,
-            log_prefix="text_warmup", lengths=[len(it["input_ids"]) for it in items],
+            log_prefix="text_warmup", lengths=[len(it["input_ids"]) for it in items] if group_by_length else None,
         )
         torch.manual_seed(seed + 1)
         return common.run_loop(ddp_model, optimizer, scheduler, items, collate, step, settings)
@@ -317,8 +327,10 @@ def fit_instruct(
     max_grad_norm: float | None = 1.0,
     progress: bool = True,
     on_step_end: common.StepHook | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> common.LoopResult:
-    """Train the parameters of ``model`` that require grad on ``dataset`` (cross-entropy on answer tokens)."""
+    """Train the parameters of ``model`` that require grad on ``dataset`` (cross-entropy on answer tokens);
+    with ``lengths`` (one per record) batches hold records of similar length (see ``common.epoch_batches``)."""
     import contextlib
 
     import torch
@@ -350,7 +362,7 @@ def fit_instruct(
         epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, grad_accum=recipe.grad_accum, max_grad_norm=max_grad_norm,
         num_workers=num_workers, desc="stage 2 (instruct)", items_name="tokens", fingerprint=fingerprint,
-        progress=progress,
+        progress=progress, lengths=lengths,
     )
     torch.manual_seed(seed)
     return common.run_loop(ddp_model, optimizer, scheduler, dataset, collate, step, settings,
@@ -431,12 +443,13 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         warmup = warm_up_language(
             train_model, items, collate, recipe, seed=params.train.seed, device=device,
             checkpoint_dir=checkpoint_dir / "text_warmup", checkpoint_every=cfg.checkpoint_every, fingerprint=fp,
-            bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm,
+            bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm, group_by_length=cfg.group_by_length,
         )
     result = fit_instruct(
         train_model, dataset, collate, recipe, seed=params.train.seed, device=device,
         checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every, num_workers=cfg.num_workers,
         fingerprint=fp, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm,
+        lengths=text_lengths(records, processor) if cfg.group_by_length else None,
     )
     if cfg.lora.enabled:
         model = train_model.merge_and_unload()

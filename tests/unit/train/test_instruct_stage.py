@@ -90,6 +90,7 @@ def test_text_warmup_trains_the_llm_and_leaves_the_projector(tiny_workspace: Pat
     words = {(rec["image"],): ["highly" if rec["label"] == "anomaly" else "slightly"] for rec in records}
     items = stage2.text_warmup_items(records, processor, words, max_length=256)
     assert all(processor.image_token_id not in it["input_ids"] for it in items)
+    assert stage2.text_lengths(records, processor) == [len(it["input_ids"]) for it in items]
     before = stage2.frozen_snapshot(model, ["multi_modal_projector", "language_model"])
     recipe = tiny_params("train.instruct.tiny.text_warmup_epochs=6", "train.instruct.tiny.text_warmup_batch_size=4",
                          "train.instruct.tiny.lr=0.003").instruct_recipe
