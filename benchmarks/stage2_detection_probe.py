@@ -4,6 +4,9 @@ Asks the detection question about (a) training-category images that stage 2 did 
 record draw as the stage) and (b) every image of the zero-shot evaluation categories, and compares each answer
 with the label and with the expert's own verdict (image score >= ``--threshold``). A model that ignores the
 expert answers the same word to every image; one that follows it agrees with the expert far above chance.
+It also asks the unseen training-category images for a description and counts how often it names the image's
+own object (the first category word it uses) and, for anomalous images, the defect type; a linear probe on the
+frozen tower's features says how much of the object the LLM could know.
 
     python benchmarks/stage2_detection_probe.py [--workspace .] [--per-label 30] [--threshold 0.5] [--threads 2]
 """
@@ -43,7 +46,7 @@ def probe(workspace: Path, per_label: int, threshold: float, seed: int = 0) -> d
     from anomaly_ov.model.predict import Predictor
     from anomaly_ov.model.presets import load_pretrained
     from anomaly_ov.paths import in_workspace
-    from anomaly_ov.train.instruct import training_records
+    from anomaly_ov.train.instruct import DESCRIBE_PROMPT, training_records
 
     params = load_params(workspace / "params.yaml")
     model_dir = in_workspace(workspace, params.train.instruct.output_dir)
@@ -69,7 +72,62 @@ def probe(workspace: Path, per_label: int, threshold: float, seed: int = 0) -> d
                                   batch_size=8)
         out[name] = _figures([p.answer or "" for p in preds], [p.score for p in preds],
                              list(rows["label"] == "anomaly"), threshold)
+    rows = sets["training_categories_unseen_by_stage2"]
+    described = predictor.predict([str(workspace / p) for p in rows["image"]], question=DESCRIBE_PROMPT, generate=True,
+                                  max_new_tokens=40, batch_size=8)
+    out["descriptions_of_unseen_training_images"] = _grounding(
+        [p.answer or "" for p in described], list(rows["category"]), list(rows["defect_type"]),
+        list(rows["label"] == "anomaly"), sorted(manifest.loc[manifest["role"] == "train", "category"].unique()))
+    out["descriptions_of_unseen_training_images"]["tower_category_linear_probe"] = _tower_probe(
+        model, processor, [workspace / p for p in rows["image"]], list(rows["category"]))
     return out
+
+
+def _tower_probe(model, processor, paths: list[Path], categories: list[str]) -> float:
+    """4-fold accuracy of a logistic regression telling the categories apart from the vision tower's mean-pooled
+    base-view features: how much of the object the frozen tower hands the LLM."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    features = []
+    with torch.no_grad():
+        for path in paths:
+            pix = processor.preprocess_images([Image.open(path).convert("RGB")])
+            tokens, _ = model.tower_features(pix["pixel_values"][0][:1])
+            features.append(tokens.mean(1)[0].float().numpy())
+    scores = cross_val_score(LogisticRegression(max_iter=2000), np.stack(features), np.asarray(categories), cv=4)
+    return round(float(scores.mean()), 3)
+
+
+def _words(name: str) -> set[str]:
+    """How an answer may spell a category or defect name ("tiles" -> "tile", "color" -> "colour")."""
+    base = str(name).lower().replace("_", " ")
+    return {base, base.removesuffix("s"), base.replace("color", "colour")}
+
+
+def _grounding(answers: list[str], categories: list[str], defects: list[str], anomalous: list[bool],
+               all_categories: list[str]) -> dict:
+    """Does a description name the image's own object (the first category it mentions) and, for an anomalous
+    image, its defect type? Chance for the object is one over the number of training categories."""
+
+    def first_named(answer: str) -> str | None:
+        hits = [(min(answer.find(w) for w in _words(c) if w in answer), c) for c in all_categories
+                if any(w in answer for w in _words(c))]
+        return min(hits)[1] if hits else None
+
+    lower = [a.lower() for a in answers]
+    named = [first_named(a) for a in lower]
+    with_defect = [any(w in a for w in _words(d)) for a, d, bad in zip(lower, defects, anomalous, strict=True) if bad]
+    return {
+        "images": len(answers),
+        "names_its_object": round(sum(n == c for n, c in zip(named, categories, strict=True)) / len(answers), 3),
+        "names_an_object": round(sum(n is not None for n in named) / len(answers), 3),
+        "object_chance": round(1 / max(len(all_categories), 1), 3),
+        "names_its_defect_type": round(sum(with_defect) / max(len(with_defect), 1), 3),
+        "examples": {("anomaly" if bad else "normal"): a for a, bad in zip(answers, anomalous, strict=True)},
+    }
 
 
 def main() -> None:
