@@ -477,8 +477,11 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         out_dir = in_workspace(workspace, cfg.output_dir)
         save_pretrained(model, processor, out_dir)
         report_path = in_workspace(workspace, cfg.report)
-        curves = common.plot_curves(result, report_path.with_name(report_path.stem + "_curves.png"),
-                                    "stage 2 (instruction tuning)")
+        curves = [common.plot_curves(result, report_path.with_name(report_path.stem + "_curves.png"),
+                                     "stage 2 (instruction tuning)")]
+        if warmup is not None:
+            warmup_png = report_path.with_name(report_path.stem + "_text_warmup_curves.png")
+            curves.append(common.plot_curves(warmup, warmup_png, "stage 2 (text warm-up)"))
         atomic_write_json(report_path, {
             **summary, "seconds": round(time.perf_counter() - started, 3), "recipe": recipe.model_dump(),
             "lora": cfg.lora.model_dump(), "device": str(device), "num_processes": info.world_size,
@@ -489,8 +492,9 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         })
         tracking.log_artifact(out_dir, "model")
         tracking.log_artifact(report_path)
-        if curves is not None:
-            tracking.log_artifact(curves)
+        for png in curves:
+            if png is not None:
+                tracking.log_artifact(png)
         summary["samples"] = {s["label"]: s["detection_answer"] for s in samples}
     common.barrier()
     return summary

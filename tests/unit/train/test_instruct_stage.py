@@ -117,6 +117,7 @@ def test_stage2_with_text_warmup_reports_both_phases_and_resumes(trained_expert_
     assert summary["steps"] == 3
     report = json.loads((ws / "reports/warm.json").read_text())
     assert [s for s, _ in report["text_warmup_loss_curve"]] == [1, 2, 3, 4]
+    assert (ws / "reports/warm_text_warmup_curves.png").exists()
     again = stage2.run_train_instruct(params, ws)  # both loops find their finished checkpoints
     assert again["text_warmup"]["resumed_from_step"] == 4 and again["resumed_from_step"] == 3
     assert again["loss_last"] == summary["loss_last"]
