@@ -234,38 +234,18 @@ def warm_up_language(
     a few dozen tokens, so many more conversations fit the budget. The image's phrase keeps the expert's word, so
     the LLM also learns that "highly suspicious" goes with "Yes". A pretrained LLM needs none of this (0 epochs).
     """
-    import contextlib
-
-    import torch
-    from transformers import get_cosine_schedule_with_warmup
-
-    info = common.dist_info()
-    use_bf16 = bf16 and device.type == "cuda"
     restore = _language_only(model)
     try:
-        params = trainable_parameters(model)
-        if not params:
-            raise ValueError("the text warm-up has no trainable LLM parameter")
-        optimizer = torch.optim.AdamW(params, lr=recipe.text_warmup_lr or recipe.lr, weight_decay=recipe.weight_decay)
-        total = common.steps_per_epoch(len(items), recipe.text_warmup_batch_size,
-                                       world_size=info.world_size) * recipe.text_warmup_epochs
-        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(recipe.warmup_ratio * total), total)
-        ddp_model = common.wrap_distributed(model, device)
-
-        def step(m: Any, batch: Mapping[str, Any]) -> common.StepOutput:
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-            with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext():
-                loss = conversation_loss(m, inputs, recipe.loss_reduction)
-            return common.StepOutput(loss=loss.float(), items=int(batch["attention_mask"].sum()))
-
-        settings = common.LoopSettings(
-            epochs=recipe.text_warmup_epochs, batch_size=recipe.text_warmup_batch_size, seed=seed + 1,
-            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm,
-            desc="stage 2 (text warm-up)", items_name="tokens", fingerprint=fingerprint, progress=progress,
-            log_prefix="text_warmup", lengths=[len(it["input_ids"]) for it in items] if group_by_length else None,
+        text_recipe = recipe.model_copy(update={
+            "epochs": recipe.text_warmup_epochs, "batch_size": recipe.text_warmup_batch_size,
+            "lr": recipe.text_warmup_lr or recipe.lr, "grad_accum": 1,
+        })
+        return fit_instruct(
+            model, items, collate, text_recipe, seed=seed + 1, device=device, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every, fingerprint=fingerprint, bf16=bf16, max_grad_norm=max_grad_norm,
+            progress=progress, lengths=[len(it["input_ids"]) for it in items] if group_by_length else None,
+            desc="stage 2 (text warm-up)", log_prefix="text_warmup",
         )
-        torch.manual_seed(seed + 1)
-        return common.run_loop(ddp_model, optimizer, scheduler, items, collate, step, settings)
     finally:
         for p in restore:
             p.requires_grad_(True)
@@ -328,6 +308,8 @@ def fit_instruct(
     progress: bool = True,
     on_step_end: common.StepHook | None = None,
     lengths: Sequence[int] | None = None,
+    desc: str = "stage 2 (instruct)",
+    log_prefix: str = "train",
 ) -> common.LoopResult:
     """Train the parameters of ``model`` that require grad on ``dataset`` (cross-entropy on answer tokens);
     with ``lengths`` (one per record) batches hold records of similar length (see ``common.epoch_batches``)."""
@@ -361,8 +343,8 @@ def fit_instruct(
     settings = common.LoopSettings(
         epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, grad_accum=recipe.grad_accum, max_grad_norm=max_grad_norm,
-        num_workers=num_workers, desc="stage 2 (instruct)", items_name="tokens", fingerprint=fingerprint,
-        progress=progress, lengths=lengths,
+        num_workers=num_workers, desc=desc, items_name="tokens", fingerprint=fingerprint, progress=progress,
+        lengths=lengths, log_prefix=log_prefix,
     )
     torch.manual_seed(seed)
     return common.run_loop(ddp_model, optimizer, scheduler, dataset, collate, step, settings,
