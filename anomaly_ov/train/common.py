@@ -114,6 +114,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_dicts(local: Mapping[Any, Any]) -> dict[Any, Any]:
+    """The union of every rank's ``local`` dict (picklable values), the same on every rank; a copy when single."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(local)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, dict(local))
+    merged: dict[Any, Any] = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
 def wrap_distributed(model: Any, device: torch.device) -> Any:
     """DistributedDataParallel around ``model`` when running under torchrun (the model itself otherwise)."""
     if not dist_info().distributed:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,13 +146,16 @@ def expert_adverbs(model: Any, processor: Any, records: Sequence[Mapping[str, An
                    batch_size: int = 32) -> dict[tuple[str, ...], list[str]]:
     """The frozen expert's suspicious-level word ("slightly" / "moderately" / "highly") for every image of
     ``records``, keyed by the record's image list (its images are scored together, uncropped when there are
-    several, as the visual phase sees them)."""
+    several, as the visual phase sees them). Under torchrun each rank scores every world-size-th image list and
+    the ranks exchange their words, so all of them return the same dict."""
     import torch
 
     from anomaly_ov.data.loaders import load_image, record_images
     from anomaly_ov.model.processing import adverb_for_score
 
+    info = common.init_distributed(device)
     groups = list(dict.fromkeys(tuple(record_images(rec)) for rec in records if record_images(rec)))
+    groups = groups[info.rank :: info.world_size]
     thresholds = tuple(model.config.suspicious_thresholds)
     words: dict[tuple[str, ...], list[str]] = {}
     was_training = model.training
@@ -169,7 +173,7 @@ def expert_adverbs(model: Any, processor: Any, records: Sequence[Mapping[str, An
                 words[group] = [adverb_for_score(s, thresholds) for s in scores[k : k + len(group)]]
                 k += len(group)
     model.train(was_training)
-    return words
+    return common.gather_dicts(words)
 
 
 def text_warmup_items(records: Sequence[Mapping[str, Any]], processor: Any,
@@ -421,6 +425,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     warmup = None
     if recipe.text_warmup_epochs:
         adverbs = expert_adverbs(model, processor, all_records, workspace, device)
+        expert_words = dict(sorted(Counter(w for ws in adverbs.values() for w in ws).items()))
         items = text_warmup_items(all_records, processor, adverbs, recipe.max_length)
         warmup = warm_up_language(
             train_model, items, collate, recipe, seed=params.train.seed, device=device,
@@ -453,6 +458,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             "records": len(all_records), "steps": warmup.step, "epochs": recipe.text_warmup_epochs,
             **common.summarise_history(warmup), "train_seconds": round(warmup.seconds, 3),
             "tokens_per_s": round(warmup.items_per_s, 1), "resumed_from_step": warmup.resumed_from_step,
+            "expert_words": expert_words,
         }
     if info.is_main:
         samples = sample_answers(model, processor, records, workspace, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,24 @@ def test_stage2_with_text_warmup_runs_in_two_processes(trained_expert_workspace:
     assert summary["text_warmup"]["steps"] == 3  # 6 per rank make 1 batch of 32 per epoch, 3 epochs
     load_pretrained(ws / "models/ddp")
     assert json.loads((ws / "reports/ddp.json").read_text())["num_processes"] == 2
+    # each rank scored half of the images for the expert's words; together they hold every image's word
+    model, processor = _stage1_model(ws)
+    records = json.loads((ws / "data/instruct/train.json").read_text())
+    single = stage2.expert_adverbs(model, processor, records, ws, torch.device("cpu"))
+    expected = Counter(w for v in single.values() for w in v)
+    assert sum(expected.values()) == len(records)  # one image per record in the tiny workspace
+    assert summary["text_warmup"]["expert_words"] == dict(sorted(expected.items()))
+
+
+def _stage1_model(ws: Path):
+    """A tiny model with the workspace's stage-1 tower and expert (the parts that score images)."""
+    from anomaly_ov.model.presets import build_model, load_expert_stage, processor_for
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(())
+    model = build_model(tiny_params(), tokenizer=tokenizer)
+    load_expert_stage(model, ws / "models/expert")
+    return model, processor_for(model, tokenizer)
 
 
 def test_record_cap_is_a_seeded_draw_in_file_order() -> None:
