@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -30,3 +31,5 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Shared helper modules that sit beside this file (e.g. ``hostile``: broken and oversized image files).
+sys.path.insert(0, str(Path(__file__).parent))

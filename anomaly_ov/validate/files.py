@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.data.images import CONVERSIONS, ImageError, to_rgb
+from anomaly_ov.data.images import open_image as _open_image
 from anomaly_ov.validate.report import Check
 
 if TYPE_CHECKING:
@@ -38,76 +40,18 @@ if TYPE_CHECKING:
 
     from anomaly_ov.config import ValidateParams
 
-#: mode -> how :func:`to_rgb` converts it (shown in the warning).
-CONVERSIONS: dict[str, str] = {
-    "CMYK": "CMYK -> RGB (PIL colour conversion)",
-    "L": "grey -> RGB (channel replicated)",
-    "1": "1-bit -> RGB",
-    "P": "palette -> RGB",
-    "PA": "palette + alpha -> RGB (alpha dropped)",
-    "RGBA": "RGBA -> RGB (alpha dropped)",
-    "LA": "grey + alpha -> RGB (alpha dropped)",
-    "I;16": "16-bit grey -> 8-bit RGB (value * 255 / 65535)",
-    "I;16B": "16-bit grey -> 8-bit RGB (value * 255 / 65535)",
-    "I;16L": "16-bit grey -> 8-bit RGB (value * 255 / 65535)",
-    "I": "32-bit integer grey -> 8-bit RGB (rescaled to the 8/16-bit range, else min-max)",
-    "F": "float grey -> 8-bit RGB ([0, 1] scaled, else min-max)",
-}
+#: Kept for callers of this module: the image helpers live in :mod:`anomaly_ov.data.images`.
+ImageReadError = ImageError
 
 
-class ImageReadError(ValueError):
-    """An image or mask file cannot be read; the message names the file and the reason."""
+def open_image(path: str | Path, max_side: int | None = None) -> Image.Image:
+    """Check the declared size, verify and fully decode an image, in its stored mode (:class:`ImageError` if not)."""
+    return _open_image(path, max_side=max_side, mode=None, verify=True)
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open, verify and fully decode an image (raises :class:`ImageReadError` naming the file)."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
-    try:
-        with Image.open(path) as probe:
-            probe.verify()  # structure and checksums; the object is unusable afterwards
-        image = Image.open(path)
-        image.load()  # decodes every pixel: truncated data fails here
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for broken files
-        raise ImageReadError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
-    return image
-
-
-def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
-    """8-bit RGB version of ``image`` and a note naming the conversion (None when it already was RGB)."""
-    import numpy as np
-    from PIL import Image
-
-    mode = image.mode
-    if mode == "RGB":
-        return image, None
-    note = CONVERSIONS.get(mode, f"{mode} -> RGB (PIL conversion)")
-    if mode.startswith("I") or mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            scaled = values * 255.0 / 65535.0
-        elif mode == "F" and values.size and values.min() >= 0 and values.max() <= 1:
-            scaled = values * 255.0
-        elif mode == "I" and values.size and values.min() >= 0 and values.max() <= 255:
-            scaled = values
-        elif mode == "I" and values.size and values.min() >= 0 and values.max() <= 65535:
-            scaled = values * 255.0 / 65535.0
-        else:
-            low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-        return grey.convert("RGB"), note
-    if mode == "P" and "transparency" in image.info:
-        return image.convert("RGBA").convert("RGB"), note
-    return image.convert("RGB"), note
-
-
-def load_rgb(path: str | Path) -> tuple[Image.Image, str | None]:
+def load_rgb(path: str | Path, max_side: int | None = None) -> tuple[Image.Image, str | None]:
     """Decode ``path`` and convert it to 8-bit RGB; returns the image and the conversion note (or None)."""
-    return to_rgb(open_image(path))
+    return to_rgb(open_image(path, max_side))
 
 
 @dataclass
