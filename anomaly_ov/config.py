@@ -44,6 +44,9 @@ class SourceParams(_Section):
     role: Role = Field(description="train = may be used for training; eval = zero-shot evaluation only")
     categories: list[str] | None = Field(default=None, description="subset of categories; null = all")
     modality: Modality = "industrial"
+    allow_external_paths: bool = Field(
+        default=False, description="accept image/mask paths that leave the dataset folder (absolute, '..' or "
+        "symlinks to outside); off by default so that an index file cannot make the pipeline read other files")
 
 
 class SyntheticParams(_Section):

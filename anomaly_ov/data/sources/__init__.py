@@ -2,7 +2,10 @@
 
 ``read_source(source, workspace)`` dispatches on ``source.format`` through :data:`READERS` (format ->
 ``"module:function"``, imported lazily). Every reader has the same signature as ``read_source`` and returns a
-manifest built with :func:`anomaly_ov.data.manifest.from_rows`. Layout problems raise :class:`LayoutError`.
+manifest built with :func:`anomaly_ov.data.manifest.from_rows`. Layout problems raise :class:`LayoutError`;
+per-file problems (unusable image, missing or orphan mask, a path out of the dataset, a non-UTF-8 name) are
+:class:`Issue` s: ``read_source(..., issues=[])`` collects them all and returns the usable rows, without
+``issues`` it raises one :class:`LayoutError` listing every one of them.
 
 Formats and what they accept (details in each module's docstring):
 
@@ -20,14 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anomaly_ov.data.sources._common import LayoutError
+from anomaly_ov.data.sources._common import ISSUE_CHECKS, Issue, LayoutError, collecting
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from anomaly_ov.config import SourceParams
 
-__all__ = ["LayoutError", "READERS", "reader_for", "read_source"]
+__all__ = ["ISSUE_CHECKS", "Issue", "LayoutError", "READERS", "describe_issues", "reader_for", "read_source"]
 
 #: source format -> "module:function"; the function has the signature of :func:`read_source`.
 READERS: dict[str, str] = {
@@ -58,6 +61,33 @@ def reader_for(fmt: str) -> Callable[[SourceParams, Path], pd.DataFrame]:
     return getattr(module, func_name)
 
 
-def read_source(source: SourceParams, workspace: Path) -> pd.DataFrame:
-    """Read one dataset described in params.yaml (``data.sources[i]``) into a manifest DataFrame."""
-    return reader_for(source.format)(source, Path(workspace))
+def read_source(source: SourceParams, workspace: Path, issues: list[Issue] | None = None) -> pd.DataFrame:
+    """Read one dataset described in params.yaml (``data.sources[i]``) into a manifest DataFrame.
+
+    Every per-file :class:`Issue` is appended to ``issues`` (the rows concerned are left out); when ``issues``
+    is None and there is any, one :class:`LayoutError` lists them all.
+    """
+    from anomaly_ov.paths import in_workspace
+
+    path = in_workspace(workspace, source.path)
+    root = path.parent if path.suffix.lower() == ".json" else path  # meta_json accepts the file itself
+    with collecting(root, source.allow_external_paths) as found:
+        try:
+            frame = reader_for(source.format)(source, Path(workspace))
+        except LayoutError as exc:  # e.g. every image of a category was unusable: keep the per-file reasons
+            exc.issues = [*getattr(exc, "issues", []), *found.issues]
+            if found.issues and issues is None:
+                raise LayoutError(f"{exc}\n{describe_issues(found.issues)}") from None
+            raise
+    if issues is not None:
+        issues.extend(found.issues)
+    elif found.issues:
+        raise LayoutError(f"source {source.name!r} ({source.format} at {source.path}): " + describe_issues(found.issues))
+    return frame
+
+
+def describe_issues(issues: list[Issue], limit: int = 50) -> str:
+    """All issues as one message: a count, then one line per file with its reason (at most ``limit``)."""
+    lines = [f"- {i.file}: {i.reason}" for i in issues[:limit]]
+    more = [f"- ... and {len(issues) - limit} more"] if len(issues) > limit else []
+    return f"{len(issues)} unusable file(s) or row(s):\n" + "\n".join(lines + more)

@@ -105,7 +105,10 @@ def _read_category(root: Path, category: str, source: SourceParams, stored_root:
                     if mask is None:
                         expected = folder / "label" / path.name
                         raise LayoutError(f"{path}: abnormal image without a mask; expected {expected}")
-                width, height = image_size(path)
+                size = image_size(path)
+                if size is None:  # an issue was recorded
+                    continue
+                width, height = size
                 rows.append(ManifestRow(
                     image_path=rel(path, root), root=stored_root, mask_path=rel(mask, root) if mask else "",
                     source=source.name, category=category, split=split, role=source.role,

@@ -25,6 +25,7 @@ from anomaly_ov.data.sources._common import (
     LayoutError,
     file_row,
     is_image,
+    issue,
     list_images,
     require_dir,
     select_categories,
@@ -95,10 +96,11 @@ def _read_split(
             mask = masks.pop(image.stem, None)
             if defect == NORMAL_DEFECT and mask is not None:
                 raise LayoutError(f"{mask}: mask for a normal ('{NORMAL_DEFECT}') image; remove it or move the image")
-            rows.append(file_row(source, root, stored_root, image, mask, category, split, defect))
-        if masks:
-            orphan = sorted(masks.values())[0]
-            raise LayoutError(f"{orphan}: mask has no image in {defect_dir} ({len(masks)} orphan mask(s))")
+            row = file_row(source, root, stored_root, image, mask, category, split, defect)
+            if row is not None:  # else an issue was recorded
+                rows.append(row)
+        for orphan in sorted(masks.values()):
+            issue("mask_has_image", orphan, f"mask has no image in {defect_dir} ({len(masks)} orphan mask(s))")
     if mask_tree.is_dir():
         for defect_masks in subdirs(mask_tree):
             if not (folder / defect_masks.name).is_dir() and list_images(defect_masks):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.data.manifest import NORMAL_DEFECT, ManifestRow, from_rows, relative_root
-from anomaly_ov.data.sources._common import LayoutError, image_size, select_categories
+from anomaly_ov.data.sources._common import LayoutError, contained, image_size, issue, select_categories
 from anomaly_ov.paths import in_workspace
 
 if TYPE_CHECKING:
@@ -42,6 +42,9 @@ def load_meta(path: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
         raise LayoutError(f"{path}: meta.json not found; expected layout: {LAYOUT}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LayoutError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start}); save meta.json as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise LayoutError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if not isinstance(meta, dict) or not meta:
@@ -77,50 +80,78 @@ def read_meta_json(source: SourceParams, workspace: Path) -> pd.DataFrame:
             if cls not in wanted:
                 continue
             for index, item in enumerate(items):
-                where = f"{meta_path}: [{split!r}][{cls!r}][{index}]"
-                rows.append(_row(item, where, root, stored_root, split, cls, source))
-                previous = seen.setdefault(rows[-1].image_path, where)
+                where = f"[{split!r}][{cls!r}][{index}]"
+                row = _row(item, f"{meta_path}: {where}", root, stored_root, split, cls, source)
+                if row is None:  # an issue was recorded
+                    continue
+                previous = seen.setdefault(row.image_path, where)
                 if previous != where:
-                    raise LayoutError(f"{where}: image {rows[-1].image_path!r} already listed at {previous}")
+                    issue("index_rows_valid", meta_path, f"{where}: image {row.image_path!r} already listed at "
+                          f"{previous}")
+                    continue
+                rows.append(row)
     counts = {c: 0 for c in wanted}
     for row in rows:
         counts[row.category] += 1
     empty = sorted(c for c, n in counts.items() if n == 0)
     if empty:
-        raise LayoutError(f"{meta_path}: class(es) {empty} have no items")
+        raise LayoutError(f"{meta_path}: class(es) {empty} have no usable items")
     return from_rows(rows)
+
+
+def _item_problem(item: Any, cls: str) -> str:
+    """What is wrong with one item's keys and values ("" when nothing)."""
+    if not isinstance(item, dict):
+        return f"each item must be an object with keys {list(ITEM_KEYS)}"
+    missing = [k for k in ("img_path", "anomaly") if k not in item]
+    if missing:
+        return f"missing key(s) {missing}; items need {list(ITEM_KEYS)}"
+    anomaly = item["anomaly"]
+    if isinstance(anomaly, str) or anomaly not in (0, 1):
+        return f"'anomaly' must be 0 or 1, got {anomaly!r}"
+    if item.get("cls_name") not in (None, "", cls):
+        return f"cls_name {item['cls_name']!r} differs from its class key {cls!r}"
+    if not isinstance(item["img_path"], str) or not item["img_path"]:
+        return f"'img_path' must be a non-empty string, got {item['img_path']!r}"
+    if not isinstance(item.get("mask_path") or "", str):
+        return f"'mask_path' must be a string, got {item['mask_path']!r}"
+    if not anomaly and item.get("mask_path"):
+        return f"normal item (anomaly 0) must have an empty mask_path, got {item['mask_path']!r}"
+    return ""
 
 
 def _row(
     item: Any, where: str, root: Path, stored_root: str, split: str, cls: str, source: SourceParams
-) -> ManifestRow:
-    if not isinstance(item, dict):
-        raise LayoutError(f"{where}: each item must be an object with keys {list(ITEM_KEYS)}")
-    missing = [k for k in ("img_path", "anomaly") if k not in item]
-    if missing:
-        raise LayoutError(f"{where}: missing key(s) {missing}; items need {list(ITEM_KEYS)}")
+) -> ManifestRow | None:
+    """The item's manifest row, or None after recording why it is unusable."""
+    problem = _item_problem(item, cls)
+    if problem:
+        issue("index_rows_valid", where.split(": ")[0], f"{where.split(': ', 1)[1]}: {problem}")
+        return None
     anomaly = item["anomaly"]
-    if isinstance(anomaly, str) or anomaly not in (0, 1):
-        raise LayoutError(f"{where}: 'anomaly' must be 0 or 1, got {anomaly!r}")
-    if item.get("cls_name") not in (None, "", cls):
-        raise LayoutError(f"{where}: cls_name {item['cls_name']!r} differs from its class key {cls!r}")
-    image_rel = str(item["img_path"] or "")
-    if not image_rel:
-        raise LayoutError(f"{where}: empty 'img_path'")
-    image = root / image_rel
+    image_rel = item["img_path"]
+    image = contained(root, image_rel, where)
+    if image is None:
+        return None
     if not image.is_file():
-        raise LayoutError(f"{where}: image {image_rel!r} not found at {image}")
+        issue("image_opens", image, f"{where}: image {image_rel!r} not found at {image}")
+        return None
     mask_rel = str(item.get("mask_path") or "")
     specie = str(item.get("specie_name") or "")
+    defect = NORMAL_DEFECT
     if anomaly:
         defect = specie if specie and specie != NORMAL_DEFECT else "anomaly"
-        if mask_rel and not (root / mask_rel).is_file():
-            raise LayoutError(f"{where}: mask {mask_rel!r} not found at {root / mask_rel}")
-    else:
         if mask_rel:
-            raise LayoutError(f"{where}: normal item (anomaly 0) must have an empty mask_path, got {mask_rel!r}")
-        defect = NORMAL_DEFECT
-    width, height = image_size(image)
+            mask = contained(root, mask_rel, where)
+            if mask is None:
+                return None
+            if not mask.is_file():
+                issue("mask_present", mask, f"{where}: mask {mask_rel!r} not found at {mask}")
+                return None
+    size = image_size(image, where)
+    if size is None:
+        return None
+    width, height = size
     return ManifestRow(
         image_path=Path(image_rel).as_posix(),
         root=stored_root,

@@ -21,6 +21,7 @@ from anomaly_ov.data.manifest import NORMAL_DEFECT, ManifestRow, from_rows, rela
 from anomaly_ov.data.sources._common import (
     LayoutError,
     file_row,
+    issue,
     list_images,
     require_dir,
     select_categories,
@@ -59,7 +60,9 @@ def _read_category(root: Path, category: str, source: SourceParams, stored_root:
     rows: list[ManifestRow] = []
 
     def add(path: Path, split: str, defect: str, mask: Path | None) -> None:
-        rows.append(file_row(source, root, stored_root, path, mask, category, split, defect))
+        row = file_row(source, root, stored_root, path, mask, category, split, defect)
+        if row is not None:  # else an issue was recorded
+            rows.append(row)
 
     for folder in subdirs(cdir / "train"):
         if folder.name != NORMAL_DEFECT:
@@ -82,20 +85,18 @@ def _read_category(root: Path, category: str, source: SourceParams, stored_root:
         for path in images:
             mask = masks.pop(path.stem, None)
             if mask is None:
-                raise LayoutError(
-                    f"{path}: anomalous test image has no mask; expected {gt_dir / defect / (path.stem + '_mask.png')}"
-                    f" (layout: {LAYOUT})"
-                )
+                issue("mask_present", path, f"anomalous test image has no mask; expected "
+                      f"{gt_dir / defect / (path.stem + '_mask.png')} (layout: {LAYOUT})")
+                continue
             add(path, "test", defect, mask)
-        if masks:
-            orphan = sorted(masks.values())[0]
-            raise LayoutError(
-                f"{orphan}: mask has no image; expected {folder}/{_mask_stem(orphan)}.png "
-                f"({len(masks)} orphan mask(s) for defect {defect!r})"
-            )
+        for orphan in sorted(masks.values()):
+            issue("mask_has_image", orphan, f"mask has no image; expected {folder}/{_mask_stem(orphan)}.png "
+                  f"({len(masks)} orphan mask(s) for defect {defect!r})")
     for folder in subdirs(gt_dir):
-        if folder.name != NORMAL_DEFECT and not (cdir / "test" / folder.name).is_dir() and list_images(folder):
-            raise LayoutError(f"{folder}: masks for defect {folder.name!r} but no folder {cdir / 'test' / folder.name}")
+        if folder.name != NORMAL_DEFECT and not (cdir / "test" / folder.name).is_dir():
+            for orphan in list_images(folder):
+                issue("mask_has_image", orphan, f"masks for defect {folder.name!r} but no folder "
+                      f"{cdir / 'test' / folder.name}")
     if not rows:
         raise LayoutError(f"{cdir}: category {category!r} has no images; expected layout: {LAYOUT}")
     return rows

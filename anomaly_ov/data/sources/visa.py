@@ -16,11 +16,20 @@ Errors name the CSV line (the header is line 1).
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anomaly_ov.data.manifest import NORMAL_DEFECT, ManifestRow, from_rows, relative_root
-from anomaly_ov.data.sources._common import LayoutError, image_size, require_dir, select_categories
+from anomaly_ov.data.sources._common import (
+    LayoutError,
+    contained,
+    image_size,
+    issue,
+    require_dir,
+    select_categories,
+)
 from anomaly_ov.paths import in_workspace
 
 if TYPE_CHECKING:
@@ -43,7 +52,7 @@ def read_split_csv(root: Path) -> list[tuple[int, dict[str, str]]]:
     path = root / SPLIT_CSV
     if not path.is_file():
         raise LayoutError(f"{path}: split file not found; expected layout: {LAYOUT}")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with _text_errors(path), path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -56,6 +65,18 @@ def read_split_csv(root: Path) -> list[tuple[int, dict[str, str]]]:
     if not rows:
         raise LayoutError(f"{path}: no rows; expected one row per image ({LAYOUT})")
     return rows
+
+
+@contextmanager
+def _text_errors(path: Path) -> Iterator[None]:
+    """A CSV that is not UTF-8 text, or that the csv module cannot parse, is a :class:`LayoutError` naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise LayoutError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start}); save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise LayoutError(f"{path}: not a readable CSV file ({exc})") from None
 
 
 def read_visa(source: SourceParams, workspace: Path) -> pd.DataFrame:
@@ -72,34 +93,37 @@ def read_visa(source: SourceParams, workspace: Path) -> pd.DataFrame:
     for line, row in lines:
         where = f"{csv_path}, line {line}"
         if not row["object"]:
-            raise LayoutError(f"{where}: empty 'object' column")
+            issue("index_rows_valid", csv_path, f"line {line}: empty 'object' column")
+            continue
         if row["object"] not in wanted:
             continue
-        if row["split"] not in ("train", "test"):
-            raise LayoutError(f"{where}: split {row['split']!r} must be 'train' or 'test'")
-        if row["label"] not in ("normal", "anomaly"):
-            raise LayoutError(f"{where}: label {row['label']!r} must be 'normal' or 'anomaly'")
-        if not row["image"]:
-            raise LayoutError(f"{where}: empty 'image' column")
-        if row["image"] in seen:
-            raise LayoutError(f"{where}: image {row['image']!r} already listed on line {seen[row['image']]}")
+        problem = _row_problem(row, seen)
+        if problem:
+            issue("index_rows_valid", csv_path, f"line {line}: {problem}")
+            continue
         seen[row["image"]] = line
-        image = root / row["image"]
+        image = contained(root, row["image"], f"line {line}")
+        if image is None:
+            continue
         if not image.is_file():
-            raise LayoutError(f"{where}: image {row['image']!r} not found at {image}")
+            issue("image_opens", image, f"{where}: image {row['image']!r} not found at {image}")
+            continue
         mask_path = ""
         if row["label"] == "anomaly":
-            if not row["mask"]:
-                raise LayoutError(f"{where}: anomalous image {row['image']!r} has an empty 'mask' column")
-            if not (root / row["mask"]).is_file():
-                raise LayoutError(f"{where}: mask {row['mask']!r} not found at {root / row['mask']}")
+            mask = contained(root, row["mask"], f"line {line}")
+            if mask is None:
+                continue
+            if not mask.is_file():
+                issue("mask_present", mask, f"{where}: mask {row['mask']!r} not found at {mask}")
+                continue
             mask_path = Path(row["mask"]).as_posix()
             defect = annotations[row["object"]].get(Path(row["image"]).as_posix(), GENERIC_DEFECT)
         else:
-            if row["mask"]:
-                raise LayoutError(f"{where}: normal image {row['image']!r} must have an empty 'mask' column")
             defect = NORMAL_DEFECT
-        width, height = image_size(image)
+        size = image_size(image, where)
+        if size is None:
+            continue
+        width, height = size
         rows.append(
             ManifestRow(
                 image_path=Path(row["image"]).as_posix(),
@@ -121,8 +145,25 @@ def read_visa(source: SourceParams, workspace: Path) -> pd.DataFrame:
         counts[r.category] += 1
     empty = [c for c, n in counts.items() if n == 0]
     if empty:
-        raise LayoutError(f"{csv_path}: categor{'y' if len(empty) == 1 else 'ies'} {empty} have no rows")
+        raise LayoutError(f"{csv_path}: categor{'y' if len(empty) == 1 else 'ies'} {empty} have no usable rows")
     return from_rows(rows)
+
+
+def _row_problem(row: dict[str, str], seen: dict[str, int]) -> str:
+    """What is wrong with one split-csv row's values ("" when nothing)."""
+    if row["split"] not in ("train", "test"):
+        return f"split {row['split']!r} must be 'train' or 'test'"
+    if row["label"] not in ("normal", "anomaly"):
+        return f"label {row['label']!r} must be 'normal' or 'anomaly'"
+    if not row["image"]:
+        return "empty 'image' column"
+    if row["image"] in seen:
+        return f"image {row['image']!r} already listed on line {seen[row['image']]}"
+    if row["label"] == "anomaly" and not row["mask"]:
+        return f"anomalous image {row['image']!r} has an empty 'mask' column"
+    if row["label"] == "normal" and row["mask"]:
+        return f"normal image {row['image']!r} must have an empty 'mask' column"
+    return ""
 
 
 def _defect_labels(root: Path, category: str) -> dict[str, str]:
@@ -130,7 +171,7 @@ def _defect_labels(root: Path, category: str) -> dict[str, str]:
     path = root / category / "image_anno.csv"
     if not path.is_file():
         return {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with _text_errors(path), path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"image", "label"} <= {h.strip() for h in reader.fieldnames}:
             raise LayoutError(f"{path}: expected columns image,label[,mask]; found {reader.fieldnames}")

@@ -93,5 +93,5 @@ def test_empty_category_missing_root_and_bad_train_folder(tmp_path, image, sourc
 def test_unreadable_image_is_reported(tmp_path, image, source):
     cdir = make_mvtec(tmp_path / "m", image)
     (cdir / "train" / "good" / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(LayoutError, match=r"bad.png: not a readable image"):
+    with pytest.raises(LayoutError, match=r"bad.png: not an image"):
         read_source(source("mvtec", "m"), tmp_path)
