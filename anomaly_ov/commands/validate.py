@@ -3,7 +3,9 @@
 Reads the dataset with the reader of its format, runs every table and file check of the `validate` stage,
 writes the JSON report (and the Markdown one beside it), prints a short summary and exits with
 0 (no critical failure), 1 (critical failures; see the report) or 2 (the dataset or the params are unusable:
-wrong layout, unknown format, bad params).
+wrong layout, unknown format, bad params). Every file the reader cannot use (not an image, too large, a
+missing or orphan mask, a path out of the dataset, a non-UTF-8 name) is a finding: one bad file never hides
+the others, and the report is written whenever the dataset folder could be looked at (also for exit code 2).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def validate_dataset(
     ] = None,
     modality: Annotated[str, typer.Option(help="industrial | medical | 3d")] = "industrial",
     files: Annotated[bool, typer.Option("--files/--no-files", help="open and check every image and mask")] = True,
+    allow_external: Annotated[
+        bool, typer.Option("--allow-external-paths", help="accept paths that leave the dataset folder")
+    ] = False,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
@@ -51,21 +56,39 @@ def validate_dataset(
     try:
         source = SourceParams(
             name=name or root.resolve().name, format=fmt, path=str(root), role=role,
-            categories=categories or None, modality=modality,
+            categories=categories or None, modality=modality, allow_external_paths=allow_external,
         )
     except ValidationError as exc:
         problems = "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())
         _fail(f"invalid option(s): {problems}", 2)
-    try:
-        frame = read_source(source, workspace)
-    except (LayoutError, FileNotFoundError, NotADirectoryError) as exc:
-        _fail(f"{path}: cannot read as {fmt!r}: {exc}", 2)
-    result = validate_manifest(frame, params, workspace, sources=[source], subject=str(path), check_files=files)
+    issues: list = []
     md_path = report.with_suffix(".md")
+    try:
+        frame = read_source(source, workspace, issues)
+    except (LayoutError, OSError) as exc:
+        result = _layout_report(f"{path}: cannot read as {fmt!r}: {exc}", [*issues, *getattr(exc, "issues", [])],
+                                params, str(path))
+        write_report(result, report, md_path)
+        _print_summary(result, report, md_path)
+        _fail(f"{path}: cannot read as {fmt!r}: {exc}", 2)
+    result = validate_manifest(
+        frame, params, workspace, sources=[source], subject=str(path), check_files=files, issues=issues
+    )
     write_report(result, report, md_path)
     _print_summary(result, report, md_path)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _layout_report(message: str, issues: list, params, subject: str):
+    """The report of a dataset whose layout could not be read: one critical ``dataset_layout`` finding plus the
+    per-file issues found before the reader stopped."""
+    from anomaly_ov.validate.files import issue_checks
+    from anomaly_ov.validate.report import Check, ValidationReport
+
+    layout = Check("dataset_layout", "critical", False, message, [{"file": subject}], 1, origin="reader")
+    checks = [layout, *issue_checks(issues, params.validation.max_failing_examples)]
+    return ValidationReport.build(checks, subject=subject, rows=0)
 
 
 def _print_summary(report, json_path: Path, md_path: Path) -> None:

@@ -24,14 +24,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_ov.data.images import CONVERSIONS, ImageError, to_rgb
+from anomaly_ov.data.images import CONVERSIONS, ImageError, ImageTooLarge, to_rgb
 from anomaly_ov.data.images import open_image as _open_image
+from anomaly_ov.data.sources._common import ISSUE_CHECKS, Issue
 from anomaly_ov.validate.report import Check
 
 if TYPE_CHECKING:
@@ -101,19 +102,22 @@ class RowResult:
     mask_file: str = ""
     mask_error: str | None = None
     mask: MaskStats | None = None
+    too_large: str | None = None  #: why the image was refused from its header (never decoded)
 
 
-def inspect_row(task: dict[str, Any], hash_pixels: bool = True) -> RowResult:
+def inspect_row(task: dict[str, Any], hash_pixels: bool = True, max_side: int | None = None) -> RowResult:
     """Open the row's image (and mask); every problem is recorded on the result, nothing is raised."""
     result = RowResult(task["row"], task["file"], task["label"], task["role"], task["manifest_size"])
     try:
-        image = open_image(task["file"])
+        image = open_image(task["file"], max_side)
         result.mode, result.size = image.mode, image.size
         if hash_pixels:
             digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
             digest.update(image.tobytes())
             result.digest = digest.hexdigest()
         _, result.conversion = to_rgb(image)
+    except ImageTooLarge as exc:
+        result.too_large, result.size = exc.reason, exc.size
     except ImageReadError as exc:
         result.error = str(exc)
     except Exception as exc:  # a conversion failure is a finding too
@@ -121,7 +125,7 @@ def inspect_row(task: dict[str, Any], hash_pixels: bool = True) -> RowResult:
     if task.get("mask"):
         result.mask_file = task["mask"]
         try:
-            result.mask = mask_stats(open_image(task["mask"]))
+            result.mask = mask_stats(open_image(task["mask"], max_side))
         except ImageReadError as exc:
             result.mask_error = str(exc)
         except Exception as exc:
@@ -129,7 +133,36 @@ def inspect_row(task: dict[str, Any], hash_pixels: bool = True) -> RowResult:
     return result
 
 
-def _tasks(frame: pd.DataFrame, workspace: Path) -> list[dict[str, Any]]:
+def outside_paths(
+    frame: pd.DataFrame, workspace: str | Path = ".", allow_external: Collection[str] = ()
+) -> tuple[list[Issue], set[int]]:
+    """Rows whose image or mask path leaves its ``root`` (absolute, ``..``, a symlink out), as ``path_inside_dataset``
+    issues, and their positions; rows of the sources named in ``allow_external`` are accepted."""
+    from anomaly_ov.paths import OutsideRootError, inside_root
+
+    issues: list[Issue] = []
+    rows: set[int] = set()
+    if not {"image_path", "root"} <= set(frame.columns):
+        return issues, rows
+    for position, row in enumerate(frame.to_dict("records")):
+        root = row.get("root")
+        if not isinstance(root, str) or not root or str(row.get("source", "")) in allow_external:
+            continue
+        base = Path(root) if Path(root).is_absolute() else Path(workspace) / root
+        for column in ("image_path", "mask_path"):
+            value = row.get(column)
+            if not isinstance(value, str) or not value:
+                continue
+            try:
+                inside_root(base, value)
+            except OutsideRootError as exc:
+                where = f"manifest row {position}, {column}"
+                issues.append(Issue("path_inside_dataset", exc.path, f"{where}: {exc.reason}"))
+                rows.add(position)
+    return issues, rows
+
+
+def _tasks(frame: pd.DataFrame, workspace: Path, skip: Collection[int] = ()) -> list[dict[str, Any]]:
     """One task per row: absolute-or-workspace image/mask paths plus what the checks compare against."""
     tasks = []
     columns = set(frame.columns)
@@ -137,6 +170,8 @@ def _tasks(frame: pd.DataFrame, workspace: Path) -> list[dict[str, Any]]:
         image_path, root = row.get("image_path"), row.get("root")
         if not isinstance(image_path, str) or not image_path or not isinstance(root, str) or not root:
             continue  # null/empty paths are table findings (not_null / not_empty); nothing to open
+        if position in skip:
+            continue  # a path out of the dataset: reported, never opened
         base = Path(root) if Path(root).is_absolute() else workspace / root
         mask_path = row.get("mask_path") if "mask_path" in columns else ""
         tasks.append({
@@ -158,23 +193,40 @@ def _int(value: Any) -> int:
 
 
 def inspect_files(
-    frame: pd.DataFrame, workspace: str | Path = ".", *, hash_pixels: bool = True, workers: int | None = None
+    frame: pd.DataFrame, workspace: str | Path = ".", *, hash_pixels: bool = True, workers: int | None = None,
+    max_side: int | None = None, skip: Collection[int] = (),
 ) -> list[RowResult]:
-    """Inspect every row's files with a thread pool (PIL decodes outside the GIL); results in row order."""
-    tasks = _tasks(frame, Path(workspace))
+    """Inspect every row's files with a thread pool (PIL decodes outside the GIL); results in row order.
+
+    Images whose header declares a side above ``max_side`` are refused before decoding; rows in ``skip`` are
+    not opened."""
+    tasks = _tasks(frame, Path(workspace), skip)
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
     if len(tasks) < 8 or workers == 1:
-        return [inspect_row(t, hash_pixels) for t in tasks]
+        return [inspect_row(t, hash_pixels, max_side) for t in tasks]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate-files") as pool:
-        return list(pool.map(lambda t: inspect_row(t, hash_pixels), tasks, chunksize=16))
+        return list(pool.map(lambda t: inspect_row(t, hash_pixels, max_side), tasks, chunksize=16))
 
 
 def file_checks(
-    frame: pd.DataFrame, settings: ValidateParams, workspace: str | Path = "."
+    frame: pd.DataFrame, settings: ValidateParams, workspace: str | Path = ".", skip: Collection[int] = ()
 ) -> tuple[list[Check], list[str], int]:
     """All per-file checks; returns (checks, notes for the report, number of rows whose files were opened)."""
-    results = inspect_files(frame, workspace, hash_pixels=settings.check_duplicates)
+    results = inspect_files(frame, workspace, hash_pixels=settings.check_duplicates,
+                            max_side=settings.max_image_side, skip=skip)
     return checks_from_results(results, settings), conversion_notes(results), len(results)
+
+
+def issue_checks(issues: Sequence[Issue], cap: int) -> list[Check]:
+    """One critical check per kind of per-file issue found while reading the dataset (passed when none)."""
+    checks = []
+    for name, (what, todo, ok) in ISSUE_CHECKS.items():
+        failing = [{"file": i.file, "reason": i.reason} for i in issues if i.check == name]
+        checks.append(Check.from_failures(
+            name, "critical", failing, max_examples=cap, origin="reader",
+            ok_message=ok, fail_message="{n} " + what + ": {examples}; " + todo,
+        ))
+    return checks
 
 
 def conversion_notes(results: Sequence[RowResult]) -> list[str]:
@@ -186,16 +238,18 @@ def conversion_notes(results: Sequence[RowResult]) -> list[str]:
 def checks_from_results(results: Sequence[RowResult], settings: ValidateParams) -> list[Check]:
     """Turn the per-row measurements into the file :class:`Check` list."""
     cap, lo, hi = settings.max_failing_examples, settings.min_image_side, settings.max_image_side
-    readable = [r for r in results if r.error is None]
+    readable = [r for r in results if r.error is None and r.too_large is None]
 
     def at(r: RowResult, mask: str | None = None, **extra: Any) -> dict[str, Any]:
         return ({"mask": mask} if mask else {}) | {"file": r.file, "row": r.row, **extra}
 
     unreadable = [at(r, error=r.error) for r in results if r.error]
+    refused = [at(r, **({"width": r.size[0], "height": r.size[1]} if r.size else {}), reason=r.too_large)
+               for r in results if r.too_large]
     converted = [at(r, mode=r.mode, conversion=r.conversion) for r in readable if r.conversion]
     modes = Counter(item["mode"] for item in converted)
     out_of_bounds = [at(r, width=r.size[0], height=r.size[1]) for r in readable
-                     if not (lo <= min(r.size) and max(r.size) <= hi)]
+                     if r.size is not None and not (lo <= min(r.size) and max(r.size) <= hi)] + refused
     stale = [at(r, manifest=list(r.manifest_size), decoded=list(r.size)) for r in readable
              if all(r.manifest_size) and tuple(r.manifest_size) != tuple(r.size)]
     with_mask = [r for r in results if r.mask_file]
@@ -224,7 +278,8 @@ def checks_from_results(results: Sequence[RowResult], settings: ValidateParams) 
             "decoded_size_in_bounds", "critical", out_of_bounds, max_examples=cap, origin="files",
             ok_message=f"every decoded image side is within [{lo}, {hi}] px",
             fail_message=f"{{n}} image(s) have a side outside [{lo}, {hi}] px "
-            "(validate.min_image_side/max_image_side): {examples}",
+            "(validate.min_image_side/max_image_side; images declaring more are refused from their header, "
+            "never decoded): {examples}",
         ),
         Check.from_failures(
             "manifest_size_matches", "warning", stale, max_examples=cap, origin="files",

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from anomaly_ov.config import Params, SourceParams
+    from anomaly_ov.data.sources import Issue
 
 
 def validate_manifest(
@@ -28,24 +29,30 @@ def validate_manifest(
     sources: Sequence[SourceParams] | None = None,
     subject: str = "",
     check_files: bool | None = None,
+    issues: Sequence[Issue] = (),
 ) -> ValidationReport:
     """Run the table checks and (when ``validate.check_files``) the per-file checks over ``frame``.
 
     ``sources`` are the declared datasets whose presence is checked (default: ``params.data.sources``);
-    ``check_files`` overrides ``params.validation.check_files``.
+    ``check_files`` overrides ``params.validation.check_files``. ``issues`` are the per-file problems the
+    reader found (``read_source(..., issues=[])``); they and the manifest's paths that leave their dataset
+    (unless the source sets ``allow_external_paths``) become critical findings.
     """
-    from anomaly_ov.validate.files import file_checks
+    from anomaly_ov.validate.files import file_checks, issue_checks, outside_paths
     from anomaly_ov.validate.table import table_checks
 
     started = time.perf_counter()
     settings = params.validation
     declared = params.data.sources if sources is None else sources
     checks = table_checks(frame, settings, declared)
+    allowed = {s.name for s in declared if s.allow_external_paths}
+    outside, outside_rows = outside_paths(frame, workspace, allowed)
+    checks += issue_checks([*issues, *outside], settings.max_failing_examples)
     notes: list[str] = []
     files_checked = 0
     do_files = settings.check_files if check_files is None else check_files
     if do_files and {"image_path", "root"} <= set(frame.columns):
-        more, notes, files_checked = file_checks(frame, settings, workspace)
+        more, notes, files_checked = file_checks(frame, settings, workspace, skip=outside_rows)
         checks += more
     return ValidationReport.build(
         checks,

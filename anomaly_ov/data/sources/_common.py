@@ -37,16 +37,21 @@ class LayoutError(ValueError):
     """A dataset on disk does not follow the layout its reader expects; the message names the path and layout."""
 
 
-#: check name -> (what failing means, what to do); every one is critical (see ``anomaly_ov.validate``).
-ISSUE_CHECKS: dict[str, tuple[str, str]] = {
+#: check name -> (what failing means, what to do, what passing means); all critical (see ``anomaly_ov.validate``).
+ISSUE_CHECKS: dict[str, tuple[str, str, str]] = {
     "image_opens": ("image(s) cannot be opened as images within the size limits (missing, not an image, "
-                    "corrupt header, or too large)", "replace or remove them, or raise validate.max_image_side"),
-    "mask_present": ("anomalous image(s) have no mask file", "add the mask or remove the image"),
-    "mask_has_image": ("mask(s) have no image", "remove the mask or add its image"),
+                    "corrupt header, or too large)", "replace or remove them, or raise validate.max_image_side",
+                    "every listed image opens and declares a size within the limits"),
+    "mask_present": ("anomalous image(s) have no mask file", "add the mask or remove the image",
+                     "every anomalous image has its mask"),
+    "mask_has_image": ("mask(s) have no image", "remove the mask or add its image", "every mask has its image"),
     "path_inside_dataset": ("path(s) leave the dataset folder (absolute, '..' or a symlink to outside)",
-                            "copy the files into the dataset, or set allow_external_paths: true on the source"),
-    "file_name_utf8": ("file name(s) are not valid UTF-8 (the manifest stores UTF-8 text)", "rename them"),
-    "index_rows_valid": ("row(s) of the dataset's index file are invalid", "fix the rows"),
+                            "copy the files into the dataset, or set allow_external_paths: true on the source",
+                            "every image and mask path stays inside its dataset folder"),
+    "file_name_utf8": ("file name(s) are not valid UTF-8 (the manifest stores UTF-8 text)", "rename them",
+                       "every file name is UTF-8"),
+    "index_rows_valid": ("row(s) of the dataset's index file are invalid", "fix the rows",
+                         "every row of the index file is valid"),
 }
 
 

@@ -192,7 +192,7 @@ def test_clean_dataset_passes_every_check(clean):
 # ------------------------------------------------------------------------------------------------ files
 @pytest.mark.parametrize(
     ("file", "reason"),
-    [("widget/corrupt.png", "cannot decode"), ("widget/truncated.jpg", "cannot decode"),
+    [("widget/corrupt.png", "corrupt data"), ("widget/truncated.jpg", "cannot decode"),
      ("widget/missing.png", "file not found")],
 )
 def test_unreadable_images_are_critical_and_named(bad, file, reason):
