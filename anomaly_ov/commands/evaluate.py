@@ -87,6 +87,9 @@ def evaluate_command(
     reasoning_file: Annotated[
         Path | None, typer.Option("--reasoning", help="visa_dr.json-style file: also run the reasoning protocol")
     ] = None,
+    allow_external: Annotated[
+        bool, typer.Option("--allow-external-paths", help="accept dataset paths that leave the dataset folder")
+    ] = False,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
@@ -104,6 +107,7 @@ def evaluate_command(
         path=str(path.resolve()),
         role="eval",
         categories=[c.strip() for c in categories.split(",") if c.strip()] if categories else None,
+        allow_external_paths=allow_external,
     )
     try:
         summary = _evaluate(params, workspace, source, model, out, reasoning_file)

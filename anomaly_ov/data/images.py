@@ -74,6 +74,13 @@ class ImageTooLarge(ImageError):
         self.size = size
 
 
+class ImageNotFound(ImageError, FileNotFoundError):
+    """The image file does not exist (also a ``FileNotFoundError`` for callers that catch that)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, "file not found", "missing")
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header of an image file declares (no pixel decoded)."""
@@ -143,7 +150,7 @@ def _lazy_open(source: ImageSource, label: str) -> Iterator[Image.Image]:
     elif isinstance(source, str | Path):
         path = Path(source)
         if not path.exists():
-            raise ImageError(label, "file not found", "missing")
+            raise ImageNotFound(label)
         if not path.is_file():
             raise ImageError(label, "not a regular file")
     try:

@@ -100,14 +100,49 @@ def balanced_subset(items: list[dict[str, Any]], limit: int | None) -> list[dict
 
 
 # ------------------------------------------------------------------------------------------ image I/O
-def load_image(file: str | Path, workspace: str | Path) -> Image.Image:
-    from PIL import Image
+class EvaluationInputError(ValueError):
+    """Some images or masks to evaluate are unusable; the message lists every one of them with its reason."""
 
-    path = in_workspace(workspace, file)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: image not found (listed in the benchmark file); re-run `synthesize`")
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    def __init__(self, problems: Sequence[str]) -> None:
+        listed = "\n".join(f"- {p}" for p in problems[:50])
+        more = f"\n- ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{len(problems)} unusable image(s) or mask(s); fix or remove them (`anomaly-ov validate` "
+                         f"lists every problem of a dataset):\n{listed}{more}")
+        self.problems = list(problems)
+
+
+def check_inputs(items: Sequence[dict[str, Any]], workspace: str | Path, max_side: int | None = None) -> list[str]:
+    """Every problem of the items' files found from their headers alone (nothing decoded): a missing file, a
+    file that is not an image, one declaring more than ``max_side``, a mask whose size differs from its image's.
+    """
+    from anomaly_ov.data.images import ImageError, read_header
+
+    problems = []
+    for item in items:
+        try:
+            size = read_header(in_workspace(workspace, item["file"]), max_side=max_side).size
+        except ImageError as exc:
+            problems.append(str(exc))
+            continue
+        if not item.get("mask"):
+            continue
+        mask = in_workspace(workspace, item["mask"])
+        try:
+            mask_size = read_header(mask, max_side=max_side).size
+        except ImageError as exc:
+            problems.append(f"{exc} (mask of {item['file']})")
+            continue
+        if mask_size != size:
+            problems.append(f"{mask}: mask is {mask_size[0]} x {mask_size[1]} px but its image {item['file']} is "
+                            f"{size[0]} x {size[1]} px; fix the mask (it is never resized to fit)")
+    return problems
+
+
+def load_image(file: str | Path, workspace: str | Path, max_side: int | None = None) -> Image.Image:
+    """The item's image as RGB through :func:`anomaly_ov.data.images.open_image` (an ``ImageError`` names it)."""
+    from anomaly_ov.data.images import open_image
+
+    return open_image(in_workspace(workspace, file), max_side=max_side)
 
 
 def resize_map(amap: np.ndarray, resolution: int) -> np.ndarray:
@@ -122,17 +157,16 @@ def resize_map(amap: np.ndarray, resolution: int) -> np.ndarray:
     return np.clip(np.nan_to_num(amap, nan=0.0), 0.0, 1.0).astype(np.float32)
 
 
-def load_mask(file: str | Path | None, resolution: int, workspace: str | Path) -> np.ndarray:
+def load_mask(file: str | Path | None, resolution: int, workspace: str | Path,
+              max_side: int | None = None) -> np.ndarray:
     """Mask at ``resolution``: binarised ``> 0``, resized bilinearly, thresholded at 0.5. No file -> all zeros."""
     from PIL import Image
 
+    from anomaly_ov.data.images import open_image
+
     if not file:
         return np.zeros((resolution, resolution), dtype=bool)
-    path = in_workspace(workspace, file)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: mask not found (listed in the benchmark file); re-run `synthesize`")
-    with Image.open(path) as img:
-        raw = np.asarray(img)
+    raw = np.asarray(open_image(in_workspace(workspace, file), max_side=max_side, mode=None))
     if raw.ndim == 3:
         raw = raw.max(axis=2)
     binary = (raw > 0).astype(np.float32)
@@ -194,14 +228,46 @@ def run_detection(
     cfg: EvaluateParams,
     workspace: str | Path = ".",
     progress: Callable[[int, int], None] | None = None,
+    max_side: int | None = None,
 ) -> DetectionResult:
-    """Ask the detection prompt for every item and keep scores, answers, pixel statistics and figure samples."""
+    """Ask the detection prompt for every item and keep scores, answers, pixel statistics and figure samples.
+
+    Every item's files are checked from their headers first (:func:`check_inputs`); an image or mask that
+    fails, then or while decoding, is left out and collected, the others go on, and all the problems are raised
+    together as :class:`EvaluationInputError` once the loop is done (no metrics from a partial set).
+    """
+    from anomaly_ov.data.images import ImageError
+
+    problems = []
+    usable = []
+    for item in items:  # header checks first; the items that fail are not decoded
+        found = check_inputs([item], workspace, max_side)
+        problems += found
+        if not found:
+            usable.append(item)
+    items = usable
     res = cfg.resolution
     result = DetectionResult(exact_pixels=len(items) * res * res <= cfg.exact_pixel_limit)
     kept: dict[tuple[str, str], int] = {}
     for start in range(0, len(items), cfg.batch_size):
-        batch = items[start : start + cfg.batch_size]
-        images = [load_image(item["file"], workspace) for item in batch]
+        batch, images = [], []
+        for item in items[start : start + cfg.batch_size]:
+            try:
+                images.append(load_image(item["file"], workspace, max_side))
+            except ImageError as exc:
+                problems.append(str(exc))
+                continue
+            batch.append(item)
+        if not batch:
+            continue
+
+        def mask_at_res(item: dict[str, Any]) -> np.ndarray:
+            try:
+                return load_mask(item["mask"], res, workspace, max_side)
+            except ImageError as exc:  # e.g. truncated: reported with the others after the loop
+                problems.append(str(exc))
+                return np.zeros((res, res), dtype=bool)
+
         for item, image, pred in zip(batch, images, _predict(predictor, images, cfg), strict=True):
             score = float(pred.score)
             expert = score >= cfg.threshold
@@ -228,7 +294,7 @@ def run_detection(
                 amap_res, mask_res = None, None
             else:
                 amap_res = resize_map(amap, res)
-                mask_res = load_mask(item["mask"], res, workspace)
+                mask_res = mask_at_res(item)
                 if cat not in result.pixel:
                     exact = result.exact_pixels
                     result.pixel[cat] = M.ExactPixelStore() if exact else M.PixelAccumulator(cfg.pixel_bins)
@@ -240,7 +306,7 @@ def run_detection(
                 if amap_res is None and amap is not None:
                     amap_res = resize_map(amap, res)
                 if mask_res is None:
-                    mask_res = load_mask(item["mask"], res, workspace)
+                    mask_res = mask_at_res(item)
                 result.samples.append(
                     Sample(cat, kind, str(item["file"]), thumb,
                            amap_res if amap_res is not None else np.zeros((res, res), np.float32),
@@ -248,6 +314,8 @@ def run_detection(
                 )
         if progress is not None:
             progress(min(start + cfg.batch_size, len(items)), len(items))
+    if problems:
+        raise EvaluationInputError(problems)
     return result
 
 

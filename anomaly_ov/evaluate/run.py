@@ -107,7 +107,8 @@ def evaluate_dataset(
         raise ValueError("no test items to evaluate (the benchmark file or the dataset is empty)")
     test_items = [detection.normalise_test_item(item, i) for i, item in enumerate(test_items)]
     started = time.perf_counter()
-    det = detection.run_detection(predictor, test_items, cfg, workspace, _progress("detection"))
+    det = detection.run_detection(predictor, test_items, cfg, workspace, _progress("detection"),
+                                  max_side=params.validation.max_image_side)
     detect_seconds = time.perf_counter() - started
     overall, per_class = detection.detection_metrics(det, cfg)
 

@@ -86,7 +86,7 @@ def test_stage_paths_come_from_params(tmp_path):
 def test_missing_image_names_the_file(benchmark, fake_predictor, tmp_path):
     workspace, test, _ = benchmark
     test[0]["file"] = "images/nowhere.png"
-    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+    with pytest.raises(ValueError, match="nowhere.png: file not found"):
         evaluate_dataset(fake_predictor, test, None, _params(), tmp_path / "out", workspace)
     assert not (tmp_path / "out" / "metrics.json").exists()
 
