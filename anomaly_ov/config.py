@@ -480,9 +480,18 @@ def load_params(path: str | Path | None = DEFAULT_PARAMS_FILE, overrides: Iterab
     if path is not None:
         file = Path(path)
         source = str(file)
+        if file.is_dir():
+            raise ConfigError(
+                f"{file}: is a folder, not a params file; pass the YAML file (e.g. {file / DEFAULT_PARAMS_FILE})"
+            )
         if file.exists():
             try:
-                loaded = yaml.safe_load(file.read_text()) or {}
+                loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{file}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                                  f"{exc.start}); save the params file as UTF-8") from None
+            except OSError as exc:
+                raise ConfigError(f"{file}: cannot read the params file ({exc.strerror or exc})") from None
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
             if not isinstance(loaded, dict):

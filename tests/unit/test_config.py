@@ -89,3 +89,24 @@ def test_loss_reduction_names_the_key_and_the_choices() -> None:
     params = load_params(None)
     assert params.train.instruct.tiny.loss_reduction == "sample"
     assert params.train.instruct.pretrained.loss_reduction == "token"  # LLaVA's, as the paper trains
+
+
+def test_params_file_that_is_not_utf8_or_is_a_folder_is_named(tmp_path: Path) -> None:
+    latin = tmp_path / "params.yaml"
+    latin.write_bytes("validate:\n  report_md: rapport_validé.md\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"params.yaml: not UTF-8 text \(byte b'\\xe9' at offset 36\)"):
+        load_params(latin)
+    with pytest.raises(ConfigError, match="is a folder, not a params file"):
+        load_params(tmp_path)
+
+
+def test_cli_names_a_bad_params_file_without_a_traceback(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anomaly_ov.cli import app
+
+    (tmp_path / "bad.yaml").write_bytes(b"seed: 1\n# caf\xe9\n")
+    for params in (tmp_path / "bad.yaml", tmp_path):
+        result = CliRunner().invoke(app, ["params", "--params", str(params)])
+        assert result.exit_code == 2 and str(params) in result.output, result.output
+        assert isinstance(result.exception, SystemExit)
