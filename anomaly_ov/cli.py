@@ -27,12 +27,15 @@ WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="workspace
 
 def _load(params_file: Path, overrides: list[str] | None):
     from anomaly_ov.config import ConfigError, load_params
+    from anomaly_ov.data.images import configure
 
     try:
-        return load_params(params_file, overrides or [])
+        params = load_params(params_file, overrides or [])
     except ConfigError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    configure(params.validation.max_image_side)  # every image any command opens obeys validate.max_image_side
+    return params
 
 
 def _fail(message: str, code: int = 1) -> None:

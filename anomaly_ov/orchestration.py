@@ -21,6 +21,7 @@ inside another stage's task. DVC still checks that one stage's deps/params/outs 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -294,7 +295,11 @@ def failure_reason(
         verdict = validation_failure(report)
         if verdict:
             return f"data validation failed: {verdict} (see {params.validation.report_md})", False
-    stage_msgs = [m["reason"] for line in lines if (m := _STAGE_FAILED_RE.match(line.strip())) and m["stage"] == stage]
+    stage_msgs = []
+    for i, line in enumerate(lines):
+        if (m := _STAGE_FAILED_RE.match(line.strip())) and m["stage"] == stage:
+            listed = [item.strip() for item in itertools.takewhile(lambda x: x.startswith("- "), lines[i + 1 :])]
+            stage_msgs.append(" ".join([m["reason"], *listed[:20]]))  # a message may list the bad files below it
     if stage_msgs:  # the stage raised StageFailed / a bad-input error: deterministic
         return stage_msgs[-1], False
     config = [line.strip() for line in lines if "invalid setting" in line or "unknown key" in line]

@@ -52,7 +52,9 @@ def implementation(name: str) -> Callable[[Params, Path], Summary]:
 def run_stage(name: str, params: Params, workspace: str | Path = ".") -> Summary:
     """Run one stage inside its MLflow run and return its summary (with ``seconds``)."""
     from anomaly_ov import tracking
+    from anomaly_ov.data.images import configure
 
+    configure(params.validation.max_image_side)  # the size limit of every image the stage opens
     func = implementation(name)
     workspace = Path(workspace)
     started = time.perf_counter()

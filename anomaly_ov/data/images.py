@@ -22,6 +22,7 @@ this helper.
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ Kind = Literal["missing", "unreadable", "too_large"]
 
 #: Default bound on each image side (params.yaml ``validate.max_image_side`` replaces it through :func:`configure`).
 DEFAULT_MAX_SIDE = 8192
-_limits = {"max_side": DEFAULT_MAX_SIDE}
+_limits: dict[str, int] = {"max_side": DEFAULT_MAX_SIDE, "pil_pixels": 0}
 
 #: mode -> how :func:`to_rgb` converts it (shown in validation warnings).
 CONVERSIONS: dict[str, str] = {
@@ -98,13 +99,22 @@ class ImageInfo:
 # ------------------------------------------------------------------------------------------------ limits
 def configure(max_side: int) -> None:
     """Install the project's limits: ``max_side`` per side (params ``validate.max_image_side``), ``max_side ** 2``
-    pixels, also as PIL's global ``Image.MAX_IMAGE_PIXELS`` (the bomb guard of code that bypasses this module)."""
+    pixels, also as PIL's global ``Image.MAX_IMAGE_PIXELS`` (the bomb guard of code that bypasses this module;
+    set now when PIL is loaded, else on this module's first open, so the CLI does not import PIL to start)."""
     if max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
     _limits["max_side"] = int(max_side)
-    from PIL import Image
+    _limits["pil_pixels"] = int(max_side) * int(max_side)
+    if "PIL.Image" in sys.modules:
+        _apply_pil_limit()
 
-    Image.MAX_IMAGE_PIXELS = int(max_side) * int(max_side)
+
+def _apply_pil_limit() -> None:
+    pixels = _limits.get("pil_pixels")
+    if pixels:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = pixels
 
 
 def default_max_side() -> int:
@@ -145,6 +155,7 @@ def _lazy_open(source: ImageSource, label: str) -> Iterator[Image.Image]:
     """``Image.open`` (header only) with every PIL/OS failure turned into :class:`ImageError`."""
     from PIL import Image, UnidentifiedImageError
 
+    _apply_pil_limit()
     if isinstance(source, bytes | bytearray):
         source = io.BytesIO(source)
     elif isinstance(source, str | Path):

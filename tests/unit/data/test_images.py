@@ -97,11 +97,12 @@ def test_verify_catches_a_bad_crc(tmp_path):
 
 
 def test_configure_sets_the_default_and_pils_global_limit(tmp_path):
-    before = images.default_max_side(), Image.MAX_IMAGE_PIXELS
+    before = dict(images._limits), Image.MAX_IMAGE_PIXELS
     try:
         images.configure(100)
         assert Image.MAX_IMAGE_PIXELS == 100 * 100
         with pytest.raises(ImageTooLarge, match="limit of 100 px"):
             read_header(write_png(tmp_path / "a.png", (101, 10)))
     finally:
-        images._limits["max_side"], Image.MAX_IMAGE_PIXELS = before
+        images._limits.update(before[0])
+        Image.MAX_IMAGE_PIXELS = before[1]

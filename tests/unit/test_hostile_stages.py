@@ -1,0 +1,66 @@
+"""Bad input reaching a stage through the real CLI (what `dvc repro` runs): the error names every bad file and the
+orchestration classes it as not retryable. Before, PIL's DecompressionBombError (not an OSError) escaped as a
+traceback, which the Prefect flow took for a transient crash and retried."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from hostile import write_declared, write_mask, write_png, write_random
+
+from anomaly_ov import orchestration as orch
+from anomaly_ov.config import load_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _stage(workspace: Path, name: str, *overrides: str) -> orch.CommandResult:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-c", "from anomaly_ov.cli import main; main()", "stage", name,
+            "--workspace", str(workspace), *[a for o in overrides for a in ("--set", o)]]
+    return orch.run_command(orch.StageCommand(argv, env, workspace))
+
+
+def _workspace(tmp_path: Path) -> Path:
+    cdir = tmp_path / "ds" / "widget"
+    for i in range(2):
+        write_png(cdir / "train" / "good" / f"{i}.png")
+        write_png(cdir / "test" / "good" / f"{i}.png")
+    write_png(cdir / "test" / "crack" / "0.png", (60, 40))
+    write_mask(cdir / "ground_truth" / "crack" / "0_mask.png", (60, 40))
+    write_declared(cdir / "train" / "good" / "bomb.png", 100_000, 100_000)
+    write_random(cdir / "test" / "good" / "random.png")
+    params = {
+        "data": {"synthetic": {"enabled": False},
+                 "sources": [{"name": "mine", "format": "mvtec", "path": "ds", "role": "eval"}]},
+        "tracking": {"enabled": False},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def test_prepare_names_every_bad_file_and_is_not_retryable(tmp_path):
+    workspace = _workspace(tmp_path)
+    result = _stage(workspace, "prepare")
+    output = "\n".join(result.lines)
+    assert result.returncode == 1, output
+    assert "Traceback" not in output and "DecompressionBomb" not in output.split("declares")[0]
+    assert "bomb.png" in output and "random.png" in output and "2 unusable file(s)" in output
+    reason, retryable = orch.failure_reason("prepare", result.lines, workspace, load_params(workspace / "params.yaml"))
+    assert retryable is False
+    assert "bomb.png" in reason and "random.png" in reason
+    assert not (workspace / "data" / "manifest.parquet").exists()
+
+
+def test_the_size_limit_comes_from_validate_max_image_side(tmp_path):
+    workspace = _workspace(tmp_path)
+    (workspace / "ds" / "widget" / "train" / "good" / "bomb.png").unlink()
+    (workspace / "ds" / "widget" / "test" / "good" / "random.png").unlink()
+    assert _stage(workspace, "prepare").returncode == 0
+    result = _stage(workspace, "prepare", "validate.max_image_side=50")  # the 60 x 40 anomaly is now too large
+    output = "\n".join(result.lines)
+    assert result.returncode == 1 and "0.png" in output and "limit of 50 px" in output, output
+    assert orch.failure_reason("prepare", result.lines, workspace)[1] is False
