@@ -22,6 +22,7 @@ this helper.
 from __future__ import annotations
 
 import io
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,9 +169,11 @@ def _lazy_open(source: ImageSource, label: str) -> Iterator[Image.Image]:
         image = Image.open(source)
     except Image.DecompressionBombError as exc:  # not an OSError: the reason this module exists
         side = default_max_side()
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{int(found[1])} pixels" if found else "too many pixels"
         raise ImageTooLarge(
-            label, f"declares more pixels than allowed ({exc}); not decoded. The limit is {side} px per side "
-            "(validate.max_image_side): downscale the image or raise the limit"
+            label, f"declares {declared}, above the limit of {side} px per side (validate.max_image_side; PIL: "
+            f"{exc}); not decoded. Downscale the image or raise the limit"
         ) from None
     except UnidentifiedImageError:
         raise ImageError(label, "not an image PIL can identify (empty, corrupt or another file type)") from None

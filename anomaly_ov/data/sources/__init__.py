@@ -82,7 +82,7 @@ def read_source(source: SourceParams, workspace: Path, issues: list[Issue] | Non
     if issues is not None:
         issues.extend(found.issues)
     elif found.issues:
-        raise LayoutError(f"source {source.name!r} ({source.format} at {source.path}): " + describe_issues(found.issues))
+        raise LayoutError(describe_issues(found.issues))  # callers name the source
     return frame
 
 

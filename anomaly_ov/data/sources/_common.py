@@ -177,7 +177,8 @@ def image_size(path: Path, where: str = "") -> tuple[int, int] | None:
     try:
         return read_header(path, name=printable(path)).size
     except ImageError as exc:
-        issue("image_opens", path, f"{where + ': ' if where else ''}{exc.reason}; replace or remove the file")
+        hint = "" if exc.kind == "too_large" else "; replace or remove the file"
+        issue("image_opens", path, f"{where + ': ' if where else ''}{exc.reason}{hint}")
         return None
 
 
