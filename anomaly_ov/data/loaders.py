@@ -36,15 +36,15 @@ class DataError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- decoding
 def load_image(path: Path, row_hint: str = "") -> Image.Image:
-    from PIL import Image, UnidentifiedImageError
+    """RGB image through :func:`anomaly_ov.data.images.open_image`; a bad file is a :class:`DataError`."""
+    from anomaly_ov.data.images import ImageError, open_image
 
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image not found{row_hint}; re-run `anomaly-ov stage prepare`") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: unreadable image{row_hint} ({exc}); fix or drop the file") from None
+        return open_image(path)
+    except ImageError as exc:
+        if exc.kind == "missing":
+            raise DataError(f"{path}: image not found{row_hint}; re-run `anomaly-ov stage prepare`") from None
+        raise DataError(f"{path}: unreadable image{row_hint} ({exc.reason}); fix or drop the file") from None
 
 
 def load_mask(path: Path, size: int, row_hint: str = "", binary: bool = True) -> torch.Tensor:
@@ -59,13 +59,14 @@ def load_mask_sizes(path: Path, sizes: Sequence[int], row_hint: str = "",
     import torch
     from PIL import Image
 
+    from anomaly_ov.data.images import ImageError, open_image
+
     try:
-        with Image.open(path) as img:
-            arr = (np.asarray(img.convert("L")) > 0).astype("float32")
-    except FileNotFoundError:
-        raise DataError(f"{path}: mask not found{row_hint}; check the manifest's mask_path") from None
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable mask{row_hint} ({exc})") from None
+        arr = (np.asarray(open_image(path, mode=None).convert("L")) > 0).astype("float32")
+    except ImageError as exc:
+        if exc.kind == "missing":
+            raise DataError(f"{path}: mask not found{row_hint}; check the manifest's mask_path") from None
+        raise DataError(f"{path}: unreadable mask{row_hint} ({exc.reason})") from None
     full = Image.fromarray(arr, mode="F")
     out = []
     for i, size in enumerate(sizes):

@@ -291,7 +291,7 @@ def convert_dicom(files: Iterable[str | Path], out_root: str | Path, category: s
                   source: str = "dicom", role: str = "eval", workspace: str | Path = ".",
                   defect_type: str = "lesion") -> pd.DataFrame:
     """Convert DICOM files to BMAD layout. ``masks`` maps a file's stem to a mask PNG (non-zero = anomalous)."""
-    from PIL import Image
+    from anomaly_ov.data.images import open_image
 
     out_root = Path(out_root)
     masks = {k: Path(v) for k, v in (masks or {}).items()}
@@ -301,7 +301,7 @@ def convert_dicom(files: Iterable[str | Path], out_root: str | Path, category: s
         dicom = read_dicom(file, window)
         mask = None
         if file.stem in masks:
-            mask = np.asarray(Image.open(masks[file.stem]).convert("L")) > 0
+            mask = np.asarray(open_image(masks[file.stem], mode=None).convert("L")) > 0
             if mask.shape != dicom.values.shape:
                 raise MedicalFormatError(f"{masks[file.stem]}: mask shape {mask.shape} differs from {file} "
                                          f"{dicom.values.shape}")

@@ -156,25 +156,25 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     """Read a mask file as a boolean array (``mask > 0``); resize with nearest neighbour to (width, height)."""
     from PIL import Image
 
+    from anomaly_ov.data.images import open_image
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: mask file not found (manifest mask_path points here; re-run prepare)")
-    with Image.open(path) as img:
-        img = img.convert("L")
-        if size is not None and img.size != tuple(size):
-            img = img.resize(tuple(size), Image.NEAREST)
-        return np.asarray(img) > 0
+    img = open_image(path, mode=None).convert("L")
+    if size is not None and img.size != tuple(size):
+        img = img.resize(tuple(size), Image.NEAREST)
+    return np.asarray(img) > 0
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image as float RGB in [0, 1], shape (H, W, 3)."""
-    from PIL import Image
+    from anomaly_ov.data.images import open_image
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: image file not found (check the manifest's root and image_path)")
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return np.asarray(open_image(path), dtype=np.float32) / 255.0
 
 
 # --------------------------------------------------------------------------------------------- morphology

@@ -14,10 +14,11 @@ from anomaly_ov.instruct.regions import MaskFacts
 
 def draw_red_boxes(image_path: str | Path, facts: MaskFacts, line_px: int | None = None):
     """Return a PIL RGB image with one red rectangle per region (coordinates scaled to the image size)."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
-    with Image.open(image_path) as img:
-        canvas = img.convert("RGB")
+    from anomaly_ov.data.images import open_image
+
+    canvas = open_image(image_path)
     sx, sy = canvas.width / max(facts.width, 1), canvas.height / max(facts.height, 1)
     width = line_px or max(1, round(min(canvas.size) / 100))
     draw = ImageDraw.Draw(canvas)

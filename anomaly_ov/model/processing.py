@@ -63,15 +63,14 @@ def adverb_for_score(score: float, thresholds: Sequence[float] = (0.3, 0.7)) -> 
 
 
 def load_image(image: Any):
-    """PIL image from a path or a PIL image, as RGB."""
+    """PIL image from a path or a PIL image, as RGB. Files go through :func:`anomaly_ov.data.images.open_image`
+    (size limit checked on the header before decoding; an ``ImageError`` (a ``ValueError``) names a bad file)."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        from anomaly_ov.data.images import open_image
+
+        return open_image(image)
     if isinstance(image, Image.Image):
         return image.convert("RGB") if image.mode != "RGB" else image
     if isinstance(image, np.ndarray):

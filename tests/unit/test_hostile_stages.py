@@ -64,3 +64,24 @@ def test_the_size_limit_comes_from_validate_max_image_side(tmp_path):
     output = "\n".join(result.lines)
     assert result.returncode == 1 and "0.png" in output and "limit of 50 px" in output, output
     assert orch.failure_reason("prepare", result.lines, workspace)[1] is False
+
+
+def test_predict_refuses_oversized_and_broken_images_before_the_model(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import anomaly_ov.serving as serving
+    from anomaly_ov.cli import app
+
+    class NeverCalled:
+        def predict(self, *args, **kwargs):
+            raise AssertionError("the model must not see a refused image")
+
+    monkeypatch.setattr(serving, "load_predictor", lambda *args, **kwargs: NeverCalled())
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the defaults (validate.max_image_side 8192)
+    bomb = write_declared(tmp_path / "bomb.png", 100_000, 100_000)  # was: DecompressionBombError traceback
+    wide = write_declared(tmp_path / "wide.png", 10_000, 10_000)  # was: decoded (~2 GB, 42 s), then scored
+    junk = write_random(tmp_path / "junk.png")
+    for path, needle in ((bomb, "10000000000 pixels"), (wide, "10000 x 10000"), (junk, "not an image")):
+        result = CliRunner().invoke(app, ["predict", str(path)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert str(path) in result.output and needle in result.output

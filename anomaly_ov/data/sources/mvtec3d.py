@@ -37,7 +37,8 @@ def read_organised(xyz_path: Path, gt_path: Path | None = None, remove_plane: bo
                    border: int = 10, plane_tolerance: float = 0.005) -> Cloud:
     """Organised xyz TIFF (+ optional grid mask) -> labelled cloud with grid normals."""
     import tifffile
-    from PIL import Image
+
+    from anomaly_ov.data.images import ImageError, open_image
 
     try:
         xyz = np.asarray(tifffile.imread(str(xyz_path)), dtype=np.float64)
@@ -48,7 +49,10 @@ def read_organised(xyz_path: Path, gt_path: Path | None = None, remove_plane: bo
     valid = np.any(xyz != 0, axis=2) & np.all(np.isfinite(xyz), axis=2)
     labels = np.zeros(valid.shape, dtype=bool)
     if gt_path is not None and gt_path.exists():
-        mask = np.asarray(Image.open(gt_path).convert("L")) > 0
+        try:
+            mask = np.asarray(open_image(gt_path, mode=None).convert("L")) > 0
+        except ImageError as exc:
+            raise PointCloudError(str(exc)) from None
         if mask.shape != valid.shape:
             raise PointCloudError(f"{gt_path}: mask shape {mask.shape} differs from the xyz grid {valid.shape}")
         labels = mask
