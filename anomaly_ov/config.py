@@ -95,7 +95,9 @@ class ValidateParams(_Section):
     report_json: str = "reports/validation.json"
     report_md: str = "reports/validation.md"
     min_image_side: int = Field(default=32, ge=1)
-    max_image_side: int = Field(default=8192, ge=1)
+    max_image_side: int = Field(
+        default=8192, ge=1, description="largest image side in px; also the limit of every image any stage or "
+        "command opens (read from the header, larger images are refused before decoding)")
     min_images_per_category: int = Field(default=2, ge=1)
     max_images_per_category: int = Field(default=1_000_000, ge=1)
     check_files: bool = True

@@ -195,3 +195,34 @@ def test_an_index_file_that_is_not_utf8_is_named_and_the_report_written(tmp_path
     assert str(bad) in result.output and "not UTF-8" in result.output
     report = read_report(tmp_path / "reports" / "validation.json")
     assert not report.ok and "not UTF-8" in report.check("dataset_layout").message
+
+
+def test_validate_stage_flags_manifest_paths_out_of_their_root_and_oversized_images(tmp_path, kit):
+    from anomaly_ov.data.manifest import from_rows, write_manifest
+    from anomaly_ov.stages import StageFailed
+    from anomaly_ov.validate.run import run_validate
+
+    for i in range(2):
+        kit.noise_image(tmp_path / "ds" / "widget" / f"good_{i}.png", i)
+    kit.noise_image(tmp_path / "ds" / "widget" / "bad.png", 9)
+    kit.mask_image(tmp_path / "ds" / "widget" / "bad_mask.png")
+    write_png(tmp_path / "elsewhere" / "secret.png", (kit.SIDE, kit.SIDE))
+    write_declared(tmp_path / "ds" / "widget" / "huge.png", 9000, 9000)
+    rows = [kit.row(f"widget/good_{i}.png", "ds") for i in range(2)]
+    rows += [kit.row("widget/bad.png", "ds", label="anomaly", mask_path="widget/bad_mask.png"),
+             kit.row("../elsewhere/secret.png", "ds"), kit.row(str(tmp_path / "elsewhere" / "secret.png"), "ds"),
+             kit.row("widget/huge.png", "ds")]
+    write_manifest(from_rows(rows), tmp_path / "data" / "manifest.parquet")
+
+    with pytest.raises(StageFailed, match="path_inside_dataset"):
+        run_validate(kit.toy_params(), tmp_path)
+    report = read_report(tmp_path / "reports" / "validation.json")
+    assert report.check("path_inside_dataset").n_failing == 2 and report.summary["files_checked"] == 4
+    refused = report.check("decoded_size_in_bounds")
+    assert not refused.passed and "huge.png" in json.dumps(refused.failing) and "9000 x 9000" in json.dumps(refused.failing)
+
+    allowed = {"name": "toy", "format": "mvtec", "path": "ds", "role": "eval", "allow_external_paths": True}
+    with pytest.raises(StageFailed) as caught:  # still fails: huge.png
+        run_validate(kit.toy_params(allowed), tmp_path)
+    assert "path_inside_dataset" not in str(caught.value)
+    assert read_report(tmp_path / "reports" / "validation.json").check("path_inside_dataset").passed
