@@ -219,7 +219,8 @@ def test_validate_stage_flags_manifest_paths_out_of_their_root_and_oversized_ima
     report = read_report(tmp_path / "reports" / "validation.json")
     assert report.check("path_inside_dataset").n_failing == 2 and report.summary["files_checked"] == 4
     refused = report.check("decoded_size_in_bounds")
-    assert not refused.passed and "huge.png" in json.dumps(refused.failing) and "9000 x 9000" in json.dumps(refused.failing)
+    refused_text = json.dumps(refused.failing)
+    assert not refused.passed and "huge.png" in refused_text and "9000 x 9000" in refused_text
 
     allowed = {"name": "toy", "format": "mvtec", "path": "ds", "role": "eval", "allow_external_paths": True}
     with pytest.raises(StageFailed) as caught:  # still fails: huge.png
