@@ -120,6 +120,9 @@ def contained(root: Path, relative: str, where: str = "") -> Path | None:
 
     active = _ACTIVE.get()
     allow = active is not None and active.allow_external
+    if "\x00" in relative:
+        issue("index_rows_valid", root, f"{where + ': ' if where else ''}path {relative!r} holds a NUL character")
+        return None
     try:
         return inside_root(root, relative, allow_external=allow)
     except OutsideRootError as exc:
