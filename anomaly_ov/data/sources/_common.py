@@ -66,7 +66,7 @@ class Issue:
 
 @dataclass
 class Findings:
-    """Issues of one source being read; ``root`` (resolved) bounds its files unless external paths are allowed."""
+    """Issues of one source being read; ``root`` bounds its files unless external paths are allowed."""
 
     root: Path | None = None
     allow_external: bool = False
@@ -79,7 +79,7 @@ _ACTIVE: ContextVar[Findings | None] = ContextVar("anomaly_ov_source_findings", 
 @contextmanager
 def collecting(root: Path | None = None, allow_external: bool = False) -> Iterator[Findings]:
     """Record per-file issues instead of raising at the first one (readers drop the row and go on)."""
-    findings = Findings(root.resolve() if root is not None else None, allow_external)
+    findings = Findings(root, allow_external)
     token = _ACTIVE.set(findings)
     try:
         yield findings
@@ -132,16 +132,17 @@ def contained(root: Path, relative: str, where: str = "") -> Path | None:
 
 def _walk_ok(path: Path) -> bool:
     """A listed file is usable: UTF-8 name, and inside the source's root (a symlink may point out of it)."""
+    from anomaly_ov.paths import OutsideRootError, inside_root
+
     if not utf8_name(path):
         return False
     active = _ACTIVE.get()
-    if active is None or active.root is None or active.allow_external:
+    if active is None or active.root is None or active.allow_external or not path.is_relative_to(active.root):
         return True
     try:
-        path.resolve().relative_to(active.root)
-    except ValueError:
-        issue("path_inside_dataset", path, f"symlink to {printable(path.resolve())}, outside the dataset "
-              f"{active.root}; copy the file in, or set allow_external_paths: true on the source")
+        inside_root(active.root, path.relative_to(active.root))
+    except OutsideRootError as exc:
+        issue("path_inside_dataset", path, exc.reason)
         return False
     return True
 

@@ -56,7 +56,7 @@ def test_files_the_reader_refuses_are_all_named_and_nothing_is_scored(tmp_path, 
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     for name in ("random.png", "bomb.png", "wide.png", "link.png"):
         assert name in result.output, name
-    assert "outside the dataset" in result.output and "10000 x 10000" in result.output
+    assert "symlink leads out of the dataset" in result.output and "10000 x 10000" in result.output
     assert fake_predictor.calls == 0 and not (tmp_path / "out" / "metrics.json").exists()
 
 
