@@ -43,6 +43,9 @@ HUB_IDS = {
     "llava-onevision-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
     "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
 }
+#: Pretrained presets resize an image whose longer side exceeds this to it, as the release's scripts do
+#: (``processing.fit_longest_side``); the tiny preset keeps images as they are.
+RELEASE_MAX_IMAGE_SIDE = 1024
 TINY_IMAGE_SIZE = 128
 #: patch 8 (a 16 x 16 grid): at patch 16 the 8 x 8 maps could not outline the small synthetic defects (held-out pixel
 #: AUROC 0.70 against 0.83 at patch 8, same data and recipe); width and depth shrink to keep stage 1 CPU-sized.
@@ -308,7 +311,8 @@ def build_processor(params: Params, tokenizer: Any = None) -> AnomalyOVProcessor
     cfg = LlavaOnevisionConfig.from_pretrained(source)
     grid = cfg.vision_config.image_size // cfg.vision_config.patch_size
     return AnomalyOVProcessor(
-        tokenizer, image_processor, num_image_tokens=grid * grid, vision_aspect_ratio=cfg.vision_aspect_ratio
+        tokenizer, image_processor, num_image_tokens=grid * grid, vision_aspect_ratio=cfg.vision_aspect_ratio,
+        max_image_side=RELEASE_MAX_IMAGE_SIDE,
     )
 
 
