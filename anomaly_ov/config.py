@@ -294,6 +294,15 @@ class EvaluateParams(_Section):
     exact_pixel_limit: int = Field(
         default=4_000_000, ge=0, description="pixel metrics are exact up to this many pixels, binned above"
     )
+    test_data: str | None = Field(
+        default=None, description="detection file (test_data.json); null = <instruct.bench_dir>/test_data.json")
+    reasoning_data: str | None = Field(
+        default=None, description="reasoning file (visa_dr.json); null = <instruct.bench_dir>/visa_dr.json")
+    data_root: str | None = Field(
+        default=None, description="folder the items' `image` paths are relative to when they have no `file` "
+        "(the official VisA-D&R files: data_root/VisA/<class>/...)")
+    allow_external_paths: bool = Field(
+        default=False, description="accept `image` paths that leave data_root (absolute, '..' or symlinks)")
 
 
 # --------------------------------------------------------------------------------------------- extensions
