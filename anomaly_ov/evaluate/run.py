@@ -138,7 +138,7 @@ def evaluate_dataset(
     }
     flat = report.flat_metrics(overall, per_class, extra)
     info.setdefault("threshold", cfg.threshold)
-    info.setdefault("pixel_bins", cfg.pixel_bins)
+    info.setdefault("pixel_table_limit", cfg.exact_pixel_limit)
 
     curve_rows = detection.curves(det)
     report.write_metrics(paths.metrics, flat)
