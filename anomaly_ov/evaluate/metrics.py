@@ -255,6 +255,7 @@ class PixelScoreTable:
         weights, count = _component_weights(mask)
         keys = float_keys(amap.ravel()) >> np.uint32(self.shift)
         unique, inverse = np.unique(keys, return_inverse=True)
+        inverse = inverse.reshape(-1)
         flat = mask.ravel()
         n = len(unique)
         self._pending.append((
@@ -277,16 +278,22 @@ class PixelScoreTable:
         self._set(*(np.concatenate(column) for column in zip(*parts, strict=True)))
         while len(self.keys) > self.max_entries:
             self.shift += 1
-            self._set(self.keys >> np.uint32(1), self.positive, self.negative, self.pro_weight)
+            self._set(self.keys >> np.uint32(1), self.positive, self.negative, self.pro_weight, ascending=True)
 
-    def _set(self, keys: np.ndarray, positive: np.ndarray, negative: np.ndarray, pro: np.ndarray) -> None:
-        """Sum the entries of equal keys; keep them ascending."""
-        unique, inverse = np.unique(keys, return_inverse=True)
-        n = len(unique)
-        self.keys = unique.astype(np.uint32)
-        self.positive = np.bincount(inverse, weights=positive, minlength=n).round().astype(np.int64)
-        self.negative = np.bincount(inverse, weights=negative, minlength=n).round().astype(np.int64)
-        self.pro_weight = np.bincount(inverse, weights=pro, minlength=n)
+    def _set(self, keys: np.ndarray, positive: np.ndarray, negative: np.ndarray, pro: np.ndarray,
+             ascending: bool = False) -> None:
+        """Sum the entries of equal keys; keep them ascending. The input is a few ascending runs (the table and
+        each buffered image), which a stable sort merges in near-linear time."""
+        if not ascending:
+            order = np.argsort(keys, kind="stable")
+            keys, positive, negative, pro = keys[order], positive[order], negative[order], pro[order]
+        if len(keys) == 0:
+            return
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        self.keys = keys[starts].astype(np.uint32)
+        self.positive = np.add.reduceat(positive, starts).astype(np.int64)
+        self.negative = np.add.reduceat(negative, starts).astype(np.int64)
+        self.pro_weight = np.add.reduceat(pro, starts).astype(np.float64)
 
     @property
     def nbytes(self) -> int:
