@@ -112,9 +112,27 @@ class RewriterParams(_Section):
     max_records: int | None = None
 
 
+class InstructSourceParams(_Section):
+    """A released LLaVA-format instruction set (e.g. one JSON of Anomaly-Instruct-125k) that stage 2 trains on."""
+
+    name: str = Field(min_length=1)
+    json_path: str = Field(description="the JSON list of records, relative to instruct.sources_root (or absolute "
+                                       "inside it)")
+    image_root: str = Field(default=".", description="folder the records' `image` paths are relative to (the "
+                                                     "release's --image_folder), relative to instruct.sources_root")
+    allow_external_paths: bool = Field(
+        default=False, description="accept image paths that leave image_root (absolute, '..' or symlinks)")
+
+
 class InstructParams(_Section):
     seed: int = 0
     train_json: str = "data/instruct/train.json"
+    sources_root: str = Field(
+        default="data/instruct_sources", description="folder holding the released instruction sets; a DVC "
+        "dependency of train_instruct (every source's JSON and images must lie inside it)")
+    sources: list[InstructSourceParams] = Field(
+        default_factory=list, description="released LLaVA-format instruction sets stage 2 trains on")
+    use_synthesized: bool = Field(default=True, description="stage 2 also trains on train_json (the synthesized set)")
     bench_dir: str = "data/bench"
     report: str = "reports/instruct.json"
     conversations_per_image: int = Field(default=1, ge=1)
