@@ -22,10 +22,12 @@ without the 1.8 GB download:
 * the weights in one of two layouts (``layout=``):
   ``"hub"`` - the key names of the hub's ``model.safetensors`` (``language_model.model.*``,
   ``language_model.lm_head.*`` when untied, ``vision_tower.vision_model.*``, ``multi_modal_projector.*``,
-  ``image_newline``), which transformers maps to today's names through its checkpoint conversion mapping for
-  ``llava_onevision`` (alias of ``llava_next``); ``"save_pretrained"`` - what ``save_pretrained`` writes today
-  (``model.language_model.*``, ``model.vision_tower.*``...).
-  Both layouts of the same ``seed`` hold the same tensors.
+  ``image_newline``), which transformers maps to its module names (``model.language_model.*``,
+  ``model.vision_tower.embeddings.*``...) through its checkpoint conversion mapping for ``llava_onevision`` (alias
+  of ``llava_next``) and the ``SiglipVisionModel`` prefix change; ``"save_pretrained"`` - whatever the installed
+  transformers' ``save_pretrained`` writes (5.x reverses the mapping on save: ``language_model.model.*`` but
+  ``vision_tower.embeddings.*``, without SigLIP's ``vision_model.``). Both layouts of one ``seed`` hold the same
+  tensors.
 
 Usage::
 

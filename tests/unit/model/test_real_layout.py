@@ -42,16 +42,6 @@ def test_hub_layout_has_the_hub_files_and_key_names(real_layout_checkpoint):
     assert pre["image_mean"] == pre["image_std"] == [0.5, 0.5, 0.5] and pre["size"] == {"height": 384, "width": 384}
 
 
-def test_the_config_reads_as_the_release(real_layout_checkpoint):
-    model = build_model(real_layout_params(real_layout_checkpoint))
-    cfg = model.config
-    assert cfg.vision_config.image_size == 384 and cfg.grid_size == 27
-    assert cfg.image_grid_pinpoints == PINPOINTS and cfg.vision_aspect_ratio == "anyres_max_9"
-    assert cfg.llm_layer_index == cfg.vision_config.num_hidden_layers  # -1: llava-hf already dropped SigLIP's last
-    assert cfg.text_config.vocab_size == 152000 and cfg.image_token_index == IMAGE_TOKEN_ID
-    assert cfg.expert_temperature == 100.0  # the pretrained (paper) recipe
-
-
 def test_both_layouts_load_the_same_weights_and_give_the_same_logits(real_layout_checkpoints):
     plain = build_plain_model().half().state_dict()
     models = {}
@@ -61,6 +51,12 @@ def test_both_layouts_load_the_same_weights_and_give_the_same_logits(real_layout
         differs = [k for k, v in plain.items() if not torch.equal(v, state[k])]
         assert not differs, f"{layout}: {differs[:5]}"
         models[layout] = model
+    cfg = models["hub"].config  # the release's settings, read through LlavaOnevisionConfig from the hub's JSON
+    assert cfg.vision_config.image_size == 384 and cfg.grid_size == 27
+    assert cfg.image_grid_pinpoints == PINPOINTS and cfg.vision_aspect_ratio == "anyres_max_9"
+    assert cfg.llm_layer_index == cfg.vision_config.num_hidden_layers  # -1: llava-hf already dropped SigLIP's last
+    assert cfg.text_config.vocab_size == 152000 and cfg.image_token_index == IMAGE_TOKEN_ID
+    assert cfg.expert_temperature == 100.0  # the pretrained (paper) recipe
     models["save_pretrained"].anomaly_expert.load_state_dict(models["hub"].anomaly_expert.state_dict())
     proc = build_processor(real_layout_params(real_layout_checkpoints["hub"]))
     inputs = proc([make_image(384, 576)], [{"from": "human", "value": "<image>\nAre there any defects?"}])
