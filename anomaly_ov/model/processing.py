@@ -101,6 +101,26 @@ def fit_longest_side(image: Any, max_side: int | None):
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
+def load_image_processor(source: str | Path) -> Any:
+    """The image processor saved in ``source`` (a checkpoint or model directory, or a hub id when online).
+
+    Reads ``preprocessor_config.json`` into transformers' PIL ``LlavaOnevisionImageProcessorPil`` (crop size,
+    mean/std, resampling, grid pinpoints, padding: whatever the checkpoint says; the llava-hf LLaVA-OneVision ones
+    say SigLIP's 384 px and mean/std 0.5). Every pretrained image processor the pipeline uses comes from here, so
+    stage 1, stage 2, evaluation and serving normalise an image the same way.
+    """
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    try:
+        return LlavaOnevisionImageProcessorPil.from_pretrained(str(source))
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"cannot read the image processor (preprocessor_config.json) of {source}: {exc}"
+        ) from exc
+
+
 def normalize_conversation(conversation: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """LLaVA ``{"from", "value"}`` or chat ``{"role", "content"}`` turns -> [(role, text)] with roles user/assistant."""
     turns = []
@@ -424,9 +444,6 @@ class AnomalyOVProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AnomalyOVProcessor:
         from transformers import AutoTokenizer
-        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-            LlavaOnevisionImageProcessorPil,
-        )
 
         directory = Path(directory)
         settings_file = directory / PROCESSOR_FILE
@@ -434,8 +451,7 @@ class AnomalyOVProcessor:
             raise FileNotFoundError(f"{settings_file} is missing: not a directory written by AnomalyOVProcessor")
         settings = json.loads(settings_file.read_text())
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(directory)
-        return cls(tokenizer, image_processor, **settings)
+        return cls(tokenizer, load_image_processor(directory), **settings)
 
 
 # ------------------------------------------------------------------------------------------------- stage 1

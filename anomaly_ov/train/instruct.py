@@ -384,6 +384,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.model.presets import (
         build_model,
         build_processor,
+        image_processor_for,
         load_expert_stage,
         processor_for,
         save_pretrained,
@@ -417,7 +418,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
 
         tokenizer = train_tokenizer(conversation_texts(all_records), vocab_size=cfg.tokenizer_vocab_size)
         model = build_model(params, tokenizer=tokenizer)
-        processor = processor_for(model, tokenizer)
+        processor = processor_for(model, tokenizer, image_processor_for(params))
     expert_info = load_expert_stage(model, expert_dir)
     model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
     model.to(device)

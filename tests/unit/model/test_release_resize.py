@@ -1,5 +1,6 @@
 """The release's image resize (longer side > 1024 -> 1024, other side truncated) for pretrained presets, on the real
-384-px image processor with the (1x1)..(6x6) grid pinpoints; the tiny preset keeps images as they are."""
+384-px image processor with the (1x1)..(6x6) grid pinpoints of a llava-hf-layout checkpoint (tests/real_layout.py);
+the tiny preset keeps images as they are."""
 
 from __future__ import annotations
 
@@ -7,40 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_ov.config import Params
 from anomaly_ov.model.predict import Predictor
 from anomaly_ov.model.presets import RELEASE_MAX_IMAGE_SIDE, build_processor
 from anomaly_ov.model.processing import AnomalyOVProcessor, fit_longest_side
 
 from .conftest import make_image
-
-RELEASE_PINPOINTS = [[384 * h, 384 * w] for h in range(1, 7) for w in range(1, 7)]
-
-
-def _release_like_checkpoint(directory, tok):
-    """Config, tokenizer and the real 384-px SigLIP image processor of a llava-hf LLaVA-OneVision checkpoint
-    (no weights: the processor alone is built from it)."""
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
-
-    vocab = tok.get_vocab()
-    LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(image_size=384, patch_size=14, hidden_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, intermediate_size=64),
-        text_config=Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                intermediate_size=64, vocab_size=len(tok)),
-        image_token_index=vocab["<image>"],
-        video_token_index=vocab["<video>"],
-        image_grid_pinpoints=RELEASE_PINPOINTS,
-        vision_aspect_ratio="anyres_max_9",
-    ).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    LlavaOnevisionImageProcessorPil(
-        size={"height": 384, "width": 384}, image_grid_pinpoints=RELEASE_PINPOINTS,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    ).save_pretrained(directory)
 
 
 @pytest.mark.parametrize(
@@ -54,11 +26,12 @@ def test_fit_longest_side_truncates_like_the_release(size, expected):
     assert fit_longest_side(image, None) is image
 
 
-def test_pretrained_processor_resizes_a_visa_image_to_the_release_grid(tiny_parts, tmp_path):
-    _, tok, _, _ = tiny_parts
-    _release_like_checkpoint(tmp_path / "llava", tok)
-    params = Params(model={"preset": "llava-onevision-0.5b", "checkpoint": str(tmp_path / "llava")})
+def test_pretrained_processor_resizes_a_visa_image_to_the_release_grid(real_layout_checkpoint, tmp_path):
+    from real_layout import PINPOINTS, real_layout_params
+
+    params = real_layout_params(real_layout_checkpoint)
     proc = build_processor(params)
+    assert proc.image_processor.image_grid_pinpoints == PINPOINTS and proc.crop_size == 384
     assert proc.max_image_side == RELEASE_MAX_IMAGE_SIDE
     visa = make_image(1000, 1500)  # a VisA-sized image, width 1500, height 1000
     assert proc.crop_grid(1000, 1500) == (3, 4)  # what the full-size image would get
