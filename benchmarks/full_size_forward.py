@@ -20,24 +20,32 @@ import numpy as np
 import torch
 
 
-def build_inputs(model, batch: int, image_size: int):
-    from PIL import Image
+def shapes_image_processor(cfg):
+    """LLaVA-OneVision's image processor for a shapes-only model (no checkpoint to read: crop size and pinpoints
+    from the config, transformers' defaults otherwise; the normalisation does not change the timings)."""
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
+
+    size = cfg.vision_config.image_size
+    return LlavaOnevisionImageProcessorPil(
+        size={"height": size, "width": size}, image_grid_pinpoints=[list(p) for p in cfg.image_grid_pinpoints]
+    )
+
+
+def build_inputs(model, batch: int, image_size: int, width: int | None = None):
+    """``batch`` copies of one conversation about a random ``image_size`` x ``width`` (height x width) image."""
+    from PIL import Image
 
     from anomaly_ov.model.processing import AnomalyOVProcessor
     from anomaly_ov.model.tokenizer import train_tokenizer
 
     cfg = model.config
     tok = train_tokenizer(["Are there any defects for the object in the image? Yes, a scratch on the left."])
-    image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": cfg.vision_config.image_size, "width": cfg.vision_config.image_size},
-        image_grid_pinpoints=[list(p) for p in cfg.image_grid_pinpoints],
-    )
-    proc = AnomalyOVProcessor(tok, image_processor, num_image_tokens=cfg.grid_size**2)
+    proc = AnomalyOVProcessor(tok, shapes_image_processor(cfg), num_image_tokens=cfg.grid_size**2)
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8))
+    width = width or image_size
+    image = Image.fromarray(rng.integers(0, 255, (image_size, width, 3), dtype=np.uint8))
     conv = [
         {"from": "human", "value": "<image>\nAre there any defects for the object in the image?"},
         {"from": "gpt", "value": "Yes, there is a scratch on the left."},
@@ -51,7 +59,7 @@ def build_inputs(model, batch: int, image_size: int):
     }
     for src, dst in remap.items():
         ids[ids == src] = dst
-    layout = proc.layout(image_size, image_size)
+    layout = proc.layout(image_size, width)
     return inputs, layout, proc
 
 

@@ -7,6 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _OFFLINE_ENV = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -31,5 +33,34 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Shared helper modules that sit beside this file (e.g. ``hostile``: broken and oversized image files).
-sys.path.insert(0, str(Path(__file__).parent))
+
+
+# ------------------------------------------------------------------ real-layout checkpoints (tests/real_layout.py)
+sys.path.insert(0, str(Path(__file__).parent))  # helper modules beside this file: `real_layout`, `hostile`
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer():
+    """llava-hf's Qwen2 tokenizer (real BPE, <image> 151646); session-wide, do not modify."""
+    from real_layout import build_qwen2_tokenizer
+
+    return build_qwen2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def real_layout_checkpoint(tmp_path_factory, qwen2_tokenizer) -> Path:
+    """A shrunk llava-onevision-qwen2-0.5b-ov-hf directory in the hub's layout (session-wide, read-only)."""
+    from real_layout import write_real_layout_checkpoint
+
+    root = tmp_path_factory.mktemp("real_layout")
+    return write_real_layout_checkpoint(root / "hub", layout="hub", tokenizer=qwen2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def real_layout_checkpoints(tmp_path_factory, real_layout_checkpoint, qwen2_tokenizer) -> dict[str, Path]:
+    """``{"hub": dir, "save_pretrained": dir}``: the same weights (seed 0) in both key layouts (read-only)."""
+    from real_layout import write_real_layout_checkpoint
+
+    root = tmp_path_factory.mktemp("real_layout_sp")
+    saved = write_real_layout_checkpoint(root / "save_pretrained", layout="save_pretrained", tokenizer=qwen2_tokenizer)
+    return {"hub": real_layout_checkpoint, "save_pretrained": saved}

@@ -2,7 +2,13 @@
 
 The dataset is read with the project's readers (``anomaly_ov.data.sources``), its test split (every row when the
 format has no test split) becomes the detection items, and the same reports as the ``evaluate`` stage are
-written under ``--out``. Heavy imports stay inside the functions so the CLI starts fast.
+written under ``--out``. With ``--bench FILE`` (a ``test_data.json``, e.g. the official VisA-D&R one) the items
+come from that file instead and PATH is the data root their ``image`` paths are relative to, as the release's
+``--data_dir``::
+
+    anomaly-ov evaluate /data --bench /data/VisA/test_data.json --reasoning /data/VisA/visa_dr.json -m models/x
+
+Heavy imports stay inside the functions so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -87,8 +93,14 @@ def evaluate_command(
     reasoning_file: Annotated[
         Path | None, typer.Option("--reasoning", help="visa_dr.json-style file: also run the reasoning protocol")
     ] = None,
+    bench: Annotated[
+        Path | None, typer.Option("--bench", help="test_data.json-style detection file; PATH is then its data root")
+    ] = None,
     allow_external: Annotated[
-        bool, typer.Option("--allow-external-paths", help="accept dataset paths that leave the dataset folder")
+        bool,
+        typer.Option(
+            "--allow-external-paths", help="accept dataset and item paths that leave PATH ('..', absolute, symlinks)"
+        ),
     ] = False,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
@@ -101,6 +113,7 @@ def evaluate_command(
         _fail(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}", 2)
     params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides)
     out = out or workspace / "reports" / "external" / (path.resolve().name or "dataset")
+    allow_external = allow_external or params.evaluate.allow_external_paths
     source = SourceParams(
         name=path.resolve().name or "dataset",
         format=fmt,  # type: ignore[arg-type]
@@ -109,15 +122,30 @@ def evaluate_command(
         categories=[c.strip() for c in categories.split(",") if c.strip()] if categories else None,
         allow_external_paths=allow_external,
     )
+    data_root = path.resolve()
     try:
-        summary = _evaluate(params, workspace, source, model, out, reasoning_file)
+        if bench is not None:
+            from anomaly_ov.evaluate.detection import load_test_items
+
+            items = load_test_items(bench, params.evaluate.max_images, data_root, allow_external)
+        else:
+            items = None
+        summary = _evaluate(params, workspace, source, model, out, reasoning_file, items, data_root, allow_external)
     except (FileNotFoundError, ValueError) as exc:
         _fail(f"evaluate: {exc}")
     typer.echo(json.dumps(summary, indent=2))
 
 
 def _evaluate(
-    params: Params, workspace: Path, source: Any, model: str | None, out: Path, reasoning_file: Path | None
+    params: Params,
+    workspace: Path,
+    source: Any,
+    model: str | None,
+    out: Path,
+    reasoning_file: Path | None,
+    items: list[dict[str, Any]] | None = None,
+    data_root: Path | None = None,
+    allow_external: bool = False,
 ) -> dict[str, Any]:
     import tempfile
 
@@ -129,9 +157,11 @@ def _evaluate(
     from anomaly_ov.evaluate.run import evaluate_dataset, load_predictor
     from anomaly_ov.paths import in_workspace
 
-    items = manifest_to_test_items(read_source(source, workspace), workspace)
-    items = balanced_subset(items, params.evaluate.max_images)
-    reasoning = load_reasoning_items(reasoning_file, params.evaluate.max_reasoning_items) if reasoning_file else None
+    if items is None:
+        items = manifest_to_test_items(read_source(source, workspace), workspace)
+        items = balanced_subset(items, params.evaluate.max_images)
+    reasoning = (load_reasoning_items(reasoning_file, params.evaluate.max_reasoning_items, data_root, allow_external)
+                 if reasoning_file else None)
     model = model or params.train.instruct.output_dir
     with tempfile.TemporaryDirectory(prefix="anomaly-ov-model-") as tmp:
         if model.startswith(MODEL_URI_PREFIXES):

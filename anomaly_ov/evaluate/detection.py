@@ -3,8 +3,8 @@
 For each image of ``test_data.json`` the model is asked the detection prompt (greedy decoding); the answer is
 positive when it contains "Yes" or "yes". The expert's image score and anomaly map are kept for every image:
 maps and masks are compared at ``params.evaluate.resolution`` (masks binarised ``> 0``, resized bilinearly and
-thresholded at 0.5). Pixel metrics are exact for small sets and binned (memory-bounded) above
-``params.evaluate.exact_pixel_limit`` pixels.
+thresholded at 0.5). Pixel metrics come from one streaming :class:`~anomaly_ov.evaluate.metrics.PixelScoreTable`
+per class: exact, in memory bounded by ``params.evaluate.exact_pixel_limit`` distinct scores per class.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from anomaly_ov.config import EvaluateParams
 
 DETECTION_PROMPT = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
-REQUIRED_TEST_KEYS = ("file", "anomaly")
+REQUIRED_TEST_KEYS = ("anomaly",)
 KINDS = ("TP", "FP", "FN")
 
 
@@ -48,28 +48,82 @@ def parse_yes_no(answer: str | None) -> bool | None:
 
 
 # ---------------------------------------------------------------------------------------------- items
-def load_test_items(path: str | Path, max_images: int | None = None) -> list[dict[str, Any]]:
-    """Read and check ``test_data.json``; ``max_images`` keeps a class- and label-balanced subset."""
+def load_test_items(
+    path: str | Path,
+    max_images: int | None = None,
+    data_root: str | Path | None = None,
+    allow_external: bool = False,
+) -> list[dict[str, Any]]:
+    """Read and check a detection file; ``max_images`` keeps a class- and label-balanced subset.
+
+    Two schemas are read: the project's ``test_data.json`` (items carry ``file``, see
+    :mod:`anomaly_ov.instruct.benchmark`) and the official VisA-D&R one, ``{"image": "VisA/<class>/...",
+    "anomaly": true|false}``, whose images are ``data_root / image`` as the release's scripts open them
+    (``os.path.join(data_dir, item["image"])``).
+    """
     from anomaly_ov.io import read_json
 
     data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of test items, got {type(data).__name__}")
-    items = [normalise_test_item(item, i, str(path)) for i, item in enumerate(data)]
+    items, errors = [], []
+    for i, item in enumerate(data):
+        try:
+            items.append(normalise_test_item(item, i, str(path), data_root, allow_external))
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ValueError(f"{len(errors)} bad test item(s):\n" + "\n".join(errors[:20]))
     return balanced_subset(items, max_images)
 
 
-def normalise_test_item(item: Any, index: int, source: str = "test items") -> dict[str, Any]:
-    """Check one test item's keys and fill ``category`` (second component of ``image``) and ``mask``."""
+def resolve_item_image(
+    item: dict[str, Any], index: int, source: str, data_root: str | Path | None, allow_external: bool = False
+) -> str:
+    """The file to open for a benchmark item: its ``file``, else ``data_root / image`` kept inside ``data_root``
+    (an absolute or ``..`` path is refused unless ``allow_external``)."""
+    from anomaly_ov.paths import OutsideRootError, inside_root
+
+    if item.get("file"):
+        return str(item["file"])
+    image = item.get("image")
+    if not isinstance(image, str) or not image:
+        raise ValueError(f"{source}: item {index} has neither 'file' nor an 'image' path")
+    if data_root is None:
+        raise ValueError(
+            f"{source}: item {index} names its image {image!r} relative to a data root (the official VisA-D&R "
+            "layout); give the folder that holds it: `anomaly-ov evaluate DATA_ROOT --bench FILE` or "
+            "evaluate.data_root in the params"
+        )
+    try:
+        return str(inside_root(data_root, image, allow_external=allow_external))
+    except OutsideRootError as exc:
+        raise ValueError(
+            f"{source}: item {index} image {image!r} leaves the data root {data_root} ({exc.reason.split(';')[0]}); "
+            "fix the file, or allow it with evaluate.allow_external_paths / --allow-external-paths"
+        ) from None
+
+
+def normalise_test_item(
+    item: Any,
+    index: int,
+    source: str = "test items",
+    data_root: str | Path | None = None,
+    allow_external: bool = False,
+) -> dict[str, Any]:
+    """Check one test item's keys and fill ``file`` (see :func:`resolve_item_image`), ``category`` (second
+    component of ``image``) and ``mask``."""
     if not isinstance(item, dict):
         raise ValueError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
     missing = [k for k in REQUIRED_TEST_KEYS if k not in item]
     if missing:
-        raise ValueError(f"{source}: item {index} lacks key(s) {missing}; each item needs {list(REQUIRED_TEST_KEYS)}")
+        raise ValueError(f"{source}: item {index} lacks key(s) {missing}; each item needs {list(REQUIRED_TEST_KEYS)}"
+                         " (and 'file', or an 'image' path under the data root)")
     out = dict(item)
     if not isinstance(out["anomaly"], bool | int):
         raise ValueError(f"{source}: item {index} key 'anomaly' must be true/false, got {out['anomaly']!r}")
     out["anomaly"] = bool(out["anomaly"])
+    out["file"] = resolve_item_image(out, index, source, data_root, allow_external)
     out.setdefault("mask", "")
     out["mask"] = out["mask"] or ""
     out.setdefault("image", str(out["file"]))
@@ -192,10 +246,14 @@ class Sample:
 @dataclass
 class DetectionResult:
     records: list[dict[str, Any]] = field(default_factory=list)
-    pixel: dict[str, Any] = field(default_factory=dict)  # category -> PixelAccumulator | ExactPixelStore
+    pixel: dict[str, M.PixelScoreTable] = field(default_factory=dict)  # category -> its pixel statistics
     samples: list[Sample] = field(default_factory=list)
-    exact_pixels: bool = True
     skipped_pixel_images: int = 0
+
+    @property
+    def exact_pixels(self) -> bool:
+        """True when no class had more distinct scores than its table holds (see PixelScoreTable)."""
+        return all(table.exact for table in self.pixel.values())
 
     def column(self, name: str) -> list[Any]:
         return [r[name] for r in self.records]
@@ -247,7 +305,7 @@ def run_detection(
             usable.append(item)
     items = usable
     res = cfg.resolution
-    result = DetectionResult(exact_pixels=len(items) * res * res <= cfg.exact_pixel_limit)
+    result = DetectionResult()
     kept: dict[tuple[str, str], int] = {}
     for start in range(0, len(items), cfg.batch_size):
         batch, images = [], []
@@ -296,8 +354,7 @@ def run_detection(
                 amap_res = resize_map(amap, res)
                 mask_res = mask_at_res(item)
                 if cat not in result.pixel:
-                    exact = result.exact_pixels
-                    result.pixel[cat] = M.ExactPixelStore() if exact else M.PixelAccumulator(cfg.pixel_bins)
+                    result.pixel[cat] = M.PixelScoreTable(cfg.exact_pixel_limit)
                 result.pixel[cat].add(amap_res, mask_res)
             kind = decision_kind(said_yes if said_yes is not None else expert, item["anomaly"])
             if kind in KINDS and kept.get((cat, kind), 0) < cfg.figures_per_kind:

@@ -28,35 +28,74 @@ BUNDLED_SBERT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 # ---------------------------------------------------------------------------------------------- items
-def load_reasoning_items(path: str | Path, max_items: int | None = None) -> list[dict[str, Any]]:
-    """Read and check ``visa_dr.json`` (questions, answers and kinds of equal length); keep ``max_items``."""
+def load_reasoning_items(
+    path: str | Path,
+    max_items: int | None = None,
+    data_root: str | Path | None = None,
+    allow_external: bool = False,
+) -> list[dict[str, Any]]:
+    """Read and check a reasoning file; keep ``max_items``.
+
+    Two schemas are read: the project's ``visa_dr.json`` (``file``, ``questions``, ``answers``, ``kinds``; see
+    :mod:`anomaly_ov.instruct.benchmark`) and the official VisA-D&R one: ``image`` ("VisA/<class>/...", opened as
+    ``data_root / image``), ``questions`` (the turns, asked in order with the model's own answers as history, as
+    the release's ``test_reasoning.py`` does) and the reference answers under ``answers``. The release's code reads
+    only ``image`` and ``questions``; an item without ``answers`` is still asked, its answers are kept unscored.
+    Without ``kinds`` every turn counts as low-level.
+    """
     from anomaly_ov.io import read_json
 
     data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of reasoning items, got {type(data).__name__}")
-    items = [normalise_reasoning_item(item, i, str(path)) for i, item in enumerate(data)]
+    items, errors = [], []
+    for i, item in enumerate(data):
+        try:
+            items.append(normalise_reasoning_item(item, i, str(path), data_root, allow_external))
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ValueError(f"{len(errors)} bad reasoning item(s):\n" + "\n".join(errors[:20]))
     return items if max_items is None else items[:max_items]
 
 
-def normalise_reasoning_item(item: Any, index: int, source: str = "reasoning items") -> dict[str, Any]:
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def normalise_reasoning_item(
+    item: Any,
+    index: int,
+    source: str = "reasoning items",
+    data_root: str | Path | None = None,
+    allow_external: bool = False,
+) -> dict[str, Any]:
+    from anomaly_ov.evaluate.detection import resolve_item_image
+
     if not isinstance(item, dict):
         raise ValueError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
-    missing = [k for k in ("file", "questions", "answers") if k not in item]
-    if missing:
-        raise ValueError(f"{source}: item {index} lacks key(s) {missing}")
+    if "questions" not in item:
+        raise ValueError(f"{source}: item {index} lacks key 'questions' (keys: {sorted(item)})")
     out = dict(item)
-    questions, answers = list(out["questions"]), list(out["answers"])
+    out["file"] = resolve_item_image(out, index, source, data_root, allow_external)
+    questions = out["questions"]
+    if not _strings(questions) or not questions:
+        raise ValueError(f"{source}: item {index} 'questions' must be a non-empty list of strings")
+    answers = out.get("answers")
+    if answers is None:
+        answers = [None] * len(questions)
+    elif not _strings(answers):
+        raise ValueError(f"{source}: item {index} 'answers' must be a list of strings (one reference per question)")
     kinds = list(out.get("kinds") or ["low_level"] * len(questions))
     if not (len(questions) == len(answers) == len(kinds)):
         raise ValueError(
             f"{source}: item {index} has {len(questions)} questions, {len(answers)} answers and {len(kinds)} kinds;"
             " they must pair up one to one"
         )
-    bad = sorted({k for k in kinds if k not in KINDS})
+    bad = sorted({str(k) for k in kinds if k not in KINDS})
     if bad:
         raise ValueError(f"{source}: item {index} has unknown kind(s) {bad}; allowed {list(KINDS)}")
-    out.update(questions=questions, answers=answers, kinds=kinds)
+    out.update(questions=list(questions), answers=list(answers), kinds=kinds)
     if not out.get("category"):
         parts = Path(str(out.get("image", out["file"]))).parts
         out["category"] = parts[1] if len(parts) > 1 else "unknown"
@@ -174,11 +213,16 @@ def score_records(
 ) -> ReasoningResult:
     """Add ``rouge_l`` (low-level), ``sbert`` and ``judge`` scores to each record."""
     result = ReasoningResult(records=records, sbert_name=getattr(similarity, "name", ""))
-    if similarity is not None:
-        sims = similarity.pairs([r["reference"] for r in records], [r["answer"] for r in records])
-    else:
-        sims = [None] * len(records)
+    sims: list[float | None] = [None] * len(records)
+    scored = [i for i, r in enumerate(records) if r["reference"] is not None]
+    if similarity is not None and scored:
+        values = similarity.pairs([records[i]["reference"] for i in scored], [records[i]["answer"] for i in scored])
+        for i, value in zip(scored, values, strict=True):
+            sims[i] = value
     for record, sim in zip(records, sims, strict=True):
+        if record["reference"] is None:  # an item without reference answers: asked, not scored
+            record.update(rouge_l=None, sbert=None, judge=None)
+            continue
         record["rouge_l"] = rouge_l(record["reference"], record["answer"]) if record["kind"] == "low_level" else None
         record["sbert"] = sim
         record["judge"] = (
@@ -199,7 +243,7 @@ def run_reasoning(
 ) -> ReasoningResult:
     """Ask and score the reasoning items (loads Sentence-BERT and, when enabled, the judge)."""
     records = ask_items(predictor, items, workspace, progress, cfg.reasoning_max_new_tokens)
-    if similarity is None and records:
+    if similarity is None and any(r["reference"] is not None for r in records):
         similarity = SentenceSimilarity(cfg.sbert_model)
     judge = None
     if cfg.judge.enabled:

@@ -118,6 +118,11 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return f"{100 * value:.1f}" if pct else f"{value:.3f}"
 
 
+def _nearly_exact(info: Mapping[str, Any]) -> str:
+    return (f"nearly exact (a class had more than {info.get('pixel_table_limit')} distinct scores, "
+            "evaluate.exact_pixel_limit: nearby scores were merged)")
+
+
 def markdown_report(flat: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     """The human report: our numbers beside the published ones, which were measured on different data."""
     g = flat.get
@@ -129,7 +134,7 @@ def markdown_report(flat: Mapping[str, Any], info: Mapping[str, Any]) -> str:
         f"normal) in {g('counts.categories')} classes.",
         f"- Model: {info.get('model', '?')}.",
         f"- Maps and masks compared at {g('eval_resolution')} x {g('eval_resolution')} px; pixel metrics "
-        f"{'exact' if g('pixel_exact') else 'binned (' + str(info.get('pixel_bins')) + ' bins)'}.",
+        f"{'exact' if g('pixel_exact') else _nearly_exact(info)}.",
         "- Every metric is computed per class, then averaged over classes. \"missing\" = undefined for every class"
         " (e.g. one label value only); it is never replaced by 0 or 1.",
         "",

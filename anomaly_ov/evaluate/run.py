@@ -139,7 +139,7 @@ def evaluate_dataset(
     }
     flat = report.flat_metrics(overall, per_class, extra)
     info.setdefault("threshold", cfg.threshold)
-    info.setdefault("pixel_bins", cfg.pixel_bins)
+    info.setdefault("pixel_table_limit", cfg.exact_pixel_limit)
 
     curve_rows = detection.curves(det)
     report.write_metrics(paths.metrics, flat)
@@ -179,22 +179,33 @@ def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
 
     cfg = params.evaluate
     bench = in_workspace(workspace, params.instruct.bench_dir)
-    test_file = bench / TEST_DATA
+    test_file = in_workspace(workspace, cfg.test_data) if cfg.test_data else bench / TEST_DATA
+    data_root = in_workspace(workspace, cfg.data_root).absolute() if cfg.data_root else None
     if not test_file.exists():
-        raise StageFailed("evaluate", f"{test_file} not found; run `anomaly-ov stage synthesize` first")
-    test_items = load_test_items(test_file, cfg.max_images)
+        hint = "check evaluate.test_data" if cfg.test_data else "run `anomaly-ov stage synthesize` first"
+        raise StageFailed("evaluate", f"{test_file} not found; {hint}")
+    try:
+        test_items = load_test_items(test_file, cfg.max_images, data_root, cfg.allow_external_paths)
+    except ValueError as exc:
+        raise StageFailed("evaluate", str(exc)) from None
     reasoning_items = None
     if cfg.reasoning:
-        reasoning_file = bench / REASONING_DATA
+        reasoning_file = in_workspace(workspace, cfg.reasoning_data) if cfg.reasoning_data else bench / REASONING_DATA
         if not reasoning_file.exists():
             raise StageFailed(
                 "evaluate",
-                f"{reasoning_file} not found; run `anomaly-ov stage synthesize`, or set evaluate.reasoning=false",
+                f"{reasoning_file} not found; run `anomaly-ov stage synthesize`, check evaluate.reasoning_data, "
+                "or set evaluate.reasoning=false",
             )
-        reasoning_items = load_reasoning_items(reasoning_file, cfg.max_reasoning_items)
+        try:
+            reasoning_items = load_reasoning_items(reasoning_file, cfg.max_reasoning_items, data_root,
+                                                   cfg.allow_external_paths)
+        except ValueError as exc:
+            raise StageFailed("evaluate", str(exc)) from None
     model_dir = in_workspace(workspace, params.train.instruct.output_dir)
     predictor = load_predictor(model_dir, cfg.device)
-    info = {"dataset": f"{params.instruct.bench_dir}/{TEST_DATA}", "model": params.train.instruct.output_dir}
+    info = {"dataset": cfg.test_data or f"{params.instruct.bench_dir}/{TEST_DATA}",
+            "model": params.train.instruct.output_dir}
     flat = evaluate_dataset(predictor, test_items, reasoning_items, params, None, workspace, info)
     summary = {k: flat[k] for k in HEADLINE if flat.get(k) is not None}
     summary["images"] = flat["counts.images"]

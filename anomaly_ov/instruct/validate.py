@@ -8,7 +8,11 @@ Checks (critical unless noted):
 
 - ``records_present``: the set is not empty.
 - ``id_present`` / ``unique_ids``: every record has an id and ids are unique.
-- ``images_exist``: every image path of every record exists (workspace-relative or absolute).
+- ``images_exist``: every image path of every record exists (relative to the image root: the workspace for the
+  synthesized set, the source's ``image_root`` for a released set; absolute paths as they are). A text-only
+  record (no ``image`` and no ``<image>``) is allowed, as LLaVA-format data has them.
+- ``images_inside_root`` (only with ``allow_external=False``, as for released sets): no image path is absolute or
+  climbs out of the image root with ``..`` or a symlink.
 - ``roles_alternate``: turns alternate human, gpt, human, ... starting with human and ending with gpt.
 - ``image_placeholders``: exactly one ``<image>`` per image of the record, all in the first human turn.
 - ``answers_not_empty`` / ``answer_length``: every gpt answer is non-empty and at most
@@ -18,6 +22,8 @@ Checks (critical unless noted):
 - ``yes_no_balance``: the share of "Yes" among detection answers is within ``instruct.yes_no_tolerance`` of 0.5.
 - ``distinct_answers`` (warning): per question kind, distinct answers / answers >=
   ``instruct.min_distinct_answer_ratio`` (templated data that repeats itself teaches the model one sentence).
+
+Every failing record is listed in the report (by default), named by its ``id`` ("record <id>") and row.
 """
 
 from __future__ import annotations
@@ -54,8 +60,20 @@ def _turns(record: Any) -> list[Any]:
     return turns if isinstance(turns, list) else []
 
 
-def record_flags(record: Any, workspace: Path, max_chars: int) -> dict[str, Any]:
-    """One row of the derived table: the record's id, first file and 0/1 flags for each per-record check."""
+def _inside(root: Path, path: str) -> bool:
+    from anomaly_ov.paths import OutsideRootError, inside_root
+
+    try:
+        inside_root(root, path)
+    except OutsideRootError:
+        return False
+    return True
+
+
+def record_flags(record: Any, workspace: Path, max_chars: int, allow_external: bool = True) -> dict[str, Any]:
+    """One row of the derived table: the record's id, first file and 0/1 flags for each per-record check.
+
+    ``workspace`` is the image root the record's relative image paths are resolved against."""
     images = _images(record)
     turns = _turns(record)
     values = [t.get("value") if isinstance(t, dict) else None for t in turns]
@@ -66,8 +84,10 @@ def record_flags(record: Any, workspace: Path, max_chars: int) -> dict[str, Any]
     answers = [t for t, r in zip(texts, roles, strict=True) if r == "gpt"]
     n_tokens = sum(t.count(IMAGE_TOKEN) for t in texts)
     first_tokens = texts[0].count(IMAGE_TOKEN) if texts else 0
-    placeholders_ok = bool(images) and n_tokens == len(images) == first_tokens
-    exist = all((p if Path(p).is_absolute() else workspace / p).exists() for p in images) if images else False
+    text_only = isinstance(record, dict) and "image" not in record
+    placeholders_ok = n_tokens == len(images) == first_tokens and (bool(images) or text_only)
+    exist = all((p if Path(p).is_absolute() else workspace / p).exists() for p in images)
+    inside = allow_external or all(_inside(workspace, p) for p in images)
     kinds = record.get("kinds") if isinstance(record, dict) else None
     kinds_ok = True
     detection_ok = True
@@ -77,11 +97,13 @@ def record_flags(record: Any, workspace: Path, max_chars: int) -> dict[str, Any]
             detection_ok = all(answers[i].strip() in ("Yes", "No") for i, k in enumerate(kinds) if k == DETECTION)
     raw_id = record.get("id") if isinstance(record, dict) else None
     return {
-        "id": raw_id if isinstance(raw_id, str) and raw_id else None,
+        "id": raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id) else None,
+        "_record": str(raw_id),
         "_id": str(raw_id),
         "_file": images[0] if images else "",
         "n_images": len(images),
         "images_exist": int(exist),
+        "images_inside": int(inside),
         "roles_ok": int(roles_ok),
         "placeholders_ok": int(placeholders_ok),
         "min_answer_chars": min((len(a.strip()) for a in answers), default=0),
@@ -91,10 +113,11 @@ def record_flags(record: Any, workspace: Path, max_chars: int) -> dict[str, Any]
     }
 
 
-def record_table(records: Sequence[Any], workspace: str | Path, max_chars: int = 1200) -> pd.DataFrame:
+def record_table(records: Sequence[Any], workspace: str | Path, max_chars: int = 1200,
+                 allow_external: bool = True) -> pd.DataFrame:
     import pandas as pd
 
-    rows = [record_flags(r, Path(workspace), max_chars) for r in records]
+    rows = [record_flags(r, Path(workspace), max_chars, allow_external) for r in records]
     return pd.DataFrame(rows, columns=list(record_flags({}, Path(workspace), max_chars)))
 
 
@@ -113,7 +136,10 @@ def record_expectations(settings: InstructParams) -> list[Any]:
                                          meta={"check": "unique_ids", "what": "record ids are unique",
                                                "hint": "give repeated conversations a suffix (id#1)"}),
         flag("images_exist", "images_exist", "every image of every record exists",
-             "image paths are workspace-relative; re-run prepare/synthesize"),
+             "image paths are relative to the image root (the workspace, or the source's image_root); "
+             "re-run prepare/synthesize or fix the source's image_root"),
+        flag("images_inside_root", "images_inside", "every image path stays inside the image root",
+             "use paths relative to the image root, or set allow_external_paths: true on the source"),
         flag("roles_alternate", "roles_ok", "turns alternate human/gpt, starting with human, ending with gpt",
              "each question needs exactly one answer"),
         flag("image_placeholders", "placeholders_ok",
@@ -184,37 +210,47 @@ def validate_records(
     workspace: str | Path,
     *,
     subject: str = "",
-    max_examples: int = 20,
+    max_examples: int | None = None,
     use_gx: bool = True,
+    allow_external: bool = True,
 ) -> ValidationReport:
     """Validate an instruction set; ``use_gx=False`` evaluates the per-record flags with pandas only (same checks,
-    no 3 s GX import: for quick interactive use)."""
+    no 3 s GX import: for quick interactive use).
+
+    ``workspace`` is the image root; ``allow_external=False`` adds ``images_inside_root``. ``max_examples`` caps
+    the failing records listed per check (None: every one)."""
     started = time.perf_counter()
-    table = record_table(records, workspace, settings.max_answer_chars)
+    max_examples = max(len(records), 1) if max_examples is None else max_examples
+    table = record_table(records, workspace, settings.max_answer_chars, allow_external)
+    expectations = [e for e in record_expectations(settings)
+                    if not (allow_external and e.meta.get("check") == "images_inside_root")]
     if use_gx and len(table):
         from anomaly_ov.validate.gx import run_suite
 
-        record_checks = run_suite(table, record_expectations(settings), suite_name=SUITE,
-                                  key_columns=["_id", "_file"], max_examples=max_examples)
+        record_checks = run_suite(table, expectations, suite_name=SUITE,
+                                  key_columns=["_record", "_id", "_file"], max_examples=max_examples)
     else:
-        record_checks = _pandas_record_checks(table, settings, max_examples)
+        record_checks = _pandas_record_checks(table, settings, max_examples, allow_external)
     checks = set_checks(records, settings, max_examples) + record_checks
     return ValidationReport.build(checks, title="Instruction-set validation", subject=subject, rows=len(records),
                                   started=started)
 
 
-def _pandas_record_checks(table: pd.DataFrame, settings: InstructParams, max_examples: int) -> list[Check]:
+def _pandas_record_checks(table: pd.DataFrame, settings: InstructParams, max_examples: int,
+                          allow_external: bool = True) -> list[Check]:
     """The same per-record checks as :func:`record_expectations`, evaluated with pandas."""
 
     def failing(mask: Any) -> list[dict[str, Any]]:
-        return [{"file": f, "row": int(i), "id": r} for i, (r, f) in enumerate(zip(table["_id"], table["_file"],
-                                                                                    strict=True)) if mask[i]]
+        return [{"record": r, "file": f, "row": int(i), "id": r}
+                for i, (r, f) in enumerate(zip(table["_id"], table["_file"], strict=True)) if mask[i]]
 
     ids = table["id"]
     tests = [
         ("id_present", "every record has a non-empty id", ids.isna().to_numpy()),
         ("unique_ids", "record ids are unique", (ids.duplicated(keep=False) & ids.notna()).to_numpy()),
         ("images_exist", "every image of every record exists", (table["images_exist"] != 1).to_numpy()),
+        *([] if allow_external else [("images_inside_root", "every image path stays inside the image root",
+                                      (table["images_inside"] != 1).to_numpy())]),
         ("roles_alternate", "turns alternate human/gpt", (table["roles_ok"] != 1).to_numpy()),
         ("image_placeholders", "exactly one <image> per image", (table["placeholders_ok"] != 1).to_numpy()),
         ("answers_not_empty", "no gpt answer is empty", (table["min_answer_chars"] < 1).to_numpy()),

@@ -15,7 +15,9 @@ API::
 
     tok = train_tokenizer(texts, vocab_size=2000)                 # tiny only (anomaly_ov.model.tokenizer)
     model = build_model(params, tokenizer=tok)                    # AnomalyOVForConditionalGeneration
-    proc = build_processor(params, tok)                           # AnomalyOVProcessor (or processor_for(model, tok))
+    proc = build_processor(params, tok)                           # AnomalyOVProcessor (or processor_for(model, tok,
+                                                                  #   image_processor_for(params)))
+    image_processor_for(params)                                   # THE image processor of a preset (all stages)
     save_pretrained(model, proc, d); model, proc = load_pretrained(d)  # whole model, no network
     save_expert_stage(model, d); load_expert_stage(model, d)      # stage-1 artifact (expert .pth + tiny tower)
 
@@ -43,6 +45,9 @@ HUB_IDS = {
     "llava-onevision-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
     "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
 }
+#: Pretrained presets resize an image whose longer side exceeds this to it, as the release's scripts do
+#: (``processing.fit_longest_side``); the tiny preset keeps images as they are.
+RELEASE_MAX_IMAGE_SIDE = 1024
 TINY_IMAGE_SIZE = 128
 #: patch 8 (a 16 x 16 grid): at patch 16 the 8 x 8 maps could not outline the small synthetic defects (held-out pixel
 #: AUROC 0.70 against 0.83 at patch 8, same data and recipe); width and depth shrink to keep stage 1 CPU-sized.
@@ -67,11 +72,12 @@ TINY_TEXT = {
     "tie_word_embeddings": True,
 }
 TINY_EXPERT_DIM = 64
-#: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models).
+#: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
+#: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
 QWEN2_TEXT = {
     "llava-onevision-0.5b": {
         "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-        "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+        "num_key_value_heads": 2, "vocab_size": 152000, "max_position_embeddings": 32768,
         "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
     },
     "llava-onevision-7b": {
@@ -166,6 +172,7 @@ def tiny_config(tokenizer: Any, params: Params | None = None):
 
 
 def tiny_image_processor():
+    """The tiny preset's image processor: 128 px crops, its pinpoints, transformers' class defaults otherwise."""
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
@@ -184,9 +191,6 @@ def _checkpoint(params: Params) -> str:
 def _load_pretrained_base(params: Params):
     """(model, tokenizer, image_processor) from a llava-hf LLaVA-OneVision checkpoint + a fresh expert."""
     from transformers import AutoTokenizer, LlavaOnevisionConfig
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
 
     from anomaly_ov.model.expert import load_expert_weights
     from anomaly_ov.model.modeling import AnomalyOVConfig, AnomalyOVForConditionalGeneration
@@ -195,7 +199,7 @@ def _load_pretrained_base(params: Params):
     try:
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(source))
         base_cfg = LlavaOnevisionConfig.from_pretrained(source)
-        image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(source)
+        image_processor = image_processor_for(params)
     except OSError as exc:
         raise FileNotFoundError(
             f"cannot load LLaVA-OneVision checkpoint {source!r} ({exc}). Set model.checkpoint to a local copy of "
@@ -212,13 +216,20 @@ def _load_pretrained_base(params: Params):
     return model, tokenizer, image_processor
 
 
-def build_shapes_only(preset: str = "llava-onevision-0.5b", params: Params | None = None):
+def build_shapes_only(
+    preset: str = "llava-onevision-0.5b",
+    params: Params | None = None,
+    text_overrides: dict[str, Any] | None = None,
+    vision_overrides: dict[str, Any] | None = None,
+):
     """The preset's architecture from config with random weights (no download, no tokenizer).
 
     Placeholder ids are the llava-hf ones (<image> 151646) plus 151648 (<anomaly>) and 151649 (<adv>); the adverb
-    ids are arbitrary (shapes only).
+    ids are arbitrary (shapes only). The vision tower is LLaVA-OneVision's default (SigLIP so400m at 384 px / patch
+    14, 26 layers) with the release's grid pinpoints. ``text_overrides`` / ``vision_overrides`` change config fields
+    (e.g. fewer layers for a CPU smoke run of a benchmark).
     """
-    from transformers import Qwen2Config
+    from transformers import Qwen2Config, SiglipVisionConfig
 
     from anomaly_ov.config import Params
     from anomaly_ov.model.modeling import AnomalyOVConfig, AnomalyOVForConditionalGeneration
@@ -226,8 +237,12 @@ def build_shapes_only(preset: str = "llava-onevision-0.5b", params: Params | Non
     if preset not in QWEN2_TEXT:
         raise ValueError(f"no shapes-only build for preset {preset!r}; choose one of {sorted(QWEN2_TEXT)}")
     params = params or Params(model={"preset": preset})
+    vision = None
+    if vision_overrides:
+        vision = SiglipVisionConfig(**{**AnomalyOVConfig().vision_config.to_dict(), **vision_overrides})
     config = AnomalyOVConfig(
-        text_config=Qwen2Config(**QWEN2_TEXT[preset]),
+        text_config=Qwen2Config(**{**QWEN2_TEXT[preset], **(text_overrides or {})}),
+        vision_config=vision,
         image_token_index=151646,
         video_token_index=151647,
         anomaly_token_index=151648,
@@ -264,26 +279,52 @@ def build_model(params: Params, tokenizer: Any = None, config_only: bool = False
     return model
 
 
+def image_processor_for(params: Params):
+    """The image processor of ``params.model.preset``: the one place the pipeline makes one for a preset.
+
+    tiny: :func:`tiny_image_processor`; a pretrained preset: the checkpoint's own ``preprocessor_config.json``
+    (``params.model.checkpoint``; SigLIP mean/std 0.5 for llava-hf LLaVA-OneVision), never class defaults. Stage 1,
+    stage 2 (which saves it beside the model, where evaluation, predict and serving read it back) take it from here.
+    """
+    if params.model.preset == "tiny":
+        return tiny_image_processor()
+    from anomaly_ov.model.processing import load_image_processor
+
+    return load_image_processor(_checkpoint(params))
+
+
+def _is_tiny_architecture(cfg: Any) -> bool:
+    return (
+        cfg.vision_config.image_size == TINY_IMAGE_SIZE
+        and cfg.vision_config.patch_size == TINY_PATCH
+        and [list(p) for p in cfg.image_grid_pinpoints] == TINY_PINPOINTS
+    )
+
+
 def processor_for(model: AnomalyOVForConditionalGeneration, tokenizer: Any, image_processor: Any = None):
-    """An AnomalyOVProcessor matching ``model``'s tower grid and AnyRes settings."""
+    """An AnomalyOVProcessor matching ``model``'s tower grid and AnyRes settings.
+
+    ``image_processor``: :func:`image_processor_for` (params) of the model's preset; it may be left out only for a
+    tiny-preset model (then the tiny one). A pretrained model's image processor is read from its checkpoint, so
+    leaving it out there is an error rather than a silent fall-back to class defaults (CLIP's mean/std).
+    """
     from anomaly_ov.model.processing import AnomalyOVProcessor
 
     cfg = model.config
     if image_processor is None:
-        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-            LlavaOnevisionImageProcessorPil,
-        )
-
-        size = cfg.vision_config.image_size
-        image_processor = LlavaOnevisionImageProcessorPil(
-            size={"height": size, "width": size}, image_grid_pinpoints=[list(p) for p in cfg.image_grid_pinpoints]
-        )
+        if not _is_tiny_architecture(cfg):
+            raise ValueError(
+                "processor_for(model, tokenizer) without image_processor works only for the tiny preset; pass "
+                "image_processor=image_processor_for(params) (the checkpoint's preprocessor_config.json)"
+            )
+        image_processor = tiny_image_processor()
     return AnomalyOVProcessor(
         prepare_tokenizer(tokenizer),
         image_processor,
         num_image_tokens=cfg.grid_size**2,
         vision_aspect_ratio=cfg.vision_aspect_ratio,
         num_pooling_tokens=model.anomaly_expert.num_pooling_tokens,
+        max_image_side=None if _is_tiny_architecture(cfg) else RELEASE_MAX_IMAGE_SIDE,
     )
 
 
@@ -296,19 +337,17 @@ def build_processor(params: Params, tokenizer: Any = None) -> AnomalyOVProcessor
         if tokenizer is None:
             raise ValueError("the tiny preset's processor needs the tokenizer its model was built with")
         g = TINY_IMAGE_SIZE // TINY_PATCH
-        return AnomalyOVProcessor(prepare_tokenizer(tokenizer), tiny_image_processor(), num_image_tokens=g * g)
+        return AnomalyOVProcessor(prepare_tokenizer(tokenizer), image_processor_for(params), num_image_tokens=g * g)
     from transformers import AutoTokenizer, LlavaOnevisionConfig
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
 
     source = _checkpoint(params)
     tokenizer = prepare_tokenizer(tokenizer or AutoTokenizer.from_pretrained(source))
-    image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(source)
+    image_processor = image_processor_for(params)
     cfg = LlavaOnevisionConfig.from_pretrained(source)
     grid = cfg.vision_config.image_size // cfg.vision_config.patch_size
     return AnomalyOVProcessor(
-        tokenizer, image_processor, num_image_tokens=grid * grid, vision_aspect_ratio=cfg.vision_aspect_ratio
+        tokenizer, image_processor, num_image_tokens=grid * grid, vision_aspect_ratio=cfg.vision_aspect_ratio,
+        max_image_side=RELEASE_MAX_IMAGE_SIDE,
     )
 
 

@@ -78,6 +78,48 @@ def load_image(image: Any):
     raise TypeError(f"expected an image path or a PIL image, got {type(image).__name__}")
 
 
+def fit_longest_side(image: Any, max_side: int | None):
+    """The release's evaluation and training resize: an image whose longer side exceeds ``max_side`` is resized
+    (bicubic, PIL's default for RGB) to ``max_side`` on that side, the other side scaled by the same factor and
+    truncated to an integer (at least 1); smaller images and ``max_side=None`` pass through unchanged.
+
+    A 1500 x 1000 image becomes 1024 x 682, for which the 384-px grid pinpoints pick a 2 x 3 crop grid (3 x 4 at
+    full size). Pretrained presets use ``max_side=1024``; the tiny preset does not resize.
+    """
+    from PIL import Image
+
+    if max_side is None:
+        return image
+    width, height = image.size
+    if max(width, height) <= max_side:
+        return image
+    if width > height:
+        size = (max_side, max(1, int(max_side * height / width)))
+    else:
+        size = (max(1, int(max_side * width / height)), max_side)
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def load_image_processor(source: str | Path) -> Any:
+    """The image processor saved in ``source`` (a checkpoint or model directory, or a hub id when online).
+
+    Reads ``preprocessor_config.json`` into transformers' PIL ``LlavaOnevisionImageProcessorPil`` (crop size,
+    mean/std, resampling, grid pinpoints, padding: whatever the checkpoint says; the llava-hf LLaVA-OneVision ones
+    say SigLIP's 384 px and mean/std 0.5). Every pretrained image processor the pipeline uses comes from here, so
+    stage 1, stage 2, evaluation and serving normalise an image the same way.
+    """
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    try:
+        return LlavaOnevisionImageProcessorPil.from_pretrained(str(source))
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"cannot read the image processor (preprocessor_config.json) of {source}: {exc}"
+        ) from exc
+
+
 def normalize_conversation(conversation: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """LLaVA ``{"from", "value"}`` or chat ``{"role", "content"}`` turns -> [(role, text)] with roles user/assistant."""
     turns = []
@@ -118,6 +160,7 @@ class AnomalyOVProcessor:
         vision_aspect_ratio: str = "anyres_max_9",
         system_prompt: str = SYSTEM_PROMPT,
         num_pooling_tokens: int = 2,
+        max_image_side: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -127,6 +170,7 @@ class AnomalyOVProcessor:
         self.vision_aspect_ratio = vision_aspect_ratio
         self.system_prompt = system_prompt
         self.num_pooling_tokens = num_pooling_tokens
+        self.max_image_side = max_image_side  # see fit_longest_side
         self.image_token_id = self._token_id(IMAGE_TOKEN)
         self.adv_token_id = self._token_id(ADV_TOKEN)
         self.anomaly_token_id = self._token_id(ANOMALY_TOKEN)
@@ -150,9 +194,14 @@ class AnomalyOVProcessor:
     # --------------------------------------------------------------------------------------------- images
     def preprocess_images(self, images: Sequence[Any] | Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:
         """Images (flat list: one per sample; nested: images per sample) -> pixel_values [I,max_crops,3,H,W],
-        image_sizes [I,2] (height, width), batch_num_images [batch]."""
+        image_sizes [I,2] (height, width, after :func:`fit_longest_side` with ``max_image_side``),
+        batch_num_images [batch]."""
         nested = len(images) > 0 and isinstance(images[0], (list, tuple))
-        pil = [[load_image(im) for im in group] for group in images] if nested else [load_image(im) for im in images]
+
+        def prepared(image: Any) -> Any:
+            return fit_longest_side(load_image(image), self.max_image_side)
+
+        pil = [[prepared(im) for im in group] for group in images] if nested else [prepared(im) for im in images]
         out = self.image_processor(pil, return_tensors="pt")
         return {
             "pixel_values": out["pixel_values"],
@@ -380,6 +429,7 @@ class AnomalyOVProcessor:
             "vision_aspect_ratio": self.vision_aspect_ratio,
             "system_prompt": self.system_prompt,
             "num_pooling_tokens": self.num_pooling_tokens,
+            "max_image_side": self.max_image_side,
         }
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -393,9 +443,6 @@ class AnomalyOVProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AnomalyOVProcessor:
         from transformers import AutoTokenizer
-        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-            LlavaOnevisionImageProcessorPil,
-        )
 
         directory = Path(directory)
         settings_file = directory / PROCESSOR_FILE
@@ -403,8 +450,7 @@ class AnomalyOVProcessor:
             raise FileNotFoundError(f"{settings_file} is missing: not a directory written by AnomalyOVProcessor")
         settings = json.loads(settings_file.read_text())
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(directory)
-        return cls(tokenizer, image_processor, **settings)
+        return cls(tokenizer, load_image_processor(directory), **settings)
 
 
 # ------------------------------------------------------------------------------------------------- stage 1

@@ -355,13 +355,21 @@ def split_training_rows(params: Params, workspace: Path):
     return stratified_split(train_rows, params.train.expert.val_fraction, params.train.seed)
 
 
+def stage_preprocessor(params: Params, model: Any, tokenizer: Any):
+    """Stage 1's image transform (``ImagePreprocessor``) for ``model``: the preset's image processor, read from the
+    checkpoint for a pretrained preset, so the expert trains on the pixels stage 2 and evaluation feed it."""
+    from anomaly_ov.model.presets import image_processor_for, processor_for
+    from anomaly_ov.model.processing import ImagePreprocessor
+
+    return ImagePreprocessor(processor_for(model, tokenizer, image_processor_for(params)).image_processor)
+
+
 def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     """Stage ``train_expert``: manifest (role train) -> models/expert/ + reports/train_expert.json."""
     from anomaly_ov import tracking
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
     from anomaly_ov.io import atomic_write_json
-    from anomaly_ov.model.presets import build_model, processor_for, save_expert_stage
-    from anomaly_ov.model.processing import ImagePreprocessor
+    from anomaly_ov.model.presets import build_model, save_expert_stage
     from anomaly_ov.paths import in_workspace
 
     cfg = params.train.expert
@@ -382,8 +390,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
 
     tokenizer = train_tokenizer(())
     model = build_model(params, tokenizer=tokenizer).to(device)
-    processor = processor_for(model, tokenizer)
-    preprocess = ImagePreprocessor(processor.image_processor)
+    preprocess = stage_preprocessor(params, model, tokenizer)
     grid = int(model.config.grid_size)
     mask_size = params.evaluate.resolution
     train_set = ExpertDataset(train_rows, workspace, preprocess, grid, mask_size)

@@ -129,16 +129,34 @@ def conversation_loss(model: Any, inputs: Mapping[str, Any], reduction: str = "t
     return answer_loss(logits, labels[:, keep + 1], reduction)
 
 
-def training_records(params: Params, workspace: Path, text_warmup: bool = False) -> list[Mapping[str, Any]]:
-    """The records stage 2 trains on: the instruction file, capped by the recipe's and the global ``max_records``
-    (the smaller applies) with a draw seeded by ``train.seed``. The text warm-up's records (``text_warmup=True``)
-    skip the recipe's cap: text examples are cheap, so the warm-up reads the whole file (global cap only); the
-    tiny tokenizer is trained on them too."""
-    from anomaly_ov.data.loaders import read_instruct_records
+def instruction_pool(params: Params, workspace: Path) -> list[Mapping[str, Any]]:
+    """Every record stage 2 may train on: the synthesized ``instruct.train_json`` (when ``instruct.use_synthesized``)
+    and the released sets of ``instruct.sources`` (validated first, report in
+    ``reports/instruct_sources_validation.json``; their image paths made absolute; see ``instruct.sources``)."""
+    from anomaly_ov.data.loaders import DataError, read_instruct_records
+    from anomaly_ov.instruct.sources import load_sources
     from anomaly_ov.paths import in_workspace
 
+    workspace = Path(workspace)
+    records: list[Mapping[str, Any]] = []
+    if params.instruct.use_synthesized:
+        records += read_instruct_records(in_workspace(workspace, params.instruct.train_json))
+    report = in_workspace(workspace, params.instruct.validation_json).with_name("instruct_sources_validation.json")
+    records += load_sources(params, workspace, report)
+    if not records:
+        raise DataError("no instruction records for stage 2: set instruct.use_synthesized: true or list released "
+                        "sets under instruct.sources")
+    return records
+
+
+def training_records(params: Params, workspace: Path, text_warmup: bool = False,
+                     pool: Sequence[Mapping[str, Any]] | None = None) -> list[Mapping[str, Any]]:
+    """The records stage 2 trains on: :func:`instruction_pool` (or ``pool``), capped by the recipe's and the global
+    ``max_records`` (the smaller applies) with a draw seeded by ``train.seed``. The text warm-up's records
+    (``text_warmup=True``) skip the recipe's cap: text examples are cheap, so the warm-up reads the whole pool
+    (global cap only); the tiny tokenizer is trained on them too."""
     caps = [params.train.instruct.max_records] + ([] if text_warmup else [params.instruct_recipe.max_records])
-    records = read_instruct_records(in_workspace(Path(workspace), params.instruct.train_json))
+    records = list(pool) if pool is not None else instruction_pool(params, workspace)
     return sample_records(records, min([n for n in caps if n is not None], default=None), params.train.seed)
 
 
@@ -361,10 +379,12 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
 
     from anomaly_ov import tracking
     from anomaly_ov.data.loaders import InstructDataset, collate_instruct
+    from anomaly_ov.instruct.sources import source_paths
     from anomaly_ov.io import atomic_write_json
     from anomaly_ov.model.presets import (
         build_model,
         build_processor,
+        image_processor_for,
         load_expert_stage,
         processor_for,
         save_pretrained,
@@ -384,8 +404,9 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     device = common.select_device(cfg.device)
     common.seed_everything(params.train.seed)
     train_json = in_workspace(workspace, params.instruct.train_json)
-    records = training_records(params, workspace)
-    all_records = training_records(params, workspace, text_warmup=True)
+    pool = instruction_pool(params, workspace)
+    records = training_records(params, workspace, pool=pool)
+    all_records = training_records(params, workspace, text_warmup=True, pool=pool)
     expert_dir = in_workspace(workspace, params.train.expert.output_dir)
 
     if params.is_pretrained:
@@ -397,7 +418,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
 
         tokenizer = train_tokenizer(conversation_texts(all_records), vocab_size=cfg.tokenizer_vocab_size)
         model = build_model(params, tokenizer=tokenizer)
-        processor = processor_for(model, tokenizer)
+        processor = processor_for(model, tokenizer, image_processor_for(params))
     expert_info = load_expert_stage(model, expert_dir)
     model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
     model.to(device)
@@ -419,6 +440,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     fp = common.fingerprint(
         params.to_dict()["model"], params.to_dict()["train"]["instruct"], params.train.seed,
         common.file_signature(train_json), common.file_signature(expert_dir / "pretrained_expert.pth"),
+        [common.file_signature(source_paths(s, params, workspace).json_path) for s in params.instruct.sources],
         info.world_size,
     )
     checkpoint_dir = in_workspace(workspace, cfg.checkpoint_dir)

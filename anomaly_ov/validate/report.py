@@ -24,7 +24,7 @@ from typing import Any, Literal
 Severity = Literal["critical", "warning"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning")
 #: keys of a failing-example dict that name where the problem is, most specific first.
-_LOCATION_KEYS = ("mask", "file", "row", "category", "source", "group")  # a mask check names the mask
+_LOCATION_KEYS = ("record", "mask", "file", "row", "category", "source", "group")  # a mask check names the mask
 
 
 @dataclass

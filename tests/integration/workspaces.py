@@ -86,6 +86,7 @@ def make_real_workspace(root: Path, overrides: list[str] = ()) -> Path:
     shutil.copytree(REPO_ROOT / "anomaly_ov", root / "anomaly_ov", ignore=skip)
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(REPO_ROOT / ".dvcignore", root / ".dvcignore")
+    shutil.copytree(REPO_ROOT / "data" / "instruct_sources", root / "data" / "instruct_sources")  # a dvc.yaml dep
     write_params(root, [*TINY_OVERRIDES, *overrides], base=REPO_ROOT / "params.yaml")
     (root / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/reports/\n")
     commit_all(root, "real workspace")

@@ -78,17 +78,17 @@ def test_detection_metrics_with_fake_predictor(benchmark, fake_predictor):
     assert curves["pro"] and all(0 <= r["pro"] <= 1 for r in curves["pro"])
 
 
-def test_binned_pixel_path_agrees(benchmark, fake_predictor):
+def test_pixel_table_limit_keeps_numbers_close(benchmark, fake_predictor):
     workspace, test, _ = benchmark
     items = [D.normalise_test_item(t, i) for i, t in enumerate(test)]
     exact_cfg = Params().evaluate.model_copy(update={"resolution": 32})
-    binned_cfg = exact_cfg.model_copy(update={"exact_pixel_limit": 0})
+    small_cfg = exact_cfg.model_copy(update={"exact_pixel_limit": 64})
     exact = D.detection_metrics(D.run_detection(fake_predictor, items, exact_cfg, workspace), exact_cfg)[0]
-    binned_result = D.run_detection(fake_predictor, items, binned_cfg, workspace)
-    assert not binned_result.exact_pixels
-    binned = D.detection_metrics(binned_result, binned_cfg)[0]
+    small_result = D.run_detection(fake_predictor, items, small_cfg, workspace)
+    assert not small_result.exact_pixels
+    small = D.detection_metrics(small_result, small_cfg)[0]
     for key in ("pixel_auroc", "aupro"):
-        assert binned["zero_shot"][key] == pytest.approx(exact["zero_shot"][key], abs=2e-3)
+        assert small["zero_shot"][key] == pytest.approx(exact["zero_shot"][key], abs=2e-2)
 
 
 def test_no_answers_leaves_text_metrics_missing(benchmark, fake_predictor):

@@ -110,3 +110,13 @@ def workspace(tmp_path: Path):
     frame = from_rows(make_workspace(tmp_path))
     params: Params = params_from_dict({"instruct": {"seed": 3}})
     return tmp_path, frame, params
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    """The tiny preset's real processor (trained BPE tokenizer, 128-px image processor)."""
+    from anomaly_ov.model.presets import build_processor
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["Yes, there is a scratch on the left.", "No, the object looks normal."] * 5)
+    return build_processor(Params(), tok)
