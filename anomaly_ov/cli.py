@@ -42,8 +42,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="prepare | validate | synthesize | train_expert | train_instruct | "
-                                              "evaluate | extend_medical | extend_3d | register")],
+    name: Annotated[str, typer.Argument(help="sources | prepare | validate | synthesize | train_expert | "
+                                              "train_instruct | evaluate | extend_medical | extend_3d | register")],
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),

@@ -7,11 +7,12 @@ and a previous good output is only replaced by a complete new one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,60 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+# ------------------------------------------------------------------------------------------- content hashes
+_HASH_BLOCK = 1 << 20
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of the whole file, streamed in 1 MiB blocks ("missing" when it does not exist).
+
+    The content is hashed, not size + mtime: a file fixed in place keeps its size and may keep its mtime (copied
+    with ``cp -p``, restored from a backup), and must still count as changed. Nothing is cached across calls for
+    the same reason.
+    """
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as fh:
+            while block := fh.read(_HASH_BLOCK):
+                digest.update(block)
+    except FileNotFoundError:
+        return "missing"
+    return digest.hexdigest()
+
+
+def content_digest(paths: Iterable[str | Path], root: str | Path | None = None, workers: int = 8) -> str:
+    """One SHA-256 over (name, content hash) of every file in ``paths``, each named relative to ``root`` when under
+    it (so the same data in a moved folder hashes the same). Files are hashed in a thread pool (hashlib releases
+    the GIL on large blocks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = Path(root).resolve() if root is not None else None
+    unique = sorted({str(p) for p in paths})
+
+    def name(p: str) -> str:
+        resolved = Path(p).resolve()
+        if base is not None and resolved.is_relative_to(base):
+            return resolved.relative_to(base).as_posix()
+        return str(resolved)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        digests = list(pool.map(file_digest, unique))
+    blob = hashlib.sha256()
+    for p, d in zip(unique, digests, strict=True):
+        blob.update(f"{name(p)}\0{d}\n".encode())
+    return blob.hexdigest()
+
+
+def tree_digest(root: str | Path) -> dict[str, Any]:
+    """``{"files", "bytes", "sha256"}`` of every regular file under ``root`` (a folder or one file), by content."""
+    root = Path(root)
+    if root.is_file():
+        files = [root]
+        base = root.parent
+    else:
+        files = [Path(d) / f for d, _, names in os.walk(root) for f in names if (Path(d) / f).is_file()]
+        base = root
+    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files),
+            "sha256": content_digest(files, base)}

@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from anomaly_ov.config import Params, StageRunParams
 
 #: The pipeline's stages in run order (extensions are optional and run after evaluate; register is last).
-PIPELINE_STAGES: tuple[str, ...] = ("prepare", "validate", "synthesize", "train_expert", "train_instruct", "evaluate")
+#: ``sources`` hashes the datasets (always runs, seconds) so that ``prepare`` sees new data outside the workspace.
+PIPELINE_STAGES: tuple[str, ...] = ("sources", "prepare", "validate", "synthesize", "train_expert", "train_instruct",
+                                    "evaluate")
 EXTENSION_STAGES: tuple[str, ...] = ("extend_medical", "extend_3d")
 REGISTER_STAGE = "register"
 

@@ -1,4 +1,4 @@
-"""The pipeline flow: prepare -> validate -> synthesize -> train_expert -> train_instruct -> evaluate
+"""The pipeline flow: sources -> prepare -> validate -> synthesize -> train_expert -> train_instruct -> evaluate
 -> [extend_medical] -> [extend_3d] -> register, one task per DVC stage, one MLflow parent run per flow run.
 
 Run it with `anomaly-ov run` (or `python -m flows.pipeline`). DVC skips stages whose inputs did not change, so a

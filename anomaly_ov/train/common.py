@@ -261,25 +261,11 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-_HASH_BLOCK = 1 << 20
-
-
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of the whole file, streamed in 1 MiB blocks ("missing" when it does not exist).
+    """SHA-256 of a file's whole content (see :func:`anomaly_ov.io.file_digest`)."""
+    from anomaly_ov.io import file_digest as digest
 
-    The content is hashed, not size + mtime: a mask fixed in place keeps its size and may keep its mtime (copied
-    with ``cp -p``, restored from a backup), and must still invalidate a checkpoint. Nothing is cached across
-    calls for the same reason; :func:`data_fingerprint` reads each distinct file once per call.
-    """
-    path = Path(path)
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            while block := fh.read(_HASH_BLOCK):
-                digest.update(block)
-    except FileNotFoundError:
-        return "missing"
-    return digest.hexdigest()
+    return digest(path)
 
 
 def file_signature(path: str | Path) -> str:
@@ -290,29 +276,15 @@ def file_signature(path: str | Path) -> str:
     return f"{path.stat().st_size}:{file_digest(path)[:16]}"
 
 
-def data_fingerprint(paths: Iterable[str | Path], root: str | Path | None = None, workers: int = 8) -> str:
-    """One hash over the content of every file in ``paths`` (named relative to ``root`` when under it).
+def data_fingerprint(paths: Iterable[str | Path], root: str | Path | None = None) -> str:
+    """One short hash over the content of every file in ``paths`` (named relative to ``root`` when under it).
 
-    This is what a training stage reads (images, masks), so a resumed checkpoint is only reused for the very same
-    data. Files are hashed in a thread pool (hashlib releases the GIL on large blocks).
+    This is what a training stage reads (images, masks, the stage-1 output), so a checkpoint is only resumed for
+    the very same data: a mask fixed in place (same size, even same mtime) starts the stage afresh.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from anomaly_ov.io import content_digest
 
-    base = Path(root).resolve() if root is not None else None
-    unique = sorted({str(p) for p in paths})
-
-    def name(p: str) -> str:
-        resolved = Path(p).resolve()
-        if base is not None and resolved.is_relative_to(base):
-            return resolved.relative_to(base).as_posix()
-        return str(resolved)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        digests = list(pool.map(file_digest, unique))
-    blob = hashlib.sha256()
-    for p, d in zip(unique, digests, strict=True):
-        blob.update(f"{name(p)}\0{d}\n".encode())
-    return blob.hexdigest()[:16]
+    return content_digest(paths, root)[:16]
 
 
 def remove_checkpoints(directory: str | Path) -> None:
