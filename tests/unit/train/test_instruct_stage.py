@@ -206,3 +206,44 @@ def test_record_cap_is_a_seeded_draw_in_file_order() -> None:
     assert [records.index(r) for r in sample] == sorted(records.index(r) for r in sample)
     assert {r["id"].split("/")[0] for r in sample} == {"fabric", "wood", "metal"}  # not just the file's head
     assert stage2.sample_records(records, None, 0) == records and stage2.sample_records(records, 99, 0) == records
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_stage2_image_fixed_in_place_is_not_trained_on_stale_checkpoint(trained_expert_workspace: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image of the instruction records replaced in place (mtime kept) after a crash: the re-run starts
+    afresh instead of resuming weights trained on the old image."""
+    import os
+
+    import numpy as np
+
+    from anomaly_ov.train import common
+
+    ws = trained_expert_workspace
+    params = tiny_params("train.instruct.tiny.text_warmup_epochs=0", "train.instruct.tiny.epochs=1",
+                         "train.instruct.checkpoint_every=1", "train.instruct.output_dir=models/fix",
+                         "train.instruct.report=reports/fix.json", "train.instruct.checkpoint_dir=checkpoints/fix")
+    real_loop = common.run_loop
+
+    def loop_killed_at_2(*args, **kwargs):
+        def hook(step, record):
+            if step == 2:
+                raise _Killed()
+        kwargs["on_step_end"] = hook
+        return real_loop(*args, **kwargs)
+
+    monkeypatch.setattr(common, "run_loop", loop_killed_at_2)
+    with pytest.raises(_Killed):
+        stage2.run_train_instruct(params, ws)
+    monkeypatch.undo()
+    record = json.loads((ws / "data/instruct/train.json").read_text())[0]
+    image = ws / record["image"]
+    stat = image.stat()
+    pixels = np.asarray(Image.open(image)).copy()
+    Image.fromarray(255 - pixels).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    summary = stage2.run_train_instruct(params, ws)
+    assert summary["resumed_from_step"] is None, "resumed a checkpoint trained on the old image"
