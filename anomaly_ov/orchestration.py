@@ -330,8 +330,11 @@ def validation_failure(report_json: str | Path) -> str | None:
 # --------------------------------------------------------------------------------------------- summaries
 def stage_reports(params: Params) -> dict[str, str]:
     """Stage -> the report JSON it writes (relative to the workspace)."""
+    from anomaly_ov.data.prepare import SOURCES_FINGERPRINT
+
     ext = params.extensions.report_dir
     return {
+        "sources": SOURCES_FINGERPRINT,
         "prepare": params.data.manifest,
         "validate": params.validation.report_json,
         "synthesize": params.instruct.report,

@@ -113,3 +113,15 @@ def test_missing_tool_error_names_the_fix(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(FileNotFoundError, match="pip install -e"):
         orch.tool("dvc")
+
+
+def test_every_flow_stage_has_a_report_to_summarise(tmp_path):
+    from anomaly_ov.data.prepare import SOURCES_FINGERPRINT
+
+    params = load_params(None)
+    stages = {*orch.PIPELINE_STAGES, *orch.EXTENSION_STAGES, orch.REGISTER_STAGE}
+    assert stages <= set(orch.stage_reports(params))
+    (tmp_path / SOURCES_FINGERPRINT).parent.mkdir(parents=True)
+    (tmp_path / SOURCES_FINGERPRINT).write_text(json.dumps({"sources": {"mine": {"files": 3, "bytes": 10}}}))
+    summary = orch.summarize_stage("sources", params, tmp_path, orch.StageOutcome("sources", False, 0.1))
+    assert {"key": "sources.mine.files", "value": 3} in summary.table
