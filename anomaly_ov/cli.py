@@ -25,12 +25,31 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="workspace (repository) root")]
 
 
-def _load(params_file: Path, overrides: list[str] | None):
-    from anomaly_ov.config import ConfigError, load_params
+def _load(params_file: Path, overrides: list[str] | None, *, workspace_needed: bool = True):
+    """Params from ``params_file`` (the workspace's params.yaml, or ``--params``) plus ``--set`` overrides.
+
+    A command that works in a workspace (its MLflow store, reports, models) refuses to run where there is no
+    params file, naming the folder and how to fix it: defaults would silently create a new ``mlflow.db`` or
+    reports in whatever folder the command was started from. Commands that can run on defaults
+    (``workspace_needed=False``: ``validate`` of a dataset folder, ``params``) say on stderr that they do.
+    """
+    from anomaly_ov.config import DEFAULT_PARAMS_FILE, ConfigError, load_params
     from anomaly_ov.data.images import configure
 
+    path: Path | None = params_file
+    if not params_file.exists():  # a folder or unreadable file is load_params' error, which names it
+        if params_file.name != DEFAULT_PARAMS_FILE:
+            _fail(f"{params_file}: params file not found (check --params)", 2)
+        folder = params_file.parent.resolve()
+        if workspace_needed:
+            _fail(f"{folder}: no {DEFAULT_PARAMS_FILE} here, so this is not an Anomaly-OV workspace and this command "
+                  f"would write its MLflow store, reports or models into a stray folder. Run it in the workspace (the "
+                  f"folder with {DEFAULT_PARAMS_FILE} and dvc.yaml), or pass --workspace PATH or --params FILE.", 2)
+        typer.secho(f"no {DEFAULT_PARAMS_FILE} in {folder}: using the built-in defaults", err=True,
+                    fg=typer.colors.YELLOW)
+        path = None
     try:
-        params = load_params(params_file, overrides or [])
+        params = load_params(path, overrides or [])
     except ConfigError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -45,8 +64,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="prepare | validate | synthesize | train_expert | train_instruct | "
-                                              "evaluate | extend_medical | extend_3d | register")],
+    name: Annotated[str, typer.Argument(help="sources | prepare | validate | synthesize | train_expert | "
+                                              "train_instruct | evaluate | extend_medical | extend_3d | register")],
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
@@ -71,7 +90,9 @@ def show_params(params_file: ParamsOpt = Path("params.yaml"), overrides: SetOpt 
     """Print the effective params (params.yaml + overrides + defaults) as YAML."""
     import yaml
 
-    params = _load(params_file, overrides)
+    params = _load(params_file, overrides, workspace_needed=False)
+    origin = str(params_file.resolve()) if params_file.is_file() else "built-in defaults"
+    typer.echo(f"# params: {origin}{' + --set overrides' if overrides else ''}")
     typer.echo(yaml.safe_dump(params.to_dict(), sort_keys=False))
 
 

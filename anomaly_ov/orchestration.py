@@ -44,7 +44,9 @@ if TYPE_CHECKING:
     from anomaly_ov.config import Params, StageRunParams
 
 #: The pipeline's stages in run order (extensions are optional and run after evaluate; register is last).
-PIPELINE_STAGES: tuple[str, ...] = ("prepare", "validate", "synthesize", "train_expert", "train_instruct", "evaluate")
+#: ``sources`` hashes the datasets (always runs, seconds) so that ``prepare`` sees new data outside the workspace.
+PIPELINE_STAGES: tuple[str, ...] = ("sources", "prepare", "validate", "synthesize", "train_expert", "train_instruct",
+                                    "evaluate")
 EXTENSION_STAGES: tuple[str, ...] = ("extend_medical", "extend_3d")
 REGISTER_STAGE = "register"
 
@@ -333,8 +335,11 @@ def validation_failure(report_json: str | Path) -> str | None:
 # --------------------------------------------------------------------------------------------- summaries
 def stage_reports(params: Params) -> dict[str, str]:
     """Stage -> the report JSON it writes (relative to the workspace)."""
+    from anomaly_ov.data.prepare import SOURCES_FINGERPRINT
+
     ext = params.extensions.report_dir
     return {
+        "sources": SOURCES_FINGERPRINT,
         "prepare": params.data.manifest,
         "validate": params.validation.report_json,
         "synthesize": params.instruct.report,
@@ -489,12 +494,14 @@ def start_parent_run(
         return None
     from mlflow import MlflowClient
 
-    from anomaly_ov.tracking import run_tags
+    from anomaly_ov.tracking import end_stale_runs, owner_tags, run_tags
 
     uri = start_tracking(params, workspace)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(params.tracking.experiment)
-    all_tags = {**run_tags(params, workspace), "flow": flow_name, **{k: str(v) for k, v in (tags or {}).items()}}
+    end_stale_runs(client, experiment.experiment_id, workspace)  # runs of flows/stages killed before they ended
+    all_tags = {**run_tags(params, workspace), **owner_tags(workspace), "flow": flow_name,
+                **{k: str(v) for k, v in (tags or {}).items()}}
     run = client.create_run(experiment.experiment_id, tags=all_tags, run_name=flow_name)
     flat = [(k, str(v)[:6000]) for k, v in flatten(params.to_dict()).items()]
     from mlflow.entities import Param

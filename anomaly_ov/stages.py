@@ -29,6 +29,7 @@ class StageFailed(RuntimeError):
 
 #: stage name -> "module:function" that does the work; imported lazily so the CLI starts fast.
 _IMPLEMENTATIONS: dict[str, str] = {
+    "sources": "anomaly_ov.data.prepare:run_sources",
     "prepare": "anomaly_ov.data.prepare:run_prepare",
     "validate": "anomaly_ov.validate.run:run_validate",
     "synthesize": "anomaly_ov.instruct.run:run_synthesize",
@@ -67,6 +68,10 @@ def run_stage(name: str, params: Params, workspace: str | Path = ".") -> Summary
 
 def _numeric(summary: Summary) -> Summary:
     return {k: v for k, v in summary.items() if isinstance(v, int | float | dict) and not isinstance(v, bool)}
+
+
+def sources(params: Params, workspace: str | Path = ".") -> Summary:
+    return run_stage("sources", params, workspace)
 
 
 def prepare(params: Params, workspace: str | Path = ".") -> Summary:

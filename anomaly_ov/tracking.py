@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -95,21 +97,111 @@ def dvc_lock_hashes(workspace: str | Path = ".") -> dict[str, str]:
     return hashes
 
 
+# ------------------------------------------------------------------------------------- runs that outlive a kill
+PID_TAG, HOST_TAG, STARTED_TAG, WORKSPACE_TAG = "process.pid", "process.host", "process.started", "workspace"
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM while a run is open, so the run can end as KILLED (exit code 143)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _process_started(pid: int) -> str:
+    """The start time of process ``pid`` (tells a live owner from a later process that reused its pid)."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def owner_tags(workspace: str | Path) -> dict[str, str]:
+    """Tags naming the process that owns a run: pid, host, its start time, and the workspace."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), STARTED_TAG: _process_started(os.getpid()),
+            WORKSPACE_TAG: str(Path(workspace).resolve())}
+
+
+def _owner_is_gone(tags: Mapping[str, str]) -> bool:
+    try:
+        pid = int(tags.get(PID_TAG, ""))
+    except ValueError:
+        return False
+    started = _process_started(pid)
+    return not started or (bool(tags.get(STARTED_TAG)) and started != tags.get(STARTED_TAG))
+
+
+def end_stale_runs(client: Any, experiment_id: str, workspace: str | Path) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``workspace`` whose process on this host is gone (SIGKILL, OOM, power loss
+    leave a run RUNNING forever); returns their ids. Runs owned by another host, or by a process that is still
+    alive, are left alone: this host cannot tell whether they are still working."""
+    here = {WORKSPACE_TAG: str(Path(workspace).resolve()), HOST_TAG: socket.gethostname()}
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+        if any(run.data.tags.get(k) != v for k, v in here.items()):
+            continue
+        if _owner_is_gone(run.data.tags):
+            client.set_tag(run.info.run_id, "ended_by", f"stale: process {run.data.tags[PID_TAG]} is gone")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.warning("marked %d MLflow run(s) of %s KILLED: their process is gone (%s)", len(ended), workspace,
+                    ", ".join(ended))
+    return ended
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While open, SIGTERM raises :class:`Terminated` in the main thread (elsewhere: nothing changes)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, workspace: str | Path = ".") -> Iterator[Any]:
-    """Open the stage's MLflow run (nested under the flow's run when one is in the environment)."""
+    """Open the stage's MLflow run (nested under the flow's run when one is in the environment).
+
+    The run records its process (pid, host, start time): the next stage or flow started in this workspace marks it
+    KILLED if the process died without closing it. SIGTERM (a timeout, ``docker stop``, Ctrl-C of the flow)
+    ends it as KILLED; any other exception as FAILED.
+    """
     if not params.tracking.enabled:
         yield None
         return
     import mlflow
 
     configure(params, workspace)
+    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
+    end_stale_runs(mlflow.MlflowClient(), experiment.experiment_id, workspace)
     parent = os.environ.get(PARENT_RUN_ENV)
-    tags = {**run_tags(params, workspace), "stage": stage}
+    tags = {**run_tags(params, workspace), **owner_tags(workspace), "stage": stage}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
-        yield run
+    with sigterm_raises():
+        run = mlflow.start_run(run_name=stage, tags=tags)
+        try:
+            yield run
+        except Terminated:
+            mlflow.end_run("KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        mlflow.end_run("FINISHED")
 
 
 def active() -> bool:

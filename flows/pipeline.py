@@ -1,4 +1,4 @@
-"""The pipeline flow: prepare -> validate -> synthesize -> train_expert -> train_instruct -> evaluate
+"""The pipeline flow: sources -> prepare -> validate -> synthesize -> train_expert -> train_instruct -> evaluate
 -> [extend_medical] -> [extend_3d] -> register, one task per DVC stage, one MLflow parent run per flow run.
 
 Run it with `anomaly-ov run` (or `python -m flows.pipeline`). DVC skips stages whose inputs did not change, so a
@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from anomaly_ov import orchestration as orch
 from anomaly_ov.config import Params, load_params
+from anomaly_ov.tracking import Terminated, sigterm_raises
 from tasks.stages import stage_task
 
 
@@ -68,9 +69,12 @@ def run_with_parent(
         parent = orch.start_parent_run(params, workspace, flow_name, flow_tags())
     outcomes: list[orch.StageOutcome] = []
     try:
-        outcomes = run_stages(stages, workspace, params, parent, force)
+        with sigterm_raises():  # SIGTERM ends the run as KILLED instead of leaving it RUNNING
+            outcomes = run_stages(stages, workspace, params, parent, force)
     except BaseException as exc:
-        orch.finish_parent_run(parent, params, workspace, status="FAILED", outcomes=outcomes, error=str(exc))
+        status = "KILLED" if isinstance(exc, Terminated | KeyboardInterrupt) else "FAILED"
+        orch.finish_parent_run(parent, params, workspace, status=status, outcomes=outcomes,
+                               error=str(exc) or type(exc).__name__)
         raise
     orch.finish_parent_run(parent, params, workspace, status="FINISHED", outcomes=outcomes)
     return outcomes, parent

@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 
 from anomaly_ov import orchestration as orch
+from anomaly_ov.tracking import Terminated, sigterm_raises
 from flows.pipeline import flow_tags, load_workspace_params, outcome_markdown, run_stages
 from tasks.stages import dvc_task, promotion_task
 
@@ -30,11 +31,14 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml", force: bool 
     parent = orch.start_parent_run(params, workspace, "retrain", flow_tags())
     outcomes: list[orch.StageOutcome] = []
     try:
-        outcomes = run_stages(stages, workspace, params, parent, force)
-        decision = promotion_task(workspace, params)
-        dvc_task.with_options(name="dvc-push")(["push", "-r", remote], workspace)
+        with sigterm_raises():  # SIGTERM ends the run as KILLED instead of leaving it RUNNING
+            outcomes = run_stages(stages, workspace, params, parent, force)
+            decision = promotion_task(workspace, params)
+            dvc_task.with_options(name="dvc-push")(["push", "-r", remote], workspace)
     except BaseException as exc:
-        orch.finish_parent_run(parent, params, workspace, status="FAILED", outcomes=outcomes, error=str(exc))
+        status = "KILLED" if isinstance(exc, Terminated | KeyboardInterrupt) else "FAILED"
+        orch.finish_parent_run(parent, params, workspace, status=status, outcomes=outcomes,
+                               error=str(exc) or type(exc).__name__)
         raise
     orch.finish_parent_run(parent, params, workspace, status="FINISHED", outcomes=outcomes)
     footer = orch.where_to_look(params, workspace, parent)

@@ -51,7 +51,8 @@ def validate_dataset(
 
     if fmt not in FORMATS:
         _fail(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}", 2)
-    params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides)
+    params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides,
+                   workspace_needed=False)  # a dataset folder can be checked with the default thresholds
     root = path if path.is_absolute() else Path.cwd() / path
     try:
         source = SourceParams(

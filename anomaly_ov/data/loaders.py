@@ -121,6 +121,11 @@ class ExpertDataset:
     def labels(self) -> list[int]:
         return [int(v == "anomaly") for v in self.frame["label"]]
 
+    @property
+    def files(self) -> list[Path]:
+        """Every file an epoch reads: the images and the masks."""
+        return [*self._images, *(m for m in self._masks if m is not None)]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.cache is not None and index in self.cache:
             return self.cache[index]

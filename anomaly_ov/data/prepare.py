@@ -41,6 +41,42 @@ def sources_for(params: Params) -> list[SourceParams]:
     return list(params.data.sources)
 
 
+#: Written by the ``sources`` stage, a dependency of ``prepare`` in dvc.yaml (keep the two in sync).
+SOURCES_FINGERPRINT = "data/sources.fingerprint.json"
+
+
+def run_sources(params: Params, workspace: Path) -> Summary:
+    """Stage ``sources``: a content hash of every dataset in ``data.sources`` -> :data:`SOURCES_FINGERPRINT`.
+
+    Sources may live outside the workspace (``/data/mvtec``), where DVC does not look, so ``prepare`` would not
+    notice new or fixed images there. This stage is ``always_changed`` in dvc.yaml: it re-hashes every source on
+    each ``dvc repro`` and rewrites the file only in content when the data changed, which is what makes
+    ``prepare`` stale. Hashes are of file contents (an image fixed in place with the same size and mtime counts),
+    streamed, in a thread pool: about the disk's read speed. Sources inside the synthetic generator's folder are
+    ``prepare``'s own output (DVC tracks them) and are listed without a hash.
+    """
+    from anomaly_ov.io import atomic_write_json, tree_digest
+
+    workspace = Path(workspace)
+    synthetic = params.data.synthetic
+    generated = in_workspace(workspace, synthetic.out_dir).resolve() if synthetic.enabled else None
+    entries: dict[str, dict[str, Any]] = {}
+    for source in sources_for(params):
+        root = in_workspace(workspace, source.path).resolve()
+        entry: dict[str, Any] = {"path": source.path}
+        if generated is not None and root.is_relative_to(generated):
+            entry["generated_by_prepare"] = True
+        elif not root.exists():
+            entry["missing"] = True  # prepare will stop with the reader's message
+        else:
+            entry.update(tree_digest(root))
+        entries[source.name] = entry
+    atomic_write_json(in_workspace(workspace, SOURCES_FINGERPRINT), {"sources": entries})
+    hashed = [e for e in entries.values() if "sha256" in e]
+    return {"sources": len(entries), "hashed_sources": len(hashed), "files": sum(e["files"] for e in hashed),
+            "bytes": sum(e["bytes"] for e in hashed), "fingerprint": SOURCES_FINGERPRINT}
+
+
 def run_prepare(params: Params, workspace: Path) -> Summary:
     """Generate, read every source, check uniqueness and write ``data.manifest``; return counts and timings."""
     import pandas as pd

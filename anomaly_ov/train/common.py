@@ -23,9 +23,10 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,7 +166,11 @@ def get_rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's state as a tensor and plain numbers: checkpoints load with torch.load(weights_only=True)
+    numpy_state = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -176,7 +181,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     import torch
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    ns = state["numpy"]
+    if isinstance(ns, Mapping):
+        ns = (ns["name"], ns["keys"].numpy().astype(np.uint32), ns["pos"], ns["has_gauss"], ns["cached_gaussian"])
+    np.random.set_state(ns)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -253,15 +261,43 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's whole content (see :func:`anomaly_ov.io.file_digest`)."""
+    from anomaly_ov.io import file_digest as digest
+
+    return digest(path)
+
+
 def file_signature(path: str | Path) -> str:
-    """Cheap identity of an input file (size + content hash of at most 8 MiB)."""
+    """Identity of an input file: its size and the hash of its whole content."""
     path = Path(path)
     if not path.exists():
         return "missing"
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        digest.update(fh.read(8 << 20))
-    return f"{path.stat().st_size}:{digest.hexdigest()[:16]}"
+    return f"{path.stat().st_size}:{file_digest(path)[:16]}"
+
+
+def data_fingerprint(paths: Iterable[str | Path], root: str | Path | None = None) -> str:
+    """One short hash over the content of every file in ``paths`` (named relative to ``root`` when under it).
+
+    This is what a training stage reads (images, masks, the stage-1 output), so a checkpoint is only resumed for
+    the very same data: a mask fixed in place (same size, even same mtime) starts the stage afresh.
+    """
+    from anomaly_ov.io import content_digest
+
+    return content_digest(paths, root)[:16]
+
+
+def remove_checkpoints(directory: str | Path) -> None:
+    """Delete the resume state under ``directory`` (every ``last.pt``) once the stage's outputs are written.
+
+    A finished checkpoint kept on disk would be resumed by the next run of the stage as "already done"; the
+    outputs are the result now, and the next run (new data, ``--force``) trains afresh.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for ckpt in sorted(directory.rglob(CHECKPOINT_FILE)):
+        ckpt.unlink(missing_ok=True)
 
 
 def model_state(model: Any, trainable_only: bool) -> dict[str, Any]:
@@ -295,7 +331,13 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # weights only: tensors and plain containers/numbers (no pickled objects, so no code runs on load)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # a pickled object: not written by this code, maybe tampered with
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
+        raise RuntimeError(f"{path}: unreadable checkpoint (it holds objects other than tensors and plain values: "
+                           f"{detail or 'refused by weights-only loading'}); delete it to start the stage afresh"
+                           ) from None
     except Exception as exc:  # torch raises several types for truncated / foreign files
         raise RuntimeError(f"{path}: unreadable checkpoint ({exc}); delete it to start the stage afresh") from exc
 

@@ -413,6 +413,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     fp = common.fingerprint(
         params.to_dict()["model"], params.to_dict()["train"]["expert"], params.train.seed, mask_size,
         common.file_signature(in_workspace(workspace, params.data.manifest)), info.world_size,
+        common.data_fingerprint([*train_set.files, *(val_set.files if val_set is not None else [])], workspace),
     )
     result = fit_expert(
         stage_module, forward, trainable, train_set, val_set, collate_expert, recipe, seed=params.train.seed,
@@ -450,5 +451,6 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         tracking.log_artifact(report_path)
         if curves is not None:
             tracking.log_artifact(curves)
+        common.remove_checkpoints(in_workspace(workspace, cfg.checkpoint_dir))  # the outputs are the result now
     common.barrier()
     return summary

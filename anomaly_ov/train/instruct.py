@@ -378,7 +378,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     from functools import partial
 
     from anomaly_ov import tracking
-    from anomaly_ov.data.loaders import InstructDataset, collate_instruct
+    from anomaly_ov.data.loaders import InstructDataset, collate_instruct, record_images
     from anomaly_ov.instruct.sources import source_paths
     from anomaly_ov.io import atomic_write_json
     from anomaly_ov.model.presets import (
@@ -437,11 +437,13 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
                              "text_warmup_records": len(all_records) if recipe.text_warmup_epochs else 0,
                              "trainable_parameters": n_trainable, "device": str(device),
                              "vocab_size": len(tokenizer), "num_processes": info.world_size})
-    fp = common.fingerprint(
+    images = {dataset.image_path(p) for rec in all_records for p in record_images(rec)}
+    fp = common.fingerprint(  # params + the content of every file the stage reads
         params.to_dict()["model"], params.to_dict()["train"]["instruct"], params.train.seed,
-        common.file_signature(train_json), common.file_signature(expert_dir / "pretrained_expert.pth"),
+        common.file_signature(train_json), info.world_size,
         [common.file_signature(source_paths(s, params, workspace).json_path) for s in params.instruct.sources],
-        info.world_size,
+        common.data_fingerprint([f for f in expert_dir.rglob("*") if f.is_file()], workspace),
+        common.data_fingerprint(images, workspace),
     )
     checkpoint_dir = in_workspace(workspace, cfg.checkpoint_dir)
     warmup = None
@@ -505,6 +507,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         for png in curves:
             if png is not None:
                 tracking.log_artifact(png)
+        common.remove_checkpoints(checkpoint_dir)  # both phases' resume state: the outputs are the result now
         summary["samples"] = {s["label"]: s["detection_answer"] for s in samples}
     common.barrier()
     return summary

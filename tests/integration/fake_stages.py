@@ -17,8 +17,10 @@ import yaml
 
 FAKE_DVC_YAML = {
     "stages": {
-        "prepare": {"cmd": "python fake_stages.py prepare", "deps": ["fake_stages.py"], "params": ["seed", "data"],
-                    "outs": ["data/manifest.parquet"]},
+        "sources": {"cmd": "python fake_stages.py sources", "always_changed": True, "params": ["data.sources"],
+                    "outs": ["data/sources.fingerprint.json"]},
+        "prepare": {"cmd": "python fake_stages.py prepare", "deps": ["fake_stages.py", "data/sources.fingerprint.json"],
+                    "params": ["seed", "data"], "outs": ["data/manifest.parquet"]},
         "validate": {"cmd": "python fake_stages.py validate", "deps": ["data/manifest.parquet"],
                      "params": ["validate"], "metrics": [{"reports/validation.json": {"cache": False}}]},
         "synthesize": {"cmd": "python fake_stages.py synthesize", "deps": ["reports/validation.json"],
@@ -62,7 +64,9 @@ def main(stage: str) -> int:
 
         time.sleep(60)
     print(f"fake {stage}: working")
-    if stage == "prepare":
+    if stage == "sources":
+        _write("data/sources.fingerprint.json", {"sources": {}})
+    elif stage == "prepare":
         import pandas as pd
 
         Path("data").mkdir(exist_ok=True)

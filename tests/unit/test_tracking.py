@@ -72,3 +72,62 @@ def test_consecutive_workspaces_log_to_their_own_store(tmp_path: Path) -> None:
         mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
         assert len(mlflow.search_runs(experiment_names=["t"])) == 1
     assert all(store.exists() for store in stores)
+
+
+_HOLD_RUN = """
+import sys, time
+from pathlib import Path
+from anomaly_ov import tracking
+from anomaly_ov.config import load_params
+ws, stage = Path(sys.argv[1]), sys.argv[2]
+params = load_params(None, [f"tracking.tracking_uri=sqlite:///{ws}/mlflow.db", "tracking.experiment=t"])
+with tracking.stage_run(params, stage, ws) as run:
+    (ws / f"{stage}.ready").write_text(run.info.run_id)
+    while True:
+        time.sleep(0.1)
+"""
+
+
+def test_killed_stage_runs_do_not_stay_running(tmp_path: Path, params) -> None:
+    """Two real stage processes hold MLflow runs: SIGTERM ends its run as KILLED at once; SIGKILL leaves the run
+    RUNNING until the next stage started in the workspace finds its process gone and marks it KILLED. A run whose
+    process is alive is left alone."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import mlflow
+
+    tracking.configure(params, tmp_path)  # create the store before two processes open it at once
+    env = {k: v for k, v in os.environ.items() if k != tracking.TRACKING_URI_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                      env.get("PYTHONPATH")]))
+    procs = {stage: subprocess.Popen([sys.executable, "-c", _HOLD_RUN, str(tmp_path), stage], env=env)
+             for stage in ("sigkilled", "sigtermed")}
+    try:
+        ready = {stage: tmp_path / f"{stage}.ready" for stage in procs}
+        while not all(f.exists() for f in ready.values()):  # pytest-timeout ends a child that never gets there
+            assert all(p.poll() is None for p in procs.values()), "a child died before opening its run"
+            time.sleep(0.05)
+        run_ids = {stage: f.read_text() for stage, f in ready.items()}
+        procs["sigkilled"].send_signal(signal.SIGKILL)
+        procs["sigtermed"].send_signal(signal.SIGTERM)
+        codes = {stage: p.wait() for stage, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == {"sigkilled": -signal.SIGKILL, "sigtermed": 128 + signal.SIGTERM}
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(run_ids["sigtermed"]).info.status == "KILLED"
+    assert client.get_run(run_ids["sigkilled"]).info.status == "RUNNING"  # nothing ran in that process
+
+    with tracking.stage_run(params, "next", tmp_path) as run:
+        assert client.get_run(run_ids["sigkilled"]).info.status == "KILLED"
+        assert "is gone" in client.get_run(run_ids["sigkilled"]).data.tags["ended_by"]
+        experiment = client.get_experiment_by_name("t").experiment_id
+        assert tracking.end_stale_runs(client, experiment, tmp_path) == []  # this process is alive: not touched
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

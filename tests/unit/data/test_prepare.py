@@ -66,3 +66,33 @@ def test_layout_errors_name_the_source(tmp_path):
     with pytest.raises(StageFailed, match=r"source 'mine' \(visa at nowhere\): .*nowhere: VisA dataset root"):
         run_prepare(params, tmp_path)
     assert not (tmp_path / "data").exists()  # generator off: nothing written
+
+
+def test_sources_stage_hashes_external_data_and_is_prepares_dependency(tmp_path):
+    """dvc.yaml and the code agree on the fingerprint file; external data is hashed by content, generated data
+    (prepare's own DVC output) is not."""
+    from pathlib import Path
+
+    import yaml
+
+    from anomaly_ov.data.prepare import SOURCES_FINGERPRINT, run_sources
+    from anomaly_ov.io import read_json
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[3] / "dvc.yaml").read_text())["stages"]
+    assert stages["sources"]["always_changed"] is True
+    assert stages["sources"]["outs"] == [SOURCES_FINGERPRINT]
+    assert SOURCES_FINGERPRINT in stages["prepare"]["deps"]
+    assert list(stages)[0] == "sources"
+
+    external = tmp_path / "ext"
+    (external / "a" / "good").mkdir(parents=True)
+    (external / "a" / "good" / "0.png").write_bytes(b"x" * 10)
+    sources = [SourceParams(name="mine", format="folder", path=str(external), role="train"),
+               SourceParams(name="synthetic_mvtec", format="mvtec", path="data/raw/synthetic/mvtec", role="train")]
+    summary = run_sources(tiny_params(sources=sources), tmp_path / "ws")
+    first = read_json(tmp_path / "ws" / SOURCES_FINGERPRINT)["sources"]
+    assert summary["files"] == 1 and first["mine"]["files"] == 1 and first["mine"]["bytes"] == 10
+    assert first["synthetic_mvtec"] == {"path": "data/raw/synthetic/mvtec", "generated_by_prepare": True}
+    (external / "a" / "good" / "0.png").write_bytes(b"y" * 10)
+    run_sources(tiny_params(sources=sources), tmp_path / "ws")
+    assert read_json(tmp_path / "ws" / SOURCES_FINGERPRINT)["sources"]["mine"]["sha256"] != first["mine"]["sha256"]

@@ -4,13 +4,18 @@ manifest, and a LLaVA instruction file (detection + description turns)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_ov.config import load_params
+from anomaly_ov.config import dump_params, load_params
 from anomaly_ov.data.manifest import ManifestRow, from_rows, write_manifest
 
 TINY_OVERRIDES = [
@@ -89,3 +94,38 @@ def trained_expert_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = make_workspace(tmp_path_factory.mktemp("expert") / "ws")
     run_train_expert(tiny_params(), ws)
     return ws
+
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def sigkill_stage_at(stage: str, workspace: Path, params, loop: str, step: int) -> str:
+    """Run ``anomaly-ov stage STAGE`` in a subprocess (params written to the workspace's params.yaml), wait until
+    the loop ``loop`` ("train", "text_warmup") has finished optimiser step ``step``, SIGKILL the process there and
+    return its output. The caller chooses ``step`` between two checkpoints. The subprocess gets this process's
+    torch thread count, so its arithmetic matches an in-process run bit for bit."""
+    import torch
+
+    dump_params(params, workspace / "params.yaml")
+    paused = workspace / "paused"
+    paused.unlink(missing_ok=True)
+    log = workspace / f"{stage}.killed.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    runner = Path(__file__).with_name("paused_stage.py")
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(runner), stage, str(workspace), loop, str(step)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workspace)
+        try:
+            while not paused.exists():  # pytest-timeout ends a run that never gets there
+                if proc.poll() is not None:
+                    raise AssertionError(f"the stage ended before step {step}:\n{log.read_text()[-3000:]}")
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    paused.unlink()
+    return log.read_text()

@@ -88,7 +88,7 @@ def test_finished_run_is_not_retrained(tmp_path: Path) -> None:
 
 def test_changed_fingerprint_starts_afresh(tmp_path: Path) -> None:
     _train(tmp_path)
-    ckpt = torch.load(tmp_path / common.CHECKPOINT_FILE, weights_only=False)
+    ckpt = torch.load(tmp_path / common.CHECKPOINT_FILE, weights_only=True)
     ckpt["fingerprint"] = "other"
     torch.save(ckpt, tmp_path / common.CHECKPOINT_FILE)
     _, result = _train(tmp_path)
@@ -99,7 +99,7 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(common.TrainingDiverged, match="diverged at step 10") as info:
         _train(tmp_path, nan_after=9)
     assert info.value.checkpoint == tmp_path / common.CHECKPOINT_FILE
-    ckpt = torch.load(info.value.checkpoint, weights_only=False)
+    ckpt = torch.load(info.value.checkpoint, weights_only=True)
     assert ckpt["step"] == 8
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert not list(tmp_path.glob(".last.pt*")), "no temporary files left behind"
@@ -146,3 +146,54 @@ def test_plot_curves_writes_png(tmp_path: Path) -> None:
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
     summary = common.summarise_history(result, window=2)
     assert summary["loss_last"] > 0
+
+
+def test_checkpoint_loads_weights_only_and_refuses_pickled_objects(tmp_path: Path) -> None:
+    """The whole resume state (numpy RNG included) is tensors and plain values; a checkpoint that would run
+    code on load (a pickled object) is refused with a message that says what to do."""
+    _train(tmp_path, epochs=1)
+    state = torch.load(tmp_path / common.CHECKPOINT_FILE, weights_only=True)  # old code: numpy state -> error
+    assert state["step"] == 7
+    torch.save({**state, "evil": _Toy(2)}, tmp_path / common.CHECKPOINT_FILE)
+    with pytest.raises(RuntimeError, match="unreadable checkpoint.*delete it"):
+        common.load_checkpoint(tmp_path)
+
+
+def test_data_fingerprint_sees_an_in_place_fix_that_keeps_size_and_mtime(tmp_path: Path) -> None:
+    import os
+
+    files = [tmp_path / f"m{i}.png" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 4096)
+    before = common.data_fingerprint(files, tmp_path)
+    stat = files[1].stat()
+    files[1].write_bytes(b"\x07" + bytes([1]) * 4095)  # same size
+    os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime (cp -p, a restore)
+    assert common.data_fingerprint(files, tmp_path) != before
+    # named relative to the root: the same data in another folder has the same fingerprint
+    other = tmp_path / "copy"
+    other.mkdir()
+    for f in files:
+        (other / f.name).write_bytes(f.read_bytes())
+    assert common.data_fingerprint(files, tmp_path) == common.data_fingerprint(list(other.iterdir()), other)
+    # more data is other data
+    assert common.data_fingerprint(files[:2], tmp_path) != common.data_fingerprint(files, tmp_path)
+
+
+def test_file_signature_hashes_beyond_the_first_8_mib(tmp_path: Path) -> None:
+    big = tmp_path / "train.json"
+    big.write_bytes(b"a" * (9 << 20))
+    before = common.file_signature(big)
+    with big.open("r+b") as fh:
+        fh.seek((9 << 20) - 1)
+        fh.write(b"b")
+    assert common.file_signature(big) != before
+
+
+def test_remove_checkpoints_clears_every_phase(tmp_path: Path) -> None:
+    _train(tmp_path, epochs=1)
+    _train(tmp_path / "text_warmup", epochs=1)
+    common.remove_checkpoints(tmp_path)
+    assert not list(tmp_path.rglob(common.CHECKPOINT_FILE))
+    _, result = _train(tmp_path, epochs=1)
+    assert result.resumed_from_step is None

@@ -11,7 +11,7 @@ import torch
 from anomaly_ov.train import common
 from anomaly_ov.train import expert as stage1
 
-from .conftest import make_workspace, tiny_params  # noqa: TID252
+from .conftest import make_workspace, sigkill_stage_at, tiny_params  # noqa: TID252
 
 
 @pytest.mark.slow
@@ -33,34 +33,84 @@ class _Killed(Exception):
     pass
 
 
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a stage-1 output (the expert and the vision tower)."""
+    from safetensors.torch import load_file
+
+    out = {f"expert.{k}": v for k, v in torch.load(directory / "pretrained_expert.pth").items()}
+    tower = directory / "vision_tower.safetensors"
+    assert tower.exists(), "the tiny recipe trains the tower: it must be part of the comparison"
+    out.update({f"tower.{k}": v for k, v in load_file(tower).items()})
+    return out
+
+
 @pytest.mark.slow
-def test_stage1_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = tiny_params("train.expert.checkpoint_every=1", "train.expert.tiny.epochs=2")
+@pytest.mark.integration
+def test_stage1_sigkill_between_checkpoints_resumes_to_identical_weights(tmp_path: Path) -> None:
+    """A real SIGKILL of the `anomaly-ov stage train_expert` process after step 4 (checkpoints at 3 and 6): the
+    re-run resumes from step 3, mid-epoch, and ends with the uninterrupted run's weights, tower included."""
+    params = tiny_params("train.expert.checkpoint_every=3", "train.expert.tiny.epochs=2",
+                         "train.expert.tiny.batch_size=2")
     straight = make_workspace(tmp_path / "a")
-    stage1.run_train_expert(params, straight)
+    reference = stage1.run_train_expert(params, straight)
+    assert reference["steps"] == 8
 
     killed = make_workspace(tmp_path / "b")
+    common.seed_everything(123)  # the re-run must not depend on this process's RNG state
+    sigkill_stage_at("train_expert", killed, params, "train", 4)
+    ckpt = torch.load(killed / "checkpoints/expert/last.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["next_batch"]) == (3, 0, 3)
+    assert not (killed / "models/expert").exists(), "no output before the stage completes"
+    summary = stage1.run_train_expert(params, killed)
+    assert summary["resumed_from_step"] == 3
+    a, b = _weights(straight / "models/expert"), _weights(killed / "models/expert")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert summary["loss_last"] == reference["loss_last"]
+
+
+def _kill_at(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
     real_loop = common.run_loop
 
-    def loop_killed_after_3(*args, **kwargs):
-        def hook(step, record):
-            if step == 3:
+    def loop(*args, **kwargs):
+        def hook(s, record):
+            if s == step:
                 raise _Killed()
         kwargs["on_step_end"] = hook
         return real_loop(*args, **kwargs)
 
-    monkeypatch.setattr(common, "run_loop", loop_killed_after_3)
+    monkeypatch.setattr(common, "run_loop", loop)
+
+
+@pytest.mark.slow
+def test_stage1_mask_fixed_in_place_is_not_trained_on_stale_checkpoint(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mask fixed in place (same size, same mtime) after a crash: the re-run must not resume the checkpoint made
+    from the old mask, and a finished stage leaves no checkpoint behind for the next run to reuse."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    ws = make_workspace(tmp_path / "ws")
+    params = tiny_params("train.expert.checkpoint_every=1")
+    _kill_at(2, monkeypatch)
     with pytest.raises(_Killed):
-        stage1.run_train_expert(params, killed)
-    monkeypatch.setattr(common, "run_loop", real_loop)
-    assert not (killed / "models/expert").exists(), "no output before the stage completes"
-    summary = stage1.run_train_expert(params, killed)
-    assert summary["resumed_from_step"] == 3
-    a = torch.load(straight / "models/expert/pretrained_expert.pth")
-    b = torch.load(killed / "models/expert/pretrained_expert.pth")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+        stage1.run_train_expert(params, ws)
+    monkeypatch.undo()
+    mask = next((ws / "data/raw").rglob("*_mask.png"))
+    stat = mask.stat()
+    fixed = np.asarray(Image.open(mask)).copy()
+    fixed[:, :] = 0
+    fixed[40:56, 40:56] = 255  # the defect is elsewhere
+    Image.fromarray(fixed).save(mask)
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    summary = stage1.run_train_expert(params, ws)
+    assert summary["resumed_from_step"] is None, "resumed a checkpoint trained on the old mask"
+    assert not (ws / "checkpoints/expert/last.pt").exists(), "the finished checkpoint is left for the next run"
+    again = stage1.run_train_expert(params, ws)
+    assert again["resumed_from_step"] is None
 
 
 @pytest.mark.slow

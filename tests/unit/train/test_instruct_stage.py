@@ -13,7 +13,7 @@ from PIL import Image
 from anomaly_ov.model.processing import adverb_for_score
 from anomaly_ov.train import instruct as stage2
 
-from .conftest import tiny_params  # noqa: TID252
+from .conftest import sigkill_stage_at, tiny_params  # noqa: TID252
 
 pytestmark = pytest.mark.slow  # each test trains a tiny model for a few steps
 
@@ -119,9 +119,49 @@ def test_stage2_with_text_warmup_reports_both_phases_and_resumes(trained_expert_
     report = json.loads((ws / "reports/warm.json").read_text())
     assert [s for s, _ in report["text_warmup_loss_curve"]] == [1, 2, 3, 4]
     assert (ws / "reports/warm_text_warmup_curves.png").exists()
-    again = stage2.run_train_instruct(params, ws)  # both loops find their finished checkpoints
-    assert again["text_warmup"]["resumed_from_step"] == 4 and again["resumed_from_step"] == 3
-    assert again["loss_last"] == summary["loss_last"]
+    # the outputs are the result now: no finished checkpoint is left for a later run to take as "done"
+    assert not list((ws / "checkpoints/warm").rglob("last.pt"))
+
+
+def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        out.update(load_file(f))
+    assert out, f"no weights in {directory}"
+    return out
+
+
+@pytest.mark.integration
+def test_stage2_sigkill_in_visual_phase_resumes_to_identical_weights(trained_expert_workspace: Path) -> None:
+    """A real SIGKILL of `anomaly-ov stage train_instruct` at visual step 3 (checkpoints at 2 and 4), after the
+    text warm-up finished: the re-run takes the warm-up's checkpoint, resumes the visual phase from step 2
+    (mid-epoch) and saves the uninterrupted run's model, bit for bit (vision tower and expert included)."""
+    ws = trained_expert_workspace
+    common = ("train.instruct.tiny.text_warmup_epochs=1", "train.instruct.tiny.text_warmup_batch_size=6",
+              "train.instruct.checkpoint_every=2")
+    straight_params = tiny_params(*common, "train.instruct.output_dir=models/straight",
+                                  "train.instruct.report=reports/straight.json",
+                                  "train.instruct.checkpoint_dir=checkpoints/straight")
+    killed_params = tiny_params(*common, "train.instruct.output_dir=models/killed",
+                                "train.instruct.report=reports/killed.json",
+                                "train.instruct.checkpoint_dir=checkpoints/killed")
+    reference = stage2.run_train_instruct(straight_params, ws)
+    assert reference["steps"] == 6 and reference["text_warmup"]["steps"] == 2
+    torch.manual_seed(123)  # the re-run must not depend on this process's RNG state
+
+    sigkill_stage_at("train_instruct", ws, killed_params, "train", 3)
+    ckpt = torch.load(ws / "checkpoints/killed/last.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["next_batch"]) == (2, 0, 2)
+    assert not (ws / "models/killed").exists(), "no output before the stage completes"
+    summary = stage2.run_train_instruct(killed_params, ws)
+    assert summary["text_warmup"]["resumed_from_step"] == 2 and summary["resumed_from_step"] == 2
+    a, b = _safetensors(ws / "models/straight"), _safetensors(ws / "models/killed")
+    assert a.keys() == b.keys()
+    assert any("vision_tower" in k for k in a) and any("anomaly_expert" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_stage2_with_text_warmup_runs_in_two_processes(trained_expert_workspace: Path) -> None:
@@ -166,3 +206,44 @@ def test_record_cap_is_a_seeded_draw_in_file_order() -> None:
     assert [records.index(r) for r in sample] == sorted(records.index(r) for r in sample)
     assert {r["id"].split("/")[0] for r in sample} == {"fabric", "wood", "metal"}  # not just the file's head
     assert stage2.sample_records(records, None, 0) == records and stage2.sample_records(records, 99, 0) == records
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_stage2_image_fixed_in_place_is_not_trained_on_stale_checkpoint(trained_expert_workspace: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image of the instruction records replaced in place (mtime kept) after a crash: the re-run starts
+    afresh instead of resuming weights trained on the old image."""
+    import os
+
+    import numpy as np
+
+    from anomaly_ov.train import common
+
+    ws = trained_expert_workspace
+    params = tiny_params("train.instruct.tiny.text_warmup_epochs=0", "train.instruct.tiny.epochs=1",
+                         "train.instruct.checkpoint_every=1", "train.instruct.output_dir=models/fix",
+                         "train.instruct.report=reports/fix.json", "train.instruct.checkpoint_dir=checkpoints/fix")
+    real_loop = common.run_loop
+
+    def loop_killed_at_2(*args, **kwargs):
+        def hook(step, record):
+            if step == 2:
+                raise _Killed()
+        kwargs["on_step_end"] = hook
+        return real_loop(*args, **kwargs)
+
+    monkeypatch.setattr(common, "run_loop", loop_killed_at_2)
+    with pytest.raises(_Killed):
+        stage2.run_train_instruct(params, ws)
+    monkeypatch.undo()
+    record = json.loads((ws / "data/instruct/train.json").read_text())[0]
+    image = ws / record["image"]
+    stat = image.stat()
+    pixels = np.asarray(Image.open(image)).copy()
+    Image.fromarray(255 - pixels).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    summary = stage2.run_train_instruct(params, ws)
+    assert summary["resumed_from_step"] is None, "resumed a checkpoint trained on the old image"
