@@ -1,11 +1,13 @@
 """The MLflow model registry side: a pyfunc wrapping the saved model, registration, the promotion gate, rollback.
 
 - :class:`AnomalyOVPyfunc`: an ``mlflow.pyfunc.PythonModel`` around ``models/anomaly_ov`` (artifact key
-  ``model_dir``). Input: a DataFrame with a column ``image`` (file paths or base64-encoded image bytes, optionally
-  as ``data:image/png;base64,...``) and an optional ``question``. Output: ``score``, ``label``, ``answer`` and, with
-  the inference param ``return_map=True``, the anomaly map as a nested list. It loads the model through
-  ``anomaly_ov.model.predict.Predictor`` so serving and ``anomaly-ov predict`` share one implementation. The
-  serving environment needs the ``anomaly-ov`` package installed (``mlflow models serve --env-manager local``).
+  ``model_dir``). Input: a DataFrame with a column ``image`` (base64-encoded image bytes, optionally as
+  ``data:image/png;base64,...``; file paths only under folders the server allows, see ``anomaly_ov.serving``) and
+  an optional ``question``; rows, bytes and pixels are capped (``ServeLimits``). Output: ``score``, ``label``,
+  ``answer`` and, with the inference param ``return_map=True``, the anomaly map as a nested list. It loads the
+  model through ``anomaly_ov.model.predict.Predictor`` so serving and ``anomaly-ov predict`` share one
+  implementation. The serving environment needs the ``anomaly-ov`` package installed
+  (``mlflow models serve --env-manager local``).
 - :func:`run_register` (the ``register`` stage): log + register the model with ``reports/metrics.json``, alias
   ``candidate``, run the gate, write ``params.registry.report``.
 - The gate (:func:`decide` is the pure rule, :func:`apply_gate` applies it): a new version becomes ``candidate``;
@@ -22,10 +24,11 @@ empty aliases on SQLite).
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
+import logging
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +40,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from anomaly_ov.config import Params, RegistryParams
 
@@ -44,32 +48,15 @@ ALIASES = ("candidate", "staging", "production")
 MODEL_ARTIFACT = "model"
 HISTORY_TAG = "production_history"
 PREVIOUS_TAG = "previous_production"
+_log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------- pyfunc
-def decode_image(value: Any):
-    """A PIL RGB image from a file path, raw bytes or a base64 string (``data:`` URI prefix allowed)."""
-    from PIL import Image
+def decode_image(value: Any, limits: Any = None):
+    """A PIL RGB image from base64 bytes (``data:`` URI allowed) under the serving limits (paths only if enabled)."""
+    from anomaly_ov.serving import ServeLimits, decode_row_image
 
-    if isinstance(value, bytes | bytearray):
-        data = bytes(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if len(text) < 1024 and Path(text).expanduser().exists():
-            with Image.open(Path(text).expanduser()) as img:
-                return img.convert("RGB")
-        if text.startswith("data:") and "," in text:
-            text = text.split(",", 1)[1]
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(
-                f"image {text[:60]!r}: neither an existing file nor base64-encoded image bytes"
-            ) from None
-    else:
-        raise ValueError(f"image column holds a {type(value).__name__}; expected a path or base64 string")
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
+    return decode_row_image(value, limits or ServeLimits())
 
 
 def encode_image(path: str | Path) -> str:
@@ -78,36 +65,69 @@ def encode_image(path: str | Path) -> str:
 
 
 class AnomalyOVPyfunc(mlflow.pyfunc.PythonModel):
-    """Anomaly-OV as a pyfunc: DataFrame(image[, question]) -> DataFrame(score, label, answer[, anomaly_map])."""
+    """Anomaly-OV as a pyfunc: DataFrame(image[, question]) -> DataFrame(score, label, answer[, anomaly_map]).
+
+    A request the client got wrong (bad image, over a limit, a path where none is allowed) raises an
+    ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which MLflow's scoring server answers with HTTP 400 and
+    the message alone; any other failure is logged here with its traceback and the client gets a short 500 with a
+    reference, never the traceback or the server's paths.
+    """
 
     def load_context(self, context) -> None:
         from anomaly_ov.model.predict import Predictor
+        from anomaly_ov.serving import ServeLimits
 
+        self.limits = ServeLimits.from_env()
         self.predictor = Predictor.from_pretrained(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        params = params or {}
+        from anomaly_ov.serving import RequestError
+
+        try:
+            return self._predict(model_input, params or {})
+        except RequestError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+        except MlflowException:
+            raise
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            _log.exception("scoring failed (ref %s)", ref)
+            raise MlflowException(
+                f"internal error while scoring (ref {ref}); the server log has the details", error_code=INTERNAL_ERROR
+            ) from None
+
+    def _predict(self, model_input: Any, params: dict[str, Any]) -> pd.DataFrame:
+        from anomaly_ov.serving import RequestError, ServeLimits, check_request, decode_row_image
+
+        limits = getattr(self, "limits", None) or ServeLimits()
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in frame.columns:
-            raise ValueError(f"input needs a column 'image' (path or base64); got columns {list(frame.columns)}")
+            raise RequestError(f"input needs a column 'image' (base64 image bytes); got columns {list(frame.columns)}")
         threshold = float(params.get("threshold", 0.5))
+        if not 0.0 <= threshold <= 1.0:
+            raise RequestError(f"params.threshold={threshold} is outside 0..1")
         generate = bool(params.get("generate", False))
         return_map = bool(params.get("return_map", False))
         questions = frame["question"] if "question" in frame.columns else pd.Series([None] * len(frame))
-        rows: list[dict[str, Any] | None] = [None] * len(frame)
-        # one call per distinct question keeps batching where it is possible
         keyed = [(None if q is None or (isinstance(q, float) and math.isnan(q)) else str(q)) for q in questions]
+        images = list(frame["image"])
+        check_request(images, keyed, limits)
+        rows: list[dict[str, Any] | None] = [None] * len(frame)
+        # one call per distinct question keeps batching where it is possible; images are decoded one batch at a time
         for question in dict.fromkeys(keyed):
             index = [i for i, q in enumerate(keyed) if q == question]
-            images = [decode_image(frame["image"].iloc[i]) for i in index]
-            preds = self.predictor.predict(
-                images, question=question, generate=generate or question is not None, threshold=threshold
-            )
-            for i, pred in zip(index, preds, strict=True):
-                row = {"score": float(pred.score), "label": str(pred.label), "answer": pred.answer or ""}
-                if return_map:
-                    row["anomaly_map"] = pred.anomaly_map.tolist()
-                rows[i] = row
+            for start in range(0, len(index), limits.batch_size):
+                chunk = index[start : start + limits.batch_size]
+                decoded = [decode_row_image(images[i], limits, row=i) for i in chunk]
+                preds = self.predictor.predict(
+                    decoded, question=question, generate=generate or question is not None, threshold=threshold,
+                    batch_size=len(decoded),
+                )
+                for i, pred in zip(chunk, preds, strict=True):
+                    row = {"score": float(pred.score), "label": str(pred.label), "answer": pred.answer or ""}
+                    if return_map:
+                        row["anomaly_map"] = pred.anomaly_map.tolist()
+                    rows[i] = row
         return pd.DataFrame(rows)
 
 

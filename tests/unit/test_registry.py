@@ -49,16 +49,18 @@ def _png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def test_decode_image_accepts_paths_base64_and_data_uris(tmp_path):
+def test_decode_image_accepts_base64_and_data_uris_but_no_paths_by_default(tmp_path):
     raw = _png_bytes()
     path = tmp_path / "x.png"
     path.write_bytes(raw)
     b64 = base64.b64encode(raw).decode()
-    for value in (str(path), b64, "data:image/png;base64," + b64):
+    for value in (b64, "data:image/png;base64," + b64):
         img = decode_image(value)
         assert img.mode == "RGB" and img.size == (8, 6)
+    with pytest.raises(ValueError, match="does not read file paths"):
+        decode_image(str(path))
 
 
-def test_decode_image_error_names_the_value():
-    with pytest.raises(ValueError, match="neither an existing file nor base64"):
-        decode_image("no/such/file.png")
+def test_decode_image_error_names_the_row():
+    with pytest.raises(ValueError, match="row 0: not an image"):
+        decode_image(base64.b64encode(b"plain text").decode())
