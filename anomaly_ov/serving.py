@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import os
 import stat
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from anomaly_ov.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, open_image
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 ENV_PREFIX = "ANOMALY_OV_SERVE_"
 MiB = 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; the processor resizes far below this anyway
 
 
 class RequestError(ValueError):
@@ -116,10 +117,32 @@ def decode_row_image(value: str | bytes, limits: ServeLimits, row: int = 0):
             data = _read_allowed_file(text, limits, row)
     if len(data) > limits.max_image_bytes:
         raise RequestError(f"row {row}: the image has {len(data):,} bytes; the limit is {limits.max_image_bytes:,}")
+    return open_image(data, max_pixels=limits.max_image_pixels, name=f"row {row}")
+
+
+def open_image(data: bytes, *, max_pixels: int, name: str):
+    """PIL RGB image from encoded bytes; the declared width x height is checked before any pixel is decoded.
+
+    Every failure is a :class:`RequestError` with a short reason (no PIL internals, no paths).
+    """
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        return open_image(data, max_pixels=limits.max_image_pixels, name=f"row {row}")
-    except ImageError as exc:
-        raise RequestError(str(exc)) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise RequestError(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels:,}")
+                return img.convert("RGB")
+    except RequestError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestError(f"{name}: declares more pixels than PIL's decompression-bomb limit") from None
+    except UnidentifiedImageError:
+        raise RequestError(f"{name}: not an image PIL can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise RequestError(f"{name}: truncated or corrupt image data") from None
 
 
 def _b64(text: str, limits: ServeLimits, row: int) -> bytes | None:
