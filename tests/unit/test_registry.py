@@ -77,6 +77,14 @@ def test_a_version_without_the_primary_metric_never_reaches_production():
     assert decision.verdict == "staging" and "zero_shot.image_auroc missing" in decision.reason
 
 
+def test_a_null_metric_named_in_the_thresholds_fails_the_gate():
+    from anomaly_ov.orchestration import numeric_metrics
+
+    raw = {"zero_shot.image_auroc": 0.9, "detection.macro_f1": None, "counts.images": 100}
+    decision = decide(numeric_metrics(raw), REG, None, BENCH)
+    assert decision.verdict == "candidate" and "detection.macro_f1 missing" in decision.reason
+
+
 def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (8, 6), 128).save(buffer, format="PNG")
