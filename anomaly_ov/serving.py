@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import os
 import stat
 import warnings
@@ -54,6 +55,7 @@ class ServeLimits:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_question_chars: int = 2000
     batch_size: int = 8
+    max_body_bytes: int = 34 * MiB  # the HTTP body as a whole (`anomaly-ov serve`); a bit over max_request_bytes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeLimits:
@@ -61,7 +63,7 @@ class ServeLimits:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in ("max_rows", "max_request_bytes", "max_image_bytes", "max_image_pixels", "max_question_chars",
-                     "batch_size"):
+                     "batch_size", "max_body_bytes"):
             key = ENV_PREFIX + name.upper()
             raw = environ.get(key, "").strip()
             if not raw:
@@ -181,6 +183,72 @@ def _read_allowed_file(text: str, limits: ServeLimits, row: int) -> bytes:
         raise refused from None
     finally:
         os.close(fd)
+
+
+def limit_body(app: Any, max_bytes: int) -> Any:
+    """ASGI middleware: answer 413 to any request whose body is larger than ``max_bytes``, before the app reads it.
+
+    A declared ``Content-Length`` over the limit is refused without reading the body; a chunked body is read up to
+    the limit and refused as soon as it passes it. MLflow's scoring app reads the whole body into memory and parses
+    it before the model sees a row, so this is the cap that protects the server's memory.
+    """
+
+    async def reply(send: Any, status: int, message: str) -> None:
+        body = json.dumps({"error_code": "REQUEST_LIMIT_EXCEEDED" if status == 413 else "BAD_REQUEST",
+                           "message": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def middleware(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await reply(send, 400, "invalid Content-Length header")
+                return
+            if length > max_bytes:
+                await reply(send, 413, f"the request body has {length:,} bytes; this server takes at most "
+                                       f"{max_bytes:,}")
+                return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                await reply(send, 413, f"the request body is larger than {max_bytes:,} bytes")
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return middleware
+
+
+def scoring_app(model_uri: str, limits: ServeLimits) -> Any:
+    """MLflow's scoring app (``/invocations``, ``/ping``) for ``model_uri`` behind :func:`limit_body`."""
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    return limit_body(scoring_server.init(model), limits.max_body_bytes)
 
 
 def load_predictor(model: str, params: Params | None = None, workspace: str | Path = ".", device: str = "cpu"):

@@ -34,6 +34,8 @@ BIN = Path(sys.executable).parent
 MAX_ROWS = 4
 MAX_REQUEST_BYTES = 400_000
 MAX_PIXELS = 1_000_000
+MAX_BODY_MB = 1
+SERVERS = ("mlflow", "anomaly-ov")
 
 
 def png_bytes(seed: int = 0, size: tuple[int, int] = (48, 40)) -> bytes:
@@ -61,7 +63,7 @@ def bomb_png(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(base URL, in-process pyfunc, allowed folder, outside folder, server log) for a live `mlflow models serve`."""
+    """({kind: base URL}, in-process pyfunc, allowed folder, outside folder, {kind: log}) for both live servers."""
     import torch
 
     from anomaly_ov.config import Params
@@ -83,30 +85,39 @@ def served(tmp_path_factory):
     (outside / "secret.png").write_bytes(png_bytes(2))
     (allowed / "link.png").symlink_to(outside / "secret.png")
     os.mkfifo(allowed / "pipe.png")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
            "ANOMALY_OV_SERVE_ALLOWED_ROOTS": str(allowed), "ANOMALY_OV_SERVE_MAX_ROWS": str(MAX_ROWS),
            "ANOMALY_OV_SERVE_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
            "ANOMALY_OV_SERVE_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "ANOMALY_OV_SERVE_BATCH_SIZE": "2",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log = root / "serve.log"
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", str(model_path), "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-t", "60"],
-        cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    ports = {}
+    for kind in ("mlflow", "anomaly-ov"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports[kind] = sock.getsockname()[1]
+    commands = {  # the README's `mlflow models serve`, and `anomaly-ov serve` with its body limit
+        "mlflow": [str(BIN / "mlflow"), "models", "serve", "-m", str(model_path), "--env-manager", "local",
+                   "-h", "127.0.0.1", "-p", str(ports["mlflow"]), "-t", "60"],
+        "anomaly-ov": [str(BIN / "anomaly-ov"), "serve", "-m", str(model_path), "--port", str(ports["anomaly-ov"]),
+                       "--max-body-mb", str(MAX_BODY_MB)],
+    }
+    procs, logs = {}, {}
+    for kind, command in commands.items():
+        logs[kind] = root / f"{kind}.log"
+        procs[kind] = subprocess.Popen(command, cwd=root, env=env, stdout=logs[kind].open("w"),
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+    urls = {kind: f"http://127.0.0.1:{port}" for kind, port in ports.items()}
     try:
         deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(url + "/ping", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not come up\n" + log.read_text()[-3000:]
-                time.sleep(1)
+        for kind, url in urls.items():
+            while True:
+                assert procs[kind].poll() is None, logs[kind].read_text()[-3000:]
+                try:
+                    urllib.request.urlopen(url + "/ping", timeout=5)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "server did not come up\n" + logs[kind].read_text()[-3000:]
+                    time.sleep(1)
         old = {k: os.environ.get(k) for k in ("ANOMALY_OV_SERVE_ALLOWED_ROOTS",)}
         os.environ["ANOMALY_OV_SERVE_ALLOWED_ROOTS"] = str(allowed)
         try:
@@ -114,13 +125,15 @@ def served(tmp_path_factory):
         finally:
             for key, value in old.items():
                 os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-        yield url, local, allowed, outside, log
+        yield urls, local, allowed, outside, logs
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def post(url: str, body: dict | bytes) -> tuple[int, str]:
@@ -146,8 +159,10 @@ def assert_clean_400(status: int, text: str, *must: str) -> dict:
 
 
 @pytest.mark.timeout(300)
-def test_readme_request_matches_the_in_process_pyfunc(served):
-    url, local, allowed, _, _ = served
+@pytest.mark.parametrize("kind", SERVERS)
+def test_readme_request_matches_the_in_process_pyfunc(served, kind):
+    urls, local, allowed, _, _ = served
+    url = urls[kind]
     records = [{"image": b64(png_bytes(seed)), "question": ""} for seed in (3, 4, 5)]  # 3 rows: 2 batches of 2
     status, text = post(url, {"dataframe_records": records, "params": {"threshold": 0.5}})
     assert status == 200, text[:2000]
@@ -163,8 +178,10 @@ def test_readme_request_matches_the_in_process_pyfunc(served):
 
 
 @pytest.mark.timeout(300)
-def test_paths_outside_the_allowed_folder_are_refused_alike(served):
-    url, _, allowed, outside, _ = served
+@pytest.mark.parametrize("kind", SERVERS)
+def test_paths_outside_the_allowed_folder_are_refused_alike(served, kind):
+    urls, _, allowed, outside, _ = served
+    url = urls[kind]
     refusals = {}
     for value in (str(outside / "secret.png"),        # a real PNG outside every allowed folder
                   str(allowed / "link.png"),          # a symlink inside pointing outside
@@ -179,8 +196,10 @@ def test_paths_outside_the_allowed_folder_are_refused_alike(served):
 
 
 @pytest.mark.timeout(300)
-def test_bad_images_and_limits_get_short_400s(served):
-    url, _, _, _, log = served
+@pytest.mark.parametrize("kind", SERVERS)
+def test_bad_images_and_limits_get_short_400s(served, kind):
+    urls, _, _, _, logs = served
+    url, log = urls[kind], logs[kind]
     truncated = png_bytes(6)[:200]
     cases = [
         ([{"image": b64(b"this is not an image")}], "row 0: not an image"),
@@ -193,3 +212,26 @@ def test_bad_images_and_limits_get_short_400s(served):
     for records, fragment in cases:
         assert_clean_400(*post(url, {"dataframe_records": records}), fragment)
     assert "Traceback" not in log.read_text()  # refusals are the client's problem, not logged as crashes
+
+
+@pytest.mark.timeout(300)
+def test_anomaly_ov_serve_refuses_an_oversized_body_before_reading_it(served):
+    import http.client
+    from urllib.parse import urlsplit
+
+    urls, _, _, _, _ = served
+    size = 2 * 1024 * 1024  # > MAX_BODY_MB
+    target = urlsplit(urls["anomaly-ov"])
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+    try:  # the headers alone: the answer comes without a byte of the body being sent
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        response = conn.getresponse()
+        status, body = response.status, json.loads(response.read())
+    finally:
+        conn.close()
+    assert status == 413 and "at most 1,048,576" in body["message"]
+    big = json.dumps({"dataframe_records": [{"image": "A" * size}]}).encode()
+    assert post(urls["mlflow"], big)[0] == 400  # mlflow's server reads it all; the pyfunc still refuses it

@@ -166,3 +166,39 @@ def test_default_limits_refuse_a_60_mb_request():
 
     with pytest.raises(RequestError, match="the limit is 33,554,432"):
         check_request(["A" * (60 * 1024 * 1024)], [None], ServeLimits())
+
+
+def test_limit_body_answers_413_before_the_app_reads_a_large_body():
+    import asyncio
+    import json
+
+    from anomaly_ov.serving import limit_body
+
+    seen: list[bytes] = []
+
+    async def inner(scope, receive, send):
+        seen.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = limit_body(inner, 10)
+
+    def call(headers, chunks):
+        queue = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        sent = []
+
+        async def receive():
+            return queue.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(app({"type": "http", "headers": headers}, receive, send))
+        return sent[0]["status"], json.loads(sent[1]["body"]) if sent[0]["status"] != 200 else sent[1]["body"]
+
+    assert call([(b"content-length", b"100")], [b"x" * 100]) == (
+        413, {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "the request body has 100 bytes; this server takes "
+                                                                 "at most 10"})
+    assert call([], [b"x" * 6, b"x" * 6])[0] == 413  # chunked, no Content-Length: counted as it arrives
+    assert seen == []  # the app never ran for either
+    assert call([], [b"12", b"345"]) == (200, b"ok") and seen == [b"12345"]
