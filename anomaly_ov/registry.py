@@ -580,7 +580,7 @@ def _pending_version(client: MlflowClient, name: str, evidence: Evidence) -> str
         return None
     for item in client.search_model_versions(f"name='{name}'"):
         tags = item.tags
-        if (tags.get(PENDING_TAG) == "true" and "gate.verdict" not in tags
+        if (tags.get(PENDING_TAG) == "true"  # killed before or during the gate
                 and tags.get("eval.model_sha256") == evidence.model_sha256
                 and tags.get("eval.benchmark_sha256") == evidence.benchmark_sha256):
             return str(item.version)
