@@ -368,6 +368,9 @@ class RegistryParams(_Section):
         default_factory=lambda: {"zero_shot.image_auroc": 0.7, "detection.macro_f1": 0.5},
         description="metric -> minimum value for `staging`",
     )
+    min_images: int = Field(default=30, ge=1, description="fewest evaluated images whose metrics the gate accepts")
+    min_per_label: int = Field(default=5, ge=0, description="fewest anomalous and fewest normal images among them")
+    lock_timeout_s: float = Field(default=300.0, gt=0, description="wait this long for a concurrent registration")
     report: str = "reports/register.json"
 
 

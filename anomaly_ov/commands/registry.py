@@ -15,15 +15,20 @@ from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _fail, _load, app
 def promote(
     version: Annotated[int, typer.Option("--version", "-v", help="model version number")],
     to: Annotated[str, typer.Option("--to", help="candidate | staging | production")],
+    force: Annotated[bool, typer.Option("--force", help="override the gate (needs --reason)")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="why, recorded on the version with --force")] = None,
     params_file: ParamsOpt = Path("params.yaml"),
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Point an alias at a version by hand (production keeps its history, so `rollback` can undo it)."""
+    """Point an alias at a version by hand (production keeps its history, so `rollback` can undo it).
+
+    A version the gate rejected (or never judged) goes to staging or production only with --force and --reason.
+    """
     from anomaly_ov.registry import promote as do_promote
 
     params = _load(workspace / params_file, None)
     try:
-        result = do_promote(params, version, to, workspace)
+        result = do_promote(params, version, to, workspace, force=force, reason=reason)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result, indent=2))

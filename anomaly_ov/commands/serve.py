@@ -1,8 +1,10 @@
-"""`anomaly-ov predict` and `anomaly-ov chat`: use a trained model (a directory or a registered version)."""
+"""`anomaly-ov predict`, `anomaly-ov chat` and `anomaly-ov serve`: use a trained model (a directory or a registered
+version) by hand or over HTTP."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -70,3 +72,40 @@ def chat(
             yield line
 
     chat_loop(predictor, images, lines(), typer.echo)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="MLflow model URI or a logged pyfunc folder")] = (
+        "models:/anomaly-ov@production"),
+    host: Annotated[str, typer.Option(help="address to listen on (keep 127.0.0.1 unless behind a proxy)")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="port")] = 5001,
+    allowed_root: Annotated[list[Path] | None, typer.Option(
+        "--allowed-root", help="folder whose files requests may name by path (repeatable; default: none)")] = None,
+    max_body_mb: Annotated[float | None, typer.Option(help="largest request body in MiB (413 above)")] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Serve the pyfunc over HTTP (MLflow's /invocations) with a request-body limit in front of it.
+
+    The other limits come from ANOMALY_OV_SERVE_* variables (see the README); --allowed-root and --max-body-mb
+    set ANOMALY_OV_SERVE_ALLOWED_ROOTS and ANOMALY_OV_SERVE_MAX_BODY_BYTES.
+    """
+    from anomaly_ov.serving import MODEL_URI_PREFIXES, ServeLimits, scoring_app
+
+    if allowed_root:
+        os.environ["ANOMALY_OV_SERVE_ALLOWED_ROOTS"] = os.pathsep.join(str(p.resolve()) for p in allowed_root)
+    if max_body_mb is not None:
+        os.environ["ANOMALY_OV_SERVE_MAX_BODY_BYTES"] = str(int(max_body_mb * 1024 * 1024))
+    try:
+        limits = ServeLimits.from_env()
+    except ValueError as exc:
+        _fail(str(exc))
+    if model.startswith(MODEL_URI_PREFIXES):
+        from anomaly_ov.orchestration import start_tracking
+
+        start_tracking(_load(workspace / params_file, None), workspace)
+    import uvicorn
+
+    uvicorn.run(scoring_app(model, limits), host=host, port=port, workers=1, log_level="info")

@@ -3,16 +3,12 @@
 Off by default (``evaluate.judge.enabled``). The prompt ships as ``judge_prompt.txt`` beside this module; the
 judge replies ``Score: N`` with N in 0..10 and the score is reported divided by 10. Network errors, HTTP errors
 and unparseable replies raise :class:`JudgeError`; the caller counts them and carries on (never fatal).
-Uses only the standard library (urllib).
+Requests go through :class:`anomaly_ov.llm_client.ChatClient` (https except loopback, no redirects, bounded replies).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import urllib.error
-import urllib.request
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -45,11 +41,15 @@ class Judge:
     """Scores (question, reference, answer) triples with one HTTP request each."""
 
     def __init__(self, cfg: JudgeParams, prompt: str | None = None) -> None:
+        from anomaly_ov.llm_client import ChatClient
+
         if not cfg.base_url or not cfg.model:
             raise ValueError("evaluate.judge.enabled is true but evaluate.judge.base_url or .model is empty")
         self.cfg = cfg
         self.prompt = prompt or judge_prompt()
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.client = ChatClient(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout_s,
+                                 setting="evaluate.judge.base_url")
+        self.url = self.client.url
         self.calls = 0
         self.failures = 0
 
@@ -69,20 +69,9 @@ class Judge:
             return None
 
     def _ask(self, content: str) -> str:
-        body = json.dumps(
-            {"model": self.cfg.model, "temperature": 0, "messages": [{"role": "user", "content": content}]}
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env, "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        from anomaly_ov.llm_client import LLMClientError
+
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-        except (urllib.error.URLError, TimeoutError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise JudgeError(f"judge request to {self.url} failed: {exc}") from None
-        try:
-            return str(payload["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"judge reply from {self.url} is not a chat completion: {str(payload)[:200]}") from None
+            return self.client.complete([{"role": "user", "content": content}], temperature=0)
+        except LLMClientError as exc:
+            raise JudgeError(f"judge request failed: {exc}") from None

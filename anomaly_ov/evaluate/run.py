@@ -89,12 +89,15 @@ def evaluate_dataset(
     info: dict[str, Any] | None = None,
     similarity: Any | None = None,
     log_to_mlflow: bool = True,
+    provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run detection (and reasoning when items are given) and write every report; return the flat metrics.
 
     ``test_items`` follow ``test_data.json`` (``file``, ``anomaly``, ``mask``, ``category``, ``image``);
     ``reasoning_items`` follow ``visa_dr.json``. Paths inside items are absolute or workspace-relative.
     ``out_dir`` None writes to the paths in ``params.evaluate``. ``similarity`` (tests) replaces Sentence-BERT.
+    ``provenance`` (string keys such as ``provenance.model_sha256``) is written into metrics.json beside the numbers
+    so that the registry gate can tell which model and benchmark they describe.
     """
     from anomaly_ov import tracking
     from anomaly_ov.evaluate import detection, figures, reasoning, report
@@ -142,7 +145,7 @@ def evaluate_dataset(
     info.setdefault("pixel_table_limit", cfg.exact_pixel_limit)
 
     curve_rows = detection.curves(det)
-    report.write_metrics(paths.metrics, flat)
+    report.write_metrics(paths.metrics, {**flat, **(provenance or {})})
     report.write_table(paths.predictions, det.records, report.PREDICTION_COLUMNS)
     if reason is not None:
         report.write_table(paths.reasoning, reason.records, report.REASONING_COLUMNS)
@@ -175,6 +178,7 @@ def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.evaluate.detection import load_test_items
     from anomaly_ov.evaluate.reasoning import load_reasoning_items
     from anomaly_ov.evaluate.report import HEADLINE
+    from anomaly_ov.fingerprint import dir_sha256, items_sha256
     from anomaly_ov.stages import StageFailed
 
     cfg = params.evaluate
@@ -206,7 +210,10 @@ def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
     predictor = load_predictor(model_dir, cfg.device)
     info = {"dataset": cfg.test_data or f"{params.instruct.bench_dir}/{TEST_DATA}",
             "model": params.train.instruct.output_dir}
-    flat = evaluate_dataset(predictor, test_items, reasoning_items, params, None, workspace, info)
+    provenance = {"provenance.model_sha256": dir_sha256(model_dir),
+                  "provenance.benchmark_sha256": items_sha256({"test": test_items, "reasoning": reasoning_items})}
+    flat = evaluate_dataset(predictor, test_items, reasoning_items, params, None, workspace, info,
+                            provenance=provenance)
     summary = {k: flat[k] for k in HEADLINE if flat.get(k) is not None}
     summary["images"] = flat["counts.images"]
     for key in ("reasoning.low_level.rouge_l", "reasoning.low_level.sbert", "reasoning.complex.sbert"):

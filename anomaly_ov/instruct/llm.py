@@ -2,25 +2,22 @@
 
 Off by default (``params.instruct.rewriter.enabled``). When on, each anomalous description is sent with the
 red-box image (a base64 PNG data URL) and the hint "a [category] with [defect type]", as in the Anomaly-Instruct
-recipe. Plain ``urllib`` (no extra dependency). Any failure (unreachable server, timeout, HTTP error, malformed
+recipe. Any failure (unreachable server, timeout, HTTP error, malformed
 or empty reply, over-long answer) falls back to the template answer and is counted in :attr:`Rewriter.stats`; the
-synthesis run never crashes because of the rewriter.
+synthesis run never crashes because of the rewriter. Requests go through
+:class:`anomaly_ov.llm_client.ChatClient` (https except loopback, no redirects, bounded replies, key never logged).
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import os
-import socket
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from anomaly_ov.config import RewriterParams
 from anomaly_ov.instruct.regions import MaskFacts
+from anomaly_ov.llm_client import ChatClient, LLMClientError
 
 SYSTEM_PROMPT = (
     "You rewrite defect descriptions for an inspection dataset. Keep every fact (defect type, location, size, "
@@ -35,6 +32,8 @@ class Rewriter:
         if not params.base_url or not params.model:
             raise ValueError("instruct.rewriter.enabled needs instruct.rewriter.base_url and instruct.rewriter.model")
         self.params = params
+        self.client = ChatClient(params.base_url, params.model, params.api_key_env, params.timeout_s,
+                                 setting="instruct.rewriter.base_url")
         self.max_chars = max_chars
         self.attempted = 0
         self.succeeded = 0
@@ -43,7 +42,7 @@ class Rewriter:
 
     @property
     def url(self) -> str:
-        return self.params.base_url.rstrip("/") + "/chat/completions"
+        return self.client.url
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -62,27 +61,13 @@ class Rewriter:
             url = "data:image/png;base64," + base64.b64encode(image_png).decode("ascii")
             content.append({"type": "image_url", "image_url": {"url": url}})
         return {
-            "model": self.params.model,
             "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}],
             "temperature": 0.2,
             "max_tokens": 200,
         }
 
     def _post(self, payload: dict[str, Any]) -> str:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.params.api_key_env, "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.params.timeout_s) as response:  # noqa: S310 (configured URL)
-            body = response.read()
-        reply = json.loads(body)
-        content = reply["choices"][0]["message"]["content"]
-        if isinstance(content, list):  # some servers return content parts
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if not isinstance(content, str):
-            raise TypeError("message content is not text")
-        return content.strip()
+        return self.client.complete(**payload).strip()
 
     def rewrite(
         self, text: str, hint: str, image_path: str | Path | None = None, facts: MaskFacts | None = None
@@ -100,15 +85,8 @@ class Rewriter:
 
                 image_png = red_box_png(image_path, facts)
             answer = self._post(self._payload(text, hint, image_png))
-        except urllib.error.HTTPError as exc:
-            return self._fail(f"http_{exc.code}", text)
-        except TimeoutError:
-            return self._fail("timeout", text)
-        except urllib.error.URLError as exc:
-            reason = "timeout" if isinstance(exc.reason, TimeoutError | socket.timeout) else "unreachable"
-            return self._fail(reason, text)
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError):
-            return self._fail("malformed", text)
+        except LLMClientError as exc:
+            return self._fail(exc.reason, text)
         except (OSError, ValueError):
             return self._fail("error", text)
         if not answer:

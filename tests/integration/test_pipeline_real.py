@@ -75,7 +75,9 @@ def test_registered_pyfunc_loads_and_predicts(real_run):
     name = read_json(ws / "reports/register.json")["model_name"]
     model = mlflow.pyfunc.load_model(f"models:/{name}@production")
     image = eval_image(ws)
-    out = model.predict(pd.DataFrame({"image": [image]}), params={"return_map": True})
+    from anomaly_ov.registry import encode_image
+
+    out = model.predict(pd.DataFrame({"image": [encode_image(image)]}), params={"return_map": True})
     assert list(out.columns) == ["score", "label", "answer", "anomaly_map"]
     assert 0.0 <= out.score[0] <= 1.0 and out.label[0] in ("anomaly", "normal")
     from PIL import Image

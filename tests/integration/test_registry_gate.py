@@ -30,13 +30,22 @@ def setup(tmp_path, monkeypatch):
     return params, model_dir, MlflowClient(uri)
 
 
-def new_version(params, model_dir, client, auroc: float):
+BENCH = registry.Evidence("m" * 64, "b" * 64, images=100, anomalous=40, normal=60)
+
+
+def new_version(params, model_dir, client, auroc: float, gate: bool = True, lock: bool = False):
     """Log + register the dummy model and run the gate with the given metric (what run_register does)."""
     with mlflow.start_run():
         info = registry.log_model(model_dir, params.registry.model_name, validate_example=False)
     version = str(info.registered_model_version)
     client.set_model_version_tag(params.registry.model_name, version, "metric.zero_shot.image_auroc", str(auroc))
-    decision = registry.apply_gate(client, params.registry, version, {"zero_shot.image_auroc": auroc})
+    if not gate:
+        return version, None
+    if lock:
+        with registry.registry_lock(mlflow.get_tracking_uri(), ".", 60):
+            decision = registry.apply_gate(client, params.registry, version, {"zero_shot.image_auroc": auroc}, BENCH)
+    else:
+        decision = registry.apply_gate(client, params.registry, version, {"zero_shot.image_auroc": auroc}, BENCH)
     return version, decision
 
 
@@ -97,3 +106,108 @@ def test_cli_promote_rollback_and_models(setup, tmp_path):
     assert [(v["version"], "production" in v["aliases"]) for v in listing["versions"]] == [(v1, True), (v2, False)]
     bad = cli.invoke(app, ["promote", "--version", v1, "--to", "prod", *ws])
     assert bad.exit_code == 1 and "not one of candidate, staging, production" in bad.output
+
+
+def test_promoting_a_rejected_version_needs_force_and_a_reason(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from anomaly_ov.cli import app
+    from anomaly_ov.config import dump_params
+
+    params, model_dir, client = setup
+    name = params.registry.model_name
+    dump_params(params, tmp_path / "params.yaml")
+    v1, _ = new_version(params, model_dir, client, 0.80)
+    v2, d2 = new_version(params, model_dir, client, 0.50)
+    assert d2.verdict == "candidate"
+    cli, ws = CliRunner(), ["-w", str(tmp_path)]
+    refused = cli.invoke(app, ["promote", "--version", v2, "--to", "production", *ws])
+    assert refused.exit_code == 1 and "cannot go to production: the gate rejected it" in refused.output
+    assert "--force" in refused.output
+    no_reason = cli.invoke(app, ["promote", "--version", v2, "--to", "production", "--force", *ws])
+    assert no_reason.exit_code == 1
+    assert registry.alias_version(client, name, "production") == v1
+    done = cli.invoke(app, ["promote", "--version", v2, "--to", "production", "--force", "--reason",
+                            "hotfix for line 3, approved by QA", *ws])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["forced"] is True
+    tags = client.get_model_version(name, v2).tags
+    assert tags["promoted.production.forced"] == "true"
+    assert tags["promoted.production.reason"] == "hotfix for line 3, approved by QA"
+    assert tags["production.how"] == "forced"
+    assert registry.alias_version(client, name, "production") == v2
+
+
+def test_rollback_to_a_deleted_version_is_a_clear_error(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from anomaly_ov.cli import app
+    from anomaly_ov.config import dump_params
+
+    params, model_dir, client = setup
+    name = params.registry.model_name
+    dump_params(params, tmp_path / "params.yaml")
+    v1, _ = new_version(params, model_dir, client, 0.80)
+    v2, d2 = new_version(params, model_dir, client, 0.90)
+    assert d2.verdict == "production"
+    client.delete_model_version(name, v1)
+    result = CliRunner().invoke(app, ["rollback", "-w", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert f"version {v1}, which held production before version {v2}, no longer exists" in result.output
+    assert "Traceback" not in result.output
+    assert registry.alias_version(client, name, "production") == v2
+
+
+@pytest.mark.timeout(240)
+def test_concurrent_registrations_end_with_the_better_one_in_production(setup, tmp_path, monkeypatch):
+    """Two gates at once, each made to wait after deciding until the other has decided too (when it can).
+
+    Without serialisation both are judged against the old production (0.80), the better one (0.90) writes first
+    and the worse one (0.85) last, so production ends on 0.85 and the history skips a version. With the registry
+    lock the second gate decides only after the first one wrote, so it sees the new production.
+    """
+    import contextlib
+    import threading
+
+    params, model_dir, client = setup
+    name = params.registry.model_name
+    v1, _ = new_version(params, model_dir, client, 0.80)
+    worse, _ = new_version(params, model_dir, client, 0.85, gate=False)
+    better, _ = new_version(params, model_dir, client, 0.90, gate=False)
+    both_decided, better_done = threading.Barrier(2), threading.Event()
+    real_decide = registry.decide
+
+    def decide_then_wait(metrics, *args, **kwargs):
+        decision = real_decide(metrics, *args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_decided.wait(timeout=3)  # with the lock the other gate cannot decide meanwhile: wait runs out
+        if metrics["zero_shot.image_auroc"] < 0.9:
+            better_done.wait(timeout=3)  # the worse one writes last when it can
+        return decision
+
+    monkeypatch.setattr(registry, "decide", decide_then_wait)
+    uri = mlflow.get_tracking_uri()
+    errors: list[BaseException] = []
+
+    def gate(version: str, auroc: float) -> None:
+        try:
+            registry.gate_version(client, params.registry, uri, tmp_path, version,
+                                  {"zero_shot.image_auroc": auroc}, BENCH)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+        finally:
+            if auroc >= 0.9:
+                better_done.set()
+
+    threads = [threading.Thread(target=gate, args=(worse, 0.85)), threading.Thread(target=gate, args=(better, 0.90))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert registry.alias_version(client, name, "production") == better
+    history = registry.production_history(client, name)
+    worse_verdict = client.get_model_version(name, worse).tags["gate.verdict"]
+    assert history == ([v1, worse, better] if worse_verdict == "production" else [v1, better])
+    if worse_verdict != "production":  # decided second, against the new production
+        assert client.get_model_version(name, worse).tags["gate.production_before"] == better

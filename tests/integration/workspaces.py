@@ -33,6 +33,8 @@ TINY_OVERRIDES = [
     "extensions.medical.enabled=false",
     "extensions.threed.enabled=false",
     "registry.thresholds={}",
+    "registry.min_images=1",  # the tiny benchmark above: 6 images
+    "registry.min_per_label=1",
 ]
 
 

@@ -114,6 +114,12 @@ def test_run_evaluate_stage_uses_params_paths(benchmark, fake_predictor, word_ov
     assert summary["images"] == 8 and "zero_shot.image_auroc" in summary
     metrics = json.loads((workspace / "reports/metrics.json").read_text())
     assert metrics["reasoning.count.items"] == 1 and metrics["counts.images"] == 8
+    from anomaly_ov.fingerprint import dir_sha256
+
+    assert metrics["provenance.model_sha256"] == dir_sha256(workspace / "models/anomaly_ov")
+    first_bench = metrics["provenance.benchmark_sha256"]
+    run.run_evaluate(_params(max_reasoning_items=1, max_images=6), workspace)  # another benchmark: another hash
+    assert json.loads((workspace / "reports/metrics.json").read_text())["provenance.benchmark_sha256"] != first_bench
     for rel in ("reports/predictions.parquet", "reports/reasoning.parquet", "reports/evaluation.md",
                 "reports/curves/roc.csv", "reports/figures/confusion.png"):
         assert (workspace / rel).exists(), rel
