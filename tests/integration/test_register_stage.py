@@ -82,8 +82,9 @@ def test_a_registration_killed_after_the_version_exists_is_completed_by_the_next
         ws = Path({str(ws)!r})
         registry.run_register(load_params(ws / "params.yaml"), ws)
     """)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # set by earlier tests' MLflow use
     done = subprocess.run([sys.executable, "-c", script], cwd=ws, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**env, "OMP_NUM_THREADS": "1"})
     assert done.returncode == -9, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     name = params.registry.model_name
