@@ -30,17 +30,14 @@ def test_a_header_declaring_a_huge_image_is_too_large_and_never_decoded(tmp_path
         assert isinstance(caught.value, ValueError)  # a bad-input error, not a crash
 
 
-def test_a_real_large_png_is_refused_from_its_header(tmp_path):
+def test_a_real_large_png_is_refused_from_its_header(tmp_path, monkeypatch):
     path = write_real_large(tmp_path / "large.png", 15000)
     with pytest.raises(ImageTooLarge, match="225000000 pixels"):  # PIL's DecompressionBombError, caught
         open_image(path, max_side=8192)
-    before = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # PIL's guard off: the helper's own header check still refuses it
-        with pytest.raises(ImageTooLarge, match="15000 x 15000"):
-            open_image(path, max_side=14999, max_pixels=10**12)
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
+    monkeypatch.setitem(images._limits, "pil_pixels", 0)  # PIL's guard off (also any limit a CLI test installed):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the helper's own header check still refuses it
+    with pytest.raises(ImageTooLarge, match="15000 x 15000"):
+        open_image(path, max_side=14999, max_pixels=10**12)
 
 
 def test_limits_and_pixels(tmp_path):

@@ -31,7 +31,7 @@ NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes: not a valid UTF-8 file 
 
 @pytest.fixture(scope="module")
 def real_large(tmp_path_factory) -> Path:
-    """A genuine 15000 x 15000 PNG (~200 KB), written once: decoding it would take seconds and 225 MB."""
+    """A genuine 15000 x 15000 PNG (~120 KB), written once: decoding it would take seconds and 225 MB+."""
     return write_real_large(tmp_path_factory.mktemp("large") / "large.png", 15000)
 
 
