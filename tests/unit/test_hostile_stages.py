@@ -77,7 +77,10 @@ def test_predict_refuses_oversized_and_broken_images_before_the_model(tmp_path, 
             raise AssertionError("the model must not see a refused image")
 
     monkeypatch.setattr(serving, "load_predictor", lambda *args, **kwargs: NeverCalled())
-    monkeypatch.chdir(tmp_path)  # no params.yaml: the defaults (validate.max_image_side 8192)
+    from anomaly_ov.config import Params, dump_params
+
+    dump_params(Params(), tmp_path / "params.yaml")  # the defaults: validate.max_image_side 8192
+    monkeypatch.chdir(tmp_path)
     bomb = write_declared(tmp_path / "bomb.png", 100_000, 100_000)  # was: DecompressionBombError traceback
     wide = write_declared(tmp_path / "wide.png", 10_000, 10_000)  # was: decoded (~2 GB, 42 s), then scored
     junk = write_random(tmp_path / "junk.png")
