@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import os
 import stat
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,28 +121,21 @@ def decode_row_image(value: str | bytes, limits: ServeLimits, row: int = 0):
 
 
 def open_image(data: bytes, *, max_pixels: int, name: str):
-    """PIL RGB image from encoded bytes; the declared width x height is checked before any pixel is decoded.
+    """PIL RGB image from encoded bytes through the project's one image opener (the declared width x height is
+    checked before any pixel is decoded).
 
     Every failure is a :class:`RequestError` with a short reason (no PIL internals, no paths).
     """
-    from PIL import Image, UnidentifiedImageError
+    from anomaly_ov.data.images import ImageError, ImageTooLarge
+    from anomaly_ov.data.images import open_image as open_checked
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise RequestError(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels:,}")
-                return img.convert("RGB")
-    except RequestError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(f"{name}: declares more pixels than PIL's decompression-bomb limit") from None
-    except UnidentifiedImageError:
-        raise RequestError(f"{name}: not an image PIL can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError):
-        raise RequestError(f"{name}: truncated or corrupt image data") from None
+        return open_checked(data, max_side=max_pixels, max_pixels=max_pixels, name=name)
+    except ImageTooLarge as exc:
+        declared = f"{exc.size[0]}x{exc.size[1]} pixels" if exc.size else "more pixels than allowed"
+        raise RequestError(f"{name}: {declared} is more than the limit of {max_pixels:,}") from None
+    except ImageError:
+        raise RequestError(f"{name}: not an image, or corrupt or truncated image data") from None
 
 
 def _b64(text: str, limits: ServeLimits, row: int) -> bytes | None:
