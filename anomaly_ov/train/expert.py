@@ -355,13 +355,14 @@ def split_training_rows(params: Params, workspace: Path):
     return stratified_split(train_rows, params.train.expert.val_fraction, params.train.seed)
 
 
-def stage_preprocessor(params: Params, model: Any, tokenizer: Any):
-    """Stage 1's image transform (``ImagePreprocessor``) for ``model``: the preset's image processor, read from the
-    checkpoint for a pretrained preset, so the expert trains on the pixels stage 2 and evaluation feed it."""
-    from anomaly_ov.model.presets import image_processor_for, processor_for
+def stage_preprocessor(params: Params):
+    """Stage 1's image transform (``ImagePreprocessor``): the preset's image processor
+    (:func:`~anomaly_ov.model.presets.image_processor_for`, the checkpoint's for a pretrained preset), so the expert
+    trains on the pixels stage 2 and evaluation feed it."""
+    from anomaly_ov.model.presets import image_processor_for
     from anomaly_ov.model.processing import ImagePreprocessor
 
-    return ImagePreprocessor(processor_for(model, tokenizer, image_processor_for(params)).image_processor)
+    return ImagePreprocessor(image_processor_for(params))
 
 
 def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
@@ -390,7 +391,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
 
     tokenizer = train_tokenizer(())
     model = build_model(params, tokenizer=tokenizer).to(device)
-    preprocess = stage_preprocessor(params, model, tokenizer)
+    preprocess = stage_preprocessor(params)
     grid = int(model.config.grid_size)
     mask_size = params.evaluate.resolution
     train_set = ExpertDataset(train_rows, workspace, preprocess, grid, mask_size)

@@ -25,7 +25,7 @@ def test_stage1_pixels_equal_evaluation_pixels_on_a_llava_checkpoint(real_layout
     # stage 1 as run_train_expert builds it: its tokenizer, the model, the preprocessor, the manifest dataset
     tokenizer = train_tokenizer(())
     model = build_model(params, tokenizer=tokenizer)
-    preprocess = stage_preprocessor(params, model, tokenizer)
+    preprocess = stage_preprocessor(params)
     assert list(preprocess.image_processor.image_mean) == SIGLIP_MEAN
     assert list(preprocess.image_processor.image_std) == SIGLIP_STD
     row = {"root": str(tmp_path), "image_path": "part.png", "mask_path": "", "label": "normal", "source": "s",
