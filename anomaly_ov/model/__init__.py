@@ -8,12 +8,13 @@ Import from the submodules (kept lazy so the CLI starts fast; all of them import
 * ``anomaly_ov.model.modeling``: ``AnomalyOVConfig``, ``AnomalyOVForConditionalGeneration`` (``forward`` /
   ``generate`` like LLaVA-OV, ``expert_forward(pixel_values, image_sizes)``, ``set_trainable(...)``).
 * ``anomaly_ov.model.processing``: ``AnomalyOVProcessor`` (``processor(images, conversation)``,
-  ``decode_answers``, ``preprocess_images``), ``load_image_processor(dir)``, ``ImagePreprocessor`` + ``collate_crops`` (stage-1 DataLoader).
+  ``decode_answers``, ``preprocess_images``), ``load_image_processor(dir)``, ``ImagePreprocessor`` +
+  ``collate_crops`` (stage-1 DataLoader).
 * ``anomaly_ov.model.tokenizer``: ``train_tokenizer(texts, vocab_size)`` (tiny preset).
 * ``anomaly_ov.model.presets``: ``build_model(params, tokenizer)``, ``build_processor(params, tokenizer)``,
   ``image_processor_for(params)`` (the one image processor of a preset: a pretrained preset's comes from its
-  checkpoint), ``processor_for(model, tokenizer, image_processor)``, ``save_pretrained`` / ``load_pretrained``, ``save_expert_stage`` /
-  ``load_expert_stage``, ``build_shapes_only(preset)``.
+  checkpoint), ``processor_for(model, tokenizer, image_processor)``, ``save_pretrained`` / ``load_pretrained``,
+  ``save_expert_stage`` / ``load_expert_stage``, ``build_shapes_only(preset)``.
 * ``anomaly_ov.model.predict``: ``Predictor.from_pretrained(path_or_model, device, processor)``,
   ``.predict(images, question, generate, threshold, max_new_tokens, batch_size) -> list[Prediction]``, ``.chat``.
 """
