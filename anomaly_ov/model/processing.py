@@ -457,11 +457,12 @@ class AnomalyOVProcessor:
 class ImagePreprocessor:
     """Picklable DataLoader-worker transform: image -> (pixel_values [n_crops,3,H,W], image_size (height, width))."""
 
-    def __init__(self, image_processor: Any) -> None:
+    def __init__(self, image_processor: Any, max_image_side: int | None = None) -> None:
         self.image_processor = image_processor
+        self.max_image_side = max_image_side  # as AnomalyOVProcessor's: see fit_longest_side
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
-        out = self.image_processor([load_image(image)], return_tensors="pt")
+        out = self.image_processor([fit_longest_side(load_image(image), self.max_image_side)], return_tensors="pt")
         size = tuple(int(x) for x in out["image_sizes"][0])
         return out["pixel_values"][0], (size[0], size[1])
 

@@ -357,12 +357,13 @@ def split_training_rows(params: Params, workspace: Path):
 
 def stage_preprocessor(params: Params):
     """Stage 1's image transform (``ImagePreprocessor``): the preset's image processor
-    (:func:`~anomaly_ov.model.presets.image_processor_for`, the checkpoint's for a pretrained preset), so the expert
-    trains on the pixels stage 2 and evaluation feed it."""
-    from anomaly_ov.model.presets import image_processor_for
+    (:func:`~anomaly_ov.model.presets.image_processor_for`, the checkpoint's for a pretrained preset) and, for a
+    pretrained preset, the release's resize to 1024 px on the longer side, so the expert trains on the pixels stage 2
+    and evaluation feed it."""
+    from anomaly_ov.model.presets import RELEASE_MAX_IMAGE_SIDE, image_processor_for
     from anomaly_ov.model.processing import ImagePreprocessor
 
-    return ImagePreprocessor(image_processor_for(params))
+    return ImagePreprocessor(image_processor_for(params), RELEASE_MAX_IMAGE_SIDE if params.is_pretrained else None)
 
 
 def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:

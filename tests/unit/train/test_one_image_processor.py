@@ -1,5 +1,5 @@
-"""One image processor per preset: on a llava-hf checkpoint, stage 1 normalises an image exactly as evaluation does
-(the checkpoint's SigLIP mean/std 0.5), not with transformers' class defaults (CLIP's mean/std)."""
+"""One image processor per preset: on a llava-hf checkpoint, stage 1 turns an image into the same pixels as evaluation
+(the checkpoint's SigLIP mean/std 0.5, not transformers' class defaults, CLIP's; the release's 1024-px resize)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from anomaly_ov.train.expert import stage_preprocessor
 def test_stage1_pixels_equal_evaluation_pixels_on_a_llava_checkpoint(real_layout_checkpoint, tmp_path):
     params = real_layout_params(real_layout_checkpoint)
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (500, 700, 3), dtype=np.uint8)).save(tmp_path / "part.png")
+    Image.fromarray(rng.integers(0, 255, (1000, 1500, 3), dtype=np.uint8)).save(tmp_path / "part.png")
 
     # stage 1 as run_train_expert builds it: its tokenizer, the model, the preprocessor, the manifest dataset
     tokenizer = train_tokenizer(())
@@ -37,7 +37,7 @@ def test_stage1_pixels_equal_evaluation_pixels_on_a_llava_checkpoint(real_layout
     predictor = load_predictor(tmp_path / "anomaly_ov", device="cpu")
     evaluated = predictor.processor.preprocess_images([tmp_path / "part.png"])
 
-    assert stage1["image_size"] == (500, 700)
+    assert stage1["image_size"] == (682, 1024)  # the release's resize (longer side 1024), as evaluation's
     assert torch.equal(stage1["pixel_values"], evaluated["pixel_values"][0])
 
 
