@@ -14,8 +14,12 @@ What it computes (REFERENCE.md section 1; the numbers of the public release, wit
   sigmoid -> the image score.
 
 Differences from the release, all settings: ``temperature`` (release 100) and ``eps`` added to the two
-significance divisions (release 0: a collapsed map then yields NaN). With ``eps=0`` and ``temperature=100`` the
-outputs equal the release maths (tests check 1e-5 against a per-image loop). ``predictor_dim`` is the hidden width of
+significance divisions (release 0). With ``eps=0`` and ``temperature=100`` the outputs equal the release maths
+(tests check 1e-5 against a per-image loop); the one case the release cannot compute, a pooled map that is exactly
+0 (0 / 0 = NaN), gives a 0 query / global token instead. Pretrained presets use ``eps=0``: an eps is not small next
+to the pooled map of a confidently normal crop (mean map 3e-4 -> global weight ~4e-7, so eps 1e-6 shrinks the
+global token to 0.26x). The tiny preset, trained from scratch, keeps an eps (its maps collapse early in training).
+``predictor_dim`` is the hidden width of
 ``final_predictor`` (release: 512); it defaults to ``embed_dim`` so the full-size expert (E = 512) is the release.
 
 Batching: crops of all images are one batch; per-image quantities (base view, global token) use index tensors
@@ -55,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 #: Prefixes stripped from checkpoint keys before matching (DataParallel / wrappers around the expert).
 _KNOWN_PREFIXES = ("module.", "anomaly_expert.", "expert.", "model.anomaly_expert.", "model.expert.")
+#: the parameter that names an expert inside a larger state dict: ``<prefix>positive_embedding``
+_ANCHOR_KEY = "positive_embedding"
 
 
 class ExpertWeightsError(ValueError):
@@ -118,7 +124,7 @@ class AnomalyExpert(nn.Module):
         grid_size: G; T = G*G tokens per crop (27 for SigLIP at 384 px, patch 14).
         num_levels: number of multi-level feature maps (4).
         temperature: matching temperature (release 100).
-        eps: added to the two significance divisions (release 0).
+        eps: added to the two significance divisions (release 0; an exactly-0 denominator is guarded either way).
         predictor_dim: hidden width of ``final_predictor`` (release 512); ``None`` = ``embed_dim``.
         num_pooling_tokens: quadrant grid side of the selector (release 2 -> 4 tokens per crop).
     """
@@ -130,7 +136,7 @@ class AnomalyExpert(nn.Module):
         grid_size: int = 27,
         num_levels: int = 4,
         temperature: float = 100.0,
-        eps: float = 1e-6,
+        eps: float = 0.0,
         predictor_dim: int | None = None,
         num_pooling_tokens: int = 2,
     ) -> None:
@@ -217,6 +223,12 @@ class AnomalyExpert(nn.Module):
         significance = torch.stack([m.mean(dim=(1, 2, 3)) for m in level_maps], 0).mean(0)  # [N]
         return maps, significance, level_maps
 
+    def _denominator(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``pooled + eps``, with an exactly-0 entry replaced by 1: its numerator is 0 too (all its weights are 0),
+        so the quotient is 0 where the release's division gives NaN, and unchanged everywhere else."""
+        pooled = pooled + self.eps if self.eps else pooled
+        return torch.where(pooled == 0, torch.ones_like(pooled), pooled)
+
     def forward(
         self,
         features: torch.Tensor,
@@ -250,14 +262,14 @@ class AnomalyExpert(nn.Module):
         pool = self.pooling_matrix(features.device, features.dtype)  # [p*p,T]
         weights = pool.unsqueeze(0) * maps.reshape(n, 1, t)  # [N,p*p,T]
         in_significance = weights.sum(-1, keepdim=True)  # [N,4,1] = P(m)
-        queries = torch.bmm(weights, features) / (in_significance + self.eps)  # [N,4,C] = P(v*m) / P(m)
+        queries = torch.bmm(weights, features) / self._denominator(in_significance)  # [N,4,C] = P(v*m) / P(m)
         crop_tokens = self.q_former(queries, features, features)  # [N,4,C]
 
         # global token per image: significance-weighted mean over the image's crops and quadrants
         weight = in_significance * significance[:, None, None]  # [N,4,1]
         numerator = features.new_zeros(num_images, c).index_add_(0, image_index, (crop_tokens * weight).sum(1))
         denominator = features.new_zeros(num_images, 1).index_add_(0, image_index, weight.sum(1))
-        global_tokens = (numerator / (denominator + self.eps)).unsqueeze(1)  # [B,1,C]
+        global_tokens = (numerator / self._denominator(denominator)).unsqueeze(1)  # [B,1,C]
         score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
         return ExpertOutput(
             maps=maps,
@@ -278,6 +290,24 @@ def _strip_prefix(key: str) -> str:
         if key.startswith(prefix):
             return key[len(prefix) :]
     return key
+
+
+def _expert_entries(state: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The expert's entries of ``state`` under their bare names.
+
+    The release saves the expert on its own (bare names, ``pretrained_expert_*.pth``); a whole-model state dict
+    holds it under a prefix (the release's LLaVA model: ``anomaly_encoder.`` / ``model.anomaly_encoder.``; this
+    package: ``anomaly_expert.``; DDP adds ``module.``). The prefix is read off the key that ends in
+    ``positive_embedding``; only the keys under it are the expert's (the rest of a whole-model file is ignored).
+    """
+    anchors = sorted(k[: -len(_ANCHOR_KEY)] for k in state
+                     if k.endswith(_ANCHOR_KEY) and (k == _ANCHOR_KEY or k.endswith("." + _ANCHOR_KEY)))
+    if len(anchors) == 1:
+        prefix = anchors[0]
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if len(anchors) > 1:
+        raise ExpertWeightsError(f"{name}: holds {len(anchors)} experts (prefixes {anchors}); save one of them")
+    return {_strip_prefix(k): v for k, v in state.items()}
 
 
 def load_expert_weights(
@@ -301,7 +331,7 @@ def load_expert_weights(
         state = source
     if not isinstance(state, Mapping):
         raise ExpertWeightsError(f"{name}: expected a state dict (mapping of tensors), got {type(state).__name__}")
-    incoming = {_strip_prefix(k): v for k, v in state.items()}
+    incoming = _expert_entries(state, name)
     own = expert.state_dict()
     matched = sorted(k for k in own if k in incoming)
     missing = sorted(k for k in own if k not in incoming)

@@ -130,15 +130,62 @@ def _collapse(expert: AnomalyExpert) -> None:
             expert.siglip_adaptors[i].bias.zero_()[0] = 1.0
 
 
-@pytest.mark.parametrize(("eps", "finite"), [(0.0, False), (1e-6, True)])
-def test_eps_guards_collapsed_map(eps, finite):
+@pytest.mark.parametrize("eps", [0.0, 1e-6])
+def test_exactly_zero_pooled_map_gives_zero_tokens_not_nan(eps):
+    """The release divides by the pooled map, NaN when a map is exactly 0; the guard returns 0 there, any eps."""
     expert = AnomalyExpert(hidden_size=8, embed_dim=8, grid_size=4, eps=eps)
     _collapse(expert)
     v, levels = _inputs([2], 4, 8)
     with torch.no_grad():
         out = expert(v, levels, [2])
     assert float(out.maps.max()) == 0.0
-    assert bool(torch.isfinite(out.scores).all()) is finite
+    assert bool(torch.isfinite(out.scores).all()) and bool(torch.isfinite(out.crop_tokens).all())
+    assert float(out.global_tokens.abs().max()) == 0.0
+
+
+def _confidently_normal(expert: AnomalyExpert, margin: float = 0.04) -> None:
+    """Every token's feature sits at cosine +margin to the normal prompt and -margin to the abnormal one: at
+    temperature 100 the map is sigmoid(-2 * 100 * margin) = 3.4e-4 everywhere (a confidently normal crop)."""
+    e = expert.embed_dim
+    with torch.no_grad():
+        expert.positive_embedding.zero_()[0, 0] = 1.0
+        expert.negative_embedding.zero_()[0, 0] = -1.0
+        for i in range(4):
+            expert.prompt_adaptors[i].weight.zero_()[:, :e] = torch.eye(e)
+            expert.prompt_adaptors[i].bias.zero_()
+            expert.siglip_adaptors[i].weight.zero_()
+            bias = expert.siglip_adaptors[i].bias.zero_()
+            bias[0], bias[1] = margin, (1 - margin**2) ** 0.5
+
+
+def test_pretrained_presets_use_the_release_maths_and_tiny_keeps_its_eps():
+    """A confidently normal crop (mean map 3e-4): with eps 1e-6 the global token shrank to ~0.3x the release's; the
+    pretrained presets' expert (settings from params) now computes the release's numbers."""
+    from anomaly_ov.config import Params
+    from anomaly_ov.model.presets import expert_settings
+
+    pretrained = expert_settings(Params(model={"preset": "llava-onevision-0.5b"}))
+    assert pretrained["expert_eps"] == 0.0 and pretrained["expert_temperature"] == 100.0
+    assert expert_settings(Params())["expert_eps"] == 1e-6  # tiny: explicit, its from-scratch training needs it
+    explicit = Params(model={"preset": "llava-onevision-7b", "expert": {"eps": 1e-7}})
+    assert expert_settings(explicit)["expert_eps"] == 1e-7
+
+    torch.manual_seed(0)
+    expert = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=6, temperature=100.0,
+                           eps=pretrained["expert_eps"]).double()
+    _confidently_normal(expert)
+    v, levels = _inputs([1, 1], 6, 16, seed=3)
+    v, levels = v.double(), [f.double() for f in levels]
+    with torch.no_grad():
+        out = expert(v, levels, [1, 1])
+        _, _, glob, scores = release_reference(expert, v, levels, [1, 1])
+        expert.eps = 1e-6
+        with_eps = expert(v, levels, [1, 1]).global_tokens
+    assert 2e-4 < float(out.maps.mean()) < 5e-4
+    torch.testing.assert_close(out.global_tokens, glob, atol=0, rtol=1e-6)
+    torch.testing.assert_close(out.scores, scores, atol=0, rtol=1e-6)
+    ratio = float(with_eps.norm() / glob.norm())
+    assert ratio < 0.5, ratio  # what an eps of 1e-6 did to the release's global token
 
 
 def test_full_size_parameter_count_and_release_keys():
@@ -156,6 +203,47 @@ def test_release_state_dict_loads_all_keys(tmp_path):
     assert set(report["matched"]) == set(src.state_dict()) and not report["missing"] and not report["unexpected"]
     for k, val in src.state_dict().items():
         torch.testing.assert_close(dst.state_dict()[k], val)
+
+
+def release_shapes(hidden: int = 1152, embed: int = 512, patches: int = 729) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the release's AnomalyOV expert (its module names; 1152 -> 512 at full size), written out from
+    the release's module definitions rather than from this package's class."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "positive_embedding": (1, embed), "negative_embedding": (1, embed),
+        "pooling_layer.0.weight": (1, patches), "pooling_layer.0.bias": (1,),
+        "class_predictor.0.weight": (embed, hidden), "class_predictor.0.bias": (embed,),
+        "class_predictor.2.weight": (embed, embed), "class_predictor.2.bias": (embed,),
+        "final_predictor.0.weight": (512, hidden), "final_predictor.0.bias": (512,),
+        "final_predictor.2.weight": (1, 512), "final_predictor.2.bias": (1,),
+        "q_former.query_proj.weight": (embed, hidden), "q_former.query_proj.bias": (embed,),
+        "q_former.key_proj.weight": (embed, hidden), "q_former.key_proj.bias": (embed,),
+    }
+    for i in range(4):
+        shapes[f"siglip_adaptors.{i}.weight"], shapes[f"siglip_adaptors.{i}.bias"] = (embed, hidden), (embed,)
+        shapes[f"prompt_adaptors.{i}.weight"], shapes[f"prompt_adaptors.{i}.bias"] = (embed, 2 * embed), (embed,)
+    return shapes
+
+
+@pytest.mark.parametrize("prefix", ["", "anomaly_encoder.", "model.anomaly_encoder.", "module.anomaly_encoder."])
+def test_release_expert_pth_at_full_size_loads_strictly(tmp_path, prefix):
+    """The release saves its expert as the bare AnomalyOV state dict (pretrained_expert_{05b,7b}.pth; loaded with
+    torch.load + load_state_dict); inside its whole LLaVA model the expert sits at ``anomaly_encoder`` of the causal
+    LM (``model.anomaly_encoder`` in a wrapped one, ``module.`` under DDP) next to every other weight."""
+    gen = torch.Generator().manual_seed(0)
+    release = {k: torch.randn(shape, generator=gen).to(torch.bfloat16) for k, shape in release_shapes().items()}
+    state = {prefix + k: v for k, v in release.items()}
+    if prefix:  # a whole-model state dict: other weights beside the expert
+        state |= {"model.embed_tokens.weight": torch.zeros(4, 8), "lm_head.weight": torch.zeros(4, 8),
+                  "model.mm_projector.0.weight": torch.zeros(8, 8)}
+    path = tmp_path / "pretrained_expert_05b.pth"
+    torch.save(state, path)
+    expert = AnomalyExpert()  # the pretrained presets' expert: SigLIP so400m (1152) -> 512, 27 x 27 grid
+    report = load_expert_weights(expert, path, strict=True)
+    assert set(report["matched"]) == set(release) == RELEASE_KEYS and not report["missing"]
+    assert not report["unexpected"]
+    for key, value in release.items():
+        assert torch.equal(expert.state_dict()[key], value.float()), key
+    assert 7.0e6 < sum(v.numel() for v in release.values()) < 7.2e6
 
 
 def test_wrong_checkpoint_is_refused(tmp_path):

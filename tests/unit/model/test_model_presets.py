@@ -103,6 +103,7 @@ def test_shapes_only_half_billion_on_meta():
     cfg = model.config
     assert cfg.expert_layers == [7, 13, 19, 25] and cfg.llm_layer_index == 26 and cfg.grid_size == 27
     assert model.anomaly_expert.temperature == 100.0
+    assert model.anomaly_expert.eps == 0.0 and cfg.expert_eps == 0.0  # the release maths
     assert 7.0e6 < count_parameters(model.anomaly_expert) < 7.2e6
     assert 0.85e9 < count_parameters(model) < 0.95e9
 
