@@ -14,7 +14,10 @@ the Qwen2 LLM, the loss and ``generate()``. What this module adds (REFERENCE.md 
   (replaced by the embedding of " slightly" / " moderately" / " highly" chosen from the image score with
   ``config.suspicious_thresholds``) -> " suspicious features: " -> ``<anomaly>`` x (1 + 4 + 2h(2w+1)) (projected by
   the same projector: global token, the base view's 4 tokens, the crops' tokens as a (2h) x (2w) grid with
-  ``image_newline`` after each row; an image without crops (multi-image input) has 1 + 4) -> the question.
+  ``image_newline`` after each row; an image without crops (multi-image input) has 1 + 4 + 1 newline, as the
+  release) -> the question.
+* :class:`AnomalyExpertModel` is stage 1's model for a pretrained checkpoint: the vision tower and the expert only
+  (the LLM is never loaded; :func:`anomaly_ov.model.presets.build_expert_model`).
 
 Public API::
 
@@ -79,7 +82,7 @@ class AnomalyOVConfig(LlavaOnevisionConfig):
     expert_embed_dim: int = 512
     expert_predictor_dim: int | None = None
     expert_temperature: float = 100.0
-    expert_eps: float = 1e-6
+    expert_eps: float = 0.0
     expert_layers: list[int] | None = None
     anomaly_token_index: int = -1
     adverb_token_index: int = -1
@@ -153,7 +156,77 @@ class EncodedImages:
     expert: ExpertOutput
 
 
-class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+class ExpertPathMixin:
+    """Stage 1's path, shared by the whole model and :class:`AnomalyExpertModel`: the vision tower
+    (``self.expert_tower``) once per batch of crops -> the expert (``self.anomaly_expert``); needs ``self.config``."""
+
+    def crops_per_image(self, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None = None) -> list[int]:
+        """Number of crops (base view included) of each image, as LLaVA-OV counts them."""
+        if batch_num_images is None:
+            need_patching = [True] * len(image_sizes)
+        else:
+            need_patching = [int(n) == 1 for n in batch_num_images for _ in range(int(n))]
+        if len(need_patching) != len(image_sizes):
+            raise ValueError(f"batch_num_images sums to {len(need_patching)} but {len(image_sizes)} image sizes given")
+        return [
+            image_size_to_num_patches(
+                image_size=size,
+                grid_pinpoints=self.config.image_grid_pinpoints,
+                patch_size=self.config.vision_config.image_size,
+            )
+            if patch
+            else 1
+            for size, patch in zip(image_sizes, need_patching, strict=True)
+        ]
+
+    def _flat_crops(self, pixel_values: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        if pixel_values.dim() == 5:
+            if pixel_values.shape[0] != len(counts):
+                raise ValueError(f"pixel_values holds {pixel_values.shape[0]} images but {len(counts)} sizes given")
+            if max(counts) > pixel_values.shape[1]:
+                raise ValueError(
+                    f"an image needs {max(counts)} crops but pixel_values has room for {pixel_values.shape[1]}; "
+                    "was it made with another image_grid_pinpoints?"
+                )
+            return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts, strict=True)], dim=0)
+        if pixel_values.dim() == 4:
+            if pixel_values.shape[0] != sum(counts):
+                raise ValueError(f"flat pixel_values has {pixel_values.shape[0]} crops, expected {sum(counts)}")
+            return pixel_values
+        raise ValueError(f"pixel_values must be 4-D or 5-D, got shape {tuple(pixel_values.shape)}")
+
+    def tower_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Vision tower on flat crops -> (LLM-layer features [N,T,C], multi-level features list of [N,T,C])."""
+        llm_layer = self.config.llm_layer_index
+        layers = list(self.config.expert_layers)
+        wanted = sorted({llm_layer, *layers})
+        tower = self.expert_tower
+        out = tower(pixel_values.to(tower.dtype), output_hidden_states=wanted, return_dict=True)
+        hidden = out.hidden_states
+        features = hidden[llm_layer]
+        levels = [hidden[i] for i in layers]
+        if self.config.vision_feature_select_strategy == "default":
+            features = features[:, 1:]
+            levels = [f[:, 1:] for f in levels]
+        return features, levels
+
+    def _run_expert(self, features: torch.Tensor, levels: list[torch.Tensor], counts: list[int]) -> ExpertOutput:
+        dtype = self.anomaly_expert.positive_embedding.dtype
+        return self.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], counts)
+
+    def expert_forward(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        batch_num_images: torch.Tensor | None = None,
+    ) -> ExpertOutput:
+        """Stage 1: vision tower + expert only (gradients flow into the tower when it is trainable)."""
+        counts = self.crops_per_image(image_sizes, batch_num_images)
+        features, levels = self.tower_features(self._flat_crops(pixel_values, counts))
+        return self._run_expert(features, levels, counts)
+
+
+class AnomalyOVForConditionalGeneration(ExpertPathMixin, LlavaOnevisionForConditionalGeneration):
     """LLaVA-OneVision + the LTFM anomaly expert (``self.anomaly_expert``, release key names under that prefix)."""
 
     config: AnomalyOVConfig
@@ -198,70 +271,10 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
         super()._init_weights(module)
 
     # ---------------------------------------------------------------------------------------------- images
-    def crops_per_image(self, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None = None) -> list[int]:
-        """Number of crops (base view included) of each image, as LLaVA-OV counts them."""
-        if batch_num_images is None:
-            need_patching = [True] * len(image_sizes)
-        else:
-            need_patching = [int(n) == 1 for n in batch_num_images for _ in range(int(n))]
-        if len(need_patching) != len(image_sizes):
-            raise ValueError(f"batch_num_images sums to {len(need_patching)} but {len(image_sizes)} image sizes given")
-        return [
-            image_size_to_num_patches(
-                image_size=size,
-                grid_pinpoints=self.config.image_grid_pinpoints,
-                patch_size=self.config.vision_config.image_size,
-            )
-            if patch
-            else 1
-            for size, patch in zip(image_sizes, need_patching, strict=True)
-        ]
-
-    def _flat_crops(self, pixel_values: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        if pixel_values.dim() == 5:
-            if pixel_values.shape[0] != len(counts):
-                raise ValueError(f"pixel_values holds {pixel_values.shape[0]} images but {len(counts)} sizes given")
-            if max(counts) > pixel_values.shape[1]:
-                raise ValueError(
-                    f"an image needs {max(counts)} crops but pixel_values has room for {pixel_values.shape[1]}; "
-                    "was it made with another image_grid_pinpoints?"
-                )
-            return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts, strict=True)], dim=0)
-        if pixel_values.dim() == 4:
-            if pixel_values.shape[0] != sum(counts):
-                raise ValueError(f"flat pixel_values has {pixel_values.shape[0]} crops, expected {sum(counts)}")
-            return pixel_values
-        raise ValueError(f"pixel_values must be 4-D or 5-D, got shape {tuple(pixel_values.shape)}")
-
-    def tower_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Vision tower on flat crops -> (LLM-layer features [N,T,C], multi-level features list of [N,T,C])."""
-        llm_layer = self.config.llm_layer_index
-        layers = list(self.config.expert_layers)
-        wanted = sorted({llm_layer, *layers})
-        dtype = self.model.vision_tower.dtype
-        out = self.model.vision_tower(pixel_values.to(dtype), output_hidden_states=wanted, return_dict=True)
-        hidden = out.hidden_states
-        features = hidden[llm_layer]
-        levels = [hidden[i] for i in layers]
-        if self.config.vision_feature_select_strategy == "default":
-            features = features[:, 1:]
-            levels = [f[:, 1:] for f in levels]
-        return features, levels
-
-    def _run_expert(self, features: torch.Tensor, levels: list[torch.Tensor], counts: list[int]) -> ExpertOutput:
-        dtype = self.anomaly_expert.positive_embedding.dtype
-        return self.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], counts)
-
-    def expert_forward(
-        self,
-        pixel_values: torch.Tensor,
-        image_sizes: torch.Tensor,
-        batch_num_images: torch.Tensor | None = None,
-    ) -> ExpertOutput:
-        """Stage 1: vision tower + expert only (gradients flow into the tower when it is trainable)."""
-        counts = self.crops_per_image(image_sizes, batch_num_images)
-        features, levels = self.tower_features(self._flat_crops(pixel_values, counts))
-        return self._run_expert(features, levels, counts)
+    @property
+    def expert_tower(self) -> nn.Module:
+        """The SigLIP tower the expert reads."""
+        return self.model.vision_tower
 
     def adverb_index(self, scores: torch.Tensor) -> torch.Tensor:
         """0 / 1 / 2 (slightly / moderately / highly) for image scores [B] or [B,1]."""
@@ -277,7 +290,9 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
         project: Any = None,
         newline: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Per image: [global (1), base view's 4, crops' tokens as (2h)x(2w) grid + newline per row].
+        """Per image: [global (1), base view's 4, crops' tokens as (2h)x(2w) grid + newline per row]; an image
+        without crops (several images in one sample) ends with one newline instead, as its visual tokens do (the
+        release's layout: 1 + 4 + 1).
 
         ``project`` defaults to the model's projector and ``newline`` to ``image_newline`` (tests pass identities).
         """
@@ -304,6 +319,8 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
                 grid = grid.permute(0, 2, 1, 3, 4).reshape(h * p, w * p, width)
                 grid = torch.cat([grid, newline.expand(h * p, 1, width)], dim=1)
                 parts.append(grid.reshape(-1, width))
+            else:
+                parts.append(newline.reshape(1, width))
             per_image.append(torch.cat(parts, dim=0))
         return per_image
 
@@ -318,7 +335,8 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
         counts = self.crops_per_image(image_sizes, batch_num_images)
         features, levels = self.tower_features(self._flat_crops(pixel_values, counts))
         expert = self._run_expert(features, levels, counts)
-        projected = self.model.multi_modal_projector(features)
+        projector = self.model.multi_modal_projector
+        projected = projector(features.to(projector.linear_1.weight.dtype))  # fp32 when it trains, 16-bit tower
         packed, _ = self.model.pack_image_features(
             torch.split(projected, counts, dim=0),
             image_sizes,
@@ -429,6 +447,26 @@ class AnomalyOVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
             module.requires_grad_(flag)
         self.model.image_newline.requires_grad_(projector)
         self.lm_head.requires_grad_(language_model)
+
+
+class AnomalyExpertModel(ExpertPathMixin, nn.Module):
+    """The vision tower + the anomaly expert, nothing of the LLM: what stage 1 trains and reads.
+
+    ``config`` is the whole model's :class:`AnomalyOVConfig` (the tower layers the expert taps, the AnyRes pinpoints),
+    so the stage-1 artifact saved from it (``presets.save_expert_stage``) loads into the whole model afterwards.
+    """
+
+    def __init__(self, config: AnomalyOVConfig, vision_tower: nn.Module | None = None) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.config = config
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.anomaly_expert = AnomalyOVForConditionalGeneration._new_expert(config)
+
+    @property
+    def expert_tower(self) -> nn.Module:
+        return self.vision_tower
 
 
 def _register_auto_classes() -> None:

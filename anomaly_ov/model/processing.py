@@ -7,8 +7,15 @@ turn expands to (REFERENCE.md section 2)::
     <image> x n_visual   "with"  <adv>  " suspicious features: "  <anomaly> x n_anomaly
 
 with n_visual as LLaVA-OneVision counts it (base view + unpadded crops + a newline per row) and
-n_anomaly = 1 + 4 + 2h(2w+1) for an h x w crop grid (1 + 4 for an uncropped image: the images of a multi-image
-sample are not cropped, as in LLaVA-OV). The model fills the placeholders (see modeling.py).
+n_anomaly = 1 + 4 + 2h(2w+1) for an h x w crop grid (1 + 4 + 1 newline for an uncropped image: the images of a
+multi-image sample are not cropped, as in LLaVA-OV, and their visual and anomaly tokens each end with one
+image_newline, as in the release). The model fills the placeholders (see modeling.py).
+
+``max_length`` (the release's ``model_max_length``) cuts a longer conversation from the end, as LLaVA truncates
+its input_ids / labels, but never inside an image: an image whose tokens (visual, phrase, anomaly) would be split is
+dropped with everything after it (the cut moves to where that image starts) and its pixels leave the batch. A
+multi-image sample left with one image loses that one too (one image alone would be cropped, its tokens laid out
+for an uncropped one). :meth:`AnomalyOVProcessor.conversation_length` says which conversations a cut would touch.
 
 Usage::
 
@@ -78,6 +85,15 @@ def load_image(image: Any):
     raise TypeError(f"expected an image path or a PIL image, got {type(image).__name__}")
 
 
+def fitted_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) of an image of this size after :func:`fit_longest_side`."""
+    if max_side is None or max(width, height) <= max_side:
+        return height, width
+    if width > height:
+        return max(1, int(max_side * height / width)), max_side
+    return max_side, max(1, int(max_side * width / height))
+
+
 def fit_longest_side(image: Any, max_side: int | None):
     """The release's evaluation and training resize: an image whose longer side exceeds ``max_side`` is resized
     (bicubic, PIL's default for RGB) to ``max_side`` on that side, the other side scaled by the same factor and
@@ -88,16 +104,11 @@ def fit_longest_side(image: Any, max_side: int | None):
     """
     from PIL import Image
 
-    if max_side is None:
-        return image
     width, height = image.size
-    if max(width, height) <= max_side:
+    new_height, new_width = fitted_size(height, width, max_side)
+    if (new_height, new_width) == (height, width):
         return image
-    if width > height:
-        size = (max_side, max(1, int(max_side * height / width)))
-    else:
-        size = (max(1, int(max_side * width / height)), max_side)
-    return image.resize(size, Image.Resampling.BICUBIC)
+    return image.resize((new_width, new_height), Image.Resampling.BICUBIC)
 
 
 def load_image_processor(source: str | Path) -> Any:
@@ -222,7 +233,7 @@ class AnomalyOVProcessor:
         base = g * g
         p = self.num_pooling_tokens
         if not cropped:
-            return ImageLayout(crops=1, grid=(0, 0), visual=base + 1, anomaly=1 + p * p)
+            return ImageLayout(crops=1, grid=(0, 0), visual=base + 1, anomaly=1 + p * p + 1)
         h, w = self.crop_grid(height, width)
         cur_h, cur_w = g * h, g * w
         if width / height > cur_w / cur_h:
@@ -344,7 +355,7 @@ class AnomalyOVProcessor:
 
         Returns input_ids, attention_mask, pixel_values, image_sizes, batch_num_images and, for conversations that
         end with an answer (or ``return_labels=True``), labels. Generation prompts are left-padded, training
-        batches right-padded. ``max_length`` drops tokens from the end, never image placeholders.
+        batches right-padded. ``max_length`` cuts from the end, never inside an image (see the module docstring).
         """
         if conversation is None:
             raise ValueError("a conversation is required")
@@ -380,7 +391,12 @@ class AnomalyOVProcessor:
             for conv, lays in zip(convs, layouts_per_conv, strict=True)
         ]
         if max_length is not None:
-            encoded = [self._truncate(ids, labels, max_length, i) for i, (ids, labels) in enumerate(encoded)]
+            cut = [self._truncate(ids, labels, max_length, multi_image=len(group) > 1)
+                   for (ids, labels), group in zip(encoded, groups, strict=True)]
+            encoded = [(ids, labels) for ids, labels, _ in cut]
+            kept = [k for _, _, k in cut]
+            if any(k < len(group) for k, group in zip(kept, groups, strict=True)):
+                self._drop_cut_images(result, groups, kept)
         generating = all(
             (add_generation_prompt if add_generation_prompt is not None else normalize_conversation(c)[-1][0] == "user")
             for c in convs
@@ -402,16 +418,54 @@ class AnomalyOVProcessor:
             result["labels"] = labels
         return result
 
-    def _truncate(self, ids: list[int], labels: list[int], max_length: int, index: int):
+    def image_spans(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """[start, end) of each image's tokens in ``ids``: its visual run through the end of its anomaly run."""
+        starts, ends = [], []
+        for i, t in enumerate(ids):
+            if t == self.image_token_id and (i == 0 or ids[i - 1] != self.image_token_id):
+                starts.append(i)
+            if t == self.anomaly_token_id and (i + 1 == len(ids) or ids[i + 1] != self.anomaly_token_id):
+                ends.append(i + 1)
+        return list(zip(starts, ends, strict=True))
+
+    def _truncate(self, ids: list[int], labels: list[int], max_length: int, multi_image: bool = False
+                  ) -> tuple[list[int], list[int], int]:
+        """(ids, labels, images kept): cut to ``max_length`` tokens, at the start of the first image that would be
+        split (see the module docstring)."""
+        spans = self.image_spans(ids)
         if len(ids) <= max_length:
-            return ids, labels
-        special = {self.image_token_id, self.adv_token_id, self.anomaly_token_id}
-        if any(t in special for t in ids[max_length:]):
-            raise ValueError(
-                f"conversation {index}: {len(ids)} tokens exceed max_length={max_length} and cutting would drop image "
-                "tokens; raise max_length or use smaller images / fewer crops"
-            )
-        return ids[:max_length], labels[:max_length]
+            return ids, labels, len(spans)
+        kept = sum(1 for _, end in spans if end <= max_length)
+        if multi_image and kept == 1:
+            kept = 0
+        cut = min(max_length, spans[kept][0]) if kept < len(spans) else max_length
+        return ids[:cut], labels[:cut], kept
+
+    @staticmethod
+    def _drop_cut_images(result: dict[str, torch.Tensor], groups: Sequence[Sequence[Any]], kept: Sequence[int]) -> None:
+        """Remove the pixels of the images a cut dropped (``kept[c]`` first images of conversation ``c`` stay)."""
+        keep: list[bool] = []
+        for group, k in zip(groups, kept, strict=True):
+            keep += [i < k for i in range(len(group))]
+        if not any(keep):
+            for key in ("pixel_values", "image_sizes", "batch_num_images"):
+                result.pop(key, None)
+            return
+        index = torch.tensor(keep)
+        result["pixel_values"] = result["pixel_values"][index]
+        result["image_sizes"] = result["image_sizes"][index]
+        result["batch_num_images"] = torch.as_tensor(list(kept), dtype=torch.long)
+
+    def conversation_length(self, conversation: Sequence[Mapping[str, Any]], image_sizes: Sequence[tuple[int, int]],
+                            add_generation_prompt: bool | None = False) -> int:
+        """Tokens of ``conversation`` with images of these original (height, width) sizes before any cut (resized by
+        :func:`fit_longest_side` as :meth:`preprocess_images` does; a single image is cropped, several are not, as in
+        :meth:`__call__`); compare with ``max_length`` to know which ones are cut."""
+        cropped = len(image_sizes) == 1
+        layouts = [self.layout(*fitted_size(h, w, self.max_image_side), cropped=cropped) for h, w in image_sizes]
+        text = self._encode_turns(conversation, [[] for _ in layouts], add_generation_prompt)[0]
+        phrase = len(self.phrase_ids())
+        return len(text) + sum(lay.visual + phrase + lay.anomaly for lay in layouts)
 
     # --------------------------------------------------------------------------------------------- decode
     def decode_answers(self, generated: torch.Tensor, input_ids: torch.Tensor | None = None) -> list[str]:

@@ -84,8 +84,8 @@ def test_four_views_each_with_own_phrase_and_tokens(tiny_parts):
     r = image_runs(proc, inputs["input_ids"][0].tolist())
     starts = [i for i, run in enumerate(r) if run[0] == "image"]
     assert len(starts) == 4
-    for s in starts:  # multi-image samples are not cropped: base 256 + newline; anomaly 1 + 4
-        check_image_block(tok, r[s:], 257, 5)
+    for s in starts:  # multi-image samples are not cropped: base 256 + newline; anomaly 1 + 4 + newline
+        check_image_block(tok, r[s:], 257, 6)
     with torch.no_grad():
         out = model(**inputs)
     assert out.anomaly_scores.shape == (4, 1)
@@ -126,6 +126,35 @@ def test_crop_tokens_form_a_2h_by_2w_grid_with_newlines(tiny_parts):
             crop = 1 + (r // 2) * w + col // 2
             quadrant = (r % 2) * 2 + col % 2
             assert grid[r, col].tolist() == [crop, quadrant, 1.0]
+
+
+def test_uncropped_images_anomaly_tokens_end_with_a_newline_like_their_visual_tokens(tiny_parts):
+    """Several images in one sample are not cropped; the release lays out each one's anomaly tokens as global, the
+    base view's 4, then image_newline (1 + 4 + 1), as its visual tokens end with one image_newline."""
+    _, _, model, proc = tiny_parts
+    c = 3
+    tokens = torch.stack([torch.tensor([[img, q, 1.0] for q in range(4)]) for img in range(2)])  # [2,4,3]
+    expert = ExpertOutput(
+        maps=torch.zeros(2, 1, 16, 16), crop_tokens=tokens, global_tokens=torch.tensor([[[-1.0] * c], [[-2.0] * c]]),
+        scores=torch.zeros(2, 1), score_logits=torch.zeros(2, 1), significance=torch.zeros(2), level_maps=[],
+        image_index=torch.arange(2), base_index=torch.arange(2),
+    )
+    newline = torch.tensor([9.0, 9.0, 9.0])
+    per_image = model.anomaly_token_layout(expert, [1, 1], torch.tensor([[128, 128], [128, 128]]),
+                                           project=lambda x: x, newline=newline)
+    for img, seq in enumerate(per_image):
+        assert [row.tolist() for row in seq] == [[-1.0 - img] * c, *([img, q, 1.0] for q in range(4)), [9.0] * c]
+    assert proc.layout(128, 128, cropped=False).anomaly == len(per_image[0]) == 6
+    # the model fills exactly the placeholders the processor lays out, with image_newline's value at the end
+    views = [make_image(128, 128, seed=s) for s in range(2)]
+    inputs = proc([views], [[{"from": "human", "value": "<image><image>\n" + QUESTION}]])
+    with torch.no_grad():
+        embeds, _ = model.build_inputs_embeds(inputs["input_ids"], inputs["pixel_values"], inputs["image_sizes"],
+                                              inputs["batch_num_images"])
+    anomaly_at = (inputs["input_ids"][0] == model.config.anomaly_token_index).nonzero()[:, 0]
+    assert len(anomaly_at) == 12
+    for last in (anomaly_at[5], anomaly_at[11]):
+        torch.testing.assert_close(embeds[0, last], model.model.image_newline)
 
 
 def test_adverb_thresholds(tiny_parts):

@@ -43,15 +43,45 @@ def test_labels_keep_only_answers_and_their_end_token(tiny_parts):
     assert (labels[1][batch["attention_mask"][1] == 0] == IGNORE_INDEX).all()
 
 
-def test_collator_builds_training_batches_and_refuses_cutting_images(tiny_parts):
-    _, _, _, proc = tiny_parts
+def image_spans(proc, ids):
+    """[start, end) of each image's placeholders: from its first <image> through its last <anomaly>."""
+    starts = [i for i, t in enumerate(ids) if t == proc.image_token_id and (i == 0 or ids[i - 1] != t)]
+    ends = [i + 1 for i, t in enumerate(ids) if t == proc.anomaly_token_id and (i + 1 == len(ids) or ids[i + 1] != t)]
+    return list(zip(starts, ends, strict=True))
+
+
+def test_collator_builds_training_batches_and_cuts_long_ones_never_inside_an_image(tiny_parts):
+    _, _, model, proc = tiny_parts
     items = [([make_image(128, 128)], CONV), ([make_image(128, 256)], CONV[:2])]
     batch = ConversationCollator(proc)(items)
     assert batch["labels"].shape == batch["input_ids"].shape and batch["pixel_values"].shape[0] == 2
+    # a cut in the text after the images: LLaVA's truncation of input_ids / labels, every image kept
     short = ConversationCollator(proc, max_length=batch["input_ids"].shape[1] - 3)(items)
     assert short["input_ids"].shape[1] == batch["input_ids"].shape[1] - 3
-    with pytest.raises(ValueError, match="max_length"):
-        ConversationCollator(proc, max_length=50)(items)
+    assert short["pixel_values"].shape[0] == 2
+    # a cut that would split the second conversation's image: it stops where that image starts and its pixels go;
+    # the first conversation keeps its image (the cut is per conversation)
+    spans = [image_spans(proc, proc.encode_conversation(conv, [proc.layout(*size)])[0])
+             for size, conv in (((128, 128), CONV), ((128, 256), CONV[:2]))]
+    limit = spans[0][0][1] + 5
+    assert spans[1][0][0] < limit < spans[1][0][1]
+    cut = ConversationCollator(proc, max_length=limit)(items)
+    assert cut["pixel_values"].shape[0] == 1 and cut["image_sizes"].tolist() == [[128, 128]]
+    assert cut["batch_num_images"].tolist() == [1, 0]
+    row = cut["input_ids"][1][cut["attention_mask"][1] == 1]
+    assert len(row) == spans[1][0][0] and not bool((row == proc.image_token_id).any())
+    with torch.no_grad():
+        out = model(**{k: v for k, v in cut.items() if k != "labels"})  # the model fills what is left
+    assert torch.isfinite(out.logits).all() and out.anomaly_scores.shape == (1, 1)
+    # a multi-image sample left with one image drops it too (alone it would be cropped, laid out uncropped)
+    views = [make_image(128, 128, seed=s) for s in range(2)]
+    conv2 = [{"from": "human", "value": "<image>\n" + "look " * 40 + "<image>\nAny defect?"},
+             {"from": "gpt", "value": "No."}]
+    ids, _ = proc.encode_conversation(conv2, [proc.layout(128, 128, cropped=False)] * 2)
+    (first, second) = image_spans(proc, ids)
+    both = ConversationCollator(proc, max_length=second[0] + 3)([(views, conv2)])
+    assert "pixel_values" not in both and both["input_ids"].shape[1] == first[0]
+    assert proc.conversation_length(conv2, [(128, 128)] * 2) == len(ids)
 
 
 def test_training_lowers_loss_then_generate_answers(tiny_parts):
