@@ -160,7 +160,10 @@ class InstructParams(_Section):
 class ExpertParams(_Section):
     embed_dim: int | None = Field(default=None, description="expert width E; null = preset default")
     temperature: float | None = Field(default=None, gt=0, description="matching temperature; null = recipe's")
-    eps: float = Field(default=1e-6, ge=0, description="added to significance divisions (0 = release maths)")
+    eps: float | None = Field(
+        default=None, ge=0, description="added to the expert's two divisions by the pooled map; null = the preset's "
+        "(pretrained: 0, the release maths; tiny: 1e-6, which its from-scratch training needs). An exactly-0 "
+        "denominator is guarded either way")
 
 
 class ModelParams(_Section):
@@ -176,7 +179,8 @@ class ExpertRecipe(_Section):
     """Stage-1 hyper-parameters for one family of presets."""
 
     lr: float = Field(gt=0)
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=0, description="0 = no training: the expert loaded from model.expert_checkpoint (e.g. the "
+                        "official release) is stage 1's output as it is")
     batch_size: int = Field(ge=1)
     weight_decay: float = Field(default=0.0, ge=0)
     mask_loss: bool
@@ -237,7 +241,9 @@ class InstructRecipe(_Section):
     grad_accum: int = Field(default=1, ge=1)
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    max_length: int = Field(default=2048, ge=16)
+    max_length: int = Field(
+        default=32768, ge=16, description="model_max_length: a longer conversation is cut to this many tokens (the "
+        "release trains with 32768); the cut never splits an image's tokens (see AnomalyOVProcessor)")
     max_records: int | None = Field(
         default=None, ge=1, description="records this recipe trains on, a seeded random draw (null = all); the tiny "
         "recipe's cap keeps the embedded default CPU-sized")

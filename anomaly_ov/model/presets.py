@@ -20,9 +20,12 @@ API::
     image_processor_for(params)                                   # THE image processor of a preset (all stages)
     save_pretrained(model, proc, d); model, proc = load_pretrained(d)  # whole model, no network
     save_expert_stage(model, d); load_expert_stage(model, d)      # stage-1 artifact (expert .pth + tiny tower)
+    stage1 = build_expert_model(params)                           # what stage 1 trains and reads: pretrained
+                                                                  # presets load the tower alone, never the LLM
 
 Expert temperature: ``params.model.expert.temperature`` or else ``params.expert_recipe.temperature``; eps:
-``params.model.expert.eps``; width: ``params.model.expert.embed_dim`` or the preset's (tiny 64, pretrained 512).
+``params.model.expert.eps`` or else the preset's (tiny 1e-6, pretrained 0 = the release maths);
+width: ``params.model.expert.embed_dim`` or the preset's (tiny 64, pretrained 512).
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ TINY_TEXT = {
     "tie_word_embeddings": True,
 }
 TINY_EXPERT_DIM = 64
+#: the expert's eps per preset family: the tiny preset's from-scratch maps collapse early in training (0 / 0 without
+#: it); pretrained presets keep the release maths (no eps; an exactly-0 pooled map is guarded in the expert)
+TINY_EXPERT_EPS = 1e-6
+PRETRAINED_EXPERT_EPS = 0.0
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
 QWEN2_TEXT = {
@@ -95,10 +102,11 @@ def expert_settings(params: Params) -> dict[str, Any]:
     exp = params.model.expert
     default_dim = TINY_EXPERT_DIM if params.model.preset == "tiny" else 512
     temperature = exp.temperature if exp.temperature is not None else params.expert_recipe.temperature
+    default_eps = TINY_EXPERT_EPS if params.model.preset == "tiny" else PRETRAINED_EXPERT_EPS
     return {
         "expert_embed_dim": exp.embed_dim or default_dim,
         "expert_temperature": float(temperature),
-        "expert_eps": float(exp.eps),
+        "expert_eps": float(exp.eps if exp.eps is not None else default_eps),
         "suspicious_thresholds": [float(t) for t in params.model.suspicious_thresholds],
     }
 
@@ -215,6 +223,119 @@ def _load_pretrained_base(params: Params):
         load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint)
     _set_generation_ids(model, tokenizer)
     return model, tokenizer, image_processor
+
+
+VISION_TOWER_PREFIXES = ("vision_tower.", "model.vision_tower.")
+
+
+def _checkpoint_file(source: str, filename: str) -> Path | None:
+    """``filename`` of a local checkpoint directory or a hub id (from the cache offline); None when absent."""
+    if Path(source).is_dir():
+        path = Path(source) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(source, filename))
+    except EntryNotFoundError:
+        return None
+
+
+def read_vision_tower_state(source: str) -> dict[str, Any]:
+    """The vision tower's tensors of a llava-hf checkpoint, read selectively from its safetensors (no other key is
+    read), named as ``SiglipVisionModel`` names them (``vision_model.*``). Both key layouts: the hub's
+    ``vision_tower.*`` and ``save_pretrained``'s ``model.vision_tower.*``."""
+    from safetensors import safe_open
+
+    index = _checkpoint_file(source, "model.safetensors.index.json")
+    if index is not None:
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+    else:
+        single = _checkpoint_file(source, "model.safetensors")
+        if single is None:
+            raise FileNotFoundError(f"{source}: neither model.safetensors nor model.safetensors.index.json found")
+        with safe_open(str(single), framework="pt") as handle:
+            weight_map = {key: "model.safetensors" for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    shards: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        if key.startswith(VISION_TOWER_PREFIXES):
+            shards.setdefault(shard, []).append(key)
+    if not shards:
+        raise FileNotFoundError(f"{source}: the checkpoint has no vision tower weights (keys {VISION_TOWER_PREFIXES})")
+    state: dict[str, Any] = {}
+    for shard, keys in shards.items():
+        path = _checkpoint_file(source, shard)
+        if path is None:
+            raise FileNotFoundError(f"{source}: shard {shard} named by the index is missing")
+        with safe_open(str(path), framework="pt") as handle:
+            for key in keys:
+                name = next(key[len(p) :] for p in VISION_TOWER_PREFIXES if key.startswith(p))
+                state[name] = handle.get_tensor(key)
+    return state
+
+
+def _tower_names(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    """Checkpoint tower keys under the tower's own names: the hub stores ``vision_model.embeddings...`` while
+    transformers 5's ``SiglipVisionModel`` says ``embeddings...`` (its loader maps one to the other; so does this)."""
+    inner = "vision_model."
+    renamed = {}
+    for key, value in state.items():
+        if key not in expected and key.startswith(inner) and key[len(inner) :] in expected:
+            key = key[len(inner) :]
+        elif key not in expected and inner + key in expected:
+            key = inner + key
+        renamed[key] = value
+    return renamed
+
+
+def load_vision_tower(source: str, vision_config: Any):
+    """``SiglipVisionModel`` (``AutoModel`` of ``vision_config``) with the checkpoint's tower weights, in the
+    checkpoint's dtype, frozen and in eval mode."""
+    from transformers import AutoModel
+    from transformers.initialization import no_init_weights
+
+    state = read_vision_tower_state(source)
+    with no_init_weights():
+        tower = AutoModel.from_config(vision_config)
+    state = _tower_names(state, set(tower.state_dict()))
+    result = tower.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"{source}: the vision tower lacks weights {result.missing_keys[:5]} "
+                         f"({len(result.missing_keys)} missing); is this a LLaVA-OneVision checkpoint?")
+    if result.unexpected_keys:
+        logger.info("%s: vision tower keys not used by the tower: %s", source, result.unexpected_keys[:5])
+    tower.to(next(iter(state.values())).dtype)
+    return tower.eval().requires_grad_(False)
+
+
+def build_expert_model(params: Params):
+    """Stage 1's model: the tiny preset's whole model (its tower trains with the expert, from scratch); for a
+    pretrained preset an :class:`~anomaly_ov.model.modeling.AnomalyExpertModel` with the checkpoint's vision tower
+    alone (read selectively: the LLM is never loaded) and the expert, from ``model.expert_checkpoint`` when set.
+    Its stage-1 artifact (:func:`save_expert_stage`) loads into the whole model."""
+    if params.model.preset == "tiny":
+        from anomaly_ov.model.tokenizer import train_tokenizer
+
+        return build_model(params, tokenizer=train_tokenizer(()))
+    from transformers import LlavaOnevisionConfig
+
+    from anomaly_ov.model.expert import load_expert_weights
+    from anomaly_ov.model.modeling import AnomalyExpertModel, AnomalyOVConfig
+
+    source = _checkpoint(params)
+    try:
+        base_cfg = LlavaOnevisionConfig.from_pretrained(source)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"cannot load LLaVA-OneVision checkpoint {source!r} ({exc}). Set model.checkpoint to a local copy of "
+            f"{HUB_IDS[params.model.preset]} (offline runs cannot reach the hub)."
+        ) from exc
+    config = AnomalyOVConfig.from_llava_config(base_cfg, **expert_settings(params))
+    model = AnomalyExpertModel(config, load_vision_tower(source, config.vision_config))
+    if params.model.expert_checkpoint:
+        load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint)
+    return model
 
 
 def build_shapes_only(
@@ -378,7 +499,7 @@ def load_pretrained(directory, device: str = "cpu", dtype: Any = None):
 
 
 # -------------------------------------------------------------------------------------------- stage 1 I/O
-def save_expert_stage(model: AnomalyOVForConditionalGeneration, directory, include_tower: bool | None = None) -> Path:
+def save_expert_stage(model: Any, directory, include_tower: bool | None = None) -> Path:
     """Stage-1 artifact: the expert state dict (release key names, ``pretrained_expert.pth``), the vision tower
     (``vision_tower.safetensors``; default: only for the tiny preset, whose tower is trained) and ``expert.json``."""
     import torch
@@ -401,13 +522,13 @@ def save_expert_stage(model: AnomalyOVForConditionalGeneration, directory, inclu
         state = {k: v.detach().cpu().contiguous() for k, v in model.anomaly_expert.state_dict().items()}
         torch.save(state, tmp / EXPERT_STAGE_FILES["expert"])
         if include_tower:
-            tower = {k: v.detach().cpu().contiguous() for k, v in model.model.vision_tower.state_dict().items()}
+            tower = {k: v.detach().cpu().contiguous() for k, v in model.expert_tower.state_dict().items()}
             save_file(tower, str(tmp / EXPERT_STAGE_FILES["tower"]))
         (tmp / EXPERT_STAGE_FILES["config"]).write_text(json.dumps(info, indent=2, default=str))
     return directory
 
 
-def load_expert_stage(model: AnomalyOVForConditionalGeneration, directory) -> dict[str, Any]:
+def load_expert_stage(model: Any, directory) -> dict[str, Any]:
     """Load a stage-1 artifact into ``model`` (expert strictly; the tower too when saved). Returns expert.json."""
     from safetensors.torch import load_file
 
@@ -435,6 +556,6 @@ def load_expert_stage(model: AnomalyOVForConditionalGeneration, directory) -> di
     if info.get("includes_vision_tower"):
         tower_file = directory / EXPERT_STAGE_FILES["tower"]
         state = load_file(str(tower_file))
-        result = model.model.vision_tower.load_state_dict(state, strict=True)
+        result = model.expert_tower.load_state_dict(state, strict=True)
         logger.info("vision tower loaded from %s (%s)", tower_file, result)
     return info

@@ -12,6 +12,12 @@ Optimiser: AdamW over the expert (and the vision tower when ``train_vision_tower
 restarting ``restarts_per_epoch`` times per epoch. A stratified ``val_fraction`` of the training-role rows is held
 out; image and pixel AUROC on it are logged every epoch. Output: ``models/expert/`` (the model's
 ``save_expert_stage``) and ``reports/train_expert.json``.
+
+The model is :func:`~anomaly_ov.model.presets.build_expert_model`'s: for a pretrained preset the checkpoint's vision
+tower and the expert only (the LLM is never loaded; the 7B preset would otherwise load 7B parameters to train 7M).
+A recipe with ``epochs: 0`` trains nothing: the expert of ``model.expert_checkpoint`` (the official
+``pretrained_expert_*.pth``, loaded strictly) is the stage's output as it is, evaluated on the held-out rows and
+recorded as ``expert_source: official_checkpoint`` (report and MLflow tag; a trained expert says ``trained``).
 """
 
 from __future__ import annotations
@@ -371,7 +377,8 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov import tracking
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
     from anomaly_ov.io import atomic_write_json
-    from anomaly_ov.model.presets import build_model, save_expert_stage
+    from anomaly_ov.model.expert import load_expert_weights
+    from anomaly_ov.model.presets import build_expert_model, save_expert_stage
     from anomaly_ov.paths import in_workspace
 
     cfg = params.train.expert
@@ -388,10 +395,15 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     common.seed_everything(params.train.seed)
     train_rows, val_rows = split_training_rows(params, workspace)
 
-    from anomaly_ov.model.tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer(())
-    model = build_model(params, tokenizer=tokenizer).to(device)
+    official = recipe.epochs == 0
+    if official and not params.model.expert_checkpoint:
+        raise ValueError("the stage-1 recipe has epochs: 0 (use the expert as released) but model.expert_checkpoint "
+                         "is not set; point it to the official pretrained_expert_*.pth or give the recipe epochs")
+    model = build_expert_model(params).to(device)
+    loaded = (load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint, strict=True)
+              if official else None)
+    expert_source = "official_checkpoint" if official else "trained"
     preprocess = stage_preprocessor(params)
     grid = int(model.config.grid_size)
     mask_size = params.evaluate.resolution
@@ -403,13 +415,14 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     stage_module = ExpertStage(model, recipe.base_view_only)
     trainable = list(model.anomaly_expert.parameters())
     if recipe.train_vision_tower:
-        trainable += list(model.model.vision_tower.parameters())
+        trainable += list(model.expert_tower.parameters())
     forward = stage_forward(device)
     record = recipe_record(params, recipe)
     if info.is_main:
         tracking.set_tags({"recipe": record["family"], "mask_loss": record["mask_loss"],
-                           "temperature": record["temperature"]})
-        tracking.log_params({"recipe": record, "train_images": len(train_set),
+                           "temperature": record["temperature"], "expert_source": expert_source})
+        tracking.log_params({"recipe": record, "expert_source": expert_source,
+                             "expert_checkpoint": params.model.expert_checkpoint, "train_images": len(train_set),
                              "val_images": len(val_set or []), "device": str(device),
                              "num_processes": info.world_size})
     fp = common.fingerprint(
@@ -417,15 +430,21 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         common.file_signature(in_workspace(workspace, params.data.manifest)), info.world_size,
         common.data_fingerprint([*train_set.files, *(val_set.files if val_set is not None else [])], workspace),
     )
-    result = fit_expert(
-        stage_module, forward, trainable, train_set, val_set, collate_expert, recipe, seed=params.train.seed,
-        checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
-        num_workers=cfg.num_workers, fingerprint=fp, max_grad_norm=cfg.max_grad_norm,
-    )
+    if official:
+        result = common.LoopResult(step=0, history=[], epoch_metrics=[], seconds=0.0, items=0, resumed_from_step=None)
+    else:
+        result = fit_expert(
+            stage_module, forward, trainable, train_set, val_set, collate_expert, recipe, seed=params.train.seed,
+            checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
+            num_workers=cfg.num_workers, fingerprint=fp, max_grad_norm=cfg.max_grad_norm,
+        )
     val = (evaluate_expert(forward, stage_module, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
            if val_set is not None else {})
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
+        "expert_source": expert_source,
+        "expert_checkpoint": params.model.expert_checkpoint,
+        **({"expert_keys_loaded": len(loaded["matched"])} if loaded else {}),
         "steps": result.step,
         "epochs": recipe.epochs,
         "train_images": len(train_set),
@@ -439,7 +458,9 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     }
     if info.is_main:
         out_dir = in_workspace(workspace, cfg.output_dir)
-        save_expert_stage(model, out_dir)
+        # the tower travels with the expert when it trained, and always for the tiny preset (stage 2 rebuilds its
+        # randomly initialised tower from another seed); a pretrained tower is the checkpoint's
+        save_expert_stage(model, out_dir, include_tower=recipe.train_vision_tower or not params.is_pretrained)
         report_path = in_workspace(workspace, cfg.report)
         curves = common.plot_curves(result, report_path.with_name(report_path.stem + "_curves.png"),
                                     f"stage 1 (expert, {record['family']} recipe)", keys=("loss", "bce", "mask_loss",

@@ -9,7 +9,12 @@ text-only versions of every record, each image reduced to its phrase with the ex
 The tiny preset trains its BPE tokenizer on the instruction text at stage start and saves it with the model;
 pretrained presets use their checkpoint's tokenizer. Optional LoRA (peft) on the LLM's linear layers (merged back
 before saving, so the output directory is a plain model). Gradient accumulation; gradient checkpointing and bf16
-autocast only on CUDA; cosine schedule with warmup. Output: ``models/anomaly_ov/`` (``save_pretrained``, atomic) and
+autocast only on CUDA; cosine schedule with warmup. What trains is kept in float32 (master weights, as the release's
+DeepSpeed keeps them) even when the checkpoint is 16-bit: AdamW at lr 1e-5 on bf16 weights rounds most updates away.
+Frozen parts stay in the checkpoint's dtype; the trained parts go back to it before saving.
+Conversations longer than ``recipe.max_length`` (the release's model_max_length, 32768) are cut, never inside an
+image (see ``AnomalyOVProcessor``); the report counts them (``truncated_records``).
+Output: ``models/anomaly_ov/`` (``save_pretrained``, atomic) and
 ``reports/train_instruct.json`` with the loss curve's end values, tokens/s and sample answers to the detection
 question for one normal and one anomalous training image.
 """
@@ -277,6 +282,48 @@ def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def fp32_master_weights(model: Any) -> dict[int, torch.dtype]:
+    """Put every trainable 16-bit parameter of ``model`` in float32, in place (the optimiser then updates fp32
+    master weights; bf16 autocast keeps the compute in 16 bits on CUDA). Returns ``{id(param): old dtype}`` for
+    :func:`restore_dtypes`. Frozen parameters keep their dtype."""
+    import torch
+
+    changed: dict[int, torch.dtype] = {}
+    for p in trainable_parameters(model):
+        if p.dtype in (torch.float16, torch.bfloat16):
+            changed[id(p)] = p.dtype
+            p.data = p.data.float()
+    return changed
+
+
+def restore_dtypes(model: Any, dtypes: Mapping[int, Any]) -> None:
+    """Cast the parameters :func:`fp32_master_weights` upcast back to their checkpoint dtype (before saving)."""
+    for p in model.parameters():
+        if id(p) in dtypes:
+            p.data = p.data.to(dtypes[id(p)])
+
+
+def count_truncated(records: Sequence[Mapping[str, Any]], processor: Any, workspace: Path,
+                    max_length: int) -> dict[str, Any]:
+    """How many ``records`` are longer than ``max_length`` tokens, hence cut (image sizes read from the files'
+    headers, no decoding), and the longest one's length."""
+    from PIL import Image
+
+    from anomaly_ov.data.loaders import record_images
+
+    truncated, longest = 0, 0
+    for rec in records:
+        sizes = []
+        for rel in record_images(rec):
+            path = Path(rel) if Path(rel).is_absolute() else Path(workspace) / rel
+            with Image.open(path) as img:
+                sizes.append((img.height, img.width))
+        n = processor.conversation_length(list(rec["conversations"]), sizes)
+        longest = max(longest, n)
+        truncated += n > max_length
+    return {"truncated_records": truncated, "max_length": max_length, "longest_record_tokens": longest}
+
+
 def frozen_snapshot(model: Any, part_names: Sequence[str]) -> dict[str, Any]:
     """Copies of the parameters under ``part_names`` (used by tests to check they stay unchanged)."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if any(k in n for k in part_names)}
@@ -426,16 +473,24 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     train_model = apply_lora(model, params) if cfg.lora.enabled else model
+    upcast = fp32_master_weights(train_model)
 
     dataset = InstructDataset(records, workspace, make_encoder(processor, recipe.max_length))
     collate = partial(collate_instruct, pad_token_id=processor.pad_token_id)
     n_trainable = sum(p.numel() for p in trainable_parameters(train_model))
+    truncation = count_truncated(records, processor, workspace, recipe.max_length)
+    if truncation["truncated_records"]:
+        log.warning("stage 2: %d of %d conversations exceed max_length=%d tokens and are cut (longest: %d)",
+                    truncation["truncated_records"], len(records), recipe.max_length,
+                    truncation["longest_record_tokens"])
     if info.is_main:
         tracking.set_tags({"lora": cfg.lora.enabled, "stage1_temperature": expert_info.get("expert", {}).get(
             "temperature")})
         tracking.log_params({"recipe": recipe.model_dump(), "lora": cfg.lora.model_dump(), "records": len(records),
                              "text_warmup_records": len(all_records) if recipe.text_warmup_epochs else 0,
                              "trainable_parameters": n_trainable, "device": str(device),
+                             "truncated_records": truncation["truncated_records"],
+                             "master_weights": "float32", "upcast_parameters": len(upcast),
                              "vocab_size": len(tokenizer), "num_processes": info.world_size})
     images = {dataset.image_path(p) for rec in all_records for p in record_images(rec)}
     fp = common.fingerprint(  # params + the content of every file the stage reads
@@ -466,6 +521,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         model = train_model.merge_and_unload()
     if device.type == "cuda" and cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
+    restore_dtypes(model, upcast)
     model.eval()
     summary: dict[str, Any] = {
         "records": len(records),
@@ -476,6 +532,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         "tokens_per_s": round(result.items_per_s, 1),
         "trainable_parameters": n_trainable,
         "resumed_from_step": result.resumed_from_step,
+        **truncation,
     }
     if warmup is not None:
         summary["text_warmup"] = {

@@ -129,3 +129,32 @@ def sigkill_stage_at(stage: str, workspace: Path, params, loop: str, step: int) 
     assert proc.returncode == -signal.SIGKILL
     paused.unlink()
     return log.read_text()
+
+
+# ------------------------------------------------------------------------------- a pretrained-layout checkpoint
+PRETRAINED_OVERRIDES = [
+    "tracking.enabled=false",
+    "model.preset=llava-onevision-0.5b",
+    "train.expert.pretrained.epochs=1",
+    "train.expert.pretrained.batch_size=4",
+    "train.expert.val_fraction=0.34",
+    "train.expert.device=cpu",
+    "train.instruct.pretrained.batch_size=2",
+    "train.instruct.pretrained.grad_accum=1",
+    "train.instruct.device=cpu",
+    "train.instruct.checkpoint_every=1",
+    "evaluate.resolution=32",
+]
+
+
+def pretrained_params(checkpoint: Path, *extra: str):
+    return load_params(None, [*PRETRAINED_OVERRIDES, f"model.checkpoint={checkpoint}", *extra])
+
+
+@pytest.fixture(scope="module")
+def llava_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shrunk hub-layout llava-onevision-qwen2-0.5b-ov-hf directory (tests/real_layout.py) stored in bf16 (the
+    release trains in bf16; a bf16 weight rounds lr 1e-5 updates away), module-wide, read-only."""
+    from real_layout import write_real_layout_checkpoint
+
+    return write_real_layout_checkpoint(tmp_path_factory.mktemp("llava") / "hub", layout="hub", dtype="bfloat16")

@@ -1,0 +1,238 @@
+"""The path a user with a real LLaVA-OneVision checkpoint takes (preset llava-onevision-0.5b + model.checkpoint), on the
+shrunk checkpoint in the hub's layout (tests/real_layout.py: real config, image processor and Qwen2 tokenizer):
+stage 1 loads the tower and the expert only, the official expert can be stage 1's output as released, stage 2 keeps
+fp32 master weights and cuts (never stops on) long conversations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import make_workspace, pretrained_params  # noqa: TID252
+
+pytestmark = pytest.mark.slow
+
+
+def _write_official_expert(path: Path, hidden: int, grid: int, seed: int = 5) -> dict[str, torch.Tensor]:
+    """An expert .pth the release's way: the bare AnomalyOV state dict (release key names), saved in bf16."""
+    from anomaly_ov.model.expert import AnomalyExpert
+
+    torch.manual_seed(seed)
+    state = {k: v.to(torch.bfloat16) for k, v in AnomalyExpert(hidden_size=hidden, embed_dim=512,
+                                                               grid_size=grid).state_dict().items()}
+    torch.save(state, path)
+    return state
+
+
+def test_stage1_loads_the_tower_and_expert_never_the_language_model(
+    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors
+    from transformers.models.qwen2 import modeling_qwen2
+
+    from anomaly_ov.train.expert import run_train_expert
+
+    ws = make_workspace(tmp_path / "ws")
+    params = pretrained_params(llava_checkpoint)
+    read: list[str] = []
+    real_open = safetensors.safe_open
+
+    class SpyOpen:
+        def __init__(self, *args, **kwargs) -> None:
+            self.inner = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def keys(self):
+            return self.inner.keys()
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.inner.get_tensor(key)
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("stage 1 built the language model")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(modeling_qwen2.Qwen2Model, "__init__", no_llm)
+        patch.setattr(safetensors, "safe_open", SpyOpen)
+        summary = run_train_expert(params, ws)
+    assert summary["steps"] > 0 and summary["expert_source"] == "trained"
+    # the hub's key names of the tower (save_pretrained's would be model.vision_tower.*)
+    assert read and all(k.startswith(("vision_tower.", "model.vision_tower.")) for k in read), sorted(set(read))[:5]
+    info = json.loads((ws / "models/expert/expert.json").read_text())
+    assert info["includes_vision_tower"] is False  # the frozen pretrained tower is the checkpoint's
+
+    # the stage-1 artifact loads into the whole model, and the whole model's expert path gives the same numbers
+    from anomaly_ov.model.presets import build_expert_model, build_model, load_expert_stage
+    from anomaly_ov.model.processing import collate_crops
+    from anomaly_ov.train.expert import stage_preprocessor
+
+    full = build_model(params).eval()
+    load_expert_stage(full, ws / "models/expert")
+    light = build_expert_model(params).eval()
+    load_expert_stage(light, ws / "models/expert")
+    assert not any(k.startswith(("model.language_model", "lm_head")) for k in light.state_dict())
+    for key, value in light.anomaly_expert.state_dict().items():
+        assert torch.equal(full.anomaly_expert.state_dict()[key], value), key
+    preprocess = stage_preprocessor(params)
+    batch = collate_crops([preprocess(ws / "data/raw/weave/test/spot/004.png")])
+    with torch.no_grad():
+        a = light.expert_forward(batch["pixel_values"], batch["image_sizes"])
+        b = full.expert_forward(batch["pixel_values"], batch["image_sizes"])
+    torch.testing.assert_close(a.scores, b.scores)
+    torch.testing.assert_close(a.maps, b.maps)
+
+
+def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    from anomaly_ov.stages import run_stage
+
+    ws = make_workspace(tmp_path / "ws")
+    official = _write_official_expert(tmp_path / "pretrained_expert_05b.pth", hidden=32, grid=27)
+    params = pretrained_params(llava_checkpoint, "tracking.enabled=true", "train.expert.pretrained.epochs=0",
+                               f"model.expert_checkpoint={tmp_path / 'pretrained_expert_05b.pth'}")
+    summary = run_stage("train_expert", params, ws)
+    assert summary["expert_source"] == "official_checkpoint" and summary["steps"] == 0
+    assert summary["expert_keys_loaded"] == len(official)
+    report = json.loads((ws / "reports/train_expert.json").read_text())
+    assert report["expert_source"] == "official_checkpoint"
+    assert report["val"]["images"] > 0  # the released expert is still evaluated on the held-out rows
+    saved = torch.load(ws / "models/expert/pretrained_expert.pth", weights_only=True)
+    assert set(saved) == set(official)
+    for key, value in official.items():
+        torch.testing.assert_close(saved[key], value.float(), atol=0, rtol=0)
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    assert run.data.tags["expert_source"] == "official_checkpoint"
+    assert run.data.params["expert_source"] == "official_checkpoint"
+
+    with pytest.raises(ValueError, match="expert_checkpoint"):
+        run_stage("train_expert", pretrained_params(llava_checkpoint, "train.expert.pretrained.epochs=0"), ws)
+
+
+def test_stage2_cuts_a_conversation_too_long_for_max_length_and_keeps_fp32_master_weights(
+    llava_checkpoint: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from anomaly_ov.model.presets import build_model, save_expert_stage
+    from anomaly_ov.train.common import load_checkpoint
+    from anomaly_ov.train.instruct import run_train_instruct
+
+    ws = make_workspace(tmp_path / "ws")
+    records = json.loads((ws / "data/instruct/train.json").read_text())
+    # a question long enough that max_length falls inside the image that follows it (each 64 px image here is a
+    # 1x1 grid of 384 px crops: 1485 visual + 11 anomaly tokens; the other conversations fit in 2000)
+    long = dict(records[0], id="long")
+    long["conversations"] = [{"from": "human", "value": "Look closely. " * 300 + "\n<image>\nAny defect?"},
+                             {"from": "gpt", "value": "No"}]
+    (ws / "data/instruct/train.json").write_text(json.dumps([*records, long]))
+    params = pretrained_params(llava_checkpoint, "train.instruct.pretrained.max_length=2000",
+                               "train.instruct.pretrained.lr=1e-5", "train.instruct.pretrained.warmup_ratio=0.0",
+                               "train.instruct.checkpoint_every=1000")
+    save_expert_stage(build_model(params), ws / "models/expert")  # a stage-1 artifact (untrained expert)
+    summary = run_train_instruct(params, ws)
+    assert summary["steps"] == 7 and summary["truncated_records"] == 1 and summary["max_length"] == 2000
+    assert summary["longest_record_tokens"] > 2000
+    report = json.loads((ws / "reports/train_instruct.json").read_text())
+    assert report["truncated_records"] == 1
+
+    # the trained weights were fp32 master weights (the resume checkpoint holds them), moved by lr 1e-5 updates
+    # that bf16 weights mostly round away; the saved model is in the checkpoint's dtype again
+    state = load_checkpoint(ws / "checkpoints/instruct")["model"]
+    hub = load_file(str(llava_checkpoint / "model.safetensors"))
+    trained = state["model.multi_modal_projector.linear_1.weight"]
+    before = hub["multi_modal_projector.linear_1.weight"]
+    assert trained.dtype == torch.float32 and before.dtype == torch.bfloat16
+    moved = (trained != before.float()).float().mean()
+    assert moved > 0.9, float(moved)
+    saved = load_file(str(ws / "models/anomaly_ov/model.safetensors"))
+    (key,) = [k for k in saved if k.endswith("multi_modal_projector.linear_1.weight")]
+    assert saved[key].dtype == torch.bfloat16
+
+
+def test_a_real_size_image_fits_the_release_max_length(llava_checkpoint: Path) -> None:
+    """A 1500 x 1000 image takes thousands of tokens at 384 px crops (~8.8k at full size; ~5k after the release's
+    1024-px resize): the old max_length 2048 stopped stage 2 on it; the release's model_max_length (32768) holds it
+    whole."""
+    from PIL import Image
+
+    from anomaly_ov.model.presets import build_processor
+    from anomaly_ov.model.processing import fitted_size
+
+    params = pretrained_params(llava_checkpoint)
+    assert params.instruct_recipe.max_length == 32768
+    proc = build_processor(params)
+    image = Image.new("RGB", (1500, 1000), (120, 120, 120))
+    conv = [{"from": "human", "value": "<image>\nAny defect?"}, {"from": "gpt", "value": "No"}]
+    out = proc([image], conv, max_length=params.instruct_recipe.max_length, return_labels=True)
+    lay = proc.layout(*fitted_size(1000, 1500, proc.max_image_side))
+    full = proc.layout(1000, 1500)  # without the resize (a processor with max_image_side unset)
+    assert 4000 < lay.visual + lay.anomaly < 32768 and 8000 < full.visual + full.anomaly < 10000
+    ids = out["input_ids"][0]
+    assert int((ids == proc.image_token_id).sum()) == lay.visual
+    assert int((ids == proc.anomaly_token_id).sum()) == lay.anomaly
+    assert out["labels"][0][-2].item() != -100  # the answer survived
+
+
+def test_real_layout_model_uses_the_release_maths_and_lays_out_uncropped_images_as_the_release(
+    llava_checkpoint: Path,
+) -> None:
+    """On the checkpoint: the expert has no eps (release maths); two images in one sample are not cropped and each
+    one's anomaly tokens are 1 + 4 + image_newline, filled by the model where the processor put them."""
+    from PIL import Image
+
+    from anomaly_ov.model.presets import build_model, build_processor
+
+    params = pretrained_params(llava_checkpoint)
+    model = build_model(params).eval()
+    assert model.anomaly_expert.eps == 0.0 and model.config.expert_eps == 0.0
+    proc = build_processor(params)
+    views = [Image.new("RGB", (200, 150), (100 + 50 * k, 90, 90)) for k in range(2)]
+    inputs = proc([views], [[{"from": "human", "value": "<image><image>\nAny defect?"}]])
+    anomaly_at = (inputs["input_ids"][0] == model.config.anomaly_token_index).nonzero()[:, 0]
+    assert len(anomaly_at) == 2 * (1 + 4 + 1)
+    with torch.no_grad():
+        embeds, encoded = model.build_inputs_embeds(inputs["input_ids"], inputs["pixel_values"],
+                                                    inputs["image_sizes"], inputs["batch_num_images"])
+        out = model(**inputs)
+    assert encoded.expert.scores.shape == (2, 1) and torch.isfinite(out.logits).all()
+    for last in (anomaly_at[5], anomaly_at[11]):
+        torch.testing.assert_close(embeds[0, last], model.model.image_newline.to(embeds.dtype))
+
+
+def test_stage2_updates_fp32_master_weights_that_bf16_would_round_away(llava_checkpoint: Path, tmp_path: Path) -> None:
+    """The checkpoint is bf16; stage 2 at the release's lr 1e-5 must move what trains. The optimiser's weights (the
+    resume checkpoint holds them) are fp32 and moved almost everywhere; rounded to bf16, most of the moves vanish,
+    which is what updating the bf16 weights in place did."""
+    from safetensors.torch import load_file
+
+    from anomaly_ov.model.presets import build_model, save_expert_stage
+    from anomaly_ov.train.common import load_checkpoint
+    from anomaly_ov.train.instruct import run_train_instruct
+
+    ws = make_workspace(tmp_path / "ws")
+    params = pretrained_params(llava_checkpoint, "train.instruct.pretrained.lr=1e-5",
+                               "train.instruct.pretrained.warmup_ratio=0.0", "train.instruct.max_records=4",
+                               "train.instruct.checkpoint_every=1000")
+    save_expert_stage(build_model(params), ws / "models/expert")  # a stage-1 artifact (untrained expert)
+    summary = run_train_instruct(params, ws)
+    assert summary["steps"] == 2
+    state = load_checkpoint(ws / "checkpoints/instruct")["model"]
+    hub = load_file(str(llava_checkpoint / "model.safetensors"))
+    for name in ("multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_2.weight"):
+        trained, before = state["model." + name], hub[name]
+        assert trained.dtype == torch.float32 and before.dtype == torch.bfloat16
+        moved = float((trained != before.float()).float().mean())
+        in_bf16 = float((trained.to(torch.bfloat16) != before).float().mean())
+        assert moved > 0.9 and in_bf16 < 0.3, (name, moved, in_bf16)
