@@ -120,8 +120,15 @@ def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tm
         run_stage("train_expert", pretrained_params(llava_checkpoint, "train.expert.pretrained.epochs=0"), ws)
 
 
+def _keep_resume_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leave the stage's resume checkpoint on disk after success (it holds the optimiser's master weights)."""
+    from anomaly_ov.train import common
+
+    monkeypatch.setattr(common, "remove_checkpoints", lambda *args, **kwargs: None, raising=False)
+
+
 def test_stage2_cuts_a_conversation_too_long_for_max_length_and_keeps_fp32_master_weights(
-    llava_checkpoint: Path, tmp_path: Path
+    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from safetensors.torch import load_file
 
@@ -141,6 +148,7 @@ def test_stage2_cuts_a_conversation_too_long_for_max_length_and_keeps_fp32_maste
                                "train.instruct.pretrained.lr=1e-5", "train.instruct.pretrained.warmup_ratio=0.0",
                                "train.instruct.checkpoint_every=1000")
     save_expert_stage(build_model(params), ws / "models/expert")  # a stage-1 artifact (untrained expert)
+    _keep_resume_state(monkeypatch)
     summary = run_train_instruct(params, ws)
     assert summary["steps"] == 7 and summary["truncated_records"] == 1 and summary["max_length"] == 2000
     assert summary["longest_record_tokens"] > 2000
@@ -211,7 +219,9 @@ def test_real_layout_model_uses_the_release_maths_and_lays_out_uncropped_images_
         torch.testing.assert_close(embeds[0, last], model.model.image_newline.to(embeds.dtype))
 
 
-def test_stage2_updates_fp32_master_weights_that_bf16_would_round_away(llava_checkpoint: Path, tmp_path: Path) -> None:
+def test_stage2_updates_fp32_master_weights_that_bf16_would_round_away(
+    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The checkpoint is bf16; stage 2 at the release's lr 1e-5 must move what trains. The optimiser's weights (the
     resume checkpoint holds them) are fp32 and moved almost everywhere; rounded to bf16, most of the moves vanish,
     which is what updating the bf16 weights in place did."""
@@ -226,6 +236,7 @@ def test_stage2_updates_fp32_master_weights_that_bf16_would_round_away(llava_che
                                "train.instruct.pretrained.warmup_ratio=0.0", "train.instruct.max_records=4",
                                "train.instruct.checkpoint_every=1000")
     save_expert_stage(build_model(params), ws / "models/expert")  # a stage-1 artifact (untrained expert)
+    _keep_resume_state(monkeypatch)
     summary = run_train_instruct(params, ws)
     assert summary["steps"] == 2
     state = load_checkpoint(ws / "checkpoints/instruct")["model"]
