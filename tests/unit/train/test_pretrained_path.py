@@ -176,10 +176,10 @@ def test_a_real_size_image_fits_the_release_max_length(llava_checkpoint: Path) -
     from PIL import Image
 
     from anomaly_ov.model.presets import build_processor
-    from anomaly_ov.model.processing import fitted_size
 
     params = pretrained_params(llava_checkpoint)
     assert params.instruct_recipe.max_length == 32768
+    from anomaly_ov.model.processing import fitted_size
     proc = build_processor(params)
     image = Image.new("RGB", (1500, 1000), (120, 120, 120))
     conv = [{"from": "human", "value": "<image>\nAny defect?"}, {"from": "gpt", "value": "No"}]
