@@ -93,6 +93,7 @@ def real_path_run(tmp_path_factory, real_layout_checkpoint):
         "evaluate.test_data=visa_dr/VisA/test_data.json", "evaluate.reasoning_data=visa_dr/VisA/visa_dr.json",
         "evaluate.data_root=visa_dr",
         "extensions.medical.enabled=false", "extensions.threed.enabled=false", "registry.thresholds={}",
+        "registry.min_images=1", "registry.min_per_label=1",  # a 2-image benchmark may pass the gate here
     ]
     summaries = {}
     for stage in ("prepare", "synthesize"):
