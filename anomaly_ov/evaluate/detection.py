@@ -61,20 +61,34 @@ def load_test_items(
     "anomaly": true|false}``, whose images are ``data_root / image`` as the release's scripts open them
     (``os.path.join(data_dir, item["image"])``).
     """
+    items = read_benchmark_items(path, "test", normalise_test_item, data_root, allow_external)
+    return balanced_subset(items, max_images)
+
+
+def read_benchmark_items(
+    path: str | Path,
+    what: str,
+    normalise: Callable[..., dict[str, Any]],
+    data_root: str | Path | None,
+    allow_external: bool,
+) -> list[dict[str, Any]]:
+    """The items of a benchmark JSON list, each through ``normalise(item, index, source, data_root,
+    allow_external)``; every bad item is collected and reported in one error (the first 20 spelled out)."""
     from anomaly_ov.io import read_json
 
     data = read_json(path)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of test items, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a JSON list of {what} items, got {type(data).__name__}")
     items, errors = [], []
     for i, item in enumerate(data):
         try:
-            items.append(normalise_test_item(item, i, str(path), data_root, allow_external))
+            items.append(normalise(item, i, str(path), data_root, allow_external))
         except ValueError as exc:
             errors.append(str(exc))
     if errors:
-        raise ValueError(f"{len(errors)} bad test item(s):\n" + "\n".join(errors[:20]))
-    return balanced_subset(items, max_images)
+        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise ValueError(f"{len(errors)} bad {what} item(s):\n" + "\n".join(errors[:20]) + more)
+    return items
 
 
 def resolve_item_image(

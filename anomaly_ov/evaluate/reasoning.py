@@ -43,19 +43,9 @@ def load_reasoning_items(
     only ``image`` and ``questions``; an item without ``answers`` is still asked, its answers are kept unscored.
     Without ``kinds`` every turn counts as low-level.
     """
-    from anomaly_ov.io import read_json
+    from anomaly_ov.evaluate.detection import read_benchmark_items
 
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of reasoning items, got {type(data).__name__}")
-    items, errors = [], []
-    for i, item in enumerate(data):
-        try:
-            items.append(normalise_reasoning_item(item, i, str(path), data_root, allow_external))
-        except ValueError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise ValueError(f"{len(errors)} bad reasoning item(s):\n" + "\n".join(errors[:20]))
+    items = read_benchmark_items(path, "reasoning", normalise_reasoning_item, data_root, allow_external)
     return items if max_items is None else items[:max_items]
 
 
