@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/expert_speed.py [--images 8 --crops 10 --repeats 3 --threads 2]
 
 Prints the time of the batched expert (one call over all crops), of a per-image loop (the expert called once per
-image) and their ratio, and of the release's formulation (REFERENCE.md section 1 written as the release computes
-it: normalised [N,T,E] features, [N,C,G,G] pooling, keys projected for all tokens, a loop per image for the global
-token); checks all give the same scores.
+image) and their ratio, and of the release's formulation (docs/model.md, 'The LTFM expert', written as the release
+computes it: normalised [N,T,E] features, [N,C,G,G] pooling, keys projected for all tokens, a loop per image for
+the global token); checks all give the same scores.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     t_loop, s_loop = best(per_image)
 
     def release_maths():
-        """The release's formulation (REFERENCE.md section 1): base view repeated per crop, normalised [N,T,E]
+        """The release's formulation (docs/model.md, 'The LTFM expert'): base view repeated per crop, normalised [N,T,E]
         features scaled by 100, [N,C,G,G] pooling, keys projected for all T tokens, a Python loop per image."""
         e, g, c = expert, 27, 1152
         base = torch.cat([v[i * args.crops].unsqueeze(0).repeat(args.crops, 1, 1) for i in range(args.images)])

@@ -1,4 +1,7 @@
-"""Test-session set-up: a hermetic, offline environment (REFERENCE.md section 9) before any library import."""
+"""Test-session set-up: a hermetic, offline environment before any library import.
+
+The variables and why they are needed: docs/architecture.md, 'Offline, hermetic runs'.
+"""
 
 from __future__ import annotations
 

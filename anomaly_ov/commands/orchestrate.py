@@ -11,7 +11,8 @@ import typer
 
 from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _fail, app
 
-#: Offline, no-telemetry defaults (REFERENCE.md section 9); set before Prefect / MLflow / DVC are imported.
+#: Offline, no-telemetry defaults (docs/architecture.md, 'Offline, hermetic runs'); set before Prefect / MLflow /
+#: DVC are imported.
 OFFLINE_DEFAULTS = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -1,4 +1,4 @@
-"""The manifest: one row per image, the table every stage reads and writes (REFERENCE.md section 8).
+"""The manifest: one row per image, the table every stage reads and writes (docs/model.md, 'The manifest').
 
 Paths: ``root`` is the dataset root (workspace-relative when it lies inside the workspace, else absolute) and
 ``image_path`` / ``mask_path`` are relative to it. ``mask_path`` is "" for images without a mask.

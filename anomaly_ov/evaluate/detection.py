@@ -1,4 +1,4 @@
-"""Zero-shot detection protocol of VisA-D&R (REFERENCE.md section 5) plus the expert's localisation.
+"""Zero-shot detection protocol of VisA-D&R (docs/model.md, 'The VisA-D&R protocol') plus the expert's localisation.
 
 For each image of ``test_data.json`` the model is asked the detection prompt (greedy decoding); the answer is
 positive when it contains "Yes" or "yes". The expert's image score and anomaly map are kept for every image:

@@ -1,4 +1,4 @@
-"""Detection, localisation and answer metrics, per class then the mean over classes (REFERENCE.md section 6).
+"""Detection, localisation and answer metrics, per class then the mean over classes (docs/model.md, 'Metrics').
 
 Conventions:
 

@@ -1,4 +1,6 @@
-"""VisA-D&R reasoning protocol (REFERENCE.md section 5): multi-turn answers scored against reference answers.
+"""VisA-D&R reasoning protocol: multi-turn answers scored against reference answers.
+
+The protocol and its scores are described in docs/model.md, 'The VisA-D&R protocol'.
 
 Each item's questions are asked in order, with the model's own earlier answers as the history. Low-level
 answers are scored with ROUGE-L (F-measure, rouge-score, Porter stemming) and Sentence-BERT cosine; complex

@@ -15,7 +15,7 @@ from typing import Any
 from anomaly_ov.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text
 from anomaly_ov.tracking import flatten
 
-#: Published reference numbers (REFERENCE.md section 5): real VisA / VisA-D&R data, not ours.
+#: Published reference numbers (docs/model.md, 'Published numbers'): real VisA / VisA-D&R data, not ours.
 PUBLISHED_DETECTION = [
     ("Anomaly-OV-7B", 0.79, 0.83),
     ("Anomaly-OV-0.5B", 0.79, 0.82),

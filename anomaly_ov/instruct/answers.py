@@ -21,7 +21,7 @@ LOW_LEVEL = "low_level"
 COMPLEX = "complex"
 KINDS = (DETECTION, LOW_LEVEL, COMPLEX)
 
-#: the VisA-D&R detection prompt (REFERENCE.md section 5); always one of the detection phrasings.
+#: the VisA-D&R detection prompt (docs/model.md, 'The VisA-D&R protocol'); always one of the detection phrasings.
 CANONICAL_DETECTION = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
 
 DETECTION_QUESTIONS: tuple[str, ...] = (

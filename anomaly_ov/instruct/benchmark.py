@@ -1,4 +1,4 @@
-"""VisA-D&R-style benchmark builder (REFERENCE.md section 5) from the evaluation-role manifest rows.
+"""VisA-D&R-style benchmark builder (docs/model.md, 'The VisA-D&R protocol') from the evaluation-role manifest rows.
 
 Two JSON files are written into ``params.instruct.bench_dir`` (default ``data/bench``); the evaluation stage reads
 exactly this schema.

@@ -1,7 +1,7 @@
 """Region facts from a defect mask: where, how big, how many, what shape and how it looks.
 
 The instruction answers and the VisA-D&R reference answers are written from these facts, so that every sentence
-about location, size and count is true to the mask. Pipeline (Anomaly-Instruct recipe, REFERENCE.md section 4):
+about location, size and count is true to the mask. Pipeline (docs/model.md, 'The Anomaly-Instruct recipe'):
 binarise (``mask > 0``), dilate by ``dilate_px``, merge regions closer than ``merge_distance_px``, then describe
 each merged region (8-connectivity). Everything here is deterministic and uses numpy + scipy only.
 

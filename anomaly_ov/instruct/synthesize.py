@@ -1,4 +1,4 @@
-"""Manifest rows + masks -> LLaVA-format instruction records (the Anomaly-Instruct recipe, REFERENCE.md section 4).
+"""Manifest rows + masks -> LLaVA-format instruction records (docs/model.md, 'The Anomaly-Instruct recipe').
 
 Record format (one dict per conversation; ``data/instruct/train.json`` is a JSON list of them)::
 

@@ -1,6 +1,7 @@
 """The Anomaly-OV anomaly expert: Look-Twice Feature Matching (LTFM), batched over images and crops.
 
-What it computes (REFERENCE.md section 1; the numbers of the public release, without its per-image Python loop):
+What it computes (docs/model.md, 'The LTFM expert'; the numbers of the public release, without its per-image
+Python loop):
 
 * ``features`` ``v`` [N,T,C]: the vision tower's LLM-layer output for N crops (each image's base view first, then
   its AnyRes crops), T = G*G tokens; ``level_features`` ``f_1..f_L`` [N,T,C]: the multi-level tower outputs.

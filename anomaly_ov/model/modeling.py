@@ -2,7 +2,8 @@
 
 What transformers gives and is reused as is: the SigLIP tower, the projector, AnyRes crop counting
 (``image_size_to_num_patches``), unpadding + ``image_newline`` packing (``LlavaOnevisionModel.pack_image_features``),
-the Qwen2 LLM, the loss and ``generate()``. What this module adds (REFERENCE.md sections 1-2):
+the Qwen2 LLM, the loss and ``generate()``. What this module adds (docs/model.md, 'The LTFM expert' and
+'The LLM input: token layout'):
 
 * the tower runs once per batch with the hidden states the expert needs: the LLM layer
   (``config.vision_feature_layer``) and four multi-level layers (``config.expert_layers``; for SigLIP so400m with

@@ -2,7 +2,7 @@
 
 The image side reuses transformers' slow PIL ``LlavaOnevisionImageProcessorPil`` (AnyRes crops, no torchvision).
 The text side is Qwen's ChatML with the system prompt "You are a helpful assistant."; each ``<image>`` in a human
-turn expands to (REFERENCE.md section 2)::
+turn expands to (docs/model.md, 'The LLM input: token layout')::
 
     <image> x n_visual   "with"  <adv>  " suspicious features: "  <anomaly> x n_anomaly
 

@@ -6,7 +6,7 @@ mask (the map bilinearly upsampled to the mask resolution) and a per-cell BCE ag
 in each G x G cell. Normal images count with an all-zero target; anomalies without a mask are left out of the mask
 loss. ``augment`` turns and mirrors each batch (seeded by the batch, so resume stays exact). The paper's recipe
 (pretrained presets) has no mask loss and temperature 100; the tiny preset, whose tower starts from random weights,
-needs the mask loss at temperature 10 (REFERENCE.md section 1) — the run records which recipe was used.
+needs the mask loss at temperature 10 (docs/model.md, 'Training recipes') — the run records which recipe was used.
 
 Optimiser: AdamW over the expert (and the vision tower when ``train_vision_tower``), CosineAnnealingWarmRestarts
 restarting ``restarts_per_epoch`` times per epoch. A stratified ``val_fraction`` of the training-role rows is held

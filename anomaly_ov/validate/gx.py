@@ -1,7 +1,7 @@
 """Run a Great Expectations suite over an in-memory DataFrame and turn each result into a :class:`Check`.
 
-Great Expectations owns the data contracts (DESIGN.md); this module is the one place that talks to it, so the
-other validators only build expectations. Conventions:
+Great Expectations owns the data contracts (docs/architecture.md, 'Who owns what'); this module is the one
+place that talks to it, so the other validators only build expectations. Conventions:
 
 - ``gx`` is imported lazily (about 3 s) and the ephemeral context is created once per process, with progress
   bars and analytics off (:func:`gx_context`).

@@ -1,6 +1,6 @@
 """BMAD (medical anomaly detection benchmark) layout reader.
 
-Two layouts exist (REFERENCE.md section 7); each category folder may use either one::
+Two layouts exist (docs/model.md, 'Dataset layouts'); each category folder may use either one::
 
     pixel-level (BraTS, liver CT, retinal OCT, ...):
         <cat>/train/good/img/*.png

@@ -1,6 +1,6 @@
 """Reader for the ``meta.json`` interchange format of the CLIP-based zero-shot repositories (AnomalyCLIP, AdaCLIP).
 
-Accepted layout (REFERENCE.md section 7)::
+Accepted layout (docs/model.md, 'Dataset layouts')::
 
     <root>/meta.json = {"train"|"test"|"valid": {<cls>: [{"img_path": ..., "mask_path": "" | ..., "cls_name": <cls>,
                                                           "specie_name": <defect or "good">, "anomaly": 0 | 1}]}}

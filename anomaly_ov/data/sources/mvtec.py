@@ -1,6 +1,6 @@
 """MVTec AD layout reader.
 
-Accepted layout (REFERENCE.md section 7), for every category folder ``<cls>`` under the dataset root::
+Accepted layout (docs/model.md, 'Dataset layouts'), for every category folder ``<cls>`` under the dataset root::
 
     <cls>/train/good/*.png                      normal training images (train holds only ``good``)
     <cls>/test/good/*.png                       normal test images (no mask)

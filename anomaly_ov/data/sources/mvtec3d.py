@@ -1,6 +1,6 @@
 """MVTec 3D-AD layout reader: organised xyz point clouds rendered into multi-view images + masks.
 
-Accepted layout (REFERENCE.md section 7)::
+Accepted layout (docs/model.md, 'Dataset layouts')::
 
     <cls>/{train,validation,test}/<good|defect>/xyz/NNN.tiff    organised cloud [H,W,3] float, zeros = missing
     <cls>/{train,validation,test}/<good|defect>/gt/NNN.png      pixel mask on the same grid (anomalous > 0)

@@ -1,6 +1,6 @@
 """Real3D-AD layout reader: labelled point clouds rendered into multi-view images + masks.
 
-Accepted layout (REFERENCE.md section 7)::
+Accepted layout (docs/model.md, 'Dataset layouts')::
 
     <cls>/train/*template*.pcd          normal training objects
     <cls>/test/*.pcd                    test objects; "good" in the name = normal

@@ -1,6 +1,6 @@
 """Anomaly-ShapeNet layout reader: labelled point clouds rendered into multi-view images + masks.
 
-Accepted layout (REFERENCE.md section 7)::
+Accepted layout (docs/model.md, 'Dataset layouts')::
 
     <cls>/train/*template*.pcd          normal training objects
     <cls>/test/<id>_<type>.pcd          test objects; type "positive" / "good" = normal, else the defect type

@@ -1,6 +1,6 @@
 """VisA layout reader (driven by ``split_csv/1cls.csv``).
 
-Accepted layout (REFERENCE.md section 7)::
+Accepted layout (docs/model.md, 'Dataset layouts')::
 
     <root>/split_csv/1cls.csv                      columns object,split,label,image,mask
     <root>/<cls>/Data/Images/{Normal,Anomaly}/*.JPG

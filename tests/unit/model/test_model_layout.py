@@ -1,4 +1,4 @@
-"""The assembled LLM input: token order and counts per image (REFERENCE.md section 2)."""
+"""The assembled LLM input: token order and counts per image (docs/model.md, 'The LLM input: token layout')."""
 
 from __future__ import annotations
 
