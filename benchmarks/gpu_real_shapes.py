@@ -227,7 +227,7 @@ def run_stage1(model, params, args, device, peak) -> None:
 
 
 def run_stage2(model, params, args, device, peak) -> None:
-    from anomaly_ov.train.instruct import answer_positions, conversation_loss
+    from anomaly_ov.train.instruct import answer_positions, conversation_loss, fp32_master_weights
 
     recipe = params.instruct_recipe
     inputs, layout, _ = build_inputs(model, args.batch, args.height, args.width)
@@ -237,6 +237,7 @@ def run_stage2(model, params, args, device, peak) -> None:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model.train()
+    fp32_master_weights(model)  # as stage 2: what trains is updated in float32, the frozen parts stay bf16
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
 
     def step() -> None:  # as stage 2's loop: bf16 autocast on CUDA
