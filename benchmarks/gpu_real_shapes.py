@@ -159,7 +159,10 @@ def sync(device: torch.device) -> None:
 
 
 def timed_steps(step, steps: int, device: torch.device) -> float:
-    """Seconds per step, mean over ``steps`` after one warm-up step (``steps`` 0: the warm-up step alone)."""
+    """Seconds per step, mean over ``steps`` after one warm-up step (``steps`` 0: the warm-up step alone); the
+    GPU's peak-memory counter starts here, so the peak read afterwards is the steps'."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(steps + 1):
         sync(device)
@@ -215,8 +218,6 @@ def run_stage1(model, params, args, device, peak) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     seconds = timed_steps(step, args.steps, device)
     patches = model.config.grid_size**2
     flops = stage1_flops(Counts.of(model), used, patches)
@@ -247,8 +248,6 @@ def run_stage2(model, params, args, device, peak) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     seconds = timed_steps(step, args.steps, device)
     seq_len = batch["input_ids"].shape[1]
     keep = int(answer_positions(batch["labels"]).numel())
