@@ -25,10 +25,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from anomaly_ov.errors import TransientError
+
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 
-class LLMClientError(RuntimeError):
+class LLMClientError(TransientError):
     """A request that gave no usable reply; ``reason`` is a short machine-readable cause (``http_500``, ...)."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import AnomalyOVError
 from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ LineSink = Callable[[str], None]
 
 
 # ------------------------------------------------------------------------------------------------ errors
-class StageError(RuntimeError):
+class StageError(AnomalyOVError, RuntimeError):
     """A stage's ``dvc repro`` failed; ``reason`` is for people, ``retryable`` says whether a retry could help.
 
     Data and configuration problems (a failed validation, a ``StageFailed`` raised by the stage, a bad param)

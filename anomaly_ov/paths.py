@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from anomaly_ov.errors import InputError
+
 
 def in_workspace(workspace: str | Path, path: str | Path) -> Path:
     """Resolve a params path against the workspace unless it is already absolute."""
@@ -11,7 +13,7 @@ def in_workspace(workspace: str | Path, path: str | Path) -> Path:
     return path if path.is_absolute() else Path(workspace) / path
 
 
-class OutsideRootError(ValueError):
+class OutsideRootError(InputError):
     """A path named by a dataset leads out of its root folder; ``path`` and ``reason`` say which and how."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

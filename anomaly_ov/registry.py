@@ -44,6 +44,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from anomaly_ov.config import Params, RegistryParams
+from anomaly_ov.errors import StageFailed
 
 ALIASES = ("candidate", "staging", "production")
 MODEL_ARTIFACT = "model"
@@ -599,7 +600,6 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.fingerprint import dir_sha256
     from anomaly_ov.io import atomic_write_json, read_json
     from anomaly_ov.orchestration import numeric_metrics
-    from anomaly_ov.stages import StageFailed
     from anomaly_ov.tracking import configure, run_tags
 
     workspace = Path(workspace)

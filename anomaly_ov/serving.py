@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import InputError
+
 if TYPE_CHECKING:
     from anomaly_ov.config import Params
 
@@ -33,7 +35,7 @@ MiB = 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; the processor resizes far below this anyway
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
     """A scoring request refused for what the client sent (the server answers 400 with this message)."""
 
 

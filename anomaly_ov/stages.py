@@ -14,17 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_ov.config import Params
+from anomaly_ov.errors import StageFailed
+
+__all__ = ["STAGES", "StageFailed", "implementation", "run_stage"]
 
 Summary = dict[str, Any]
-
-
-class StageFailed(RuntimeError):
-    """A stage found a problem that must stop the pipeline (e.g. a critical validation failure)."""
-
-    def __init__(self, stage: str, message: str, summary: Summary | None = None) -> None:
-        super().__init__(f"stage {stage!r} failed: {message}")
-        self.stage = stage
-        self.summary = summary or {}
 
 
 #: stage name -> "module:function" that does the work; imported lazily so the CLI starts fast.

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
+from anomaly_ov.errors import InputError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -58,7 +60,7 @@ CONVERSIONS: dict[str, str] = {
 }
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image file cannot be used. ``path`` names it, ``reason`` says why, ``kind`` classifies it."""
 
     def __init__(self, path: str | Path, reason: str, kind: Kind = "unreadable") -> None:

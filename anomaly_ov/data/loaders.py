@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import InputError
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 Preprocess = Callable[["Image.Image"], tuple["torch.Tensor", tuple[int, int]]]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """An input row or record that cannot be used; the message names the file and the row."""
 
 

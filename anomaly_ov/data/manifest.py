@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import InputError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -41,7 +43,7 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
 NORMAL_DEFECT = "good"
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """The table does not follow the manifest schema; the message names the column and rows."""
 
 

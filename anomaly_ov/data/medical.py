@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomaly_ov.data.manifest import ManifestRow, from_rows, relative_root, write_manifest
+from anomaly_ov.errors import InputError
 from anomaly_ov.io import atomic_path
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ BMAD_ANOMALY_DIR = "Ungood"
 SYNTHETIC_MODALITIES = ("brain_mri", "liver_ct", "chest_xray")
 
 
-class MedicalFormatError(ValueError):
+class MedicalFormatError(InputError):
     """A DICOM / NIfTI file cannot be turned into an image; the message names the file and the fix."""
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomaly_ov.data.manifest import ManifestRow, from_rows, read_manifest, relative_root, write_manifest
+from anomaly_ov.errors import InputError
 from anomaly_ov.io import atomic_dir, atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ NORMAL_NAMES = ("good", "positive", "normal")
 RENDER_VERSION = 1
 
 
-class PointCloudError(ValueError):
+class PointCloudError(InputError):
     """A point-cloud file cannot be read; the message names the file and what is wrong."""
 
 

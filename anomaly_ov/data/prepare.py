@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_ov.config import Params, SourceParams
+from anomaly_ov.errors import StageFailed
 from anomaly_ov.paths import in_workspace
 
 Summary = dict[str, Any]
@@ -83,7 +84,6 @@ def run_prepare(params: Params, workspace: Path) -> Summary:
 
     from anomaly_ov.data.manifest import empty_manifest, write_manifest
     from anomaly_ov.data.sources import LayoutError, read_source
-    from anomaly_ov.stages import StageFailed
 
     workspace = Path(workspace)
     started = time.perf_counter()

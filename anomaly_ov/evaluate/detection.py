@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from anomaly_ov.errors import InputError
 from anomaly_ov.evaluate import metrics as M
 from anomaly_ov.paths import in_workspace
 
@@ -168,7 +169,7 @@ def balanced_subset(items: list[dict[str, Any]], limit: int | None) -> list[dict
 
 
 # ------------------------------------------------------------------------------------------ image I/O
-class EvaluationInputError(ValueError):
+class EvaluationInputError(InputError):
     """Some images or masks to evaluate are unusable; the message lists every one of them with its reason."""
 
     def __init__(self, problems: Sequence[str]) -> None:

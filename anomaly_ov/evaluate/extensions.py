@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import StageFailed
 from anomaly_ov.io import atomic_write_json
 from anomaly_ov.paths import in_workspace
 
@@ -63,7 +64,6 @@ def test_item(row: dict[str, Any], workspace: Path) -> dict[str, Any]:
 def load_model(params: Params, workspace: Path, stage: str) -> PredictorLike:
     """The model saved by ``train_instruct`` as a Predictor; a missing model stops the stage with the fix."""
     from anomaly_ov.evaluate.run import load_predictor
-    from anomaly_ov.stages import StageFailed
 
     model_dir = in_workspace(workspace, params.train.instruct.output_dir)
     if not model_dir.exists():
@@ -112,7 +112,6 @@ def _prepare_extension(stage: str, name: str, frame: Any, params: Params, worksp
     """Write the extension's manifest, instruction set and benchmark; return (out dir, instruct stats, bench dir,
     synthesis seconds). An empty manifest stops the stage: nothing is enabled and no source is configured."""
     from anomaly_ov.data.manifest import write_manifest
-    from anomaly_ov.stages import StageFailed
 
     section = "medical" if name == "medical" else "threed"
     if frame.empty:

@@ -12,13 +12,15 @@ import re
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from anomaly_ov.errors import TransientError
+
 if TYPE_CHECKING:
     from anomaly_ov.config import JudgeParams
 
 SCORE_RE = re.compile(r"score\s*[:=]\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(TransientError):
     """The judge could not give a score for one answer (the evaluation goes on without it)."""
 
 

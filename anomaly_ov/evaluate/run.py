@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import StageFailed
 from anomaly_ov.paths import in_workspace
 
 if TYPE_CHECKING:
@@ -179,7 +180,6 @@ def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.evaluate.reasoning import load_reasoning_items
     from anomaly_ov.evaluate.report import HEADLINE
     from anomaly_ov.fingerprint import dir_sha256, items_sha256
-    from anomaly_ov.stages import StageFailed
 
     cfg = params.evaluate
     bench = in_workspace(workspace, params.instruct.bench_dir)

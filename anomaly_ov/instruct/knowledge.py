@@ -21,13 +21,15 @@ from typing import Any
 
 import yaml
 
+from anomaly_ov.errors import InputError
+
 KNOWLEDGE_DIR = Path(__file__).with_name("knowledge")
 DOMAINS: tuple[str, ...] = ("industrial", "medical", "3d")
 _FIELDS = ("names", "what", "causes", "impact", "prevention")
 GENERIC = "generic"
 
 
-class KnowledgeError(ValueError):
+class KnowledgeError(InputError):
     """A knowledge file is malformed; the message names the file and key."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_ov.config import Params
+from anomaly_ov.errors import StageFailed
 
 
 def run_synthesize(params: Params, workspace: Path) -> dict[str, Any]:
@@ -33,7 +34,6 @@ def run_synthesize(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.instruct.validate import validate_records
     from anomaly_ov.io import atomic_dir, atomic_write_json
     from anomaly_ov.paths import in_workspace
-    from anomaly_ov.stages import StageFailed
     from anomaly_ov.validate.report import write_report
 
     workspace = Path(workspace)

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import InputError
+
 if TYPE_CHECKING:
     from anomaly_ov.config import InstructSourceParams, Params
     from anomaly_ov.validate.report import ValidationReport
 
 
-class InstructSourceError(ValueError):
+class InstructSourceError(InputError):
     """A released instruction source cannot be used; the message names the source, the file and what to do."""
 
 

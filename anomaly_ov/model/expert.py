@@ -56,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly_ov.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 #: Prefixes stripped from checkpoint keys before matching (DataParallel / wrappers around the expert).
@@ -64,7 +66,7 @@ _KNOWN_PREFIXES = ("module.", "anomaly_expert.", "expert.", "model.anomaly_exper
 _ANCHOR_KEY = "positive_embedding"
 
 
-class ExpertWeightsError(ValueError):
+class ExpertWeightsError(InputError):
     """An expert checkpoint that does not fit this expert (nothing matched, or a shape differs)."""
 
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import AnomalyOVError, StageFailed
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,8 +41,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "last.pt"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(AnomalyOVError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint (if any) is kept on disk."""
+
+    exit_code = StageFailed.exit_code
 
     def __init__(self, step: int, loss: float, checkpoint: Path | None) -> None:
         where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"

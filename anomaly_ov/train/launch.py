@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import TransientError
+
 if TYPE_CHECKING:
     from anomaly_ov.config import Params
 
@@ -35,7 +37,7 @@ TARGETS = {
 }
 
 
-class LaunchFailed(RuntimeError):
+class LaunchFailed(TransientError):
     """A distributed run exited with an error; the message carries the tail of its output."""
 
 

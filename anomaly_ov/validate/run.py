@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_ov.errors import StageFailed
 from anomaly_ov.validate.report import Check, ValidationReport, write_report
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ def _read_raw_manifest(path: Path) -> pd.DataFrame:
 def run_validate(params: Params, workspace: Path) -> dict[str, Any]:
     """Stage: validate ``data.manifest``, write ``validate.report_json`` / ``report_md``, stop on critical."""
     from anomaly_ov.paths import in_workspace
-    from anomaly_ov.stages import StageFailed
 
     workspace = Path(workspace)
     settings = params.validation

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anomaly_ov.errors import InputError
+
 if TYPE_CHECKING:
     from anomaly_ov.config import SourceParams
     from anomaly_ov.data.manifest import ManifestRow
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """A dataset on disk does not follow the layout its reader expects; the message names the path and layout."""
 
 
