@@ -24,14 +24,26 @@ existing ``except ValueError`` callers keep working.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
+
+#: At most this many failing items travel in a result file (the message says how many there were).
+MAX_FAILING = 50
 
 
 class AnomalyOVError(Exception):
-    """Base of every error the project raises on purpose."""
+    """Base of every error the project raises on purpose.
+
+    ``failing`` names the files, rows, records or keys at fault (``"path: reason"`` strings), so that a machine
+    reader (the stage's result file, the Prefect artifact) can list them without parsing the message.
+    """
 
     exit_code: ClassVar[int] = 1
     retryable: ClassVar[bool] = False
+
+    def __init__(self, *args: Any, failing: Iterable[Any] = ()) -> None:
+        super().__init__(*args)
+        self.failing = [str(item) for item in failing]
 
 
 class ConfigError(AnomalyOVError, ValueError):
@@ -51,8 +63,10 @@ class StageFailed(AnomalyOVError, RuntimeError):
 
     exit_code = 4
 
-    def __init__(self, stage: str, message: str, summary: dict[str, Any] | None = None) -> None:
-        super().__init__(f"stage {stage!r} failed: {message}")
+    def __init__(
+        self, stage: str, message: str, summary: dict[str, Any] | None = None, *, failing: Iterable[Any] = ()
+    ) -> None:
+        super().__init__(f"stage {stage!r} failed: {message}", failing=failing)
         self.stage = stage
         self.summary = summary or {}
 
@@ -68,3 +82,23 @@ class TransientError(AnomalyOVError, RuntimeError):
 EXIT_CODES: dict[int, str] = {
     cls.exit_code: cls.__name__ for cls in (ConfigError, InputError, StageFailed, TransientError)
 }
+
+
+def failing_items(exc: BaseException, limit: int = MAX_FAILING) -> list[str]:
+    """The files/rows/keys an error names: its own ``failing`` list, else the per-file issues of its causes.
+
+    A reader's :class:`~anomaly_ov.data.sources.LayoutError` carries ``issues`` (file + reason); an error raised
+    ``from`` it (e.g. prepare's :class:`StageFailed`) inherits them here.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        items = list(getattr(current, "failing", None) or [])
+        if not items:
+            items = [f"{getattr(i, 'file', i)}: {getattr(i, 'reason', '')}".rstrip(": ")
+                     for i in getattr(current, "issues", None) or []]
+        if items:
+            return [str(item)[:500] for item in items[:limit]]
+        current = current.__cause__ or current.__context__
+    return []

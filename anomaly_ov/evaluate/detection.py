@@ -176,7 +176,7 @@ class EvaluationInputError(InputError):
         listed = "\n".join(f"- {p}" for p in problems[:50])
         more = f"\n- ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(f"{len(problems)} unusable image(s) or mask(s); fix or remove them (`anomaly-ov validate` "
-                         f"lists every problem of a dataset):\n{listed}{more}")
+                         f"lists every problem of a dataset):\n{listed}{more}", failing=problems)
         self.problems = list(problems)
 
 

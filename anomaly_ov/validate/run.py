@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.errors import StageFailed
-from anomaly_ov.validate.report import Check, ValidationReport, write_report
+from anomaly_ov.validate.report import Check, ValidationReport, describe_location, write_report
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,5 +94,8 @@ def run_validate(params: Params, workspace: Path) -> dict[str, Any]:
     write_report(report, json_path, md_path)
     summary: dict[str, Any] = {**report.summary, "ok": report.ok, "report": settings.report_json}
     if not report.ok:
-        raise StageFailed("validate", f"{report.failure_summary()}; see {settings.report_md}", summary)
+        failing = [f"{check.name}: {describe_location(item)}" for check in report.critical_failures
+                   for item in check.failing]
+        raise StageFailed("validate", f"{report.failure_summary()}; see {settings.report_md}", summary,
+                          failing=failing or [check.name for check in report.critical_failures])
     return summary
