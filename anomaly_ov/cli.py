@@ -5,7 +5,6 @@ Sub-commands are registered here; each one calls into the library (``anomaly_ov.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -64,25 +63,65 @@ def _fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="sources | prepare | validate | synthesize | train_expert | "
-                                              "train_instruct | evaluate | extend_medical | extend_3d | register")],
+    name: Annotated[str, typer.Argument(help="the stage to run; `anomaly-ov dvc-yaml --help` lists them",
+                                        autocompletion=lambda: _stage_names())],
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Run one pipeline stage (this is what dvc.yaml calls)."""
-    from anomaly_ov.stages import STAGES, StageFailed, run_stage
+    """Run one pipeline stage (this is what dvc.yaml calls).
 
-    if name not in STAGES:
-        _fail(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}", 2)
-    params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides)
-    try:
-        summary = run_stage(name, params, workspace)
-    except StageFailed as exc:
-        _fail(str(exc))
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(f"stage {name!r}: {exc}")
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    Writes reports/stages/NAME.result.json (status, error kind, message, exit code, retryable, failing files,
+    summary, seconds) on success and on failure, and exits with the error kind's code (docs/architecture.md).
+    """
+    from anomaly_ov.stages import execute
+
+    path = params_file if params_file.is_absolute() else workspace / params_file
+    if not path.is_file():
+        _load(path, overrides)  # not a workspace: refuse with exit 2 and write nothing (no result file either)
+    code = execute(name, workspace, lambda: _load_params(path, overrides), echo=typer.echo,
+                   echo_error=lambda line: typer.secho(line, fg=typer.colors.RED, err=True))
+    raise typer.Exit(code)
+
+
+def _stage_names() -> list[str]:
+    from anomaly_ov.stages import STAGES
+
+    return list(STAGES)
+
+
+def _load_params(path: Path, overrides: list[str] | None):
+    """The stage's params; invalid ones raise :class:`ConfigError`, which the stage's result file records."""
+    from anomaly_ov.config import load_params
+
+    return load_params(path, overrides or [])
+
+
+@app.command("dvc-yaml")
+def dvc_yaml(
+    check: Annotated[bool, typer.Option("--check", help="exit 1 with a diff when dvc.yaml is stale; write nothing")]
+    = False,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Write dvc.yaml from the stage declarations in anomaly_ov/stages.py (`--check`: only compare)."""
+    import difflib
+
+    from anomaly_ov.io import atomic_write_text
+    from anomaly_ov.stages import render_dvc_yaml
+
+    target = workspace / "dvc.yaml"
+    wanted = render_dvc_yaml()
+    current = target.read_text() if target.is_file() else ""
+    if check:
+        if current == wanted:
+            typer.echo(f"{target} is current")
+            return
+        diff = difflib.unified_diff(current.splitlines(True), wanted.splitlines(True), f"{target} (on disk)",
+                                    f"{target} (from anomaly_ov/stages.py)")
+        typer.echo("".join(diff), nl=False)
+        _fail(f"{target} is stale: run `anomaly-ov dvc-yaml` and commit the result", 1)
+    atomic_write_text(target, wanted)
+    typer.echo(f"wrote {target} ({len(wanted.splitlines())} lines)")
 
 
 @app.command("params")

@@ -39,17 +39,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.errors import AnomalyOVError
+from anomaly_ov.stages import SPECS, stage_names
 from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params, StageRunParams
 
-#: The pipeline's stages in run order (extensions are optional and run after evaluate; register is last).
-#: ``sources`` hashes the datasets (always runs, seconds) so that ``prepare`` sees new data outside the workspace.
-PIPELINE_STAGES: tuple[str, ...] = ("sources", "prepare", "validate", "synthesize", "train_expert", "train_instruct",
-                                    "evaluate")
-EXTENSION_STAGES: tuple[str, ...] = ("extend_medical", "extend_3d")
-REGISTER_STAGE = "register"
+#: The flow's stages in run order, from the declarations in anomaly_ov/stages.py: the pipeline stages (``sources``
+#: hashes the datasets on every run so that ``prepare`` sees new data outside the workspace), the optional
+#: extensions (after evaluate, when enabled in params), and register last.
+PIPELINE_STAGES: tuple[str, ...] = stage_names("pipeline")
+EXTENSION_STAGES: tuple[str, ...] = stage_names("extension")
+(REGISTER_STAGE,) = stage_names("register")
 
 _SKIP_RE = re.compile(r"Stage '(?P<stage>[^']+)' didn't change, skipping")
 _RUN_RE = re.compile(r"Running stage '(?P<stage>[^']+)'")
@@ -335,22 +336,8 @@ def validation_failure(report_json: str | Path) -> str | None:
 
 # --------------------------------------------------------------------------------------------- summaries
 def stage_reports(params: Params) -> dict[str, str]:
-    """Stage -> the report JSON it writes (relative to the workspace)."""
-    from anomaly_ov.data.prepare import SOURCES_FINGERPRINT
-
-    ext = params.extensions.report_dir
-    return {
-        "sources": SOURCES_FINGERPRINT,
-        "prepare": params.data.manifest,
-        "validate": params.validation.report_json,
-        "synthesize": params.instruct.report,
-        "train_expert": params.train.expert.report,
-        "train_instruct": params.train.instruct.report,
-        "evaluate": params.evaluate.metrics,
-        "extend_medical": f"{ext}/medical.json",
-        "extend_3d": f"{ext}/3d.json",
-        "register": params.registry.report,
-    }
+    """Stage -> the report file its artifact summarises (relative to the workspace), from the declarations."""
+    return {spec.name: spec.report_path(params) for spec in SPECS}
 
 
 @dataclass

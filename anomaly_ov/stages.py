@@ -1,49 +1,385 @@
-"""One function per pipeline stage: the single implementation behind `anomaly-ov stage NAME`, dvc.yaml and Prefect.
+"""The pipeline's stages: one declaration each, and the one way to run a stage.
 
-Each stage reads :class:`~anomaly_ov.config.Params`, reads its inputs from disk under ``workspace``, writes its
-outputs there (atomically), and returns a small JSON-able summary. The work itself lives in the domain packages;
-this module only names the stages, opens the stage's MLflow run and logs the summary.
+A stage is declared once, as a :class:`StageSpec` in :data:`SPECS` (run order = declaration order). Everything
+else is derived from the declarations: :data:`STAGES` (the CLI's choices), the launch targets of multi-process
+training (:func:`launch_targets`), the flow's stage lists (:func:`stage_names`), the report each stage's Prefect
+artifact shows (:meth:`StageSpec.report_path`) and ``dvc.yaml`` itself (:func:`render_dvc_yaml`, written by
+``anomaly-ov dvc-yaml``). ``tests/unit/test_stage_contract.py`` checks that ``dvc.yaml`` is current, that every
+anomaly_ov module a stage imports is among its code deps, and that every param it reads is declared.
+
+Each stage function has the signature ``(params, workspace) -> summary``: it reads :class:`~anomaly_ov.config.Params`
+and its inputs from disk under ``workspace``, writes its outputs there (atomically), and returns a small JSON-able
+summary. The work lives in the domain packages; this module names the stages, runs one inside its MLflow run
+(:func:`run_stage`) and, for ``anomaly-ov stage NAME``, records the outcome in a result file
+(:func:`execute`; schema in ``docs/architecture.md``) that the orchestration reads instead of the process output.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from anomaly_ov.config import Params
-from anomaly_ov.errors import StageFailed
+from anomaly_ov.errors import AnomalyOVError, ConfigError, StageFailed, failing_items
 
-__all__ = ["STAGES", "StageFailed", "implementation", "run_stage"]
+if TYPE_CHECKING:
+    from anomaly_ov.config import Params
+
+__all__ = [
+    "RESULT_DIR",
+    "SPECS",
+    "STAGES",
+    "Out",
+    "Plot",
+    "StageFailed",
+    "StageSpec",
+    "execute",
+    "implementation",
+    "launch_targets",
+    "read_result",
+    "render_dvc_yaml",
+    "result_path",
+    "run_stage",
+    "spec",
+    "stage_names",
+]
 
 Summary = dict[str, Any]
+StageKind = Literal["pipeline", "extension", "register"]
+
+#: Where ``anomaly-ov stage NAME`` writes ``NAME.result.json`` (relative to the workspace; not a DVC output).
+RESULT_DIR = "reports/stages"
+#: Set by the orchestration for each ``dvc repro``; the stage copies it into its result file, so the caller knows
+#: the file was written by the run it started (DVC skipped the stage when no result carries it).
+INVOCATION_ENV = "ANOMALY_OV_STAGE_INVOCATION"
+#: Sections a stage may read without declaring them: they decide where runs are logged and when stages run,
+#: never what a stage writes (the contract test exempts them).
+UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule")
 
 
-#: stage name -> "module:function" that does the work; imported lazily so the CLI starts fast.
-_IMPLEMENTATIONS: dict[str, str] = {
-    "sources": "anomaly_ov.data.prepare:run_sources",
-    "prepare": "anomaly_ov.data.prepare:run_prepare",
-    "validate": "anomaly_ov.validate.run:run_validate",
-    "synthesize": "anomaly_ov.instruct.run:run_synthesize",
-    "train_expert": "anomaly_ov.train.expert:run_train_expert",
-    "train_instruct": "anomaly_ov.train.instruct:run_train_instruct",
-    "evaluate": "anomaly_ov.evaluate.run:run_evaluate",
-    "extend_medical": "anomaly_ov.evaluate.extensions:run_extend_medical",
-    "extend_3d": "anomaly_ov.evaluate.extensions:run_extend_3d",
-    "register": "anomaly_ov.registry:run_register",
-}
-STAGES: tuple[str, ...] = tuple(_IMPLEMENTATIONS)
+# ----------------------------------------------------------------------------------------------- declarations
+@dataclass(frozen=True)
+class Out:
+    """A DVC output: ``cache=False`` keeps it in git instead of the DVC cache; ``persist`` keeps it across runs."""
+
+    path: str
+    cache: bool = True
+    persist: bool = False
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A DVC plot: a CSV/JSON file of records, drawn as ``y`` over ``x`` by ``dvc plots show``."""
+
+    path: str
+    x: str
+    y: str
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything about one stage, in one place.
+
+    Args:
+        name: the stage's name (``anomaly-ov stage NAME``, the DVC stage, the Prefect task).
+        implementation: ``"module:function"`` with the signature ``(params, workspace) -> summary``; imported lazily.
+        description: one line for people (dvc.yaml comment, docs, ``--help``).
+        params: the params.yaml keys (dotted) the stage reads; DVC re-runs it when one changes.
+        code: the anomaly_ov files/folders it runs (every module its implementation imports, transitively).
+        deps: the data it reads (other stages' outputs, datasets); ``${...}`` interpolates params.yaml.
+        outs: what it writes.
+        metrics: JSON reports it writes (DVC metrics, kept out of the cache).
+        plots: curves it writes (DVC plots, kept out of the cache).
+        report: the file its Prefect artifact summarises; ``{section.key}`` is replaced by that param's value.
+        kind: ``pipeline`` (every flow run), ``extension`` (when enabled in params) or ``register`` (last).
+        launchable: training that can re-launch itself under torchrun (``anomaly_ov.train.launch``).
+        always_changed: DVC runs it on every ``repro`` (e.g. hashing datasets outside the workspace).
+    """
+
+    name: str
+    implementation: str
+    description: str
+    params: tuple[str, ...] = ()
+    code: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()
+    outs: tuple[Out, ...] = ()
+    metrics: tuple[str, ...] = ()
+    plots: tuple[Plot, ...] = ()
+    report: str = ""
+    kind: StageKind = "pipeline"
+    launchable: bool = False
+    always_changed: bool = False
+
+    @property
+    def module(self) -> str:
+        return self.implementation.partition(":")[0]
+
+    def function(self) -> Callable[[Params, Path], Summary]:
+        """The stage function, imported now."""
+        module, _, func = self.implementation.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+    def report_path(self, params: Params) -> str:
+        """The report file (relative to the workspace) with ``{section.key}`` placeholders filled from params."""
+        import re
+
+        return re.sub(r"\{([\w.]+)\}", lambda m: str(_param(params, m[1])), self.report)
+
+
+def _param(params: Any, dotted: str) -> Any:
+    value = params
+    for key in dotted.split("."):
+        value = getattr(value, "validate_" if key == "validate" else key)
+    return value
+
+
+#: anomaly_ov modules that nearly every stage runs (config and errors, file and path helpers).
+_CORE = ("anomaly_ov/__init__.py", "anomaly_ov/config.py", "anomaly_ov/errors.py", "anomaly_ov/io.py",
+         "anomaly_ov/paths.py")
+_IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
+_READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
+_MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
+_INSTRUCT_FACTS = tuple(f"anomaly_ov/instruct/{name}" for name in (
+    "__init__.py", "answers.py", "knowledge.py", "knowledge", "regions.py", "synthesize.py", "visual.py"))
+_INSTRUCT_CHECKS = ("anomaly_ov/instruct/validate.py", "anomaly_ov/validate/__init__.py", "anomaly_ov/validate/gx.py",
+                    "anomaly_ov/validate/report.py")
+_EVALUATE = ("anomaly_ov/evaluate", "anomaly_ov/fingerprint.py", "anomaly_ov/llm_client.py")
+_EXTENSION_DATA = ("anomaly_ov/data/extensions.py", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
+
+
+def _code(*groups: Sequence[str]) -> tuple[str, ...]:
+    """The paths of ``groups`` once each, leaving out files inside a listed folder (DVC hashes the folder)."""
+    paths = list(dict.fromkeys(path for group in groups for path in group))
+    folders = [p for p in paths if not p.endswith(".py")]
+    return tuple(p for p in paths if not any(p != f and p.startswith(f + "/") for f in folders))
+
+
+SPECS: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="sources",
+        implementation="anomaly_ov.data.prepare:run_sources",
+        description="Hash every dataset listed in params (they may live outside the workspace, where DVC does not "
+                    "look); runs on every repro and makes prepare stale when their content changed.",
+        params=("data.sources", "data.synthetic.enabled", "data.synthetic.out_dir"),
+        code=_code(_CORE, ("anomaly_ov/data",)),
+        outs=(Out("data/sources.fingerprint.json"),),
+        report="data/sources.fingerprint.json",
+        always_changed=True,
+    ),
+    StageSpec(
+        name="prepare",
+        implementation="anomaly_ov.data.prepare:run_prepare",
+        description="Generate the synthetic datasets (when enabled) and read every source into data/manifest.parquet.",
+        # with join_training set, prepare also reads the rest of that extension's section; declaring it would
+        # re-run the whole pipeline whenever an extension is switched on, so only the switches are listed
+        params=("seed", "data", "extensions.medical.join_training", "extensions.threed.join_training"),
+        code=_code(_CORE, ("anomaly_ov/data",)),
+        deps=("data/sources.fingerprint.json",),
+        outs=(Out("data/raw/synthetic"), Out("data/manifest.parquet")),
+        report="{data.manifest}",
+    ),
+    StageSpec(
+        name="validate",
+        implementation="anomaly_ov.validate.run:run_validate",
+        description="Check the manifest and every file it names (Great Expectations + per-file checks); a critical "
+                    "failure stops the pipeline.",
+        params=("data.manifest", "data.sources", "validate"),
+        code=_code(_CORE, _IMAGES, _READERS, ("anomaly_ov/validate",)),
+        deps=("data/manifest.parquet", "data/raw/synthetic"),
+        outs=(Out("reports/validation.md", cache=False),),
+        metrics=("reports/validation.json",),
+        report="{validate.report_json}",
+    ),
+    StageSpec(
+        name="synthesize",
+        implementation="anomaly_ov.instruct.run:run_synthesize",
+        description="Turn masks into region facts and LLaVA conversations (data/instruct) and build the VisA-D&R "
+                    "style benchmark (data/bench).",
+        params=("seed", "data.manifest", "instruct", "model.preset"),
+        code=_code(_CORE, _IMAGES, ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"),
+                   _INSTRUCT_CHECKS),
+        deps=("data/manifest.parquet", "data/raw/synthetic", "reports/validation.json"),
+        outs=(Out("data/instruct"), Out("data/bench")),
+        metrics=("reports/instruct.json", "reports/instruct_validation.json"),
+        report="{instruct.report}",
+    ),
+    StageSpec(
+        name="train_expert",
+        implementation="anomaly_ov.train.expert:run_train_expert",
+        description="Stage 1: train the LTFM anomaly expert (and, for the tiny preset, the vision tower).",
+        params=("seed", "data.manifest", "model", "train.seed", "train.expert", "evaluate.resolution"),
+        code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/train", "anomaly_ov/data/loaders.py",
+                                            "anomaly_ov/evaluate/__init__.py", "anomaly_ov/evaluate/metrics.py")),
+        deps=("data/manifest.parquet", "data/raw/synthetic", "reports/validation.json"),
+        outs=(Out("models/expert"),),
+        metrics=("reports/train_expert.json",),
+        plots=(Plot("reports/curves/train_expert_loss.csv", x="step", y="loss"),
+               Plot("reports/curves/train_expert_val.csv", x="epoch", y="val_image_auroc")),
+        report="{train.expert.report}",
+        launchable=True,
+    ),
+    StageSpec(
+        name="train_instruct",
+        implementation="anomaly_ov.train.instruct:run_train_instruct",
+        description="Stage 2: instruction tuning of the projector and the LLM with the expert frozen.",
+        params=("seed", "model", "train.seed", "train.expert.output_dir", "train.expert.temperature", "train.instruct",
+                "instruct.train_json", "instruct.validation_json", "instruct.sources_root", "instruct.sources",
+                "instruct.use_synthesized", "instruct.dilate_px", "instruct.merge_distance_px",
+                "instruct.knowledge_path", "instruct.workers"),
+        code=_code(_CORE, _IMAGES, _MODEL, _INSTRUCT_FACTS, _INSTRUCT_CHECKS,
+                   ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/instruct/sources.py")),
+        # the released instruction sets of instruct.sources all lie in this folder (params.yaml), so DVC sees them
+        deps=("data/instruct", "data/raw/synthetic", "models/expert", "${instruct.sources_root}"),
+        outs=(Out("models/anomaly_ov"),),
+        metrics=("reports/train_instruct.json",),
+        plots=(Plot("reports/curves/train_instruct_loss.csv", x="step", y="loss"),),
+        report="{train.instruct.report}",
+        launchable=True,
+    ),
+    StageSpec(
+        name="evaluate",
+        implementation="anomaly_ov.evaluate.run:run_evaluate",
+        description="Zero-shot detection, localisation and reasoning on the held-out benchmark; metrics, figures, "
+                    "predictions and evaluation.md.",
+        params=("model", "train.expert.temperature", "train.instruct.output_dir", "instruct.bench_dir", "evaluate",
+                "validate.max_image_side"),
+        code=_code(_CORE, ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py"), _MODEL, _EVALUATE),
+        deps=("data/bench", "data/raw/synthetic", "models/anomaly_ov"),
+        outs=(Out("reports/predictions.parquet"), Out("reports/evaluation.md", cache=False),
+              Out("reports/figures", cache=False)),
+        metrics=("reports/metrics.json",),
+        plots=(Plot("reports/curves/roc.csv", x="fpr", y="tpr"), Plot("reports/curves/pro.csv", x="fpr", y="pro"),
+               Plot("reports/curves/pr.csv", x="recall", y="precision")),
+        report="{evaluate.metrics}",
+    ),
+    StageSpec(
+        name="extend_medical",
+        implementation="anomaly_ov.evaluate.extensions:run_extend_medical",
+        description="The same model on a medical set (BMAD layout or the generated one).",
+        params=("seed", "model", "train.expert.temperature", "train.instruct.output_dir", "instruct", "evaluate",
+                "extensions.medical", "extensions.report_dir", "validate.max_image_side"),
+        code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
+                   ("anomaly_ov/instruct/benchmark.py",)),
+        deps=("models/anomaly_ov",),
+        outs=(Out("data/raw/medical"), Out("data/extensions/medical"),
+              Out("reports/extensions/figures/medical", cache=False)),
+        metrics=("reports/extensions/medical.json",),
+        report="{extensions.report_dir}/medical.json",
+        kind="extension",
+    ),
+    StageSpec(
+        name="extend_3d",
+        implementation="anomaly_ov.evaluate.extensions:run_extend_3d",
+        description="The same model on multi-view renders of point clouds (MVTec 3D-AD, Real3D-AD, Anomaly-ShapeNet).",
+        params=("seed", "model", "train.expert.temperature", "train.instruct.output_dir", "instruct", "evaluate",
+                "extensions.threed", "extensions.report_dir", "validate.max_image_side"),
+        code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
+                   ("anomaly_ov/instruct/benchmark.py",)),
+        deps=("models/anomaly_ov",),
+        outs=(Out("data/raw/3d"), Out("data/extensions/3d"), Out("reports/extensions/figures/3d", cache=False)),
+        metrics=("reports/extensions/3d.json",),
+        report="{extensions.report_dir}/3d.json",
+        kind="extension",
+    ),
+    StageSpec(
+        name="register",
+        implementation="anomaly_ov.registry:run_register",
+        description="Log the model to MLflow as a new version with alias `candidate`; the promotion gate moves it "
+                    "to staging or production.",
+        params=("registry", "tracking", "train.instruct.output_dir", "evaluate.metrics"),
+        code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/data", "anomaly_ov/registry.py", "anomaly_ov/serving.py",
+                                            "anomaly_ov/fingerprint.py", "anomaly_ov/orchestration.py")),
+        deps=("models/anomaly_ov", "reports/metrics.json"),
+        metrics=("reports/register.json",),
+        report="{registry.report}",
+        kind="register",
+    ),
+)
+
+STAGES: tuple[str, ...] = tuple(s.name for s in SPECS)
+_BY_NAME: dict[str, StageSpec] = {s.name: s for s in SPECS}
+
+
+def spec(name: str) -> StageSpec:
+    """The declaration of stage ``name``; a :class:`ConfigError` listing the stages when there is none."""
+    if name not in _BY_NAME:
+        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return _BY_NAME[name]
+
+
+def stage_names(kind: StageKind) -> tuple[str, ...]:
+    """The stages of one kind, in run order."""
+    return tuple(s.name for s in SPECS if s.kind == kind)
+
+
+def launch_targets() -> dict[str, str]:
+    """Stage name -> ``module:function`` for the stages that can re-launch themselves under torchrun."""
+    return {s.name: s.implementation for s in SPECS if s.launchable}
 
 
 def implementation(name: str) -> Callable[[Params, Path], Summary]:
-    if name not in _IMPLEMENTATIONS:
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    module, _, func = _IMPLEMENTATIONS[name].partition(":")
-    return getattr(importlib.import_module(module), func)
+    """The function of stage ``name`` (imported now)."""
+    return spec(name).function()
 
 
+# -------------------------------------------------------------------------------------------------- dvc.yaml
+DVC_YAML_HEADER = """\
+# The stage graph, generated from the declarations in anomaly_ov/stages.py by `anomaly-ov dvc-yaml`: edit those,
+# not this file (`anomaly-ov dvc-yaml --check` fails when it is stale). Every command is `anomaly-ov stage NAME`;
+# every knob is in params.yaml. DVC owns lineage and staleness: `dvc repro` re-runs a stage only when its code,
+# data deps or params changed.
+"""
+
+
+def _stage_entry(s: StageSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {"cmd": f"anomaly-ov stage {s.name}"}
+    if s.always_changed:
+        entry["always_changed"] = True
+    if s.code or s.deps:
+        entry["deps"] = [*s.code, *s.deps]
+    if s.params:
+        entry["params"] = list(s.params)
+    if s.outs:
+        entry["outs"] = [_out_entry(o) for o in s.outs]
+    if s.metrics:
+        entry["metrics"] = [{m: {"cache": False}} for m in s.metrics]
+    if s.plots:
+        entry["plots"] = [{p.path: {"cache": False, "x": p.x, "y": p.y}} for p in s.plots]
+    return entry
+
+
+def _out_entry(out: Out) -> str | dict[str, Any]:
+    flags = {**({"cache": False} if not out.cache else {}), **({"persist": True} if out.persist else {})}
+    return {out.path: flags} if flags else out.path
+
+
+def render_dvc_yaml(specs: Sequence[StageSpec] = SPECS) -> str:
+    """dvc.yaml for ``specs``: one stage each, its description as a comment, in declaration order."""
+    import yaml
+
+    lines = [DVC_YAML_HEADER.rstrip("\n"), "stages:"]
+    for i, s in enumerate(specs):
+        if i:
+            lines.append("")
+        lines += [f"  # {line}" for line in _wrap(s.description, 114)]
+        body = yaml.safe_dump({s.name: _stage_entry(s)}, sort_keys=False, default_flow_style=False, width=1000)
+        lines += [f"  {line}" for line in body.rstrip("\n").splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+# ------------------------------------------------------------------------------------------------- running
 def run_stage(name: str, params: Params, workspace: str | Path = ".") -> Summary:
     """Run one stage inside its MLflow run and return its summary (with ``seconds``)."""
     from anomaly_ov import tracking
@@ -64,41 +400,120 @@ def _numeric(summary: Summary) -> Summary:
     return {k: v for k, v in summary.items() if isinstance(v, int | float | dict) and not isinstance(v, bool)}
 
 
-def sources(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("sources", params, workspace)
+def result_path(workspace: str | Path, name: str) -> Path:
+    """``<workspace>/reports/stages/<name>.result.json``."""
+    return Path(workspace) / RESULT_DIR / f"{name}.result.json"
 
 
-def prepare(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("prepare", params, workspace)
+def read_result(workspace: str | Path, name: str) -> dict[str, Any] | None:
+    """The stage's last result record, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads(result_path(workspace, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
-def validate(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("validate", params, workspace)
+#: Exceptions outside the project's hierarchy that running again may fix (memory, network, a timeout).
+_TRANSIENT_BUILTINS = (MemoryError, ConnectionError, TimeoutError)
 
 
-def synthesize(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("synthesize", params, workspace)
+def describe_failure(exc: BaseException) -> dict[str, Any]:
+    """The failure fields of a result record: kind, message, exit code, retryable, the failing files/rows."""
+    if isinstance(exc, AnomalyOVError):
+        exit_code, retryable, message = exc.exit_code, exc.retryable, str(exc)
+    elif isinstance(exc, KeyboardInterrupt | SystemExit):  # Ctrl-C, or SIGTERM through tracking.sigterm_raises
+        exit_code, retryable, message = 130, True, f"interrupted ({type(exc).__name__})"
+    else:  # a bug, unless the machine ran out of something
+        exit_code, retryable = 1, isinstance(exc, _TRANSIENT_BUILTINS)
+        message = f"{type(exc).__name__}: {exc}"
+    return {
+        "error_kind": type(exc).__name__,
+        "error_category": _category(exc),
+        "message": message,
+        "exit_code": exit_code,
+        "retryable": retryable,
+        "failing": failing_items(exc),
+    }
 
 
-def train_expert(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("train_expert", params, workspace)
+def _category(exc: BaseException) -> str:
+    from anomaly_ov import errors
+
+    for cls in (errors.ConfigError, errors.InputError, errors.StageFailed, errors.TransientError):
+        if isinstance(exc, cls):
+            return cls.__name__
+    return "AnomalyOVError" if isinstance(exc, AnomalyOVError) else "Bug"
 
 
-def train_instruct(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("train_instruct", params, workspace)
+def _write_result(workspace: Path, name: str, record: dict[str, Any]) -> None:
+    from anomaly_ov.io import atomic_write_json
+
+    atomic_write_json(result_path(workspace, name), record)
 
 
-def evaluate(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("evaluate", params, workspace)
+def execute(
+    name: str,
+    workspace: str | Path,
+    load: Callable[[], Params],
+    *,
+    echo: Callable[[str], None] = print,
+    echo_error: Callable[[str], None] = print,
+) -> int:
+    """Run stage ``name`` as ``anomaly-ov stage NAME`` does: record the result, return the exit code.
+
+    The result file (:func:`result_path`) is written when the stage starts (``status: running``: a process that is
+    killed leaves it so) and again when it ends, successfully or not, atomically. Project errors
+    (:class:`~anomaly_ov.errors.AnomalyOVError`) become one line on ``echo_error`` and their kind's exit code; any
+    other exception is recorded and re-raised so that its traceback is printed (a bug, exit code 1).
+
+    Args:
+        name: the stage.
+        workspace: the workspace root.
+        load: returns the params (raises :class:`~anomaly_ov.errors.ConfigError` when they are invalid).
+        echo, echo_error: where the summary (JSON) and the one-line error go.
+    """
+    workspace = Path(workspace)
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "stage": name,
+        "status": "running",
+        "invocation": os.environ.get(INVOCATION_ENV),
+        "pid": os.getpid(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "finished_at": None,
+        "seconds": None,
+        "exit_code": None,
+        "error_kind": None,
+        "error_category": None,
+        "message": None,
+        "retryable": None,
+        "failing": [],
+        "summary": {},
+    }
+    if name not in _BY_NAME:  # no result file is named after an unknown word
+        echo_error(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
+        return ConfigError.exit_code
+    _write_result(workspace, name, record)
+    try:
+        params = load()
+        summary = run_stage(name, params, workspace)
+    except BaseException as exc:
+        record.update(describe_failure(exc), status="failed", finished_at=_now(),
+                      seconds=round(time.perf_counter() - started, 3))
+        if isinstance(exc, StageFailed):
+            record["summary"] = exc.summary
+        _write_result(workspace, name, record)
+        if isinstance(exc, AnomalyOVError):
+            echo_error(str(exc) if str(exc).startswith(f"stage {name!r}") else f"stage {name!r}: {exc}")
+            return record["exit_code"]
+        raise
+    record.update(status="succeeded", exit_code=0, finished_at=_now(), seconds=summary.get("seconds"),
+                  summary=summary)
+    _write_result(workspace, name, record)
+    echo(json.dumps(summary, indent=2, default=str))
+    return 0
 
 
-def extend_medical(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("extend_medical", params, workspace)
-
-
-def extend_3d(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("extend_3d", params, workspace)
-
-
-def register(params: Params, workspace: str | Path = ".") -> Summary:
-    return run_stage("register", params, workspace)
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -26,7 +26,8 @@ Summary = dict[str, Any]
 def generate_synthetic(params: Params, workspace: Path) -> Summary:
     """Run the industrial generator when ``data.synthetic.enabled``; return its summary (empty when off)."""
     synthetic = params.data.synthetic
-    if not synthetic.enabled:
+    if not synthetic.enabled:  # still a declared DVC output of prepare: present (empty), or `dvc repro` fails
+        in_workspace(workspace, synthetic.out_dir).mkdir(parents=True, exist_ok=True)
         return {}
     from anomaly_ov.data.synthetic import generate_industrial
 

@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.errors import TransientError
+from anomaly_ov.stages import launch_targets
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params
 
 RUN_ID_ENV = "ANOMALY_OV_MLFLOW_RUN_ID"
-TARGETS = {
-    "train_expert": "anomaly_ov.train.expert:run_train_expert",
-    "train_instruct": "anomaly_ov.train.instruct:run_train_instruct",
-}
+#: stage name -> "module:function" of the stages declared ``launchable`` in anomaly_ov/stages.py
+TARGETS: dict[str, str] = launch_targets()
 
 
 class LaunchFailed(TransientError):

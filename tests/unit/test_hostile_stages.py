@@ -46,7 +46,7 @@ def test_prepare_names_every_bad_file_and_is_not_retryable(tmp_path):
     workspace = _workspace(tmp_path)
     result = _stage(workspace, "prepare")
     output = "\n".join(result.lines)
-    assert result.returncode == 1, output
+    assert result.returncode == 4, output  # StageFailed (anomaly_ov.errors)
     assert "Traceback" not in output and "DecompressionBomb" not in output.split("declares")[0]
     assert "bomb.png" in output and "random.png" in output and "2 unusable file(s)" in output
     reason, retryable = orch.failure_reason("prepare", result.lines, workspace, load_params(workspace / "params.yaml"))
@@ -62,7 +62,7 @@ def test_the_size_limit_comes_from_validate_max_image_side(tmp_path):
     assert _stage(workspace, "prepare").returncode == 0
     result = _stage(workspace, "prepare", "validate.max_image_side=50")  # the 60 x 40 anomaly is now too large
     output = "\n".join(result.lines)
-    assert result.returncode == 1 and "0.png" in output and "limit of 50 px" in output, output
+    assert result.returncode == 4 and "0.png" in output and "limit of 50 px" in output, output
     assert orch.failure_reason("prepare", result.lines, workspace)[1] is False
 
 

@@ -1,0 +1,281 @@
+"""The stage contract: dvc.yaml, the code deps and the params of each stage agree with what the stage really does.
+
+- dvc.yaml is exactly what the declarations in anomaly_ov/stages.py render (``anomaly-ov dvc-yaml --check``).
+- Code: every anomaly_ov module a stage's implementation imports, transitively, at module level or lazily inside a
+  function, or names as a ``"module:function"`` string (the lazily imported reader/launcher registries), lies in one
+  of the stage's declared code deps. Found with ``ast``, so nothing is imported or run.
+- Params: running the stage on a tiny workspace with a recording ``Params`` (every field read is noted, through
+  sub-sections handed to other functions too) reads nothing outside its declared params.
+
+Each check is also shown to fail when one dependency is removed from a declaration.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import importlib.util
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from anomaly_ov import stages
+from anomaly_ov.config import Params, _Section, load_params
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "anomaly_ov"
+#: the module that declares and runs the stages is not a stage's code: editing a declaration changes dvc.yaml,
+#: which DVC sees by itself.
+BOUNDARY = {"anomaly_ov.stages"}
+_MODULE_STRING = re.compile(r"^anomaly_ov(?:\.\w+)+(?::\w+)?$")
+
+
+# --------------------------------------------------------------------------------------------------- dvc.yaml
+def test_dvc_yaml_is_rendered_from_the_declarations():
+    on_disk = (REPO / "dvc.yaml").read_text()
+    assert on_disk == stages.render_dvc_yaml(), "dvc.yaml is stale: run `anomaly-ov dvc-yaml` and commit it"
+    graph = yaml.safe_load(on_disk)["stages"]
+    assert list(graph) == list(stages.STAGES)  # run order = declaration order
+    for spec in stages.SPECS:
+        entry = graph[spec.name]
+        assert entry["cmd"] == f"anomaly-ov stage {spec.name}"
+        assert entry.get("deps", []) == [*spec.code, *spec.deps]
+        assert entry.get("params", []) == list(spec.params)
+
+
+def test_dvc_yaml_check_fails_with_a_diff_when_stale_and_the_command_rewrites_it(tmp_path):
+    from anomaly_ov.cli import app
+
+    stale = stages.render_dvc_yaml().replace("    - evaluate.resolution\n", "")
+    (tmp_path / "dvc.yaml").write_text(stale)
+    result = CliRunner().invoke(app, ["dvc-yaml", "--check", "--workspace", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "+    - evaluate.resolution" in result.output and "is stale" in result.output
+    assert (tmp_path / "dvc.yaml").read_text() == stale  # --check writes nothing
+    assert CliRunner().invoke(app, ["dvc-yaml", "--workspace", str(tmp_path)]).exit_code == 0
+    assert (tmp_path / "dvc.yaml").read_text() == stages.render_dvc_yaml()
+    assert CliRunner().invoke(app, ["dvc-yaml", "--check", "--workspace", str(tmp_path)]).exit_code == 0
+
+
+def test_every_derived_list_comes_from_the_declarations():
+    from anomaly_ov import orchestration as orch
+    from anomaly_ov.train import launch
+
+    assert orch.PIPELINE_STAGES + orch.EXTENSION_STAGES + (orch.REGISTER_STAGE,) == stages.STAGES
+    assert {s.name: s.implementation for s in stages.SPECS if s.launchable} == launch.TARGETS
+    params = load_params(None)
+    reports = orch.stage_reports(params)
+    assert list(reports) == list(stages.STAGES)
+    for spec in stages.SPECS:  # the summarised report is one of the files the stage declares
+        declared = {o.path for o in spec.outs} | set(spec.metrics)
+        assert reports[spec.name] in declared, spec.name
+
+
+# ----------------------------------------------------------------------------------------------------- code
+def _module_file(module: str) -> Path | None:
+    base = REPO / Path(*module.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return skipped
+
+
+@functools.cache
+def imported_modules(module: str) -> frozenset[str]:
+    """The anomaly_ov modules ``module`` imports anywhere (lazily too), with their parent packages."""
+    path = _module_file(module)
+    assert path is not None, module
+    tree = ast.parse(path.read_text())
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    skipped = _type_checking_nodes(tree)
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            names |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_STRING.match(node.value):
+            names.add(node.value.partition(":")[0])  # "module:function" registries imported with importlib
+    found = set()
+    for name in names:
+        if name.split(".")[0] != PACKAGE or _module_file(name) is None:
+            continue
+        parts = name.split(".")
+        found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return frozenset(found)
+
+
+def code_closure(module: str) -> set[str]:
+    """Every anomaly_ov module that running ``module`` may import, as repository-relative file paths."""
+    parts = module.split(".")
+    todo = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    seen: set[str] = set()
+    while todo:
+        current = todo.pop()
+        if current in seen or current in BOUNDARY:
+            continue
+        seen.add(current)
+        todo += sorted(imported_modules(current) - seen)
+    return {str(_module_file(m).relative_to(REPO)) for m in seen}
+
+
+def uncovered_code(spec: stages.StageSpec) -> list[str]:
+    """Files the stage runs that none of its code deps (a file, or a folder above it) covers."""
+    def covered(path: str) -> bool:
+        return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in spec.code)
+
+    return sorted(p for p in code_closure(spec.module) if not covered(p))
+
+
+@pytest.mark.parametrize("name", stages.STAGES)
+def test_code_deps_cover_every_module_the_stage_imports(name):
+    spec = stages.spec(name)
+    closure = code_closure(spec.module)
+    assert len(closure) >= 5, closure  # the walk followed imports (not an empty scan)
+    assert uncovered_code(spec) == [], f"add these to the code deps of {name!r} in anomaly_ov/stages.py"
+    for dep in spec.code:
+        assert (REPO / dep).exists(), f"{name}: code dep {dep} does not exist"
+
+
+def test_the_import_walk_sees_lazy_imports_and_registries():
+    expert = code_closure("anomaly_ov.train.expert")
+    assert "anomaly_ov/evaluate/metrics.py" in expert  # imported inside a function of train/expert.py
+    assert "anomaly_ov/stages.py" not in expert
+    assert "anomaly_ov/data/sources/mvtec.py" in code_closure("anomaly_ov.data.prepare")  # data.sources.READERS
+
+
+def test_removing_a_code_dep_breaks_the_contract():
+    spec = stages.spec("train_expert")
+    cut = dataclasses.replace(spec, code=tuple(c for c in spec.code if c != "anomaly_ov/evaluate/metrics.py"))
+    assert uncovered_code(cut) == ["anomaly_ov/evaluate/metrics.py"]
+    folder = dataclasses.replace(spec, code=tuple(c for c in spec.code if c != "anomaly_ov/model"))
+    assert "anomaly_ov/model/expert.py" in uncovered_code(folder)
+
+
+# --------------------------------------------------------------------------------------------------- params
+def _field_key(section: _Section, name: str) -> str:
+    info = type(section).model_fields[name]
+    return info.alias or name
+
+
+def _section_paths(section: Any, prefix: str, paths: dict[int, str]) -> None:
+    if not isinstance(section, _Section):
+        return
+    paths[id(section)] = prefix
+    for name in type(section).model_fields:
+        value = section.__dict__[name]
+        key = f"{prefix}.{_field_key(section, name)}" if prefix else _field_key(section, name)
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            _section_paths(item, key, paths)
+
+
+@contextmanager
+def recording_reads(params: Params) -> Iterator[set[str]]:
+    """Note every leaf param of ``params`` that is read (``train.expert.lr``), through sub-sections too."""
+    paths: dict[int, str] = {}
+    _section_paths(params, "", paths)
+    reads: set[str] = set()
+    original = _Section.__getattribute__
+
+    def spy(self: Any, name: str) -> Any:
+        value = original(self, name)
+        prefix = paths.get(id(self))
+        if prefix is not None and name in type(self).model_fields and not isinstance(value, _Section):
+            key = _field_key(self, name)
+            reads.add(f"{prefix}.{key}" if prefix else key)
+        return value
+
+    _Section.__getattribute__ = spy  # type: ignore[method-assign]
+    try:
+        yield reads
+    finally:
+        _Section.__getattribute__ = original  # type: ignore[method-assign]
+
+
+def undeclared_params(spec: stages.StageSpec, reads: set[str]) -> list[str]:
+    allowed = (*spec.params, *stages.UNTRACKED_PARAMS)
+    return sorted(r for r in reads if not any(r == d or r.startswith(d + ".") for d in allowed))
+
+
+def _train_fixtures() -> Any:
+    path = REPO / "tests" / "unit" / "train" / "conftest.py"
+    module_spec = importlib.util.spec_from_file_location("_train_fixtures", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_expert_reads(tmp_path_factory) -> set[str]:
+    """The params stage 1 reads on a tiny workspace (one short epoch)."""
+    fixtures = _train_fixtures()
+    workspace = fixtures.make_workspace(tmp_path_factory.mktemp("contract"), per_label=2)
+    params = fixtures.tiny_params("train.expert.tiny.epochs=1")
+    with recording_reads(params) as reads:
+        stages.implementation("train_expert")(params, workspace)
+    return set(reads)
+
+
+@pytest.mark.slow
+def test_train_expert_declares_every_param_it_reads(train_expert_reads):
+    assert "evaluate.resolution" in train_expert_reads  # the mask size of the validation metrics
+    assert "train.expert.tiny.epochs" in train_expert_reads  # read through the recipe handed to the loop
+    assert undeclared_params(stages.spec("train_expert"), train_expert_reads) == []
+
+
+@pytest.mark.slow
+def test_removing_a_param_from_a_declaration_breaks_the_contract(train_expert_reads):
+    spec = stages.spec("train_expert")
+    cut = dataclasses.replace(spec, params=tuple(p for p in spec.params if p != "evaluate.resolution"))
+    assert undeclared_params(cut, train_expert_reads) == ["evaluate.resolution"]
+
+
+def test_the_recorder_follows_sub_sections_and_aliases():
+    params = load_params(None)
+    with recording_reads(params) as reads:
+        recipe = params.expert_recipe  # a property: reads model.preset, returns a section
+        _ = recipe.lr, params.validation.max_image_side
+    assert reads == {"model.preset", "train.expert.tiny.lr", "validate.max_image_side"}
+    _ = params.seed  # outside the block: not recorded
+    assert "seed" not in reads
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+def test_prepare_writes_every_declared_output_with_the_generator_off(tmp_path):
+    """data/raw/synthetic is a declared output of prepare: DVC fails a stage that leaves one missing."""
+    from hostile import write_mask, write_png
+
+    category = tmp_path / "ds" / "widget"
+    for i in range(2):
+        write_png(category / "train" / "good" / f"{i}.png")
+        write_png(category / "test" / "good" / f"{i}.png")
+    write_png(category / "test" / "crack" / "0.png")
+    write_mask(category / "ground_truth" / "crack" / "0_mask.png")
+    params = load_params(None, ["data.synthetic.enabled=false", "tracking.enabled=false",
+                                "data.sources=[{name: mine, format: mvtec, path: ds, role: eval}]"])
+    stages.implementation("prepare")(params, tmp_path)
+    missing = [o.path for o in stages.spec("prepare").outs if not (tmp_path / o.path).exists()]
+    assert missing == []
