@@ -148,3 +148,16 @@ def test_bad_strategy_and_gpu_count_are_both_reported(seven_b):
     config, work = seven_b
     with pytest.raises(ConfigError, match=r"strategy must be one of ddp, fsdp, zero2, zero3, got 'zero1'; gpus must"):
         mp.plan(config, work, "zero1", 0)
+
+
+def test_readme_memory_table_is_current():
+    """The README's 7B table is what `benchmarks/memory_plan.py --markdown` prints today."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from memory_plan import CARD_GIB, RELEASE_STAGE1_IMAGES_PER_GPU, markdown_table, meta_model, release_workloads
+
+    model = meta_model("7b")
+    _, stage2 = release_workloads(model, 1000, 1500, 256, 128, RELEASE_STAGE1_IMAGES_PER_GPU)
+    table = markdown_table(model.config, stage2, 8, CARD_GIB)
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    assert table in readme, f"README's memory table is stale; paste `benchmarks/memory_plan.py --markdown`:\n{table}"
+    assert f"{stage2.seq_len} tokens a sequence" in readme
