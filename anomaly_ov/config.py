@@ -391,12 +391,31 @@ class StageRunParams(_Section):
     timeout_s: float = Field(default=3600.0, gt=0)
 
 
+class WorkPoolParams(_Section):
+    """Where the retrain deployment runs: a Prefect work pool (empty name: `anomaly-ov schedule` serves it itself)."""
+
+    name: str = Field(default="", description="work pool name; empty = no pool, the schedule command runs the flows")
+    type: Literal["process", "docker", "kubernetes"] = Field(
+        default="process", description="worker type, used when the pool does not exist yet and is created")
+    job_variables: dict[str, Any] = Field(
+        default_factory=dict, description="the pool's job variables for this deployment, e.g. process: env, "
+        "working_dir; docker: image (required), volumes, env; kubernetes: image (required), namespace, env")
+
+    @model_validator(mode="after")
+    def _container_needs_image(self) -> WorkPoolParams:
+        if self.name and self.type != "process" and not self.job_variables.get("image"):
+            raise ValueError(f"a {self.type} work pool runs the flows in a container: set "
+                             "schedule.work_pool.job_variables.image to an image with the project installed")
+        return self
+
+
 class ScheduleParams(_Section):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
     deployment_name: str = "weekly-retrain"
     dvc_remote: str = "local"
     stages: dict[str, StageRunParams] = Field(default_factory=dict, description="per-stage retries and timeouts")
+    work_pool: WorkPoolParams = WorkPoolParams()
 
 
 class Params(_Section):
