@@ -74,7 +74,8 @@ def schedule(
 
     Start a server first: `prefect server start` (UI at http://127.0.0.1:4200), then
     `PREFECT_API_URL=http://127.0.0.1:4200/api anomaly-ov schedule`. Runs until Ctrl-C; each scheduled run is
-    `anomaly-ov run --flow retrain` in this workspace.
+    `anomaly-ov run --flow retrain` in this workspace. With schedule.work_pool.name set, it registers the
+    deployment with that work pool instead and returns; the pool's workers run it (docs/deployment.md).
     """
     prepare_environment()
     if not os.environ.get("PREFECT_API_URL"):
@@ -94,6 +95,18 @@ def schedule(
         params = load_params(params_file if params_file.is_absolute() else workspace / params_file)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    pool = params.schedule.work_pool.name
+    if pool:
+        from flows.retrain import deploy_retrain
+
+        try:
+            deployment_id = deploy_retrain(params, str(workspace), str(params_file))
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        typer.echo(f"deployed 'anomaly-ov-retrain/{params.schedule.deployment_name}' ({deployment_id}) to work pool "
+                   f"'{pool}' (cron '{params.schedule.cron}' {params.schedule.timezone}) on "
+                   f"{os.environ['PREFECT_API_URL']}; a worker runs it: prefect worker start --pool {pool}")
+        return
     deployment = retrain_deployment(params, str(workspace), str(params_file))
     typer.echo(
         f"serving deployment 'anomaly-ov-retrain/{params.schedule.deployment_name}' "

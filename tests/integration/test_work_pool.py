@@ -120,6 +120,19 @@ def test_deployment_runs_on_a_process_work_pool_through_a_real_worker(prefect_se
     assert seen["cwd"] == str(jobs)  # the pool's job variable reached the worker's flow-run process
     assert seen["python"] == str(BIN / "python") or Path(seen["python"]).parent == BIN
 
+    # `anomaly-ov schedule` with a pool in params registers the real retrain deployment there (cron included)
+    from typer.testing import CliRunner
+
+    from anomaly_ov.cli import app
+
+    done = CliRunner().invoke(app, ["schedule", "-w", str(ws)], env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert done.exit_code == 0, done.output
+    assert f"to work pool '{pool}'" in done.output and f"prefect worker start --pool {pool}" in done.output
+    with get_client(sync_client=True) as client:
+        retrain = client.read_deployment_by_name("anomaly-ov-retrain/pool-check")
+    assert (retrain.work_pool_name, retrain.entrypoint) == (pool, "flows.retrain.retrain")
+    assert retrain.schedules[0].schedule.cron == params.schedule.cron
+
     # the pool exists as a process pool now: deploying to it as another type is refused, naming the key
     other = load_params(ws / "params.yaml", ["schedule.work_pool.type=docker",
                                              "schedule.work_pool.job_variables={image: anomaly-ov:test}"])
