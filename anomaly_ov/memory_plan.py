@@ -25,8 +25,9 @@ The accounting, per GPU (bytes):
   :func:`llm_layer_activation_bytes`), for ``micro_batch`` sequences of ``seq_len`` tokens; with gradient
   checkpointing each decoder layer keeps only its input and one layer is recomputed at a time. Attention is
   flash / memory-efficient (no [heads, seq, seq] tensor kept) unless ``attention="eager"``. The LM head runs on
-  the answer positions only (``logits_to_keep``), as stage 2's loss does. Frozen parts run without a graph; their
-  transient working set is not counted (it is freed before the LLM's backward, where the peak is).
+  the answer positions only (``logits_to_keep``), as stage 2's loss does. A tied embedding adds two transient
+  embedding-sized gradients (the LM head's and the input embedding's, summed). Frozen parts run without a graph;
+  their transient working set is not counted (it is freed before the LLM's backward, where the peak is).
 
 What it leaves out (so real peaks run a few percent higher): allocator fragmentation and caching, CUDA context
 and kernels (~0.5-1 GiB a GPU), NCCL buffers, ``torch.compile`` workspaces.
@@ -354,6 +355,10 @@ def plan(
             root = counts.of(p for p in work.resident if p not in ("llm_body", "tower"))
             gathered += root * cb
     acts = activation_bytes(config, work, cb, checkpointing and work.stage == 2, attention)
+    if "llm_embed" in work.trained and counts.lm_head == 0:
+        # a tied embedding gets two gradients (LM head and input embedding), summed at the end of backward: two
+        # more embedding-sized tensors live for a moment, before any reduce or shard
+        acts += 2 * counts.llm_embed * precision.grad
     parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "gathered": gathered,
              "activations": acts}
     return MemoryPlan(strategy, gpus, checkpointing, parts)

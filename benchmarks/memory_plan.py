@@ -258,20 +258,33 @@ def markdown_table(config, stage2: mp.Workload, gpus: int, card: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- GPU
-def gpu_check(height: int, width: int, text_tokens: int) -> None:
-    """Measure one stage-2 step of the 0.5B shapes on the GPU against the plan (ddp, 1 GPU, checkpointing)."""
+#: a CPU-sized 0.5B layout for the shapes check's smoke run (the real tower geometry and vocabulary, few narrow
+#: layers); its figures check the code path and the checkpointing accounting, not the 0.5B's numbers
+SHRINK_TEXT = {"num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
+               "num_key_value_heads": 2}
+SHRINK_VISION = {"num_hidden_layers": 4, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+
+
+def shapes_check(device: torch.device, height: int, width: int, shrink: bool = False) -> Check:
+    """One stage-2 step of the 0.5B shapes (random weights) with gradient checkpointing, AdamW and, on a GPU, bf16
+    autocast on fp32 weights for what trains (stage 2's own recipe), measured against the plan (``ddp``, 1 device).
+
+    GPU: ``torch.cuda.max_memory_allocated`` over the step; CPU (float32, ``shrink`` for a smoke run):
+    :class:`LiveTensorBytes`.
+    """
     from full_size_forward import build_inputs
 
     from anomaly_ov.config import Params
     from anomaly_ov.model.presets import build_shapes_only
     from anomaly_ov.train.instruct import answer_positions, conversation_loss, fp32_master_weights
 
-    device = torch.device("cuda")
+    cuda = device.type == "cuda"
+    overrides = {"text_overrides": SHRINK_TEXT, "vision_overrides": SHRINK_VISION} if shrink else {}
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16 if cuda else torch.float32)
     try:
         with device:
-            model = build_shapes_only(PRESETS["0.5b"], Params(model={"preset": PRESETS["0.5b"]}))
+            model = build_shapes_only(PRESETS["0.5b"], Params(model={"preset": PRESETS["0.5b"]}), **overrides)
     finally:
         torch.set_default_dtype(previous)
     inputs, layout, _ = build_inputs(model, 1, height, width)
@@ -284,26 +297,27 @@ def gpu_check(height: int, width: int, text_tokens: int) -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             loss = conversation_loss(model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    measured = torch.cuda.max_memory_allocated()
+    if cuda:
+        step()
+        torch.cuda.synchronize(device)
+        held = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        held, peak = measured_peak(model, opt, batch, step)
     media = layout.visual + layout.anomaly
     work = mp.stage2_workload(1, int(batch["input_ids"].shape[1]), media,
                               int(answer_positions(batch["labels"]).numel()), layout.crops)
-    # this step holds what trains in fp32 (stage 2's own fp32 master weights), computing in bf16
-    planned = mp.plan(model.config, work, "ddp", 1, mp.BF16_FP32_WEIGHTS, checkpointing=True)
-    print(f"GPU check (0.5B shapes, stage 2, {work.seq_len} tokens, bf16 + fp32 master, checkpointing): measured "
-          f"{measured / mp.GIB:.2f} GiB (torch.cuda.max_memory_allocated), plan {planned.total / mp.GIB:.2f} GiB, "
-          f"measured/plan {measured / planned.total:.2f}")
+    precision = mp.BF16_FP32_WEIGHTS if cuda else mp.FP32
+    return Check("stage 2 (0.5B shapes)", held, peak, mp.plan(model.config, work, "ddp", 1, precision, True))
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -326,6 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", action="store_true", help="print the README's 7B table (8 GPUs) only")
     parser.add_argument("--gpu", action="store_true", help="also measure the 0.5B shapes on a GPU")
     parser.add_argument("--skip-tiny", action="store_true", help="skip the tiny model's CPU check")
+    parser.add_argument("--shapes-smoke", action="store_true",
+                        help="run the 0.5B shapes check on the CPU, shrunk (a smoke run of the --gpu code path)")
     args = parser.parse_args(argv)
     height, width = args.image_size
     torch.set_num_threads(1)
@@ -365,9 +381,17 @@ def main(argv: list[str] | None = None) -> None:
                   f"measured/plan {check.ratio:.2f}")
     if args.gpu:
         if torch.cuda.is_available():
-            gpu_check(height, width, args.text_tokens)
+            report_shapes_check(shapes_check(torch.device("cuda"), height, width), "torch.cuda.max_memory_allocated")
         else:
             print("--gpu: no CUDA device here; the 0.5B shapes were not measured")
+    if args.shapes_smoke:
+        report_shapes_check(shapes_check(torch.device("cpu"), 384, 576, shrink=True), "LiveTensorBytes, shrunk")
+
+
+def report_shapes_check(check: Check, how: str) -> None:
+    print(f"{check.stage}, {check.plan.strategy} on 1 device, gradient checkpointing ({how}): measured "
+          f"{check.measured / mp.GIB:.3f} GiB, plan {check.plan.total / mp.GIB:.3f} GiB, "
+          f"measured/plan {check.ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -161,3 +161,17 @@ def test_readme_memory_table_is_current():
     readme = (BENCHMARKS.parent / "README.md").read_text()
     assert table in readme, f"README's memory table is stale; paste `benchmarks/memory_plan.py --markdown`:\n{table}"
     assert f"{stage2.seq_len} tokens a sequence" in readme
+
+
+def test_shapes_check_with_gradient_checkpointing_matches_the_plan_on_cpu():
+    """The --gpu code path (0.5B layout, stage 2, gradient checkpointing, AdamW) run on the CPU with a shrunk model:
+    the real vocabulary and tied embedding, 4 narrow layers; measured peak within 30 % of the plan."""
+    import torch
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from memory_plan import shapes_check
+
+    check = shapes_check(torch.device("cpu"), 384, 576, shrink=True)
+    assert check.plan.checkpointing and check.plan.parts["activations"] > 0
+    assert check.held == pytest.approx(check.plan.parts["weights"] + check.plan.parts["optimizer"], rel=0.01)
+    assert 0.8 < check.ratio < 1.3, (check.measured, check.plan.parts)
