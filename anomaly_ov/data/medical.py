@@ -1,9 +1,11 @@
 """Medical images for the extension: DICOM / NIfTI -> 8-bit RGB PNG slices (+ masks), and a synthetic medical set.
 
 Why: the model reads 8-bit RGB images, while scanners write signed 12-16 bit values in physical units (Hounsfield
-units for CT). Conversion applies the DICOM rescale (slope / intercept), a display window (a CT preset such as
-``brain`` or ``lung``, an explicit centre / width, the file's own VOI window, or the value range) and the
-MONOCHROME1 inversion, exactly as a radiology viewer would, so that the images match what BMAD-style datasets hold.
+units for CT). Conversion applies the DICOM modality LUT or rescale (slope / intercept), a VOI transform (a CT
+preset window such as ``brain`` or ``lung``, an explicit centre / width, the file's own VOI LUT or window, or the
+value range) and the MONOCHROME1 inversion, as a radiology viewer would, so that the images match what BMAD-style
+datasets hold. The DICOM maths is pydicom's own (``pydicom.pixels.apply_modality_lut``, ``apply_voi``,
+``apply_windowing``); this module only chooses the window and names the file when something fails.
 
 Converted and synthetic sets are written in the BMAD pixel-level layout
 (``<cat>/<split>/{good,Ungood}/img/*.png`` with masks in ``.../Ungood/label/*.png``) so that one reader
@@ -38,7 +40,8 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "liver": (30.0, 150.0),
     "bone": (400.0, 1800.0),
 }
-#: Window = preset name, (centre, width), "auto" (file's VOI window, else value range), "minmax", or "percentile".
+#: Window = preset name, (centre, width), "auto" (the file's VOI LUT or window, else the value range), "minmax", or
+#: "percentile".
 Window = str | tuple[float, float] | None
 
 BMAD_ANOMALY_DIR = "Ungood"
@@ -58,11 +61,7 @@ def resolve_window(window: Window, values: np.ndarray | None = None, default: tu
     value range of ``values``.
     """
     if isinstance(window, tuple | list):
-        if len(window) != 2:
-            raise ValueError(f"window {window!r} must be (centre, width)")
-        centre, width = float(window[0]), float(window[1])
-        if width <= 0:
-            raise ValueError(f"window width must be > 0, got {width}")
+        centre, width = _centre_width(window)
         return centre - width / 2.0, centre + width / 2.0
     name = (window or "auto").lower()
     if name in WINDOW_PRESETS:
@@ -86,12 +85,42 @@ def resolve_window(window: Window, values: np.ndarray | None = None, default: tu
     )
 
 
-def apply_window(values: np.ndarray, low: float, high: float, invert: bool = False) -> np.ndarray:
-    """Map ``values`` linearly from [low, high] to [0, 255] (clipped, rounded) as uint8; ``invert`` flips it."""
-    scaled = (np.asarray(values, dtype=np.float64) - low) / max(high - low, 1e-12)
-    scaled = np.nan_to_num(np.clip(scaled, 0.0, 1.0), nan=0.0)
-    out = np.rint(scaled * 255.0).astype(np.uint8)
+def _centre_width(window: Sequence[float]) -> tuple[float, float]:
+    if len(window) != 2:
+        raise ValueError(f"window {window!r} must be (centre, width)")
+    centre, width = float(window[0]), float(window[1])
+    if width <= 0:
+        raise ValueError(f"window width must be > 0, got {width}")
+    return centre, width
+
+
+def window_to_uint8(values: np.ndarray, centre: float, width: float, function: str = "LINEAR",
+                    invert: bool = False) -> np.ndarray:
+    """The DICOM VOI windowing of ``values`` (physical units) to 0..255, by ``pydicom.pixels.apply_windowing``.
+
+    ``function`` is the VOI LUT Function: ``LINEAR`` (the standard's default, what viewers apply to a window
+    centre / width; needs width >= 1), ``LINEAR_EXACT`` (``[centre - width/2, centre + width/2]`` maps exactly onto
+    0..255) or ``SIGMOID``. ``invert`` flips the result (MONOCHROME1: low values are white).
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
+    # an 8-bit unsigned MONOCHROME2 description: apply_windowing's output range is then exactly 0..255
+    voi = Dataset()
+    voi.PhotometricInterpretation = "MONOCHROME2"
+    voi.BitsStored, voi.PixelRepresentation = 8, 0
+    voi.WindowCenter, voi.WindowWidth, voi.VOILUTFunction = centre, width, function
+    windowed = apply_windowing(np.asarray(values, dtype=np.float64), voi)
+    out = np.rint(np.nan_to_num(windowed, nan=0.0)).clip(0, 255).astype(np.uint8)
     return (255 - out) if invert else out
+
+
+def apply_window(values: np.ndarray, low: float, high: float, invert: bool = False) -> np.ndarray:
+    """Map ``values`` linearly from [low, high] to [0, 255] (clipped, rounded) as uint8; ``invert`` flips it.
+
+    The DICOM ``LINEAR_EXACT`` window of centre (low + high) / 2 and width high - low (:func:`window_to_uint8`).
+    """
+    return window_to_uint8(values, (low + high) / 2.0, max(high - low, 1e-12), "LINEAR_EXACT", invert)
 
 
 def to_rgb(gray: np.ndarray) -> np.ndarray:
@@ -106,19 +135,38 @@ def to_rgb(gray: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- DICOM
 @dataclass(frozen=True)
 class DicomImage:
-    """A DICOM frame as stored values in physical units plus its display window."""
+    """A DICOM frame: its values in physical units and the 8-bit image a viewer would show."""
 
-    values: np.ndarray  # HxW float64 after rescale (HU for CT)
-    low: float
-    high: float
+    values: np.ndarray  # HxW float64 after the modality LUT / rescale (HU for CT)
+    image: np.ndarray  # HxW uint8 after the VOI window or LUT (and the MONOCHROME1 inversion)
+    window: str  # how ``image`` was windowed, e.g. "LINEAR 40/80", "VOI LUT 0", "LINEAR_EXACT -1024/2048"
     invert: bool
     modality: str
     path: str
 
-    @property
-    def image(self) -> np.ndarray:
-        """8-bit grayscale after windowing (and MONOCHROME1 inversion)."""
-        return apply_window(self.values, self.low, self.high, self.invert)
+
+def _voi_lut_to_uint8(values: np.ndarray, ds: Any, invert: bool) -> np.ndarray:
+    """The file's first VOI LUT (``pydicom.pixels.apply_voi``), its output scaled from the LUT's bit depth."""
+    from pydicom.pixels import apply_voi
+
+    integral = np.rint(values)
+    if not np.array_equal(integral, values):
+        raise ValueError("a VOI LUT maps integer values, and the modality LUT / rescale gave fractional ones")
+    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    mapped = apply_voi(integral.astype(np.int64), ds, index=0).astype(np.float64)
+    out = np.rint(mapped * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
+    return (255 - out) if invert else out
+
+
+def _file_window(ds: Any) -> tuple[float, float, str] | None:
+    """The file's first (centre, width, VOI LUT Function) when it names a usable one."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if centre is None or width is None or width < (1 if function == "LINEAR" else 0) or width == 0:
+        return None
+    return centre, width, function
 
 
 def _first(value: Any) -> float | None:
@@ -130,9 +178,40 @@ def _first(value: Any) -> float | None:
         return None
 
 
+def _window_dicom(values: np.ndarray, ds: Any, window: Window, invert: bool) -> tuple[np.ndarray, str]:
+    """(8-bit image, description) of a monochrome frame for ``window`` (see :data:`Window`)."""
+    name = window.lower() if isinstance(window, str) else window
+    if name in (None, "auto"):
+        if ds.get("VOILUTSequence"):
+            return _voi_lut_to_uint8(values, ds, invert), "VOI LUT 0"
+        own = _file_window(ds)
+        if own is not None:
+            centre, width, function = own
+            return window_to_uint8(values, centre, width, function, invert), f"{function} {centre:g}/{width:g}"
+        name = "minmax"
+    if isinstance(name, str) and name in WINDOW_PRESETS:
+        name = WINDOW_PRESETS[name]
+    if isinstance(name, tuple | list):
+        centre, width = _centre_width(name)
+        if width < 1:
+            raise ValueError(f"window width must be >= 1 (a DICOM LINEAR window), got {width}")
+        return window_to_uint8(values, centre, width, "LINEAR", invert), f"LINEAR {centre:g}/{width:g}"
+    low, high = resolve_window(name, values)
+    centre, width = (low + high) / 2.0, high - low
+    return window_to_uint8(values, centre, width, "LINEAR_EXACT", invert), f"LINEAR_EXACT {centre:g}/{width:g}"
+
+
 def read_dicom(path: str | Path, window: Window = "auto", frame: int = 0) -> DicomImage:
-    """Read one DICOM file: rescale slope/intercept, choose the window, flag MONOCHROME1 for inversion."""
+    """Read one DICOM frame as a radiology viewer shows it, through pydicom's own pixel functions.
+
+    The stored values go through the modality LUT or rescale slope / intercept (``apply_modality_lut``) into
+    physical units, then through the VOI transform to 8 bits: with ``window="auto"`` the file's own VOI LUT
+    (``apply_voi``) or window centre / width with its VOI LUT Function (``apply_windowing``), else the value range;
+    a preset name or a (centre, width) pair is a ``LINEAR`` window; ``"minmax"`` / ``"percentile"`` map that range
+    exactly onto 0..255. MONOCHROME1 is inverted; RGB / YBR frames become their mean gray.
+    """
     import pydicom
+    from pydicom.pixels import apply_modality_lut
 
     path = Path(path)
     try:
@@ -144,6 +223,7 @@ def read_dicom(path: str | Path, window: Window = "auto", frame: int = 0) -> Dic
         raise MedicalFormatError(f"{path}: not a readable DICOM image ({exc}); check the file or its transfer "
                                  "syntax (compressed files may need pylibjpeg / gdcm)") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    modality = str(ds.get("Modality", ""))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 or (pixels.ndim == 3 and not photometric.startswith(("RGB", "YBR"))):
         if not 0 <= frame < pixels.shape[0]:
@@ -155,14 +235,15 @@ def read_dicom(path: str | Path, window: Window = "auto", frame: int = 0) -> Dic
 
             pixels = convert_color_space(pixels, photometric, "RGB")
         gray = np.asarray(pixels, dtype=np.float64).mean(axis=2)
-        return DicomImage(gray, 0.0, 255.0, False, str(ds.get("Modality", "")), str(path))
-    slope = _first(ds.get("RescaleSlope")) or 1.0
-    intercept = _first(ds.get("RescaleIntercept")) or 0.0
-    values = np.asarray(pixels, dtype=np.float64) * slope + intercept
-    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    default = (centre, width) if centre is not None and width and width > 0 else None
-    low, high = resolve_window(window, values, default)
-    return DicomImage(values, low, high, photometric == "MONOCHROME1", str(ds.get("Modality", "")), str(path))
+        return DicomImage(gray, np.rint(gray).clip(0, 255).astype(np.uint8), "RGB mean", False, modality, str(path))
+    try:
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        image, description = _window_dicom(values, ds, window, photometric == "MONOCHROME1")
+    except (ValueError, NotImplementedError, AttributeError, IndexError, KeyError) as exc:
+        raise MedicalFormatError(f"{path}: cannot window the image ({exc}); pass another window (a preset such as "
+                                 f"{sorted(WINDOW_PRESETS)[:3]}, a (centre, width) pair, 'minmax' or "
+                                 "'percentile')") from None
+    return DicomImage(values, image, description, photometric == "MONOCHROME1", modality, str(path))
 
 
 # ---------------------------------------------------------------------------------------------------- NIfTI

@@ -23,62 +23,126 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
 
-def _by_hand(value: float, centre: float, width: float) -> int:
-    low, high = centre - width / 2, centre + width / 2
-    if value <= low:
+def _linear(value: float, centre: float, width: float) -> int:
+    """The DICOM LINEAR window (PS3.3 C.11.2.1.2.1) to 0..255, written out from the standard."""
+    if value <= centre - 0.5 - (width - 1) / 2:
         return 0
-    if value >= high:
+    if value > centre - 0.5 + (width - 1) / 2:
         return 255
-    return int(round((value - low) / (high - low) * 255))
+    return int(np.rint(((value - (centre - 0.5)) / (width - 1) + 0.5) * 255))
 
 
-def test_ct_small_rescale_and_presets_match_hand_computation():
-    path = get_testdata_file("CT_small.dcm")
-    raw = pydicom.dcmread(path).pixel_array
+def _exact(value: float, centre: float, width: float) -> int:
+    """LINEAR_EXACT (PS3.3 C.11.2.1.3.2): [centre - width/2, centre + width/2] onto 0..255."""
+    return int(np.rint(np.clip((value - (centre - width / 2)) / width, 0, 1) * 255))
+
+
+def _write_dicom(path, stored: np.ndarray, signed: bool = True, **attributes):
+    """A single-frame 16-bit monochrome DICOM file written with pydicom (CT by default)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+STORED = np.arange(-1200, 1200, 75, dtype=np.int16).reshape(4, 8)  # 32 values across the CT range
+
+
+def test_rescale_slope_intercept_then_a_preset_window(tmp_path):
+    path = _write_dicom(tmp_path / "ct.dcm", STORED, RescaleSlope=2, RescaleIntercept=-100)
     image = read_dicom(path, window="brain")
-    # CT_small.dcm: RescaleSlope 1, RescaleIntercept -1024 -> Hounsfield units.
-    assert image.values[0, 0] == raw[0, 0] * 1.0 - 1024.0
-    assert image.modality == "CT" and not image.invert
-    assert (image.low, image.high) == (0.0, 80.0)
-    gray = image.image
-    for r, c in [(0, 0), (64, 64), (10, 100), (120, 5)]:
-        assert gray[r, c] == _by_hand(float(raw[r, c]) - 1024.0, 40.0, 80.0)
-    for preset in ("lung", "abdomen", "liver", "bone"):
+    hu = STORED.astype(float) * 2 - 100
+    np.testing.assert_array_equal(image.values, hu)
+    assert image.modality == "CT" and not image.invert and image.window == "LINEAR 40/80"
+    for preset in ("brain", "stroke", "lung", "abdomen", "bone"):
         centre, width = WINDOW_PRESETS[preset]
-        gray = read_dicom(path, window=preset).image
-        assert gray[64, 64] == _by_hand(float(raw[64, 64]) - 1024.0, centre, width)
-
-
-def test_explicit_window_and_value_range_fallback():
-    path = get_testdata_file("CT_small.dcm")
-    raw = pydicom.dcmread(path).pixel_array.astype(float) - 1024.0
+        expected = [[_linear(v, centre, width) for v in row] for row in hu]
+        np.testing.assert_array_equal(read_dicom(path, window=preset).image, expected, err_msg=preset)
     explicit = read_dicom(path, window=(100.0, 1000.0)).image
-    assert explicit[64, 64] == _by_hand(raw[64, 64], 100.0, 1000.0)
-    # CT_small carries no VOI window: "auto" falls back to the value range.
-    auto = read_dicom(path, window="auto")
-    assert (auto.low, auto.high) == (raw.min(), raw.max())
-    assert auto.image.min() == 0 and auto.image.max() == 255
-
-
-def test_mr_small_uses_its_own_voi_window():
-    path = get_testdata_file("MR_small.dcm")
-    ds = pydicom.dcmread(path)
-    centre, width = float(ds.WindowCenter), float(ds.WindowWidth)
-    image = read_dicom(path)  # "auto"
-    assert (image.low, image.high) == (centre - width / 2, centre + width / 2)
-    raw = ds.pixel_array.astype(float)
-    assert image.image[32, 32] == _by_hand(raw[32, 32], centre, width)
+    np.testing.assert_array_equal(explicit, [[_linear(v, 100.0, 1000.0) for v in row] for row in hu])
 
 
 def test_monochrome1_is_inverted(tmp_path):
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.PhotometricInterpretation = "MONOCHROME1"
-    path = tmp_path / "inverted.dcm"
-    ds.save_as(path)
-    normal = read_dicom(get_testdata_file("CT_small.dcm"), window="abdomen").image
-    inverted = read_dicom(path, window="abdomen")
-    assert inverted.invert
-    np.testing.assert_array_equal(inverted.image, 255 - normal)
+    normal = read_dicom(_write_dicom(tmp_path / "m2.dcm", STORED, RescaleSlope=1, RescaleIntercept=0),
+                        window="abdomen")
+    inverted = read_dicom(_write_dicom(tmp_path / "m1.dcm", STORED, RescaleSlope=1, RescaleIntercept=0,
+                                       PhotometricInterpretation="MONOCHROME1"), window="abdomen")
+    assert inverted.invert and not normal.invert
+    np.testing.assert_array_equal(inverted.image, 255 - normal.image)
+    assert len(np.unique(normal.image)) > 2  # grays inside the window, not only its clipped ends
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_auto_uses_the_files_window_and_its_voi_lut_function(tmp_path, function):
+    path = _write_dicom(tmp_path / "w.dcm", STORED, RescaleSlope=1, RescaleIntercept=-24,
+                        WindowCenter=[50, 400], WindowWidth=[350, 1500], VOILUTFunction=function)
+    image = read_dicom(path)  # "auto": the file's first window
+    values = STORED.astype(float) - 24
+    if function == "LINEAR":
+        expected = [[_linear(v, 50, 350) for v in row] for row in values]
+    elif function == "LINEAR_EXACT":
+        expected = [[_exact(v, 50, 350) for v in row] for row in values]
+    else:  # PS3.3 C.11.2.1.3.1
+        expected = np.rint(255 / (1 + np.exp(-4 * (values - 50) / 350)))
+    np.testing.assert_array_equal(image.image, expected)
+    assert image.window == f"{function} 50/350"
+
+
+def test_auto_applies_the_files_voi_lut_sequence(tmp_path):
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.add_new(0x00283002, "SS", [256, -1000, 12])  # LUTDescriptor: 256 entries, the first for -1000, 12 bits
+    lut.add_new(0x00283006, "US", [min(4095, 16 * i) for i in range(256)])  # LUTData
+    path = _write_dicom(tmp_path / "lut.dcm", STORED, RescaleSlope=10, RescaleIntercept=0, VOILUTSequence=[lut],
+                        WindowCenter=0, WindowWidth=100)  # the LUT wins over the window, as viewers prefer it
+    image = read_dicom(path)
+    values = STORED.astype(int) * 10
+    index = np.clip(values + 1000, 0, 255)
+    np.testing.assert_array_equal(image.image, np.rint(np.asarray(lut.LUTData)[index] * 255 / 4095))
+    assert image.window == "VOI LUT 0"
+
+
+def test_modality_lut_sequence_gives_the_values(tmp_path):
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [64, 0, 16])  # LUTDescriptor: 64 entries, the first for 0, 16 bits
+    lut.add_new(0x00283006, "US", [1000 + 3 * i for i in range(64)])  # LUTData
+    stored = np.arange(0, 96, 3, dtype=np.uint16).reshape(4, 8)  # values past the LUT's end take its last entry
+    path = _write_dicom(tmp_path / "mlut.dcm", stored, signed=False, ModalityLUTSequence=[lut])
+    image = read_dicom(path, window="minmax")
+    np.testing.assert_array_equal(image.values, np.asarray(lut.LUTData)[np.clip(stored, 0, 63)])
+    low, high = image.values.min(), image.values.max()
+    expected = [[_exact(v, (low + high) / 2, high - low) for v in row] for row in image.values]
+    np.testing.assert_array_equal(image.image, expected)
+
+
+def test_pydicom_sample_files(tmp_path):
+    """The real sample files pydicom ships: CT_small has a rescale and no window (auto = its value range),
+    MR_small carries its own window."""
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = ct.pixel_array.astype(float) * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
+    auto = read_dicom(get_testdata_file("CT_small.dcm"))
+    np.testing.assert_array_equal(auto.values, hu)
+    assert auto.image.min() == 0 and auto.image.max() == 255 and auto.window.startswith("LINEAR_EXACT")
+    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    centre, width = float(mr.WindowCenter), float(mr.WindowWidth)
+    image = read_dicom(get_testdata_file("MR_small.dcm"))
+    assert image.image[32, 32] == _linear(float(mr.pixel_array[32, 32]), centre, width)
 
 
 def test_bad_inputs_name_the_problem(tmp_path):
@@ -90,6 +154,8 @@ def test_bad_inputs_name_the_problem(tmp_path):
     broken.write_bytes(b"not a dicom file at all")
     with pytest.raises(MedicalFormatError, match="broken.dcm"):
         read_dicom(broken)
+    with pytest.raises(MedicalFormatError, match=r"ct\.dcm.*window width must be >= 1"):
+        read_dicom(_write_dicom(tmp_path / "ct.dcm", STORED), window=(0.0, 0.5))
 
 
 def test_convert_dicom_writes_bmad_layout_with_masks(tmp_path):
@@ -127,7 +193,9 @@ def test_nifti_round_trip_slices_volume_and_mask_alike(tmp_path):
     assert [s.index for s in slices] == list(range(6))
     low, high = float(volume.min()), float(volume.max())
     for item in slices:
-        expected = apply_window(np.flipud(volume[:, :, item.index].T), low, high)
+        plane = np.flipud(volume[:, :, item.index].T).astype(np.float64)
+        expected = np.rint(np.clip((plane - low) / (high - low), 0, 1) * 255)
+        np.testing.assert_array_equal(apply_window(plane, low, high), expected)
         np.testing.assert_array_equal(item.image, expected)
         np.testing.assert_array_equal(item.mask, np.flipud(mask[:, :, item.index].T) > 0)
     assert [bool(s.mask.any()) for s in slices] == [False, False, True, True, False, False]
