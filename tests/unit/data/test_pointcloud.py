@@ -10,7 +10,6 @@ import pytest
 from anomaly_ov.data.pointcloud import (
     Cloud,
     PointCloudError,
-    _lzf_decompress,
     camera_ring,
     defect_from_name,
     generate_synthetic_3d,
@@ -19,6 +18,7 @@ from anomaly_ov.data.pointcloud import (
     normals_pca,
     project,
     read_pcd,
+    read_ply,
     render_view,
     render_views,
     synthetic_object,
@@ -103,19 +103,75 @@ def test_pcd_round_trip(tmp_path, binary):
     np.testing.assert_array_equal(cloud.labels, labels)
 
 
-def test_lzf_and_binary_compressed_pcd(tmp_path):
-    # literal "abc" (ctrl 2), then a back-reference of 6 bytes at distance 3: ctrl = (6-2) << 5, offset byte 2.
-    assert _lzf_decompress(b"\x02abc\x80\x02", 9) == b"abcabcabc"
-    xs = np.array([1.0, 2.0], "<f4").tobytes()
-    ys = np.array([3.0, 4.0], "<f4").tobytes()
-    zs = np.array([5.0, 6.0], "<f4").tobytes()
-    raw = xs + ys + zs
-    compressed = bytes([len(raw) - 1]) + raw  # one literal run
-    header = (b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 2\nHEIGHT 1\nPOINTS 2\n"
-              b"DATA binary_compressed\n")
+def test_binary_compressed_pcd_with_back_references(tmp_path):
+    # x, y, z = [1, 1] each: 24 bytes of float 1.0; LZF: a 4-byte literal (ctrl 3), then a back-reference of 20 bytes
+    # at distance 4 (ctrl 0xE0 = length 7+, offset high bits 0; extra length 20 - 2 - 7 = 11; offset low byte 3).
+    raw = np.ones(6, "<f4").tobytes()
+    compressed = b"\x03" + raw[:4] + b"\xe0\x0b\x03"
+    header = (b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 2\nHEIGHT 1\n"
+              b"VIEWPOINT 0 0 0 1 0 0 0\nPOINTS 2\nDATA binary_compressed\n")
     (tmp_path / "z.pcd").write_bytes(header + struct.pack("<II", len(compressed), len(raw)) + compressed)
-    fields = read_pcd(tmp_path / "z.pcd")
-    np.testing.assert_array_equal(fields["y"], [3.0, 4.0])
+    np.testing.assert_array_equal(read_pcd(tmp_path / "z.pcd")["y"], [1.0, 1.0])
+    # a larger, compressible cloud with normals in PCL's names (normal_x ...) and a label, written by pypcd4
+    from pypcd4 import Encoding, PointCloud
+
+    rng = np.random.default_rng(0)
+    points = np.round(rng.normal(size=(500, 3)), 2).astype(np.float32)
+    normals = np.tile(np.array([0, 0, 1], np.float32), (500, 1))
+    labels = (np.arange(500) % 7 == 0).astype(np.uint32)
+    columns = [*points.T, *normals.T, labels]
+    names = ("x", "y", "z", "normal_x", "normal_y", "normal_z", "label")
+    types = [np.float32] * 6 + [np.uint32]
+    PointCloud.from_points(columns, names, types).save(tmp_path / "c.pcd", encoding=Encoding.BINARY_COMPRESSED)
+    assert len((tmp_path / "c.pcd").read_bytes()) < 500 * 28  # really compressed
+    cloud = load_point_cloud(tmp_path / "c.pcd")
+    np.testing.assert_array_equal(cloud.points, points)
+    np.testing.assert_array_equal(cloud.normals, normals)
+    np.testing.assert_array_equal(cloud.labels, labels > 0)
+
+
+def test_pcd_ascii_fields_keep_their_declared_types(tmp_path):
+    header = (b"VERSION 0.7\nFIELDS x y z label\nSIZE 4 4 4 4\nTYPE F F F U\nCOUNT 1 1 1 1\nWIDTH 2\nHEIGHT 1\n"
+              b"VIEWPOINT 0 0 0 1 0 0 0\nPOINTS 2\nDATA ascii\n")
+    (tmp_path / "a.pcd").write_bytes(header + b"0.1 0.2 0.3 0\n1.5 2.5 3.5 1\n")
+    fields = read_pcd(tmp_path / "a.pcd")
+    assert fields["x"].dtype == np.float32 and fields["label"].dtype == np.uint32
+    np.testing.assert_array_equal(fields["x"], np.array([0.1, 1.5], np.float32))
+
+
+def test_broken_pcd_files_name_the_file(tmp_path):
+    header = (b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 5\nHEIGHT 1\n"
+              b"VIEWPOINT 0 0 0 1 0 0 0\nPOINTS 5\nDATA binary\n")
+    (tmp_path / "short.pcd").write_bytes(header + np.zeros(3, "<f4").tobytes())  # 1 point of 5
+    with pytest.raises(PointCloudError, match=r"short\.pcd: the header says 5 points but the file holds 1"):
+        read_pcd(tmp_path / "short.pcd")
+    (tmp_path / "junk.pcd").write_bytes(b"hello\n")
+    with pytest.raises(PointCloudError, match=r"junk\.pcd: not a readable PCD file"):
+        load_point_cloud(tmp_path / "junk.pcd")
+    corrupt = header.replace(b"binary", b"binary_compressed").replace(b"5", b"1")
+    (tmp_path / "lzf.pcd").write_bytes(corrupt + struct.pack("<II", 16, 12) + b"\xff" * 16)
+    with pytest.raises(PointCloudError, match=r"lzf\.pcd: not a readable PCD file"):
+        read_pcd(tmp_path / "lzf.pcd")
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian", "binary_big_endian"])
+def test_ply_formats_give_declared_types_in_native_order(tmp_path, fmt):
+    records = np.array([(0.5, -1.0, 2.25, 200, 1), (1.0, 2.0, 3.0, 7, 0)],
+                       dtype=[("x", "f4"), ("y", "f4"), ("z", "f8"), ("red", "u1"), ("label", "i4")])
+    header = (f"ply\nformat {fmt} 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty double z\n"
+              "property uchar red\nproperty int label\nend_header\n").encode()
+    if fmt == "ascii":
+        body = b"0.5 -1 2.25 200 1\n1 2 3 7 0\n"
+    else:
+        body = records.astype(records.dtype.newbyteorder("<" if "little" in fmt else ">")).tobytes()
+    (tmp_path / "v.ply").write_bytes(header + body)
+    fields = read_ply(tmp_path / "v.ply")
+    for name in records.dtype.names:
+        assert fields[name].dtype == records.dtype[name] and fields[name].dtype.isnative, name
+        np.testing.assert_array_equal(fields[name], records[name])
+    (tmp_path / "short.ply").write_bytes(header + body[: len(body) // 2])
+    with pytest.raises(PointCloudError, match=r"short\.ply"):
+        read_ply(tmp_path / "short.ply")
 
 
 def test_ply_ascii_and_binary(tmp_path):
