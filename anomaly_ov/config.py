@@ -7,9 +7,10 @@ path (``train.expert.tiny.lr``) and what would have been accepted.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,8 +157,14 @@ class InstructParams(_Section):
 
 # -------------------------------------------------------------------------------------------------- model
 class ExpertParams(_Section):
-    embed_dim: int | None = Field(default=None, description="expert width E; null = preset default")
-    temperature: float | None = Field(default=None, gt=0, description="matching temperature; null = recipe's")
+    """Keyword arguments of ``AnomalyExpert`` (same names); null = the preset family's value
+    (``anomaly_ov.model.presets.TINY_EXPERT`` / ``PRETRAINED_EXPERT``)."""
+
+    embed_dim: int | None = Field(default=None, ge=1, description="expert width E; null = the preset's (tiny 64, "
+                                  "pretrained 512)")
+    temperature: float | None = Field(
+        default=None, gt=0, description="matching temperature, part of the model's maths (training and inference "
+        "use it); null = the preset's (tiny 10, pretrained 100 = the release)")
     eps: float | None = Field(
         default=None, ge=0, description="added to the expert's two divisions by the pooled map; null = the preset's "
         "(pretrained: 0, the release maths; tiny: 1e-6, which its from-scratch training needs). An exactly-0 "
@@ -183,7 +190,6 @@ class ExpertRecipe(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     mask_loss: bool
     mask_loss_weight: float = Field(default=1.0, ge=0)
-    temperature: float = Field(gt=0)
     train_vision_tower: bool
     restarts_per_epoch: int = Field(default=2, ge=1, description="CosineAnnealingWarmRestarts cycles per epoch")
     base_view_only: bool = Field(
@@ -205,11 +211,11 @@ class ExpertRecipe(_Section):
 
 class TrainExpertParams(_Section):
     tiny: ExpertRecipe = ExpertRecipe(
-        lr=1e-3, epochs=8, batch_size=16, mask_loss=True, temperature=10.0, train_vision_tower=True,
+        lr=1e-3, epochs=8, batch_size=16, mask_loss=True, train_vision_tower=True,
         base_view_only=True, augment=True,
     )
     pretrained: ExpertRecipe = ExpertRecipe(
-        lr=1e-4, epochs=2, batch_size=128, mask_loss=False, temperature=100.0, train_vision_tower=False
+        lr=1e-4, epochs=2, batch_size=128, mask_loss=False, train_vision_tower=False
     )
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
     num_workers: int = Field(default=0, ge=0)
@@ -465,8 +471,8 @@ class Params(_Section):
 
 
 # -------------------------------------------------------------------------------------------------- loading
-def _format_errors(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: {error.error_count()} invalid setting(s):"]
+def _format_errors(error: ValidationError, source: str, extra: Sequence[str] = ()) -> str:
+    lines = [f"{source}: {error.error_count() + len(extra)} invalid setting(s):", *extra]
     for item in error.errors():
         path = ".".join(str(p) for p in item["loc"]) or "<root>"
         path = path.replace("validate_", "validate")
@@ -521,11 +527,42 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
+#: Keys that moved: (dotted path of the old key, where it lives now and why). An old params file that still sets
+#: one is refused with this message rather than with "unknown key".
+MOVED_KEYS: tuple[tuple[str, str], ...] = (
+    ("train.expert.tiny.temperature", "model.expert.temperature (the expert's temperature is part of the model's "
+     "maths, used at inference too; null there = the preset's: tiny 10, pretrained 100)"),
+    ("train.expert.pretrained.temperature", "model.expert.temperature (the expert's temperature is part of the "
+     "model's maths, used at inference too; null there = the preset's: tiny 10, pretrained 100)"),
+)
+
+
+def _pop_moved_keys(data: dict[str, Any]) -> list[str]:
+    """Remove every key of ``data`` that has moved (see :data:`MOVED_KEYS`); one message line per key removed."""
+    lines = []
+    for old, new in MOVED_KEYS:
+        node: Any = data
+        *parents, leaf = old.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            del node[leaf]
+            lines.append(f"  - {old}: this key has moved; delete it here and set {new}")
+    return lines
+
+
 def params_from_dict(data: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate ``data`` (params.yaml's content) into :class:`Params`; every problem, moved keys included, is
+    reported in one :class:`ConfigError`."""
+    data = copy.deepcopy(dict(data))
+    moved = _pop_moved_keys(data)
     try:
-        return Params.model_validate(dict(data))
+        params = Params.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(_format_errors(exc, source, extra=moved)) from None
+    if moved:
+        raise ConfigError("\n".join([f"{source}: {len(moved)} invalid setting(s):", *moved]))
+    return params
 
 
 def load_params(path: str | Path | None = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:

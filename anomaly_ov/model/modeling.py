@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 ADVERBS = ("slightly", "moderately", "highly")
 DEFAULT_THRESHOLDS = (0.3, 0.7)
+_LEGACY_EXPERT_FIELDS = ("embed_dim", "predictor_dim", "temperature", "eps")
 
 
 def default_expert_layers(llm_layer: int) -> list[int]:
@@ -80,10 +81,10 @@ class AnomalyOVConfig(LlavaOnevisionConfig):
 
     model_type = "anomaly_ov"
 
-    expert_embed_dim: int = 512
-    expert_predictor_dim: int | None = None
-    expert_temperature: float = 100.0
-    expert_eps: float = 0.0
+    #: keyword arguments of :class:`~anomaly_ov.model.expert.AnomalyExpert` other than the three the tower fixes
+    #: (``hidden_size``, ``grid_size``, ``num_levels``): ``embed_dim``, ``temperature``, ``eps``, ``predictor_dim``,
+    #: ``num_pooling_tokens``; a missing one takes the constructor's default (the release's value)
+    expert_config: dict[str, Any] | None = None
     expert_layers: list[int] | None = None
     anomaly_token_index: int = -1
     adverb_token_index: int = -1
@@ -91,7 +92,10 @@ class AnomalyOVConfig(LlavaOnevisionConfig):
     suspicious_thresholds: list[float] | None = None
 
     def __post_init__(self, **kwargs):
+        # config.json files saved before the expert's settings became one dict held them as `expert_<argument>`
+        legacy = {name: kwargs.pop(f"expert_{name}") for name in _LEGACY_EXPERT_FIELDS if f"expert_{name}" in kwargs}
         super().__post_init__(**kwargs)
+        self.expert_config = {**legacy, **(self.expert_config or {})}
         if self.suspicious_thresholds is None:
             self.suspicious_thresholds = list(DEFAULT_THRESHOLDS)
         if self.expert_layers is None:
@@ -111,12 +115,13 @@ class AnomalyOVConfig(LlavaOnevisionConfig):
         return self.vision_config.image_size // self.vision_config.patch_size
 
     @classmethod
-    def from_llava_config(cls, base: LlavaOnevisionConfig, **expert_settings: Any) -> AnomalyOVConfig:
-        """An AnomalyOVConfig with everything of a LLaVA-OneVision config plus the given expert settings."""
+    def from_llava_config(cls, base: LlavaOnevisionConfig, **settings: Any) -> AnomalyOVConfig:
+        """An AnomalyOVConfig with everything of a LLaVA-OneVision config plus ``settings`` (fields of this class,
+        e.g. ``expert_config`` and the placeholder ids)."""
         data = base.to_dict()
         for key in ("model_type", "transformers_version", "architectures", "auto_map"):
             data.pop(key, None)
-        data.update(expert_settings)
+        data.update(settings)
         return cls(**data)
 
 
@@ -242,12 +247,9 @@ class AnomalyOVForConditionalGeneration(ExpertPathMixin, LlavaOnevisionForCondit
     def _new_expert(config: AnomalyOVConfig) -> AnomalyExpert:
         expert = AnomalyExpert(
             hidden_size=config.vision_config.hidden_size,
-            embed_dim=config.expert_embed_dim,
             grid_size=config.grid_size,
             num_levels=len(config.expert_layers),
-            temperature=config.expert_temperature,
-            eps=config.expert_eps,
-            predictor_dim=config.expert_predictor_dim,
+            **(config.expert_config or {}),
         )
         for module in expert.modules():
             module._anomaly_expert_part = True

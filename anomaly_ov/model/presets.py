@@ -23,9 +23,10 @@ API::
     stage1 = build_expert_model(params)                           # what stage 1 trains and reads: pretrained
                                                                   # presets load the tower alone, never the LLM
 
-Expert temperature: ``params.model.expert.temperature`` or else ``params.expert_recipe.temperature``; eps:
-``params.model.expert.eps`` or else the preset's (tiny 1e-6, pretrained 0 = the release maths);
-width: ``params.model.expert.embed_dim`` or the preset's (tiny 64, pretrained 512).
+The expert's settings: ``params.model.expert`` holds :class:`~anomaly_ov.model.expert.AnomalyExpert`'s own keyword
+arguments (``embed_dim``, ``temperature``, ``eps``, ``predictor_dim``); a null one takes the preset family's value
+(:data:`TINY_EXPERT` / :data:`PRETRAINED_EXPERT`). :func:`expert_config` is that dict; it goes unchanged into
+``AnomalyOVConfig.expert_config`` and from there into ``AnomalyExpert(**expert_config, hidden_size=..., ...)``.
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ TINY_TEXT = {
     "max_position_embeddings": 4096,
     "tie_word_embeddings": True,
 }
-TINY_EXPERT_DIM = 64
-#: the expert's eps per preset family: the tiny preset's from-scratch maps collapse early in training (0 / 0 without
-#: it); pretrained presets keep the release maths (no eps; an exactly-0 pooled map is guarded in the expert)
-TINY_EXPERT_EPS = 1e-6
-PRETRAINED_EXPERT_EPS = 0.0
+#: The expert's settings per preset family (AnomalyExpert keyword arguments; ``params.model.expert`` overrides each).
+#: Pretrained presets: the release (E = 512, temperature 100, no eps; an exactly-0 pooled map is guarded in the
+#: expert). Tiny: E = 64; temperature 10 (a tower trained from scratch saturates the 2-way softmax at 100, and the
+#: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it).
+TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6}
+PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0}
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
 QWEN2_TEXT = {
@@ -97,16 +99,18 @@ EXPERT_STAGE_FILES = {"expert": "pretrained_expert.pth", "tower": "vision_tower.
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def expert_settings(params: Params) -> dict[str, Any]:
-    """Expert config fields from params (temperature: model.expert.temperature or the stage-1 recipe's)."""
-    exp = params.model.expert
-    default_dim = TINY_EXPERT_DIM if params.model.preset == "tiny" else 512
-    temperature = exp.temperature if exp.temperature is not None else params.expert_recipe.temperature
-    default_eps = TINY_EXPERT_EPS if params.model.preset == "tiny" else PRETRAINED_EXPERT_EPS
+def expert_config(params: Params) -> dict[str, Any]:
+    """``AnomalyExpert`` keyword arguments of ``params``: the preset family's, overridden by ``model.expert``'s
+    non-null fields. The expert's temperature lives here alone: it is part of the model's maths (training and
+    inference use the same one), so no training recipe sets it."""
+    defaults = TINY_EXPERT if params.model.preset == "tiny" else PRETRAINED_EXPERT
+    return {**defaults, **params.model.expert.model_dump(exclude_none=True)}
+
+
+def model_settings(params: Params) -> dict[str, Any]:
+    """The fields of ``AnomalyOVConfig`` that come from ``params.model`` (same names there and here)."""
     return {
-        "expert_embed_dim": exp.embed_dim or default_dim,
-        "expert_temperature": float(temperature),
-        "expert_eps": float(exp.eps if exp.eps is not None else default_eps),
+        "expert_config": expert_config(params),
         "suspicious_thresholds": [float(t) for t in params.model.suspicious_thresholds],
     }
 
@@ -176,7 +180,7 @@ def tiny_config(tokenizer: Any, params: Params | None = None):
         vision_feature_select_strategy="full",
         tie_word_embeddings=True,
         **token_settings(tokenizer),
-        **expert_settings(params),
+        **model_settings(params),
     )
 
 
@@ -214,7 +218,7 @@ def _load_pretrained_base(params: Params):
             f"cannot load LLaVA-OneVision checkpoint {source!r} ({exc}). Set model.checkpoint to a local copy of "
             f"{HUB_IDS[params.model.preset]} (offline runs cannot reach the hub)."
         ) from exc
-    config = AnomalyOVConfig.from_llava_config(base_cfg, **token_settings(tokenizer), **expert_settings(params))
+    config = AnomalyOVConfig.from_llava_config(base_cfg, **token_settings(tokenizer), **model_settings(params))
     model = AnomalyOVForConditionalGeneration.from_pretrained(source, config=config, dtype="auto")
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -331,7 +335,7 @@ def build_expert_model(params: Params):
             f"cannot load LLaVA-OneVision checkpoint {source!r} ({exc}). Set model.checkpoint to a local copy of "
             f"{HUB_IDS[params.model.preset]} (offline runs cannot reach the hub)."
         ) from exc
-    config = AnomalyOVConfig.from_llava_config(base_cfg, **expert_settings(params))
+    config = AnomalyOVConfig.from_llava_config(base_cfg, **model_settings(params))
     model = AnomalyExpertModel(config, load_vision_tower(source, config.vision_config))
     if params.model.expert_checkpoint:
         load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint)
@@ -370,7 +374,7 @@ def build_shapes_only(
         anomaly_token_index=151648,
         adverb_token_index=151649,
         adverb_token_ids=[[1], [2], [3]],
-        **expert_settings(params),
+        **model_settings(params),
     )
     return AnomalyOVForConditionalGeneration(config)
 
@@ -552,7 +556,7 @@ def load_expert_stage(model: Any, directory) -> dict[str, Any]:
             saved_temperature, model.anomaly_expert.temperature,
         )
         model.anomaly_expert.temperature = float(saved_temperature)
-        model.config.expert_temperature = float(saved_temperature)
+        model.config.expert_config = {**model.config.expert_config, "temperature": float(saved_temperature)}
     if info.get("includes_vision_tower"):
         tower_file = directory / EXPERT_STAGE_FILES["tower"]
         state = load_file(str(tower_file))

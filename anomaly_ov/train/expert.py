@@ -290,11 +290,13 @@ def fit_expert(
 
 def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
     """What the run records about the recipe (tags, params, report)."""
+    from anomaly_ov.model.presets import expert_config
+
     return {
         "family": "pretrained" if params.is_pretrained else "tiny",
         "mask_loss": recipe.mask_loss,
         "mask_loss_weight": recipe.mask_loss_weight,
-        "temperature": params.model.expert.temperature or recipe.temperature,
+        "temperature": expert_config(params)["temperature"],  # the model's (model.expert), recorded with the run
         "train_vision_tower": recipe.train_vision_tower,
         "lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
         "restarts_per_epoch": recipe.restarts_per_epoch, "weight_decay": recipe.weight_decay,

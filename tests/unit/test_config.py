@@ -22,11 +22,10 @@ def test_repository_params_file_is_valid_and_complete() -> None:
 
 def test_recipe_follows_preset() -> None:
     tiny = load_params(None)
-    assert tiny.expert_recipe.mask_loss and tiny.expert_recipe.temperature == pytest.approx(10.0)
+    assert tiny.expert_recipe.mask_loss
     pretrained = load_params(None, ["model.preset=llava-onevision-0.5b"])
     assert pretrained.expert_recipe.lr == pytest.approx(1e-4)
     assert pretrained.expert_recipe.batch_size == 128 and not pretrained.expert_recipe.mask_loss
-    assert pretrained.expert_recipe.temperature == pytest.approx(100.0)
 
 
 def test_override_keeps_sibling_defaults() -> None:
@@ -46,6 +45,29 @@ def test_every_invalid_key_is_reported_with_its_path(tmp_path: Path) -> None:
     assert "model.preset" in message and "'tiny'" in message and "llava-onevision-7b" in message
     assert "data.synthetic.image_size" in message
     assert "bogus: unknown key" in message
+
+
+def test_expert_temperature_in_a_training_recipe_says_where_it_moved(tmp_path: Path) -> None:
+    """The recipes no longer own the expert's temperature (model.expert does): an old params file that still sets
+    it is refused with the new place, alongside every other problem of the file."""
+    old = yaml.safe_load(REPO_PARAMS.read_text())  # the repository's file as it was: temperature in each recipe
+    old["train"]["expert"]["tiny"]["temperature"] = 10.0
+    old["train"]["expert"]["pretrained"]["temperature"] = 100.0
+    old["model"]["preset"] = "huge"
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError) as info:
+        load_params(file)
+    message = str(info.value)
+    assert "3 invalid setting(s)" in message
+    assert "train.expert.tiny.temperature: this key has moved" in message
+    assert "train.expert.pretrained.temperature: this key has moved" in message
+    assert message.count("set model.expert.temperature") == 2
+    assert "model.preset" in message  # the other problems are still reported
+    with pytest.raises(ConfigError, match=r"train\.expert\.tiny\.temperature: this key has moved.*"
+                                          r"model\.expert\.temperature"):
+        load_params(None, ["train.expert.tiny.temperature=3"])
+    assert load_params(None, ["model.expert.temperature=3"]).model.expert.temperature == 3
 
 
 def test_validate_section_keeps_its_yaml_name() -> None:

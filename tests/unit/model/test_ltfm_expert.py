@@ -162,17 +162,16 @@ def test_pretrained_presets_use_the_release_maths_and_tiny_keeps_its_eps():
     """A confidently normal crop (mean map 3e-4): with eps 1e-6 the global token shrank to ~0.3x the release's; the
     pretrained presets' expert (settings from params) now computes the release's numbers."""
     from anomaly_ov.config import Params
-    from anomaly_ov.model.presets import expert_settings
+    from anomaly_ov.model.presets import expert_config
 
-    pretrained = expert_settings(Params(model={"preset": "llava-onevision-0.5b"}))
-    assert pretrained["expert_eps"] == 0.0 and pretrained["expert_temperature"] == 100.0
-    assert expert_settings(Params())["expert_eps"] == 1e-6  # tiny: explicit, its from-scratch training needs it
+    pretrained = expert_config(Params(model={"preset": "llava-onevision-0.5b"}))
+    assert pretrained["eps"] == 0.0 and pretrained["temperature"] == 100.0
+    assert expert_config(Params())["eps"] == 1e-6  # tiny: explicit, its from-scratch training needs it
     explicit = Params(model={"preset": "llava-onevision-7b", "expert": {"eps": 1e-7}})
-    assert expert_settings(explicit)["expert_eps"] == 1e-7
+    assert expert_config(explicit)["eps"] == 1e-7
 
     torch.manual_seed(0)
-    expert = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=6, temperature=100.0,
-                           eps=pretrained["expert_eps"]).double()
+    expert = AnomalyExpert(**{**pretrained, "embed_dim": 8}, hidden_size=16, grid_size=6).double()
     _confidently_normal(expert)
     v, levels = _inputs([1, 1], 6, 16, seed=3)
     v, levels = v.double(), [f.double() for f in levels]

@@ -15,6 +15,7 @@ from anomaly_ov.model.presets import (
     build_model,
     build_processor,
     build_shapes_only,
+    expert_config,
     tiny_image_processor,
 )
 
@@ -76,7 +77,7 @@ def test_pretrained_preset_loads_a_local_llava_checkpoint(tiny_parts, tmp_path):
                "expert_checkpoint": str(expert_file)}
     )
     model = build_model(params).eval()
-    assert model.config.expert_temperature == 100.0  # the pretrained (paper) recipe
+    assert model.config.expert_config["temperature"] == 100.0  # the pretrained presets' (the release)
     assert model.config.expert_layers == [1, 2, 3, 4]
     for (name, a), (_, b) in zip(plain.model.language_model.state_dict().items(),
                                  model.model.language_model.state_dict().items(), strict=True):
@@ -103,7 +104,7 @@ def test_shapes_only_half_billion_on_meta():
     cfg = model.config
     assert cfg.expert_layers == [7, 13, 19, 25] and cfg.llm_layer_index == 26 and cfg.grid_size == 27
     assert model.anomaly_expert.temperature == 100.0
-    assert model.anomaly_expert.eps == 0.0 and cfg.expert_eps == 0.0  # the release maths
+    assert model.anomaly_expert.eps == 0.0 and cfg.expert_config["eps"] == 0.0  # the release maths
     assert 7.0e6 < count_parameters(model.anomaly_expert) < 7.2e6
     assert 0.85e9 < count_parameters(model) < 0.95e9
 
@@ -121,3 +122,34 @@ def test_default_expert_layers_are_distinct_where_the_tower_allows(llm_layer, le
     assert default_expert_layers(llm_layer) == levels
     with pytest.raises(ValueError, match="at least 2 layers"):
         default_expert_layers(1)
+
+
+def test_model_expert_params_are_the_expert_constructor_arguments():
+    """params.model.expert's fields are AnomalyExpert's keyword arguments: the model config holds them as they are
+    and the model's expert is AnomalyExpert(**them); the expert's temperature has one owner (model.expert, else the
+    preset's), at training and at inference alike."""
+    import inspect
+
+    arguments = set(inspect.signature(AnomalyExpert).parameters)
+    assert set(Params().model.expert.model_dump()) <= arguments
+    params = Params(model={"expert": {"embed_dim": 32, "temperature": 7.0}})
+    assert expert_config(params) == {"embed_dim": 32, "temperature": 7.0, "eps": 1e-6}
+    assert expert_config(Params())["temperature"] == 10.0
+    assert expert_config(Params(model={"preset": "llava-onevision-7b"}))["temperature"] == 100.0
+    with torch.device("meta"):
+        model = build_shapes_only("llava-onevision-0.5b", params, text_overrides={"num_hidden_layers": 1})
+    assert model.config.expert_config == expert_config(params)
+    expert = model.anomaly_expert
+    assert (expert.embed_dim, expert.temperature, expert.eps) == (32, 7.0, 1e-6)
+    assert expert.config_dict() == {**expert_config(params), "hidden_size": 1152, "grid_size": 27, "num_levels": 4,
+                                    "predictor_dim": 32, "num_pooling_tokens": 2}
+
+
+def test_config_json_saved_with_the_old_expert_field_names_still_loads():
+    """Models saved before the expert's settings became one dict (``expert_embed_dim``...) rebuild the same expert."""
+    from anomaly_ov.model.modeling import AnomalyOVConfig
+
+    old = AnomalyOVConfig(expert_embed_dim=64, expert_temperature=10.0, expert_eps=1e-6)
+    assert old.expert_config == {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6}
+    again = AnomalyOVConfig.from_dict(old.to_dict())
+    assert again.expert_config == old.expert_config and not hasattr(again, "expert_embed_dim")

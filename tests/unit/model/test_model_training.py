@@ -120,7 +120,7 @@ def test_save_load_round_trip_gives_identical_logits(tiny_parts, tmp_path):
     again = loaded_proc([[make_image(128, 128)]], [CONV])
     for key in inputs:
         assert torch.equal(inputs[key], again[key]), key
-    assert loaded.config.expert_temperature == model.config.expert_temperature
+    assert loaded.config.expert_config == model.config.expert_config
     assert loaded.config.expert_layers == model.config.expert_layers
     with torch.no_grad():
         a = model(**inputs)

@@ -56,7 +56,7 @@ def test_both_layouts_load_the_same_weights_and_give_the_same_logits(real_layout
     assert cfg.image_grid_pinpoints == PINPOINTS and cfg.vision_aspect_ratio == "anyres_max_9"
     assert cfg.llm_layer_index == cfg.vision_config.num_hidden_layers  # -1: llava-hf already dropped SigLIP's last
     assert cfg.text_config.vocab_size == 152000 and cfg.image_token_index == IMAGE_TOKEN_ID
-    assert cfg.expert_temperature == 100.0  # the pretrained (paper) recipe
+    assert cfg.expert_config["temperature"] == 100.0  # the pretrained presets' (the release)
     models["save_pretrained"].anomaly_expert.load_state_dict(models["hub"].anomaly_expert.state_dict())
     proc = build_processor(real_layout_params(real_layout_checkpoints["hub"]))
     inputs = proc([make_image(300, 400)], [{"from": "human", "value": "<image>\nAre there any defects?"}])

@@ -204,7 +204,7 @@ def test_real_layout_model_uses_the_release_maths_and_lays_out_uncropped_images_
 
     params = pretrained_params(llava_checkpoint)
     model = build_model(params).eval()
-    assert model.anomaly_expert.eps == 0.0 and model.config.expert_eps == 0.0
+    assert model.anomaly_expert.eps == 0.0 and model.config.expert_config["eps"] == 0.0
     proc = build_processor(params)
     views = [Image.new("RGB", (200, 150), (100 + 50 * k, 90, 90)) for k in range(2)]
     inputs = proc([views], [[{"from": "human", "value": "<image><image>\nAny defect?"}]])
