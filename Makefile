@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup pipeline test test-fast lint bench clean-outputs
+.PHONY: setup pipeline test test-fast lint typecheck bench clean-outputs
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+## mypy over anomaly_ov, tasks and flows (settings in pyproject.toml's [tool.mypy]).
+typecheck: setup
+	$(BIN)/mypy
 
 bench: setup
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -554,10 +554,10 @@ def _pop_moved_keys(data: dict[str, Any]) -> list[str]:
 def params_from_dict(data: Mapping[str, Any], source: str = "params") -> Params:
     """Validate ``data`` (params.yaml's content) into :class:`Params`; every problem, moved keys included, is
     reported in one :class:`ConfigError`."""
-    data = copy.deepcopy(dict(data))
-    moved = _pop_moved_keys(data)
+    plain = copy.deepcopy(dict(data))
+    moved = _pop_moved_keys(plain)
     try:
-        params = Params.model_validate(data)
+        params = Params.model_validate(plain)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source, extra=moved)) from None
     if moved:

@@ -120,7 +120,8 @@ class ChatClient:
         deadline = time.monotonic() + self.timeout_s
         try:
             with self._opener.open(request, timeout=self.timeout_s) as response:
-                chunks, size = [], 0
+                chunks: list[bytes] = []
+                size = 0
                 while True:
                     if time.monotonic() > deadline:
                         raise LLMClientError("timeout", f"{self.url} took more than {self.timeout_s:g} s")

@@ -274,7 +274,7 @@ def overlay(image: Any, anomaly_map: Any, alpha: float = 0.5):
 
     base = image.convert("RGB")
     heat = np.clip(np.asarray(anomaly_map, dtype=np.float32), 0.0, 1.0)
-    heat_img = Image.fromarray((heat * 255).astype("uint8"), mode="L").resize(base.size, Image.BILINEAR)
+    heat_img = Image.fromarray((heat * 255).astype("uint8"), mode="L").resize(base.size, Image.Resampling.BILINEAR)
     weight = np.asarray(heat_img, dtype=np.float32)[..., None] / 255.0 * alpha
     red = np.zeros((*weight.shape[:2], 3), dtype=np.float32)
     red[..., 0] = 255.0

@@ -15,7 +15,7 @@ Converted and synthetic sets are written in the BMAD pixel-level layout
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -261,6 +261,17 @@ def _orient(plane: np.ndarray) -> np.ndarray:
     return np.flipud(plane.T)
 
 
+def _load_volume(path: Path) -> np.ndarray:
+    """A NIfTI (or other nibabel) image's data as float64."""
+    import nibabel as nib
+    from nibabel.dataobj_images import DataobjImage
+
+    image = nib.load(str(path))
+    if not isinstance(image, DataobjImage):
+        raise MedicalFormatError(f"{path}: {type(image).__name__} holds no voxel array")
+    return np.asarray(image.get_fdata(dtype=np.float64))
+
+
 def nifti_slices(path: str | Path, axis: int = 2, mask_path: str | Path | None = None, window: Window = "percentile",
                  step: int = 1, skip_blank: bool = True) -> Iterator[Slice]:
     """Yield slices of a 3-D NIfTI volume along ``axis``; the mask volume is sliced the same way.
@@ -268,11 +279,9 @@ def nifti_slices(path: str | Path, axis: int = 2, mask_path: str | Path | None =
     One window is chosen for the whole volume (slices stay comparable). ``skip_blank`` drops slices with no
     signal (all values at the window's low end), which is where most volumes start and end.
     """
-    import nibabel as nib
-
     path = Path(path)
     try:
-        volume = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+        volume = _load_volume(path)
     except FileNotFoundError:
         raise
     except Exception as exc:
@@ -285,7 +294,7 @@ def nifti_slices(path: str | Path, axis: int = 2, mask_path: str | Path | None =
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     mask = None
     if mask_path is not None:
-        mask = np.asarray(nib.load(str(mask_path)).get_fdata(dtype=np.float64)) > 0
+        mask = _load_volume(Path(mask_path)) > 0
         if mask.ndim == 4 and mask.shape[3] == 1:
             mask = mask[..., 0]
         if mask.shape != volume.shape:
@@ -320,7 +329,7 @@ def _resize(array: np.ndarray, size: int | None, mask: bool = False) -> np.ndarr
     from PIL import Image
 
     image = Image.fromarray(array)
-    resample = Image.NEAREST if mask else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
     return np.asarray(image.resize((size, size), resample))
 
 
@@ -369,7 +378,7 @@ def convert_nifti(volumes: Sequence[tuple[str | Path, str | Path | None]], out_r
 
 
 def convert_dicom(files: Iterable[str | Path], out_root: str | Path, category: str, split: str = "test",
-                  window: Window = "auto", masks: dict[str, str | Path] | None = None, size: int | None = None,
+                  window: Window = "auto", masks: Mapping[str, str | Path] | None = None, size: int | None = None,
                   source: str = "dicom", role: str = "eval", workspace: str | Path = ".",
                   defect_type: str = "lesion") -> pd.DataFrame:
     """Convert DICOM files to BMAD layout. ``masks`` maps a file's stem to a mask PNG (non-zero = anomalous)."""

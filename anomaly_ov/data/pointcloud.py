@@ -160,7 +160,8 @@ def read_ply(path: str | Path) -> dict[str, np.ndarray]:
         raise PointCloudError(f"{path}: not a PLY file (no 'ply' magic / 'end_header')")
     header_lines = raw[:end].decode("ascii", errors="replace").splitlines()
     body_start = raw.find(b"\n", end) + 1
-    fmt, elements = "", []  # elements: [name, count, [(prop, type) or list marker]]
+    fmt = ""
+    elements: list[tuple[str, int, list[tuple[str, str]]]] = []  # (name, count, [(property, type or "list")])
     for line in header_lines:
         parts = line.split()
         if not parts:
@@ -168,7 +169,7 @@ def read_ply(path: str | Path) -> dict[str, np.ndarray]:
         if parts[0] == "format":
             fmt = parts[1]
         elif parts[0] == "element":
-            elements.append([parts[1], int(parts[2]), []])
+            elements.append((parts[1], int(parts[2]), []))
         elif parts[0] == "property" and elements:
             if parts[1] == "list":
                 elements[-1][2].append((parts[4], "list"))
@@ -372,7 +373,7 @@ def render_view(points: np.ndarray, normals: np.ndarray, labels: np.ndarray, cam
     first = np.ones(len(order), dtype=bool)
     first[1:] = pix_sorted[1:] != pix_sorted[:-1]
     winners = order[first]
-    point_index = np.full(size * size, -1, dtype=np.int64)
+    point_index: np.ndarray = np.full(size * size, -1, dtype=np.int64)
     point_index[pix[winners]] = owner[winners]
     point_index = point_index.reshape(size, size)
 

@@ -191,7 +191,7 @@ def _render_wood(rng: np.random.Generator, size: int) -> Render:
 def _render_metal(rng: np.random.Generator, size: int) -> Render:
     angle = rng.uniform(-0.4, 0.4) + rng.integers(0, 2) * np.pi / 2
     u, v = _rotate(size, angle, rng.random(), rng.random())
-    samples = rng.normal(0.0, 1.0, 4 * size + 8).astype(np.float32)
+    samples: np.ndarray = rng.normal(0.0, 1.0, 4 * size + 8).astype(np.float32)
     samples = np.convolve(samples, np.ones(2, np.float32) / 2, mode="same")
     lines = np.interp(v.ravel() * size + 2 * size + 4, np.arange(samples.size), samples).reshape(size, size)
     sheen = 0.85 + 0.2 * np.cos(2 * np.pi * (u * rng.uniform(0.3, 1.2) + rng.random()))
@@ -620,6 +620,7 @@ def _write_mvtec(params: SyntheticParams, root: Path, category: str, seed: int) 
     for i, defect in enumerate(_anomaly_plan(params, category, params.training_anomalies_per_category)):
         n = counts.get(defect, 0)
         _, image, mask = make_sample(category, size, seed, "test_anomaly", i, defect)
+        assert mask is not None  # an anomalous sample always has its mask
         _write(cdir / "test" / defect / f"{n:03d}.png", _png_bytes(image))
         _write(cdir / "ground_truth" / defect / f"{n:03d}_mask.png", _png_bytes(mask, 9))
         counts[defect] = n + 1
@@ -644,6 +645,7 @@ def _write_visa(params: SyntheticParams, root: Path, category: str, seed: int, s
     counts["good"] = index
     for i, defect in enumerate(_anomaly_plan(params, category)):
         _, image, mask = make_sample(category, size, seed, "test_anomaly", i, defect)
+        assert mask is not None  # an anomalous sample always has its mask
         name, mask_name = f"{images}/Anomaly/{i:03d}.JPG", f"{category}/Data/Masks/Anomaly/{i:03d}.png"
         _write(root / name, _jpeg_bytes(image))
         _write(root / mask_name, _png_bytes(mask, 9))

@@ -222,7 +222,7 @@ def resize_map(amap: np.ndarray, resolution: int) -> np.ndarray:
     if amap.ndim != 2:
         raise ValueError(f"anomaly map must be 2-D, got shape {amap.shape}")
     if amap.shape != (resolution, resolution):
-        amap = np.asarray(Image.fromarray(amap).resize((resolution, resolution), Image.BILINEAR))
+        amap = np.asarray(Image.fromarray(amap).resize((resolution, resolution), Image.Resampling.BILINEAR))
     return np.clip(np.nan_to_num(amap, nan=0.0), 0.0, 1.0).astype(np.float32)
 
 
@@ -239,7 +239,7 @@ def load_mask(file: str | Path | None, resolution: int, workspace: str | Path,
     if raw.ndim == 3:
         raw = raw.max(axis=2)
     binary = (raw > 0).astype(np.float32)
-    resized = np.asarray(Image.fromarray(binary).resize((resolution, resolution), Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(binary).resize((resolution, resolution), Image.Resampling.BILINEAR))
     return resized > 0.5
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: 8-connectivity for ground-truth components.
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -43,7 +44,7 @@ def mean_of(values: Iterable[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def _binary(labels: Sequence[Any]) -> np.ndarray:
+def _binary(labels: ArrayLike) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.dtype.kind in "OUS":
         arr = np.asarray([_truthy(v) for v in arr.ravel()], dtype=bool)
@@ -79,7 +80,7 @@ def area_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------- image level
-def image_auroc(scores: Sequence[float], labels: Sequence[Any]) -> float | None:
+def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float | None:
     """ROC-AUC of image scores against image labels (True/1/"anomaly" = positive); None for one label value."""
     from sklearn.metrics import roc_auc_score
 
@@ -89,7 +90,7 @@ def image_auroc(scores: Sequence[float], labels: Sequence[Any]) -> float | None:
     return _clean(roc_auc_score(y, np.asarray(scores, dtype=np.float64).ravel()))
 
 
-def f1_max(scores: Sequence[float], labels: Sequence[Any]) -> tuple[float | None, float | None]:
+def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float | None, float | None]:
     """Largest F1 over the thresholds of the precision-recall curve, and that threshold (score >= t = positive)."""
     from sklearn.metrics import precision_recall_curve
 
@@ -104,7 +105,7 @@ def f1_max(scores: Sequence[float], labels: Sequence[Any]) -> tuple[float | None
     return float(f1[best]), float(thresholds[best])
 
 
-def roc_points(scores: Sequence[float], labels: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+def roc_points(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
     """(fpr, tpr) of the image-level ROC curve, or None for a one-label class."""
     from sklearn.metrics import roc_curve
 
@@ -275,7 +276,8 @@ class PixelScoreTable:
             return
         parts = [(self.keys, self.positive, self.negative, self.pro_weight), *self._pending]
         self._pending, self._pending_entries = [], 0
-        self._set(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+        keys, positive, negative, pro = (np.concatenate(column) for column in zip(*parts, strict=True))
+        self._set(keys, positive, negative, pro)
         while len(self.keys) > self.max_entries:
             self.shift += 1
             self._set(self.keys >> np.uint32(1), self.positive, self.negative, self.pro_weight, ascending=True)
@@ -298,8 +300,8 @@ class PixelScoreTable:
     @property
     def nbytes(self) -> int:
         """Bytes held by the table (and the buffer)."""
-        arrays = [self.keys, self.positive, self.negative, self.pro_weight,
-                  *(a for part in self._pending for a in part)]
+        arrays: list[np.ndarray] = [self.keys, self.positive, self.negative, self.pro_weight,
+                                    *(a for part in self._pending for a in part)]
         return int(sum(a.nbytes for a in arrays))
 
     def _from_top(self, counts: np.ndarray) -> np.ndarray:
@@ -395,7 +397,7 @@ def group_indices(categories: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def per_class(
-    categories: Sequence[str], fn: Callable[..., Any], *columns: Sequence[Any]
+    categories: Sequence[str], fn: Callable[..., Any], *columns: ArrayLike
 ) -> dict[str, Any]:
     """Apply ``fn`` to each class's slice of ``columns``: ``{class: fn(*slices)}``."""
     arrays = [np.asarray(col, dtype=object) if not isinstance(col, np.ndarray) else col for col in columns]

@@ -132,6 +132,13 @@ class Subject:
     def localised(self) -> bool:
         return self.facts is not None and not self.facts.is_empty
 
+    @property
+    def marked_facts(self) -> MaskFacts:
+        """The mask facts of a :attr:`localised` subject (raises for a subject without)."""
+        if self.facts is None:
+            raise ValueError("this subject has no mask facts (check `localised` first)")
+        return self.facts
+
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _pick(rng: random.Random, options: Sequence[str]) -> str:
@@ -299,7 +306,7 @@ def anomaly_what(rng: random.Random, subject: Subject) -> str:
     ))
     if not subject.localised:
         return first
-    region = subject.facts.regions[0]
+    region = subject.marked_facts.regions[0]
     shape = _shape_phrase(region)
     second = _pick(rng, (
         f"It looks like {_article(shape)} {shape}, {_appearance(rng, region, subject.category)}.",
@@ -312,7 +319,7 @@ def anomaly_where(rng: random.Random, subject: Subject) -> str:
     name = _name(subject)
     if not subject.localised:
         return f"The image shows {_a(name)}, but its exact location is not marked."
-    facts = subject.facts
+    facts = subject.marked_facts
     note = _view_note(subject)
     if facts.count == 1:
         loc = with_preposition(facts.regions[0].location)
@@ -331,7 +338,7 @@ def anomaly_size(rng: random.Random, subject: Subject) -> str:
     name, obj = _name(subject), subject.category.noun
     if not subject.localised:
         return f"The extent of the {name} is not marked in the image."
-    facts = subject.facts
+    facts = subject.marked_facts
     img = _percent(facts.image_fraction)
     extra = ""
     if not subject.category.texture and facts.image_fraction * 2 <= facts.object_fraction <= 0.5:
@@ -348,7 +355,7 @@ def anomaly_count(rng: random.Random, subject: Subject) -> str:
     name = _name(subject)
     if not subject.localised:
         return f"At least one {name} is present; the regions are not marked."
-    n = subject.facts.count
+    n = subject.marked_facts.count
     if n == 1:
         return _pick(rng, ("There is one defective region.", f"I can see one region with {_a(name)}.",
                            f"One: a single defective region{_view_note(subject)}."))
@@ -362,7 +369,7 @@ def anomaly_describe(rng: random.Random, subject: Subject) -> str:
     name, obj = _name(subject), subject.category.noun
     if not subject.localised:
         return anomaly_what(rng, subject)
-    facts = subject.facts
+    facts = subject.marked_facts
     region = facts.regions[0]
     loc = with_preposition(region.location)
     shape = _shape_phrase(region)
@@ -418,7 +425,7 @@ def anomaly_complex(rng: random.Random, subject: Subject, sub: str) -> str:
     if sub == "impact":
         impact = _pick(rng, info.impact)
         if subject.localised and rng.random() < 0.4:
-            return f"The {name} is {subject.facts.size}; {impact}."
+            return f"The {name} is {subject.marked_facts.size}; {impact}."
         return _pick(rng, (f"{_cap(impact)}.", f"This matters because {impact}."))
     prevention = list(info.prevention)
     rng.shuffle(prevention)

@@ -163,7 +163,7 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
         raise FileNotFoundError(f"{path}: mask file not found (manifest mask_path points here; re-run prepare)")
     img = open_image(path, mode=None).convert("L")
     if size is not None and img.size != tuple(size):
-        img = img.resize(tuple(size), Image.NEAREST)
+        img = img.resize((int(size[0]), int(size[1])), Image.Resampling.NEAREST)
     return np.asarray(img) > 0
 
 

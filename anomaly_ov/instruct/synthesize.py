@@ -108,6 +108,11 @@ def compute_facts(keys: list[FactsKey], dilate_px: int, merge_distance_px: int, 
         return list(pool.map(_facts_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
 
 
+def _fraction(facts: MaskFacts | None) -> float:
+    """The defect's share of the image; -1 for a view without mask facts (never the best view)."""
+    return facts.image_fraction if facts is not None else -1.0
+
+
 def _facts_key(row: Any, workspace: Path, texture: bool) -> FactsKey | None:
     if row["label"] != "anomaly" or not row["mask_path"]:
         return None
@@ -186,7 +191,7 @@ def collect_subjects(
             files.append(path)
             masks.append(mask)
             facts_list.append(facts)
-        best = max(range(len(rows)), key=lambda i: facts_list[i].image_fraction if facts_list[i] else -1.0)
+        best = max(range(len(rows)), key=lambda i: _fraction(facts_list[i]))
         subject = A.Subject(label=label, category=cat, domain=dom, facts=facts_list[best], views=len(rows),
                             view_index=best if facts_list[best] is not None else None,
                             defect=kb.defect(dom, defect_type, rows[0]["category"]) if label == "anomaly" else None)
@@ -314,7 +319,7 @@ def render_red_boxes(items: Iterable[Item], out_dir: Path, workspace: Path) -> d
             continue
         view = subject.view_index or 0
         target = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', item.id)}.png"
-        save_red_boxes(item.files[view], subject.facts, target)
+        save_red_boxes(item.files[view], subject.marked_facts, target)
         written[item.id] = workspace_relative(target, workspace)
     return written
 

@@ -230,9 +230,13 @@ def issue_checks(issues: Sequence[Issue], cap: int) -> list[Check]:
 
 
 def conversion_notes(results: Sequence[RowResult]) -> list[str]:
-    counts = Counter(r.mode for r in results if r.conversion)
+    counts = Counter(str(r.mode) for r in results if r.conversion)
     return [f"{n} image(s) in mode {mode}: converted on load, {CONVERSIONS.get(mode, mode + ' -> RGB')}"
             for mode, n in sorted(counts.items())]
+
+
+def _size_fields(size: tuple[int, int] | None) -> dict[str, Any]:
+    return {"width": size[0], "height": size[1]} if size else {}
 
 
 def checks_from_results(results: Sequence[RowResult], settings: ValidateParams) -> list[Check]:
@@ -244,22 +248,20 @@ def checks_from_results(results: Sequence[RowResult], settings: ValidateParams) 
         return ({"mask": mask} if mask else {}) | {"file": r.file, "row": r.row, **extra}
 
     unreadable = [at(r, error=r.error) for r in results if r.error]
-    refused = [at(r, **({"width": r.size[0], "height": r.size[1]} if r.size else {}), reason=r.too_large)
-               for r in results if r.too_large]
+    refused = [at(r, **_size_fields(r.size), reason=r.too_large) for r in results if r.too_large]
     converted = [at(r, mode=r.mode, conversion=r.conversion) for r in readable if r.conversion]
     modes = Counter(item["mode"] for item in converted)
     out_of_bounds = [at(r, width=r.size[0], height=r.size[1]) for r in readable
                      if r.size is not None and not (lo <= min(r.size) and max(r.size) <= hi)] + refused
     stale = [at(r, manifest=list(r.manifest_size), decoded=list(r.size)) for r in readable
-             if all(r.manifest_size) and tuple(r.manifest_size) != tuple(r.size)]
+             if r.size is not None and all(r.manifest_size) and tuple(r.manifest_size) != tuple(r.size)]
     with_mask = [r for r in results if r.mask_file]
     bad_mask = [at(r, mask=r.mask_file, error=r.mask_error) for r in with_mask if r.mask_error]
-    masks = [r for r in with_mask if r.mask is not None]
-    wrong_size = [at(r, mask=r.mask_file, mask_size=list(r.mask.size), image_size=list(r.size)) for r in masks
-                  if r.size is not None and tuple(r.mask.size) != tuple(r.size)]
-    non_binary = [at(r, mask=r.mask_file, nonzero_levels=r.mask.nonzero_levels) for r in masks
-                  if r.mask.nonzero_levels > 1]
-    empty = [at(r, mask=r.mask_file) for r in masks if r.label == "anomaly" and r.mask.positive == 0]
+    masks = [(r, r.mask) for r in with_mask if r.mask is not None]
+    wrong_size = [at(r, mask=r.mask_file, mask_size=list(m.size), image_size=list(r.size)) for r, m in masks
+                  if r.size is not None and tuple(m.size) != tuple(r.size)]
+    non_binary = [at(r, mask=r.mask_file, nonzero_levels=m.nonzero_levels) for r, m in masks if m.nonzero_levels > 1]
+    empty = [at(r, mask=r.mask_file) for r, m in masks if r.label == "anomaly" and m.positive == 0]
     checks = [
         Check.from_failures(
             "image_readable", "critical", unreadable, max_examples=cap, origin="files",

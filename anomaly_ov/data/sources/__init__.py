@@ -45,7 +45,7 @@ READERS: dict[str, str] = {
 }
 
 
-def reader_for(fmt: str) -> Callable[[SourceParams, Path], pd.DataFrame]:
+def reader_for(fmt: str) -> Callable[..., pd.DataFrame]:
     """The reader function registered for ``fmt`` (imported on first use)."""
     if fmt not in READERS:
         raise LayoutError(f"unknown source format {fmt!r}; known formats: {sorted(READERS)}")

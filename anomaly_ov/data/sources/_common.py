@@ -18,12 +18,12 @@ Two kinds of problems:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.errors import InputError
 
@@ -37,6 +37,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 class LayoutError(InputError):
     """A dataset on disk does not follow the layout its reader expects; the message names the path and layout."""
+
+    issues: list[Any]  # per-file issues, set by the caller that collected them (absent otherwise)
 
 
 #: check name -> (what failing means, what to do, what passing means); all critical (see ``anomaly_ov.validate``).
@@ -196,7 +198,7 @@ def require_dir(path: Path, what: str, layout: str) -> Path:
     return path
 
 
-def select_categories(available: Sequence[str], wanted: Iterable[str] | None, root: Path, layout: str) -> list[str]:
+def select_categories(available: Iterable[str], wanted: Iterable[str] | None, root: Path, layout: str) -> list[str]:
     """Honour a source's ``categories`` filter; an unknown name is an error that lists the available ones."""
     available = sorted(available)
     if not available:
