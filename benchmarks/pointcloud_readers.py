@@ -8,6 +8,11 @@ and big endian; fields x y z, with rgb, with normals, with a label), reads each 
 and prints both times (best of ``--repeats``) and their ratio (project / maintained; above 1 = the project is
 slower). plyfile is GPL-3.0, so the project does not depend on it; install it (`pip install plyfile`) to run the
 PLY comparison, which is skipped otherwise.
+
+Measured on the 2-core dev machine (50000 points, best of 2): the former pure-Python PCD reader gave the same values
+but read binary_compressed files 47-400x slower than pypcd4 (0.9-2.3 s against 2-43 ms) and ascii fields as float64
+whatever their declared type, so PCD now goes through pypcd4 (ratios ~1). The PLY reader reads ascii 4-6x faster
+than plyfile and binary files equally fast (sub-millisecond either way), with the same values, and is kept.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def write_pcd(path: Path, records: np.ndarray, encoding: str) -> None:
     header = (f"VERSION 0.7\nFIELDS {' '.join(names)}\nSIZE {' '.join(str(records.dtype[n].itemsize) for n in names)}"
               f"\nTYPE {' '.join(kinds)}\nCOUNT {' '.join('1' for _ in names)}\nWIDTH {len(records)}\nHEIGHT 1\n"
               f"VIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(records)}\nDATA ascii\n")
-    columns = [records[n].astype(np.float64) if k == "F" else records[n].astype(np.int64) for n, k in zip(names, kinds, strict=True)]
+    columns = [records[n].astype(np.float64 if k == "F" else np.int64) for n, k in zip(names, kinds, strict=True)]
     with path.open("w") as handle:
         handle.write(header)
         np.savetxt(handle, np.column_stack(columns), fmt=["%.9g" if k == "F" else "%d" for k in kinds])
