@@ -77,11 +77,16 @@ def vision_tower_params(vision: Any) -> int:
     return total
 
 
+def _expert_width(config: Any) -> int:
+    """E of the config's expert (``expert_config["embed_dim"]``; AnomalyExpert's default 512 when unset)."""
+    return int(_get(_get(config, "expert_config", {}), "embed_dim", 512))
+
+
 def expert_params(config: Any) -> int:
     """The LTFM expert (:class:`anomaly_ov.model.expert.AnomalyExpert`) of an ``AnomalyOVConfig``."""
     c = config.vision_config.hidden_size
-    e = config.expert_embed_dim
-    p = _get(config, "expert_predictor_dim", e)
+    e = _expert_width(config)
+    p = _get(_get(config, "expert_config", {}), "predictor_dim", e)
     levels = len(config.expert_layers)
     tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     prompts = 2 * e
@@ -263,7 +268,7 @@ def siglip_layer_activation_bytes(vision: Any, act: int) -> int:
 def expert_activation_bytes(config: Any, act: int) -> int:
     """Bytes the trained expert keeps per crop: the tower features it reads (LLM layer + levels, [T, C] each), each
     level's adapted features [T, E] and matching products, the q_former's keys [T, E] and the quadrant weights."""
-    c, e = config.vision_config.hidden_size, config.expert_embed_dim
+    c, e = config.vision_config.hidden_size, _expert_width(config)
     levels = len(config.expert_layers)
     tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     return act * tokens * ((levels + 1) * c + levels * (e + 8) + e + 8)
@@ -337,9 +342,9 @@ def plan(
         precision = BF16_FP32_WEIGHTS  # FSDP2's sharded parameter is the fp32 master weight
     cb = precision.compute
     sharded_weights = strategy in ("zero3", "fsdp")
-    weights = frozen * cb + trained * precision.trained_weight
-    grads = trained * precision.grad
-    optimizer = trained * precision.optimizer
+    weights: float = frozen * cb + trained * precision.trained_weight
+    grads: float = trained * precision.grad
+    optimizer: float = trained * precision.optimizer
     grad_b = precision.grad
     gathered = 0.0
     if strategy == "ddp":
