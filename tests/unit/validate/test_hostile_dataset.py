@@ -41,7 +41,7 @@ def cli(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults (validate.max_image_side 8192)
     runner = CliRunner()
-    return lambda *args: runner.invoke(app, ["validate", *args])
+    return lambda *args: runner.invoke(app, ["data", "validate", *args])
 
 
 def _failing(report, name: str) -> str:

@@ -91,7 +91,7 @@ def cli(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults
     runner = CliRunner()
-    return lambda *args: runner.invoke(app, ["validate", *args])
+    return lambda *args: runner.invoke(app, ["data", "validate", *args])
 
 
 def test_cli_clean_dataset_exits_zero(tmp_path, kit, cli):
@@ -125,8 +125,8 @@ def test_cli_train_role_needs_no_anomaly(tmp_path, kit, cli):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(["missing_dir", "--format", "mvtec"], "cannot read as 'mvtec'"),
-     (["ds", "--format", "nope"], "unknown --format"),
-     (["ds", "--format", "mvtec", "--role", "test"], "--role")],
+     (["ds", "--format", "nope"], "'nope' is not one of"),  # the choices come from the one list of formats
+     (["ds", "--format", "mvtec", "--role", "test"], "'test' is not one of")],
 )
 def test_cli_unusable_input_exits_two_without_traceback(tmp_path, kit, cli, args, needle):
     kit.make_mvtec(tmp_path / "ds")
