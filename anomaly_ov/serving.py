@@ -1,7 +1,7 @@
 """Using a trained model by hand: load it from a directory or the registry, predict, draw overlays, chat.
 
 ``load_predictor("models/anomaly_ov")`` reads a saved directory; ``load_predictor("models:/anomaly-ov@production")``
-loads the registered pyfunc through MLflow and takes its predictor, so `anomaly-ov predict` and the served model
+loads the registered pyfunc through MLflow and takes its predictor, so `anomaly-ov model predict` and the served model
 give the same numbers. Overlays are plain PIL (no matplotlib): the anomaly map in red over the image.
 
 What a served model accepts from the network (:class:`ServeLimits`, :func:`check_request`, :func:`decode_row_image`)
@@ -56,7 +56,7 @@ class ServeLimits:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_question_chars: int = 2000
     batch_size: int = 8
-    max_body_bytes: int = 34 * MiB  # the HTTP body as a whole (`anomaly-ov serve`); a bit over max_request_bytes
+    max_body_bytes: int = 34 * MiB  # the HTTP body as a whole (`anomaly-ov model serve`); a bit over max_request_bytes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeLimits:

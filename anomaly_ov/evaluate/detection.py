@@ -107,7 +107,7 @@ def resolve_item_image(
     if data_root is None:
         raise InputError(
             f"{source}: item {index} names its image {image!r} relative to a data root (the official VisA-D&R "
-            "layout); give the folder that holds it: `anomaly-ov evaluate DATA_ROOT --bench FILE` or "
+            "layout); give the folder that holds it: `anomaly-ov model evaluate DATA_ROOT --bench FILE` or "
             "evaluate.data_root in the params"
         )
     try:
@@ -175,8 +175,9 @@ class EvaluationInputError(InputError):
     def __init__(self, problems: Sequence[str]) -> None:
         listed = "\n".join(f"- {p}" for p in problems[:50])
         more = f"\n- ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{len(problems)} unusable image(s) or mask(s); fix or remove them (`anomaly-ov validate` "
-                         f"lists every problem of a dataset):\n{listed}{more}", failing=problems)
+        super().__init__(f"{len(problems)} unusable image(s) or mask(s); fix or remove them "
+                         f"(`anomaly-ov data validate` lists every problem of a dataset):\n{listed}{more}",
+                         failing=problems)
         self.problems = list(problems)
 
 

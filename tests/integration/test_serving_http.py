@@ -95,7 +95,7 @@ def served(tmp_path_factory):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             ports[kind] = sock.getsockname()[1]
-    commands = {  # the README's `mlflow models serve`, and `anomaly-ov serve` with its body limit
+    commands = {  # the README's `mlflow models serve`, and `anomaly-ov model serve` with its body limit
         "mlflow": [str(BIN / "mlflow"), "models", "serve", "-m", str(model_path), "--env-manager", "local",
                    "-h", "127.0.0.1", "-p", str(ports["mlflow"]), "-t", "60"],
         "anomaly-ov": [str(BIN / "anomaly-ov"), "model", "serve", "-m", str(model_path),

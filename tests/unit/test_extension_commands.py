@@ -1,4 +1,4 @@
-"""`anomaly-ov convert-medical` and `anomaly-ov render-3d` on tiny inputs."""
+"""`anomaly-ov data convert-medical` and `anomaly-ov data render-3d` on tiny inputs."""
 
 from __future__ import annotations
 

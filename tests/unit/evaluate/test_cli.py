@@ -1,4 +1,4 @@
-"""`anomaly-ov evaluate PATH`: dataset reader -> test items -> reports, and models:/ URIs -> model directory."""
+"""`anomaly-ov model evaluate PATH`: dataset reader -> test items -> reports, and models:/ URIs -> model directory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`anomaly-ov instruct-check` / `instruct-preview`: exit codes and output."""
+"""`anomaly-ov instruct check` / `instruct preview`: exit codes and output."""
 
 from __future__ import annotations
 

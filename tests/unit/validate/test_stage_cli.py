@@ -1,4 +1,4 @@
-"""The `validate` stage (reports written, StageFailed on critical) and `anomaly-ov validate PATH` exit codes."""
+"""The `validate` stage (reports written, StageFailed on critical) and `anomaly-ov data validate PATH` exit codes."""
 
 from __future__ import annotations
 
