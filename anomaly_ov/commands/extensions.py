@@ -17,7 +17,6 @@ import typer
 from anomaly_ov.choices import PointCloudFormat, Role, Split, choices
 from anomaly_ov.cli import data_app
 from anomaly_ov.errors import ConfigError
-from anomaly_ov.io import MissingFile
 
 SplitChoice = choices("SplitChoice", Split)
 RoleChoice = choices("RoleChoice", Role)
@@ -42,6 +41,7 @@ def convert_medical(
 ) -> None:
     """Convert DICOM / NIfTI to BMAD-layout PNG slices with masks and a manifest."""
     from anomaly_ov.data.medical import convert_dicom, convert_nifti
+    from anomaly_ov.io import MissingFile
 
     files: list[Path] = []
     for item in inputs:

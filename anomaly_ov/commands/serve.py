@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _load, echo_json, in_workspace_file, model_app
-from anomaly_ov.io import MissingFile
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="model directory, or an MLflow URI such as models:/anomaly-ov@production")
@@ -45,6 +44,7 @@ def chat(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Ask questions about an image, one per line on stdin (`quit` to stop); answers on stdout."""
+    from anomaly_ov.io import MissingFile
     from anomaly_ov.serving import chat_loop, load_predictor
 
     params = _load(in_workspace_file(workspace, params_file), None)
