@@ -103,6 +103,18 @@ def test_cli_clean_dataset_exits_zero(tmp_path, kit, cli):
     assert (tmp_path / "out" / "report.md").exists()
 
 
+def test_cli_json_summary_is_the_only_stdout(tmp_path, kit, cli):
+    kit.make_mvtec(tmp_path / "ds")
+    (tmp_path / "ds" / "widget" / "ground_truth" / "crack" / "001_mask.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    result = cli("ds", "--format", "mvtec", "--json")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["ok"] is False and summary["report"].endswith("validation.json")
+    failed = {f["check"]: f for f in summary["failed"]}
+    assert failed["mask_readable"]["severity"] == "critical" and failed["mask_readable"]["failing"] == 1
+    assert "001_mask.png" in json.dumps(failed["mask_readable"]["examples"])
+
+
 def test_cli_critical_failure_exits_one(tmp_path, kit, cli):
     kit.make_mvtec(tmp_path / "ds")
     (tmp_path / "ds" / "widget" / "ground_truth" / "crack" / "001_mask.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
