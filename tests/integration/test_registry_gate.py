@@ -105,7 +105,7 @@ def test_cli_promote_rollback_and_models(setup, tmp_path):
     listing = json.loads(cli.invoke(app, ["model", "list", "--json", *ws]).stdout)
     assert [(v["version"], "production" in v["aliases"]) for v in listing["versions"]] == [(v1, True), (v2, False)]
     bad = cli.invoke(app, ["model", "promote", "--version", v1, "--to", "prod", *ws])
-    assert bad.exit_code == 2 and "'prod' is not one of 'candidate', 'staging', 'production'" in bad.output
+    assert bad.exit_code == 2 and "'prod' is not one of" in bad.output  # typer's check of the alias choices
 
 
 def test_promoting_a_rejected_version_needs_force_and_a_reason(setup, tmp_path):
