@@ -1,23 +1,94 @@
 """`anomaly-ov`: the command line. Imports stay light at module level so `--help` is instant.
 
-Sub-commands are registered here; each one calls into the library (``anomaly_ov.stages`` and friends).
+Commands are grouped the way users of ``mlflow``, ``dvc`` and ``prefect`` expect::
+
+    anomaly-ov run | schedule | stage NAME | params
+    anomaly-ov data validate | convert-medical | render-3d
+    anomaly-ov instruct check | preview
+    anomaly-ov model list | promote | rollback | evaluate | predict | chat | serve
+
+The groups are declared here; each module in ``anomaly_ov/commands/`` registers its commands on one of them.
+The root callback configures logging (``-v``/``-q``, see :mod:`anomaly_ov.console`) and ``--version``. Errors:
+the project's own error types (:class:`anomaly_ov.errors.AnomalyOVError`) become one short red line on stderr
+and exit with the class's ``exit_code``; any other exception is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from anomaly_ov.errors import AnomalyOVError, ConfigError
+
+
+class _ProjectErrorsGroup(TyperGroup):
+    """The root group: a project error from any sub-command becomes one red line and its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AnomalyOVError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(exc.exit_code) from None
+
 
 app = typer.Typer(
     name="anomaly-ov",
+    cls=_ProjectErrorsGroup,
     help="Train, evaluate, track and ship Anomaly-OneVision.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+data_app = typer.Typer(name="data", no_args_is_help=True,
+                       help="Datasets on disk: validate one, convert scanner files, render point clouds.")
+instruct_app = typer.Typer(name="instruct", no_args_is_help=True,
+                           help="Instruction data: check a LLaVA-format file, preview conversations.")
+model_app = typer.Typer(name="model", no_args_is_help=True,
+                        help="Models: the MLflow registry (list, promote, rollback) and using a model "
+                             "(evaluate, predict, chat, serve).")
+app.add_typer(data_app)
+app.add_typer(instruct_app)
+app.add_typer(model_app)
+
+
+def _version(value: bool) -> None:
+    """``--version``: the package version and the versions of the libraries results depend on (no imports)."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    typer.echo(f"anomaly-ov {of('anomaly-ov')} (python {sys.version.split()[0]}, torch {of('torch')}, "
+               f"transformers {of('transformers')})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                         help="more log output: -v progress notes, -vv debug, -vvv libraries too")
+                       ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="errors only, no progress bars")] = False,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="print the versions and exit")] = None,
+) -> None:
+    """Train, evaluate, track and ship Anomaly-OneVision."""
+    from anomaly_ov.console import configure_logging
+
+    configure_logging(verbose, quiet)
+
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a param: section.key=value")]
@@ -32,31 +103,43 @@ def _load(params_file: Path, overrides: list[str] | None, *, workspace_needed: b
     reports in whatever folder the command was started from. Commands that can run on defaults
     (``workspace_needed=False``: ``validate`` of a dataset folder, ``params``) say on stderr that they do.
     """
-    from anomaly_ov.config import DEFAULT_PARAMS_FILE, ConfigError, load_params
+    from anomaly_ov.config import DEFAULT_PARAMS_FILE, load_params
     from anomaly_ov.data.images import configure
 
     path: Path | None = params_file
     if not params_file.exists():  # a folder or unreadable file is load_params' error, which names it
         if params_file.name != DEFAULT_PARAMS_FILE:
-            _fail(f"{params_file}: params file not found (check --params)", 2)
+            raise ConfigError(f"{params_file}: params file not found (check --params)")
         folder = params_file.parent.resolve()
         if workspace_needed:
-            _fail(f"{folder}: no {DEFAULT_PARAMS_FILE} here, so this is not an Anomaly-OV workspace and this command "
-                  f"would write its MLflow store, reports or models into a stray folder. Run it in the workspace (the "
-                  f"folder with {DEFAULT_PARAMS_FILE} and dvc.yaml), or pass --workspace PATH or --params FILE.", 2)
+            raise ConfigError(
+                f"{folder}: no {DEFAULT_PARAMS_FILE} here, so this is not an Anomaly-OV workspace and this command "
+                f"would write its MLflow store, reports or models into a stray folder. Run it in the workspace (the "
+                f"folder with {DEFAULT_PARAMS_FILE} and dvc.yaml), or pass --workspace PATH or --params FILE.")
         typer.secho(f"no {DEFAULT_PARAMS_FILE} in {folder}: using the built-in defaults", err=True,
                     fg=typer.colors.YELLOW)
         path = None
-    try:
-        params = load_params(path, overrides or [])
-    except ConfigError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    params = load_params(path, overrides or [])  # ConfigError names every bad key
     configure(params.validation.max_image_side)  # every image any command opens obeys validate.max_image_side
     return params
 
 
+def in_workspace_file(workspace: Path, params_file: Path) -> Path:
+    """``params_file`` as given when absolute, else relative to ``workspace``."""
+    return params_file if params_file.is_absolute() else workspace / params_file
+
+
+def echo_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout and nothing else (what ``--json`` promises scripts)."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON only (for scripts) instead of a table")]
+
+
 def _fail(message: str, code: int = 1) -> None:
+    """Stop with ``message`` as one red line and exit ``code`` (for outcomes that are not errors, e.g. a failed
+    check whose report was written; raise :mod:`anomaly_ov.errors` types for errors)."""
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -139,5 +222,7 @@ def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 
 
-# Register the sub-commands that live in anomaly_ov/commands/ (kept last: they import `app` from here).
-from anomaly_ov.commands import evaluate, extensions, instruct, orchestrate, registry, serve, validate  # noqa: E402,F401
+# Register the sub-commands that live in anomaly_ov/commands/ (kept last: they import the groups from here). The
+# order is the order `--help` lists them in.
+for _module in ("orchestrate", "validate", "extensions", "instruct", "registry", "evaluate", "serve"):
+    importlib.import_module(f"anomaly_ov.commands.{_module}")

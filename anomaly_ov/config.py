@@ -17,13 +17,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from anomaly_ov.choices import Modality, Role, SourceFormat
 from anomaly_ov.errors import ConfigError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
-SourceFormat = Literal["mvtec", "visa", "meta_json", "folder", "bmad", "mvtec3d", "real3d", "shapenet"]
-Role = Literal["train", "eval"]
-Modality = Literal["industrial", "medical", "3d"]
 PresetName = Literal["tiny", "llava-onevision-0.5b", "llava-onevision-7b"]
 
 

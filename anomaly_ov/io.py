@@ -34,6 +34,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from anomaly_ov.errors import InputError
+
 
 # ------------------------------------------------------------------------------------------- permissions
 def current_umask() -> int:
@@ -210,15 +212,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+class MissingFile(InputError, FileNotFoundError):
+    """A file the user named (or a params key points at) does not exist; the message names it and what to do."""
+
+
 def read_json(path: str | Path) -> Any:
-    """Read JSON with an error that names the file and the position of the problem."""
+    """Read JSON with an error that names the file and the position of the problem (both :class:`InputError`)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingFile(f"{path}: file not found")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise InputError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
 # ------------------------------------------------------------------------------------------- content hashes

@@ -5,7 +5,7 @@
   ``data:image/png;base64,...``; file paths only under folders the server allows, see ``anomaly_ov.serving``) and
   an optional ``question``; rows, bytes and pixels are capped (``ServeLimits``). Output: ``score``, ``label``,
   ``answer`` and, with the inference param ``return_map=True``, the anomaly map as a nested list. It loads the
-  model through ``anomaly_ov.model.predict.Predictor`` so serving and ``anomaly-ov predict`` share one
+  model through ``anomaly_ov.model.predict.Predictor`` so serving and ``anomaly-ov model predict`` share one
   implementation. The serving environment needs the ``anomaly-ov`` package installed
   (``mlflow models serve --env-manager local``).
 - :func:`run_register` (the ``register`` stage): log + register the model with ``reports/metrics.json``, alias
@@ -43,10 +43,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
+from anomaly_ov.choices import RegistryAlias, values
 from anomaly_ov.config import Params, RegistryParams
-from anomaly_ov.errors import StageFailed
+from anomaly_ov.errors import ConfigError, InputError, StageFailed, TransientError
 
-ALIASES = ("candidate", "staging", "production")
+ALIASES = values(RegistryAlias)
 MODEL_ARTIFACT = "model"
 HISTORY_TAG = "production_history"
 PREVIOUS_TAG = "previous_production"
@@ -276,7 +277,7 @@ def decide(
     production exists or the candidate beats production's value, measured on the same benchmark (same content
     hash), by ``registry.margin``. When production has no value to compare with (no primary metric recorded, a
     different or unknown benchmark: a changed ``primary_metric``, a null AUROC, a version promoted by hand) the
-    gate refuses automatic promotion and says why: a person compares and uses ``anomaly-ov promote``.
+    gate refuses automatic promotion and says why: a person compares and uses ``anomaly-ov model promote``.
     """
     evidence = evidence or Evidence()
     failures = []
@@ -291,7 +292,7 @@ def decide(
     primary = metrics.get(name)
     if failures:
         return GateDecision("candidate", "rejected: " + "; ".join(failures), failures, primary)
-    by_hand = "; compare by hand and use `anomaly-ov promote --to production` if it should replace production"
+    by_hand = "; compare by hand and use `anomaly-ov model promote --to production` if it should replace production"
     if primary is None:
         return GateDecision("staging", f"{name} missing: a version without it is never promoted to production "
                             "automatically" + by_hand, [], None)
@@ -394,7 +395,7 @@ def registry_lock(tracking_uri: str, workspace: str | Path, timeout_s: float = 3
     try:
         lock.acquire()
     except Timeout:
-        raise ValueError(f"another registration has held {path} for more than {timeout_s:g} s "
+        raise TransientError(f"another registration has held {path} for more than {timeout_s:g} s "
                          "(registry.lock_timeout_s); wait for it to finish and retry") from None
     try:
         yield path
@@ -488,20 +489,20 @@ def promote(
     and a ``reason``; both are recorded as tags on the version (``promoted.<alias>.forced``, ``.reason``).
     """
     if alias not in ALIASES:
-        raise ValueError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+        raise ConfigError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
     uri, client = _client_and_uri(params, workspace)
     name, version = params.registry.model_name, str(version)
     with registry_lock(uri, workspace, params.registry.lock_timeout_s):
         try:
             found = client.get_model_version(name, version)
         except MlflowException:
-            raise ValueError(f"model {name!r} has no version {version}; see `anomaly-ov models`") from None
+            raise ConfigError(f"model {name!r} has no version {version}; see `anomaly-ov model list`") from None
         verdict = found.tags.get("gate.verdict")
         gated = alias in PASSED and verdict not in PASSED[alias]
         if gated and not (force and reason and reason.strip()):
             said = (f"the gate rejected it ({found.tags.get('gate.reason', '')})" if verdict
                     else "the gate never judged it")
-            raise ValueError(f"version {version} cannot go to {alias}: {said}. To override, pass --force and "
+            raise ConfigError(f"version {version} cannot go to {alias}: {said}. To override, pass --force and "
                              "--reason 'why' (both are recorded on the version)")
         previous = alias_version(client, name, alias)
         if alias == "production":
@@ -523,20 +524,21 @@ def rollback(params: Params, workspace: str | Path = ".") -> dict[str, Any]:
     with registry_lock(uri, workspace, params.registry.lock_timeout_s):
         current = alias_version(client, name, "production")
         if current is None:
-            raise ValueError(f"model {name!r} has no production version: nothing to roll back")
+            raise InputError(f"model {name!r} has no production version: nothing to roll back")
         history = production_history(client, name)
         while history and history[-1] == current:
             history.pop()
         if not history:
-            raise ValueError(f"model {name!r}: no earlier production version is recorded; use `anomaly-ov promote`")
+            raise InputError(f"model {name!r}: no earlier production version is recorded; "
+                             "use `anomaly-ov model promote`")
         target = history[-1]
         try:
             client.get_model_version(name, target)
         except MlflowException:
-            raise ValueError(
+            raise InputError(
                 f"model {name!r}: version {target}, which held production before version {current}, no longer "
-                f"exists (deleted); production stays on {current}. Pick a version with `anomaly-ov models` and "
-                "`anomaly-ov promote --version N --to production`"
+                f"exists (deleted); production stays on {current}. Pick a version with `anomaly-ov model list` and "
+                "`anomaly-ov model promote --version N --to production`"
             ) from None
         client.set_registered_model_alias(name, "production", target)
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
@@ -547,7 +549,7 @@ def rollback(params: Params, workspace: str | Path = ".") -> dict[str, Any]:
 
 
 def describe(params: Params, workspace: str | Path = ".") -> dict[str, Any]:
-    """Every version with its aliases, gate verdict and primary metric (for `anomaly-ov models`)."""
+    """Every version with its aliases, gate verdict and primary metric (for `anomaly-ov model list`)."""
     client = _client(params, workspace)
     name = params.registry.model_name
     try:
@@ -684,7 +686,7 @@ def _client_and_uri(params: Params, workspace: str | Path) -> tuple[str, MlflowC
     from anomaly_ov.orchestration import start_tracking
 
     if not params.tracking.enabled:
-        raise ValueError("tracking.enabled is false: there is no model registry to use")
+        raise ConfigError("tracking.enabled is false: there is no model registry to use")
     uri = start_tracking(params, workspace)
     return uri, MlflowClient(uri)
 

@@ -1,7 +1,7 @@
 """Using a trained model by hand: load it from a directory or the registry, predict, draw overlays, chat.
 
 ``load_predictor("models/anomaly_ov")`` reads a saved directory; ``load_predictor("models:/anomaly-ov@production")``
-loads the registered pyfunc through MLflow and takes its predictor, so `anomaly-ov predict` and the served model
+loads the registered pyfunc through MLflow and takes its predictor, so `anomaly-ov model predict` and the served model
 give the same numbers. Overlays are plain PIL (no matplotlib): the anomaly map in red over the image.
 
 What a served model accepts from the network (:class:`ServeLimits`, :func:`check_request`, :func:`decode_row_image`)
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_ov.errors import InputError
+from anomaly_ov.errors import ConfigError, InputError
+from anomaly_ov.io import MissingFile
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params
@@ -55,11 +56,11 @@ class ServeLimits:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_question_chars: int = 2000
     batch_size: int = 8
-    max_body_bytes: int = 34 * MiB  # the HTTP body as a whole (`anomaly-ov serve`); a bit over max_request_bytes
+    max_body_bytes: int = 34 * MiB  # the HTTP body as a whole (`anomaly-ov model serve`); a bit over max_request_bytes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeLimits:
-        """Limits from ``ANOMALY_OV_SERVE_*`` variables; a bad value raises ``ValueError`` naming the variable."""
+        """Limits from ``ANOMALY_OV_SERVE_*`` variables; a bad value raises ``ConfigError`` naming the variable."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in ("max_rows", "max_request_bytes", "max_image_bytes", "max_image_pixels", "max_question_chars",
@@ -71,15 +72,15 @@ class ServeLimits:
             try:
                 values[name] = int(raw)
             except ValueError:
-                raise ValueError(f"{key}={raw!r} is not a whole number") from None
+                raise ConfigError(f"{key}={raw!r} is not a whole number") from None
             if values[name] < 1:
-                raise ValueError(f"{key}={raw!r} must be at least 1")
+                raise ConfigError(f"{key}={raw!r} must be at least 1")
         roots_raw = environ.get(ENV_PREFIX + "ALLOWED_ROOTS", "").strip()
         roots = []
         for item in filter(None, (r.strip() for r in roots_raw.split(os.pathsep))):
             root = Path(item)
             if not root.is_absolute() or not root.is_dir():
-                raise ValueError(f"{ENV_PREFIX}ALLOWED_ROOTS: {item!r} is not an absolute path to a folder")
+                raise ConfigError(f"{ENV_PREFIX}ALLOWED_ROOTS: {item!r} is not an absolute path to a folder")
             roots.append(Path(os.path.realpath(root)))
         return cls(allowed_roots=tuple(roots), **values)
 
@@ -259,7 +260,7 @@ def load_predictor(model: str, params: Params | None = None, workspace: str | Pa
     if not path.is_absolute():
         path = Path(workspace) / path
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"model directory {path} not found: train first (`anomaly-ov run`) or pass --model models:/NAME@ALIAS"
         )
     from anomaly_ov.model.predict import Predictor
@@ -296,7 +297,7 @@ def predict_files(
 
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
+        raise MissingFile(f"image file(s) not found: {', '.join(missing)}")
     loaded = [load_image(str(p)) for p in images]
     preds = predictor.predict(loaded, question=question, generate=question is not None, threshold=threshold)
     rows = []

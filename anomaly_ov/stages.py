@@ -139,9 +139,10 @@ def _param(params: Any, dotted: str) -> Any:
     return value
 
 
-#: anomaly_ov modules that nearly every stage runs (config and errors, file and path helpers).
-_CORE = ("anomaly_ov/__init__.py", "anomaly_ov/config.py", "anomaly_ov/errors.py", "anomaly_ov/io.py",
-         "anomaly_ov/paths.py")
+#: anomaly_ov modules that nearly every stage runs (config, its vocabularies and errors, file and path helpers,
+#: logging and progress).
+_CORE = ("anomaly_ov/__init__.py", "anomaly_ov/choices.py", "anomaly_ov/config.py", "anomaly_ov/console.py",
+         "anomaly_ov/errors.py", "anomaly_ov/io.py", "anomaly_ov/paths.py")
 _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")

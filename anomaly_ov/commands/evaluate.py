@@ -1,4 +1,4 @@
-"""`anomaly-ov evaluate PATH`: evaluate a model (directory or MLflow registry URI) on any dataset on disk.
+"""`anomaly-ov model evaluate PATH`: evaluate a model (directory or MLflow registry URI) on any dataset on disk.
 
 The dataset is read with the project's readers (``anomaly_ov.data.sources``), its test split (every row when the
 format has no test split) becomes the detection items, and the same reports as the ``evaluate`` stage are
@@ -6,20 +6,23 @@ written under ``--out``. With ``--bench FILE`` (a ``test_data.json``, e.g. the o
 come from that file instead and PATH is the data root their ``image`` paths are relative to, as the release's
 ``--data_dir``::
 
-    anomaly-ov evaluate /data --bench /data/VisA/test_data.json --reasoning /data/VisA/visa_dr.json -m models/x
+    anomaly-ov model evaluate /data --bench /data/VisA/test_data.json --reasoning /data/VisA/visa_dr.json -m models/x
+
+It prints the headline numbers as a table (``--json``: only JSON on stdout, for scripts).
 
 Heavy imports stay inside the functions so the CLI starts fast.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from anomaly_ov.cli import ParamsOpt, SetOpt, WorkspaceOpt, _fail, _load, app
+from anomaly_ov.choices import SourceFormat, choices
+from anomaly_ov.cli import JsonOpt, ParamsOpt, SetOpt, WorkspaceOpt, _load, echo_json, in_workspace_file, model_app
+from anomaly_ov.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from anomaly_ov.config import Params
 
 MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
-FORMATS = ("mvtec", "visa", "meta_json", "folder", "bmad", "mvtec3d", "real3d", "shapenet")
+DatasetFormat = choices("DatasetFormat", SourceFormat)
 
 
 def manifest_to_test_items(frame: pd.DataFrame, workspace: str | Path = ".") -> list[dict[str, Any]]:
@@ -35,7 +38,7 @@ def manifest_to_test_items(frame: pd.DataFrame, workspace: str | Path = ".") -> 
     from anomaly_ov.data.manifest import resolve
 
     if frame.empty:
-        raise ValueError("the dataset has no images")
+        raise InputError("the dataset has no images (check PATH and --format)")
     test = frame[frame["split"] == "test"]
     rows = test if len(test) else frame
     items = []
@@ -60,12 +63,12 @@ def model_dir_from_uri(uri: str, params: Params, workspace: str | Path, dst: str
     from anomaly_ov.tracking import configure
 
     if not params.tracking.enabled:
-        raise ValueError(f"--model {uri} needs MLflow, but tracking.enabled is false in the params")
+        raise ConfigError(f"--model {uri} needs MLflow, but tracking.enabled is false in the params")
     configure(params, workspace)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except Exception as exc:  # MlflowException and friends: name the URI and what to check
-        raise ValueError(f"cannot download {uri} from {mlflow.get_tracking_uri()}: {exc}") from None
+        raise InputError(f"cannot download {uri} from {mlflow.get_tracking_uri()}: {exc}") from None
     mlmodel = local / "MLmodel"
     if mlmodel.exists():
         spec = yaml.safe_load(mlmodel.read_text()) or {}
@@ -76,13 +79,14 @@ def model_dir_from_uri(uri: str, params: Params, workspace: str | Path, dst: str
     candidates = sorted(p.parent for p in local.rglob("config.json"))
     if candidates:
         return candidates[0]
-    raise ValueError(f"{uri} holds no saved model directory (no 'model_dir' artifact); was it logged by `register`?")
+    raise InputError(f"{uri} holds no saved model directory (no 'model_dir' artifact); was it logged by `register`?")
 
 
-@app.command("evaluate")
+@model_app.command("evaluate")
 def evaluate_command(
     path: Annotated[Path, typer.Argument(help="dataset root (or meta.json folder)")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help=" | ".join(FORMATS))] = "mvtec",
+    fmt: Annotated[DatasetFormat, typer.Option("--format", "-f", help="dataset layout")  # type: ignore
+                   ] = DatasetFormat.mvtec,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="model directory or MLflow URI (models:/NAME@ALIAS)")
     ] = None,
@@ -102,6 +106,7 @@ def evaluate_command(
             "--allow-external-paths", help="accept dataset and item paths that leave PATH ('..', absolute, symlinks)"
         ),
     ] = False,
+    as_json: JsonOpt = False,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
@@ -109,31 +114,44 @@ def evaluate_command(
     """Evaluate a model on a dataset: detection (Yes/No), image/pixel metrics, optional reasoning; write reports."""
     from anomaly_ov.config import SourceParams
 
-    if fmt not in FORMATS:
-        _fail(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}", 2)
-    params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides)
+    params = _load(in_workspace_file(workspace, params_file), overrides)
     out = out or workspace / "reports" / "external" / (path.resolve().name or "dataset")
     allow_external = allow_external or params.evaluate.allow_external_paths
     source = SourceParams(
         name=path.resolve().name or "dataset",
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt.value,
         path=str(path.resolve()),
         role="eval",
         categories=[c.strip() for c in categories.split(",") if c.strip()] if categories else None,
         allow_external_paths=allow_external,
     )
     data_root = path.resolve()
-    try:
-        if bench is not None:
-            from anomaly_ov.evaluate.detection import load_test_items
+    items = None
+    if bench is not None:
+        from anomaly_ov.evaluate.detection import load_test_items
 
-            items = load_test_items(bench, params.evaluate.max_images, data_root, allow_external)
-        else:
-            items = None
-        summary = _evaluate(params, workspace, source, model, out, reasoning_file, items, data_root, allow_external)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(f"evaluate: {exc}")
-    typer.echo(json.dumps(summary, indent=2))
+        items = load_test_items(bench, params.evaluate.max_images, data_root, allow_external)
+    summary = _evaluate(params, workspace, source, model, out, reasoning_file, items, data_root, allow_external)
+    if as_json:
+        echo_json(summary)
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    """The headline numbers as a table (undefined metrics are left out of ``summary``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"evaluation: {summary['images']} images", header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if key not in ("images", "out"):
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console = Console()
+    console.print(table)
+    console.print(f"reports: {summary['out']} (evaluation.md, metrics.json, figures/)")
 
 
 def _evaluate(

@@ -1,4 +1,4 @@
-"""`anomaly-ov convert-medical` and `anomaly-ov render-3d`: bring scanner files and point clouds into the pipeline.
+"""`anomaly-ov data convert-medical` and `anomaly-ov data render-3d`: scanner files and point clouds for the pipeline.
 
 ``convert-medical`` turns DICOM files (windowed: CT preset, explicit centre/width or the file's VOI window) or
 NIfTI volumes (sliced along an axis, label volumes sliced alike) into 8-bit RGB PNGs in the BMAD layout plus
@@ -14,10 +14,16 @@ from typing import Annotated
 
 import typer
 
-from anomaly_ov.cli import _fail, app
+from anomaly_ov.choices import PointCloudFormat, Role, Split, choices
+from anomaly_ov.cli import data_app
+from anomaly_ov.errors import ConfigError
+
+SplitChoice = choices("SplitChoice", Split)
+RoleChoice = choices("RoleChoice", Role)
+PointCloudChoice = choices("PointCloudChoice", PointCloudFormat)
 
 
-@app.command("convert-medical")
+@data_app.command("convert-medical")
 def convert_medical(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM files / folders of .dcm, or NIfTI volumes")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (BMAD layout + manifest.parquet)")],
@@ -26,15 +32,16 @@ def convert_medical(
                      ] = None,
     window: Annotated[str, typer.Option(help="brain | lung | abdomen | liver | bone | ... | auto | minmax | "
                                              "percentile | CENTER,WIDTH")] = "auto",
-    axis: Annotated[int, typer.Option(help="NIfTI slicing axis (0, 1 or 2)")] = 2,
-    step: Annotated[int, typer.Option(help="NIfTI: keep every n-th slice")] = 1,
-    split: Annotated[str, typer.Option(help="train | valid | test")] = "test",
+    axis: Annotated[int, typer.Option(min=0, max=2, help="NIfTI slicing axis")] = 2,
+    step: Annotated[int, typer.Option(min=1, help="NIfTI: keep every n-th slice")] = 1,
+    split: Annotated[SplitChoice, typer.Option(help="split the slices go to")] = SplitChoice.test,  # type: ignore
     size: Annotated[int | None, typer.Option(help="resize slices to SIZE x SIZE")] = None,
     source: Annotated[str, typer.Option(help="source name written to the manifest")] = "medical",
     workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("."),
 ) -> None:
     """Convert DICOM / NIfTI to BMAD-layout PNG slices with masks and a manifest."""
-    from anomaly_ov.data.medical import MedicalFormatError, convert_dicom, convert_nifti
+    from anomaly_ov.data.medical import convert_dicom, convert_nifti
+    from anomaly_ov.io import MissingFile
 
     files: list[Path] = []
     for item in inputs:
@@ -44,52 +51,60 @@ def convert_medical(
         elif item.exists():
             files.append(item)
         else:
-            _fail(f"{item}: not found")
+            raise MissingFile(f"{item}: not found (give DICOM files, folders of .dcm files or NIfTI volumes)")
+    parsed = _window(window)
+    nifti = [f for f in files if f.name.lower().endswith((".nii", ".nii.gz"))]
+    if nifti:
+        if len(nifti) != len(files):
+            raise ConfigError("mix of NIfTI and other files: convert them in separate calls")
+        pairs = [(f, (masks / f.name) if masks and (masks / f.name).exists() else None) for f in nifti]
+        frame = convert_nifti(pairs, out, category, split.value, axis, parsed if window != "auto" else "percentile",
+                              step, size, source, workspace=workspace)
+    else:
+        mask_map = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"} if masks else None
+        frame = convert_dicom(files, out, category, split.value, parsed, mask_map, size, source, workspace=workspace)
+    anomalous = int((frame["label"] == "anomaly").sum())
+    typer.echo(f"{len(frame)} images ({anomalous} with lesion masks) written to {out}; manifest {out}/manifest.parquet")
+
+
+def _window(window: str) -> str | tuple[float, float]:
+    """``--window`` as the converters take it (a name or a (centre, width) pair), checked before any file is read."""
+    from anomaly_ov.data.medical import resolve_window
+
     parsed: str | tuple[float, float] = window
     if "," in window:
         try:
             centre, width = (float(v) for v in window.split(","))
         except ValueError:
-            _fail(f"--window {window!r}: expected CENTER,WIDTH numbers (e.g. 40,400) or a preset name", 2)
+            raise ConfigError(f"--window {window!r}: expected CENTER,WIDTH numbers (e.g. 40,400) or a preset name"
+                              ) from None
         parsed = (centre, width)
-    nifti = [f for f in files if f.name.lower().endswith((".nii", ".nii.gz"))]
-    try:
-        if nifti:
-            if len(nifti) != len(files):
-                _fail("mix of NIfTI and other files: convert them in separate calls", 2)
-            pairs = [(f, (masks / f.name) if masks and (masks / f.name).exists() else None) for f in nifti]
-            frame = convert_nifti(pairs, out, category, split, axis, parsed if window != "auto" else "percentile",
-                                  step, size, source, workspace=workspace)
-        else:
-            mask_map = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"} if masks else None
-            frame = convert_dicom(files, out, category, split, parsed, mask_map, size, source, workspace=workspace)
-    except (MedicalFormatError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    anomalous = int((frame["label"] == "anomaly").sum())
-    typer.echo(f"{len(frame)} images ({anomalous} with lesion masks) written to {out}; manifest {out}/manifest.parquet")
+    if parsed not in ("auto", "minmax", "percentile"):  # those are resolved per file, from its pixel values
+        try:
+            resolve_window(parsed)
+        except ValueError as exc:
+            raise ConfigError(f"--window {window!r}: {exc}") from None
+    return parsed
 
 
-@app.command("render-3d")
+@data_app.command("render-3d")
 def render_3d(
     path: Annotated[Path, typer.Argument(help="dataset root")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="real3d | shapenet | mvtec3d")],
+    fmt: Annotated[PointCloudChoice, typer.Option("--format", "-f", help="point-cloud layout")],  # type: ignore
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the rendered views")],
     views: Annotated[int, typer.Option(help="views per object (camera ring)")] = 4,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
-    role: Annotated[str, typer.Option(help="train | eval")] = "eval",
+    role: Annotated[RoleChoice, typer.Option(help="what the rendered views may be used for")  # type: ignore
+                    ] = RoleChoice.eval,
     workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("."),
 ) -> None:
     """Render a point-cloud dataset into multi-view images + masks (manifest.parquet beside them)."""
     from anomaly_ov.config import SourceParams
-    from anomaly_ov.data.pointcloud import PointCloudError, RenderSettings
-    from anomaly_ov.data.sources import LayoutError, reader_for
+    from anomaly_ov.data.pointcloud import RenderSettings
+    from anomaly_ov.data.sources import reader_for
 
-    if fmt not in ("real3d", "shapenet", "mvtec3d"):
-        _fail(f"--format {fmt!r}: choose real3d, shapenet or mvtec3d", 2)
-    source = SourceParams(name=path.name, format=fmt, path=str(path.resolve()), role=role, modality="3d")
-    try:
-        frame = reader_for(fmt)(source, workspace, settings=RenderSettings(views=views, image_size=size),
-                                out_dir=out.resolve())
-    except (LayoutError, PointCloudError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    source = SourceParams(name=path.name, format=fmt.value, path=str(path.resolve()), role=role.value,
+                          modality="3d")
+    frame = reader_for(fmt.value)(source, workspace, settings=RenderSettings(views=views, image_size=size),
+                                  out_dir=out.resolve())
     typer.echo(f"{frame['group'].nunique()} objects, {len(frame)} views written to {out}")

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _fail, app
+from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _fail, app, in_workspace_file
+from anomaly_ov.errors import ConfigError
 
 #: Offline, no-telemetry defaults (docs/architecture.md, 'Offline, hermetic runs'); set before Prefect / MLflow /
 #: DVC are imported.
@@ -37,7 +38,7 @@ def prepare_environment() -> None:
 
 @app.command("run")
 def run_flow(
-    flow: Annotated[FlowName, typer.Option("--flow", "-f", help="pipeline | retrain | extensions")] = FlowName.pipeline,
+    flow: Annotated[FlowName, typer.Option("--flow", "-f", help="which flow")] = FlowName.pipeline,
     params_file: ParamsOpt = Path("params.yaml"),
     workspace: WorkspaceOpt = Path("."),
     force: Annotated[bool, typer.Option(help="re-run every stage even when DVC finds it up to date")] = False,
@@ -48,7 +49,6 @@ def run_flow(
     it, the run is recorded on that server. Params come from the workspace's params file (edit it: DVC tracks it).
     """
     prepare_environment()
-    from anomaly_ov.config import ConfigError
     from anomaly_ov.orchestration import StageError
 
     if flow is FlowName.pipeline:
@@ -59,10 +59,8 @@ def run_flow(
         from flows.extensions import extensions as chosen
     try:
         chosen(workspace=str(workspace.resolve()), params_file=str(params_file), force=force)
-    except StageError as exc:
-        _fail(f"{flow.value} flow stopped: {exc}")
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+    except StageError as exc:  # a project error: say which flow stopped, keep the error's exit code
+        _fail(f"{flow.value} flow stopped: {exc}", exc.exit_code)
 
 
 @app.command()
@@ -79,7 +77,7 @@ def schedule(
     """
     prepare_environment()
     if not os.environ.get("PREFECT_API_URL"):
-        _fail(
+        raise ConfigError(
             "PREFECT_API_URL is not set: a schedule needs a running Prefect server.\n"
             "  prefect server start            # UI at http://127.0.0.1:4200\n"
             "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
@@ -87,22 +85,16 @@ def schedule(
         )
     from prefect import serve
 
-    from anomaly_ov.config import ConfigError, load_params
+    from anomaly_ov.config import load_params
     from flows.retrain import retrain_deployment
 
     workspace = workspace.resolve()
-    try:
-        params = load_params(params_file if params_file.is_absolute() else workspace / params_file)
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+    params = load_params(in_workspace_file(workspace, params_file))
     pool = params.schedule.work_pool.name
     if pool:
         from flows.retrain import deploy_retrain
 
-        try:
-            deployment_id = deploy_retrain(params, str(workspace), str(params_file))
-        except ConfigError as exc:
-            _fail(str(exc), 2)
+        deployment_id = deploy_retrain(params, str(workspace), str(params_file))  # ConfigError: exit 2
         typer.echo(f"deployed 'anomaly-ov-retrain/{params.schedule.deployment_name}' ({deployment_id}) to work pool "
                    f"'{pool}' (cron '{params.schedule.cron}' {params.schedule.timezone}) on "
                    f"{os.environ['PREFECT_API_URL']}; a worker runs it: prefect worker start --pool {pool}")

@@ -1,22 +1,64 @@
-"""`anomaly-ov promote`, `anomaly-ov rollback`, `anomaly-ov models`: the MLflow model registry by hand."""
+"""`anomaly-ov model list | promote | rollback`: the MLflow model registry by hand.
+
+``list`` prints a table for people and, with ``--json``, only JSON for scripts; ``promote`` and ``rollback``
+print what changed (JSON with ``--json``).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from anomaly_ov.cli import ParamsOpt, WorkspaceOpt, _fail, _load, app
+from anomaly_ov.choices import RegistryAlias, choices
+from anomaly_ov.cli import JsonOpt, ParamsOpt, WorkspaceOpt, _load, echo_json, in_workspace_file, model_app
+
+Alias = choices("Alias", RegistryAlias)
 
 
-@app.command()
+@model_app.command("list")
+def list_models(as_json: JsonOpt = False, params_file: ParamsOpt = Path("params.yaml"),
+                workspace: WorkspaceOpt = Path(".")) -> None:
+    """List the registered versions with their aliases, gate verdicts and primary metric."""
+    from anomaly_ov.registry import describe
+
+    params = _load(in_workspace_file(workspace, params_file), None)
+    listing = describe(params, workspace)
+    if as_json:
+        echo_json(listing)
+        return
+    _print_listing(listing, params.registry.primary_metric)
+
+
+def _print_listing(listing: dict[str, Any], metric: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not listing["versions"]:
+        console.print(f"model {listing['model_name']!r}: no registered versions")
+        return
+    table = Table(title=f"model {listing['model_name']}", header_style="bold")
+    for column in ("version", "aliases", "gate verdict", metric):
+        table.add_column(column)
+    for row in listing["versions"]:
+        aliases = ", ".join(sorted(row["aliases"]))
+        table.add_row(row["version"], f"[bold green]{aliases}[/]" if "production" in row["aliases"] else aliases,
+                      row["verdict"] or "-", str(row.get(metric) if row.get(metric) is not None else "-"))
+    console.print(table)
+    history = listing.get("production_history") or []
+    if history:
+        console.print(f"production history (oldest first): {', '.join(map(str, history))}")
+
+
+@model_app.command()
 def promote(
-    version: Annotated[int, typer.Option("--version", "-v", help="model version number")],
-    to: Annotated[str, typer.Option("--to", help="candidate | staging | production")],
+    version: Annotated[int, typer.Option("--version", help="model version number")],
+    to: Annotated[Alias, typer.Option("--to", help="alias to point at the version")],  # type: ignore[valid-type]
     force: Annotated[bool, typer.Option("--force", help="override the gate (needs --reason)")] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="why, recorded on the version with --force")] = None,
+    as_json: JsonOpt = False,
     params_file: ParamsOpt = Path("params.yaml"),
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
@@ -26,34 +68,26 @@ def promote(
     """
     from anomaly_ov.registry import promote as do_promote
 
-    params = _load(workspace / params_file, None)
-    try:
-        result = do_promote(params, version, to, workspace, force=force, reason=reason)
-    except ValueError as exc:
-        _fail(str(exc))
-    typer.echo(json.dumps(result, indent=2))
+    params = _load(in_workspace_file(workspace, params_file), None)
+    result = do_promote(params, version, to.value, workspace, force=force, reason=reason)
+    if as_json:
+        echo_json(result)
+        return
+    forced = " (forced past the gate)" if result["forced"] else ""
+    was = f"; it was on version {result['previous']}" if result["previous"] else ""
+    typer.echo(f"{result['model_name']}@{result['alias']} -> version {result['version']}{forced}{was}")
 
 
-@app.command()
-def rollback(params_file: ParamsOpt = Path("params.yaml"), workspace: WorkspaceOpt = Path(".")) -> None:
+@model_app.command()
+def rollback(as_json: JsonOpt = False, params_file: ParamsOpt = Path("params.yaml"),
+             workspace: WorkspaceOpt = Path(".")) -> None:
     """Give `production` back to the version that held it before the current one."""
     from anomaly_ov.registry import rollback as do_rollback
 
-    params = _load(workspace / params_file, None)
-    try:
-        result = do_rollback(params, workspace)
-    except ValueError as exc:
-        _fail(str(exc))
-    typer.echo(json.dumps(result, indent=2))
-
-
-@app.command()
-def models(params_file: ParamsOpt = Path("params.yaml"), workspace: WorkspaceOpt = Path(".")) -> None:
-    """List the registered versions with their aliases, gate verdicts and primary metric."""
-    from anomaly_ov.registry import describe
-
-    params = _load(workspace / params_file, None)
-    try:
-        typer.echo(json.dumps(describe(params, workspace), indent=2))
-    except ValueError as exc:
-        _fail(str(exc))
+    params = _load(in_workspace_file(workspace, params_file), None)
+    result = do_rollback(params, workspace)
+    if as_json:
+        echo_json(result)
+        return
+    typer.echo(f"{result['model_name']}@production -> version {result['production']} "
+               f"(was version {result['rolled_back']})")

@@ -1,7 +1,8 @@
-"""`anomaly-ov validate PATH --format FMT`: check a dataset on disk before pointing the pipeline at it.
+"""`anomaly-ov data validate PATH --format FMT`: check a dataset on disk before pointing the pipeline at it.
 
 Reads the dataset with the reader of its format, runs every table and file check of the `validate` stage,
-writes the JSON report (and the Markdown one beside it), prints a short summary and exits with
+writes the JSON report (and the Markdown one beside it), prints a short summary (a table, or with ``--json`` only
+the report's summary and failed checks as JSON on stdout) and exits with
 0 (no critical failure), 1 (critical failures; see the report) or 2 (the dataset or the params are unusable:
 wrong layout, unknown format, bad params). Every file the reader cannot use (not an image, too large, a
 missing or orphan mask, a path out of the dataset, a non-UTF-8 name) is a finding: one bad file never hides
@@ -15,28 +16,44 @@ from typing import Annotated
 
 import typer
 
-from anomaly_ov.cli import ParamsOpt, SetOpt, WorkspaceOpt, _fail, _load, app
+from anomaly_ov.choices import Modality, Role, SourceFormat, choices
+from anomaly_ov.cli import (
+    JsonOpt,
+    ParamsOpt,
+    SetOpt,
+    WorkspaceOpt,
+    _fail,
+    _load,
+    data_app,
+    echo_json,
+    in_workspace_file,
+)
+from anomaly_ov.errors import ConfigError
 
-FORMATS = ("mvtec", "visa", "meta_json", "folder", "bmad", "mvtec3d", "real3d", "shapenet")
+DatasetFormat = choices("DatasetFormat", SourceFormat)
+RoleChoice = choices("RoleChoice", Role)
+ModalityChoice = choices("ModalityChoice", Modality)
 
 
-@app.command("validate")
+@data_app.command("validate")
 def validate_dataset(
     path: Annotated[Path, typer.Argument(help="dataset root folder")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="layout: mvtec | visa | meta_json | folder | ...")],
+    fmt: Annotated[DatasetFormat, typer.Option("--format", "-f", help="dataset layout")],  # type: ignore
     report: Annotated[Path, typer.Option("--report", "-r", help="JSON report (Markdown is written beside it)")] = Path(
         "reports/validation.json"
     ),
-    role: Annotated[str, typer.Option(help="eval (zero-shot evaluation: needs anomalies) or train")] = "eval",
+    role: Annotated[RoleChoice, typer.Option(help="eval (zero-shot evaluation: needs anomalies) or train")  # type: ignore
+                    ] = RoleChoice.eval,
     name: Annotated[str | None, typer.Option(help="source name (default: the folder name)")] = None,
     categories: Annotated[
         list[str] | None, typer.Option("--category", "-c", help="only these categories (repeatable)")
     ] = None,
-    modality: Annotated[str, typer.Option(help="industrial | medical | 3d")] = "industrial",
+    modality: Annotated[ModalityChoice, typer.Option(help="kind of images")] = ModalityChoice.industrial,  # type: ignore
     files: Annotated[bool, typer.Option("--files/--no-files", help="open and check every image and mask")] = True,
     allow_external: Annotated[
         bool, typer.Option("--allow-external-paths", help="accept paths that leave the dataset folder")
     ] = False,
+    as_json: JsonOpt = False,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
@@ -49,34 +66,32 @@ def validate_dataset(
     from anomaly_ov.validate.report import write_report
     from anomaly_ov.validate.run import validate_manifest
 
-    if fmt not in FORMATS:
-        _fail(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}", 2)
-    params = _load(workspace / params_file if not params_file.is_absolute() else params_file, overrides,
+    params = _load(in_workspace_file(workspace, params_file), overrides,
                    workspace_needed=False)  # a dataset folder can be checked with the default thresholds
     root = path if path.is_absolute() else Path.cwd() / path
     try:
         source = SourceParams(
-            name=name or root.resolve().name, format=fmt, path=str(root), role=role,
-            categories=categories or None, modality=modality, allow_external_paths=allow_external,
+            name=name or root.resolve().name, format=fmt.value, path=str(root), role=role.value,
+            categories=categories or None, modality=modality.value, allow_external_paths=allow_external,
         )
     except ValidationError as exc:
         problems = "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        _fail(f"invalid option(s): {problems}", 2)
+        raise ConfigError(f"invalid option(s): {problems}") from None
     issues: list = []
     md_path = report.with_suffix(".md")
     try:
         frame = read_source(source, workspace, issues)
     except (LayoutError, OSError) as exc:
-        result = _layout_report(f"{path}: cannot read as {fmt!r}: {exc}", [*issues, *getattr(exc, "issues", [])],
-                                params, str(path))
+        result = _layout_report(f"{path}: cannot read as {fmt.value!r}: {exc}",
+                                [*issues, *getattr(exc, "issues", [])], params, str(path))
         write_report(result, report, md_path)
-        _print_summary(result, report, md_path)
-        _fail(f"{path}: cannot read as {fmt!r}: {exc}", 2)
+        _print_summary(result, report, md_path, as_json)
+        _fail(f"{path}: cannot read as {fmt.value!r}: {exc}", 2)
     result = validate_manifest(
         frame, params, workspace, sources=[source], subject=str(path), check_files=files, issues=issues
     )
     write_report(result, report, md_path)
-    _print_summary(result, report, md_path)
+    _print_summary(result, report, md_path, as_json)
     if not result.ok:
         raise typer.Exit(1)
 
@@ -92,12 +107,24 @@ def _layout_report(message: str, issues: list, params, subject: str):
     return ValidationReport.build(checks, subject=subject, rows=0)
 
 
-def _print_summary(report, json_path: Path, md_path: Path) -> None:
-    """Short rich summary: status, counts, then one line per failed check with its first failing file."""
+def _print_summary(report, json_path: Path, md_path: Path, as_json: bool = False) -> None:
+    """Short rich summary: status, counts, then one line per failed check with its first failing file.
+
+    With ``as_json``: the same as JSON on stdout (``ok``, ``summary``, ``failed`` checks, ``notes``, report paths).
+    """
     from rich.console import Console
     from rich.table import Table
 
     from anomaly_ov.validate.report import describe_examples
+
+    if as_json:
+        echo_json({
+            "ok": report.ok, "summary": report.summary,
+            "failed": [{"check": c.name, "severity": c.severity, "failing": c.n_failing, "message": c.message,
+                        "examples": list(c.failing[:5])} for c in report.critical_failures + report.warnings],
+            "notes": list(report.notes), "report": str(json_path), "markdown": str(md_path),
+        })
+        return
 
     console = Console(soft_wrap=True)
     summary = report.summary

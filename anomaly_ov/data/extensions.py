@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anomaly_ov.choices import PointCloudFormat, values
 from anomaly_ov.paths import in_workspace
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def threed_manifest(params: Params, workspace: Path, role: str | None = None) ->
         frames.append(reader_for("real3d")(source, workspace, settings=settings, out_dir=out / "renders"))
     for source in threed.sources:
         reader = reader_for(source.format)
-        if source.format in ("mvtec3d", "real3d", "shapenet"):
+        if source.format in values(PointCloudFormat):
             frame = reader(source, workspace, settings=settings, out_dir=out / "renders_sources" / source.name)
         else:  # already rendered views in an image layout
             frame = reader(source, workspace).copy()

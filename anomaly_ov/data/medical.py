@@ -369,7 +369,9 @@ def convert_nifti(volumes: Sequence[tuple[str | Path, str | Path | None]], out_r
     """
     out_root = Path(out_root)
     rows = []
-    for volume, mask in volumes:
+    from anomaly_ov.console import track
+
+    for volume, mask in track(list(volumes), f"convert {category}: NIfTI volumes", unit="volumes"):
         name = Path(volume).name.removesuffix(".gz").removesuffix(".nii")
         for item in nifti_slices(volume, axis=axis, mask_path=mask, window=window, step=step):
             rows.append(write_bmad_item(out_root, category, split, f"{name}_{item.index:04d}", item.image, item.mask,
@@ -382,12 +384,13 @@ def convert_dicom(files: Iterable[str | Path], out_root: str | Path, category: s
                   source: str = "dicom", role: str = "eval", workspace: str | Path = ".",
                   defect_type: str = "lesion") -> pd.DataFrame:
     """Convert DICOM files to BMAD layout. ``masks`` maps a file's stem to a mask PNG (non-zero = anomalous)."""
+    from anomaly_ov.console import track
     from anomaly_ov.data.images import open_image
 
     out_root = Path(out_root)
     masks = {k: Path(v) for k, v in (masks or {}).items()}
     rows = []
-    for file in files:
+    for file in track(list(files), f"convert {category}: DICOM files", unit="files"):
         file = Path(file)
         dicom = read_dicom(file, window)
         mask = None

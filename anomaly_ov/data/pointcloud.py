@@ -28,7 +28,7 @@ import numpy as np
 
 from anomaly_ov.data.manifest import ManifestRow, from_rows, read_manifest, relative_root, write_manifest
 from anomaly_ov.errors import InputError
-from anomaly_ov.io import atomic_dir, atomic_path, atomic_write_text
+from anomaly_ov.io import MissingFile, atomic_dir, atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -236,7 +236,7 @@ def load_point_cloud(path: str | Path) -> Cloud:
     """Load ``.pcd``, ``.ply``, ``.npy`` ([N,3] or [N,4] with a label column) or ``.txt`` / ``.xyz``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: point cloud not found")
+        raise MissingFile(f"{path}: point cloud not found")
     suffix = path.suffix.lower()
     if suffix == ".pcd":
         return _cloud_from_fields(read_pcd(path), path)
@@ -462,7 +462,9 @@ def render_items(items: Sequence[CloudItem], out_root: str | Path, source: str, 
     root = relative_root(out_root, workspace)
     rows: list[dict[str, Any]] = []
     with atomic_dir(out_root) as tmp:
-        for item in items:
+        from anomaly_ov.console import track
+
+        for item in track(items, f"render {source}: point clouds", unit="objects"):
             rows.extend(_render_item(item, tmp, root, source, role, settings))
         frame = from_rows(rows)
         write_manifest(frame, tmp / "manifest.parquet")

@@ -79,7 +79,7 @@ def read_benchmark_items(
 
     data = read_json(path)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of {what} items, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a JSON list of {what} items, got {type(data).__name__}")
     items, errors = [], []
     for i, item in enumerate(data):
         try:
@@ -88,7 +88,7 @@ def read_benchmark_items(
             errors.append(str(exc))
     if errors:
         more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise ValueError(f"{len(errors)} bad {what} item(s):\n" + "\n".join(errors[:20]) + more)
+        raise InputError(f"{len(errors)} bad {what} item(s):\n" + "\n".join(errors[:20]) + more)
     return items
 
 
@@ -103,17 +103,17 @@ def resolve_item_image(
         return str(item["file"])
     image = item.get("image")
     if not isinstance(image, str) or not image:
-        raise ValueError(f"{source}: item {index} has neither 'file' nor an 'image' path")
+        raise InputError(f"{source}: item {index} has neither 'file' nor an 'image' path")
     if data_root is None:
-        raise ValueError(
+        raise InputError(
             f"{source}: item {index} names its image {image!r} relative to a data root (the official VisA-D&R "
-            "layout); give the folder that holds it: `anomaly-ov evaluate DATA_ROOT --bench FILE` or "
+            "layout); give the folder that holds it: `anomaly-ov model evaluate DATA_ROOT --bench FILE` or "
             "evaluate.data_root in the params"
         )
     try:
         return str(inside_root(data_root, image, allow_external=allow_external))
     except OutsideRootError as exc:
-        raise ValueError(
+        raise InputError(
             f"{source}: item {index} image {image!r} leaves the data root {data_root} ({exc.reason.split(';')[0]}); "
             "fix the file, or allow it with evaluate.allow_external_paths / --allow-external-paths"
         ) from None
@@ -129,14 +129,14 @@ def normalise_test_item(
     """Check one test item's keys and fill ``file`` (see :func:`resolve_item_image`), ``category`` (second
     component of ``image``) and ``mask``."""
     if not isinstance(item, dict):
-        raise ValueError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
+        raise InputError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
     missing = [k for k in REQUIRED_TEST_KEYS if k not in item]
     if missing:
-        raise ValueError(f"{source}: item {index} lacks key(s) {missing}; each item needs {list(REQUIRED_TEST_KEYS)}"
+        raise InputError(f"{source}: item {index} lacks key(s) {missing}; each item needs {list(REQUIRED_TEST_KEYS)}"
                          " (and 'file', or an 'image' path under the data root)")
     out = dict(item)
     if not isinstance(out["anomaly"], bool | int):
-        raise ValueError(f"{source}: item {index} key 'anomaly' must be true/false, got {out['anomaly']!r}")
+        raise InputError(f"{source}: item {index} key 'anomaly' must be true/false, got {out['anomaly']!r}")
     out["anomaly"] = bool(out["anomaly"])
     out["file"] = resolve_item_image(out, index, source, data_root, allow_external)
     out.setdefault("mask", "")
@@ -145,7 +145,7 @@ def normalise_test_item(
     if not out.get("category"):
         parts = Path(str(out["image"])).parts
         if len(parts) < 2:
-            raise ValueError(f"{source}: item {index} has no 'category' and its image {out['image']!r} has no class")
+            raise InputError(f"{source}: item {index} has no 'category' and its image {out['image']!r} has no class")
         out["category"] = parts[1]
     return out
 
@@ -175,8 +175,9 @@ class EvaluationInputError(InputError):
     def __init__(self, problems: Sequence[str]) -> None:
         listed = "\n".join(f"- {p}" for p in problems[:50])
         more = f"\n- ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{len(problems)} unusable image(s) or mask(s); fix or remove them (`anomaly-ov validate` "
-                         f"lists every problem of a dataset):\n{listed}{more}", failing=problems)
+        super().__init__(f"{len(problems)} unusable image(s) or mask(s); fix or remove them "
+                         f"(`anomaly-ov data validate` lists every problem of a dataset):\n{listed}{more}",
+                         failing=problems)
         self.problems = list(problems)
 
 

@@ -1,4 +1,5 @@
-"""Evaluation figures: sample TP / FP / FN images with their anomaly maps, ROC and PRO curves, confusion matrices.
+"""Evaluation figures: sample TP / FP / FN images with their anomaly maps, ROC and PRO curves, confusion matrices,
+and per class the histogram of image scores for normal vs anomalous images (how well the expert separates them).
 
 matplotlib is imported lazily and used through the object API on the Agg canvas (no pyplot global state, no
 display needed). :func:`write_figures` writes every figure into a folder that replaces ``figures_dir`` as a whole.
@@ -83,6 +84,32 @@ def curve_figure(
     return _save(fig, path)
 
 
+def score_histogram_figure(records: Sequence[dict[str, Any]], path: Path, title: str, threshold: float,
+                           bins: int = 20) -> Path:
+    """Histogram of image scores, normal vs anomalous images overlaid, with the decision threshold.
+
+    Args:
+        records: detection records with ``score`` (float in [0, 1]) and ``anomaly`` (bool).
+        path: PNG to write.
+        title: figure title (the class name).
+        threshold: the expert's decision threshold, drawn as a dashed line.
+        bins: number of equal-width bins over [0, 1].
+    """
+    fig = _figure(4.8, 3.4, layout="constrained")
+    ax = fig.subplots()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for anomalous, colour, name in ((False, "tab:blue", "normal"), (True, "tab:red", "anomalous")):
+        scores = np.clip([float(r["score"]) for r in records if bool(r["anomaly"]) is anomalous], 0.0, 1.0)
+        ax.hist(scores, bins=edges, alpha=0.55, color=colour, label=f"{name} ({len(scores)})")
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("image score")
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper center")
+    return _save(fig, path)
+
+
 def confusion_counts(predicted: Iterable[bool], labels: Iterable[bool]) -> np.ndarray:
     """2 x 2 counts, rows = truth (normal, anomaly), columns = prediction (no, yes)."""
     matrix = np.zeros((2, 2), dtype=int)
@@ -125,7 +152,9 @@ def write_figures(
             pro = [r for r in curves.get("pro", []) if r["category"] == cat]
             curve_figure(roc, "fpr", "tpr", tmp / f"roc/{_slug(cat)}.png", f"image ROC - {cat}")
             curve_figure(pro, "fpr", "pro", tmp / f"pro/{_slug(cat)}.png", f"PRO - {cat} (AUPRO to FPR 0.3)", 0.3)
-            written += [f"roc/{_slug(cat)}.png", f"pro/{_slug(cat)}.png"]
+            score_histogram_figure([r for r in result.records if r["category"] == cat],
+                                   tmp / f"scores/{_slug(cat)}.png", f"image scores - {cat}", threshold)
+            written += [f"roc/{_slug(cat)}.png", f"pro/{_slug(cat)}.png", f"scores/{_slug(cat)}.png"]
         curve_figure(curves.get("roc", []), "fpr", "tpr", tmp / "roc_all.png", "image ROC per class")
         curve_figure(curves.get("pro", []), "fpr", "pro", tmp / "pro_all.png", "PRO per class", 0.3)
         written += ["roc_all.png", "pro_all.png"]

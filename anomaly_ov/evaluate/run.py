@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_ov.errors import StageFailed
+from anomaly_ov.console import ProgressBar
+from anomaly_ov.errors import InputError, StageFailed
+from anomaly_ov.io import MissingFile
 from anomaly_ov.paths import in_workspace
 
 if TYPE_CHECKING:
@@ -75,7 +77,7 @@ def load_predictor(model: str | Path | Any, device: str = "auto") -> PredictorLi
     if isinstance(model, str | Path):
         path = Path(model)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: model directory not found; run `anomaly-ov stage train_instruct` first")
+            raise MissingFile(f"{path}: model directory not found; run `anomaly-ov stage train_instruct` first")
         model = str(path)
     return Predictor.from_pretrained(model, device=resolve_device(device))
 
@@ -108,18 +110,20 @@ def evaluate_dataset(
     paths = OutputPaths.from_params(params, workspace, out_dir)
     info = dict(info or {})
     if not test_items:
-        raise ValueError("no test items to evaluate (the benchmark file or the dataset is empty)")
+        raise InputError("no test items to evaluate (the benchmark file or the dataset is empty)")
     test_items = [detection.normalise_test_item(item, i) for i, item in enumerate(test_items)]
     started = time.perf_counter()
-    det = detection.run_detection(predictor, test_items, cfg, workspace, _progress("detection"),
-                                  max_side=params.validation.max_image_side)
+    with ProgressBar("evaluate: detection", len(test_items), unit="images") as bar:
+        det = detection.run_detection(predictor, test_items, cfg, workspace, bar.update,
+                                      max_side=params.validation.max_image_side)
     detect_seconds = time.perf_counter() - started
     overall, per_class = detection.detection_metrics(det, cfg)
 
     reason = None
     if reasoning_items:
         reasoning_items = [reasoning.normalise_reasoning_item(item, i) for i, item in enumerate(reasoning_items)]
-        reason = reasoning.run_reasoning(predictor, reasoning_items, cfg, workspace, similarity, _progress("reasoning"))
+        with ProgressBar("evaluate: reasoning", len(reasoning_items), unit="images") as bar:
+            reason = reasoning.run_reasoning(predictor, reasoning_items, cfg, workspace, similarity, bar.update)
         r_overall, r_classes = reasoning.reasoning_metrics(reason, cfg.judge.enabled)
         overall["reasoning"] = r_overall
         for cls, values in r_classes.items():
@@ -152,7 +156,7 @@ def evaluate_dataset(
         report.write_table(paths.reasoning, reason.records, report.REASONING_COLUMNS)
     report.write_curves(paths.curves_dir, curve_rows)
     figure_files = figures.write_figures(det, curve_rows, paths.figures_dir, cfg.threshold)
-    report.write_markdown(paths.report_md, flat, info)
+    report.write_markdown(paths.report_md, flat, info, figure_files)
 
     if log_to_mlflow:
         tracking.log_metrics(flat)
@@ -164,14 +168,6 @@ def evaluate_dataset(
         tracking.log_artifact(paths.curves_dir, "curves")
     log.info("evaluation written to %s (%d figures)", paths.metrics.parent, len(figure_files))
     return flat
-
-
-def _progress(name: str):
-    def report(done: int, total: int) -> None:
-        if done == total or done % 50 == 0:
-            log.info("%s: %d / %d", name, done, total)
-
-    return report
 
 
 def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:

@@ -345,11 +345,13 @@ def synthesize_records(
     if red_box_dir is not None:
         out = Path(red_box_dir)
         red = render_red_boxes(items, out if out.is_absolute() else workspace / out, workspace)
+    from anomaly_ov.console import track
+
     records: list[dict[str, Any]] = []
     for pass_index in range(cfg.conversations_per_image):
         detect_ids = _detection_plan(items, cfg.seed, pass_index)
         multi_rng = random.Random(f"{cfg.seed}:multi:{pass_index}")
-        for item in items:
+        for item in track(items, f"synthesize: pass {pass_index + 1}/{cfg.conversations_per_image}", unit="images"):
             multi = multi_rng.random() < cfg.multi_turn_fraction
             detect = item.id in detect_ids
             if detect and not multi:  # the one-word detection record, beside the content record below

@@ -200,12 +200,16 @@ def inspect_files(
 
     Images whose header declares a side above ``max_side`` are refused before decoding; rows in ``skip`` are
     not opened."""
+    from anomaly_ov.console import track
+
     tasks = _tasks(frame, Path(workspace), skip)
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
     if len(tasks) < 8 or workers == 1:
-        return [inspect_row(t, hash_pixels, max_side) for t in tasks]
+        return list(track((inspect_row(t, hash_pixels, max_side) for t in tasks), "validate: file checks",
+                          total=len(tasks), unit="files"))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate-files") as pool:
-        return list(pool.map(lambda t: inspect_row(t, hash_pixels, max_side), tasks, chunksize=16))
+        return list(track(pool.map(lambda t: inspect_row(t, hash_pixels, max_side), tasks, chunksize=16),
+                          "validate: file checks", total=len(tasks), unit="files"))
 
 
 def file_checks(

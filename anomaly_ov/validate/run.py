@@ -1,6 +1,6 @@
 """The `validate` stage: manifest + files -> reports/validation.{json,md}; a critical failure stops the pipeline.
 
-``validate_manifest`` is the library entry point (also used by `anomaly-ov validate PATH`); ``run_validate`` is
+``validate_manifest`` is the library entry point (also used by `anomaly-ov data validate PATH`); ``run_validate`` is
 the stage behind `anomaly-ov stage validate`, dvc.yaml and the Prefect task. The report is always written
 first, so a failed run leaves its explanation on disk.
 """

@@ -93,7 +93,7 @@ def test_predict_cli_writes_json_and_overlay(real_run, tmp_path):
 
     ws = real_run[0]
     image = eval_image(ws)
-    done = CliRunner().invoke(app, ["predict", image, "--overlay", str(tmp_path), "-w", str(ws)])
+    done = CliRunner().invoke(app, ["model", "predict", image, "--overlay", str(tmp_path), "-w", str(ws)])
     assert done.exit_code == 0, done.output
     rows = json.loads(done.stdout)
     assert rows[0]["image"] == image and rows[0]["label"] in ("anomaly", "normal")

@@ -94,18 +94,18 @@ def test_cli_promote_rollback_and_models(setup, tmp_path):
     dump_params(params, tmp_path / "params.yaml")
     cli = CliRunner()
     ws = ["-w", str(tmp_path)]
-    refused = cli.invoke(app, ["rollback", *ws])
-    assert refused.exit_code == 1 and "has no production version" in refused.output
+    refused = cli.invoke(app, ["model", "rollback", *ws])
+    assert refused.exit_code == 3 and "has no production version" in refused.output
     v1, _ = new_version(params, model_dir, client, 0.80)
     v2, _ = new_version(params, model_dir, client, 0.75)
-    done = cli.invoke(app, ["promote", "--version", v2, "--to", "production", *ws])
+    done = cli.invoke(app, ["model", "promote", "--version", v2, "--to", "production", "--json", *ws])
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["previous"] == v1
-    assert json.loads(cli.invoke(app, ["rollback", *ws]).stdout)["production"] == v1
-    listing = json.loads(cli.invoke(app, ["models", *ws]).stdout)
+    assert json.loads(cli.invoke(app, ["model", "rollback", "--json", *ws]).stdout)["production"] == v1
+    listing = json.loads(cli.invoke(app, ["model", "list", "--json", *ws]).stdout)
     assert [(v["version"], "production" in v["aliases"]) for v in listing["versions"]] == [(v1, True), (v2, False)]
-    bad = cli.invoke(app, ["promote", "--version", v1, "--to", "prod", *ws])
-    assert bad.exit_code == 1 and "not one of candidate, staging, production" in bad.output
+    bad = cli.invoke(app, ["model", "promote", "--version", v1, "--to", "prod", *ws])
+    assert bad.exit_code == 2 and "'prod' is not one of" in bad.output  # typer's check of the alias choices
 
 
 def test_promoting_a_rejected_version_needs_force_and_a_reason(setup, tmp_path):
@@ -121,13 +121,13 @@ def test_promoting_a_rejected_version_needs_force_and_a_reason(setup, tmp_path):
     v2, d2 = new_version(params, model_dir, client, 0.50)
     assert d2.verdict == "candidate"
     cli, ws = CliRunner(), ["-w", str(tmp_path)]
-    refused = cli.invoke(app, ["promote", "--version", v2, "--to", "production", *ws])
-    assert refused.exit_code == 1 and "cannot go to production: the gate rejected it" in refused.output
+    refused = cli.invoke(app, ["model", "promote", "--version", v2, "--to", "production", *ws])
+    assert refused.exit_code == 2 and "cannot go to production: the gate rejected it" in refused.output
     assert "--force" in refused.output
-    no_reason = cli.invoke(app, ["promote", "--version", v2, "--to", "production", "--force", *ws])
-    assert no_reason.exit_code == 1
+    no_reason = cli.invoke(app, ["model", "promote", "--version", v2, "--to", "production", "--force", *ws])
+    assert no_reason.exit_code == 2
     assert registry.alias_version(client, name, "production") == v1
-    done = cli.invoke(app, ["promote", "--version", v2, "--to", "production", "--force", "--reason",
+    done = cli.invoke(app, ["model", "promote", "--version", v2, "--to", "production", "--force", "--json", "--reason",
                             "hotfix for line 3, approved by QA", *ws])
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["forced"] is True
@@ -151,8 +151,8 @@ def test_rollback_to_a_deleted_version_is_a_clear_error(setup, tmp_path):
     v2, d2 = new_version(params, model_dir, client, 0.90)
     assert d2.verdict == "production"
     client.delete_model_version(name, v1)
-    result = CliRunner().invoke(app, ["rollback", "-w", str(tmp_path)])
-    assert result.exit_code == 1, result.output
+    result = CliRunner().invoke(app, ["model", "rollback", "-w", str(tmp_path)])
+    assert result.exit_code == 3, result.output
     assert f"version {v1}, which held production before version {v2}, no longer exists" in result.output
     assert "Traceback" not in result.output
     assert registry.alias_version(client, name, "production") == v2

@@ -95,11 +95,11 @@ def served(tmp_path_factory):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             ports[kind] = sock.getsockname()[1]
-    commands = {  # the README's `mlflow models serve`, and `anomaly-ov serve` with its body limit
+    commands = {  # the README's `mlflow models serve`, and `anomaly-ov model serve` with its body limit
         "mlflow": [str(BIN / "mlflow"), "models", "serve", "-m", str(model_path), "--env-manager", "local",
                    "-h", "127.0.0.1", "-p", str(ports["mlflow"]), "-t", "60"],
-        "anomaly-ov": [str(BIN / "anomaly-ov"), "serve", "-m", str(model_path), "--port", str(ports["anomaly-ov"]),
-                       "--max-body-mb", str(MAX_BODY_MB)],
+        "anomaly-ov": [str(BIN / "anomaly-ov"), "model", "serve", "-m", str(model_path),
+                       "--port", str(ports["anomaly-ov"]), "--max-body-mb", str(MAX_BODY_MB)],
     }
     procs, logs = {}, {}
     for kind, command in commands.items():

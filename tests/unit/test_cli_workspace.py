@@ -13,7 +13,8 @@ from anomaly_ov.config import dump_params, load_params
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("argv", [["models"], ["stage", "prepare"], ["rollback"], ["instruct-preview"]])
+@pytest.mark.parametrize("argv", [["model", "list"], ["stage", "prepare"], ["model", "rollback"],
+                                  ["instruct", "preview"]])
 def test_workspace_commands_refuse_an_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv) -> None:
     monkeypatch.chdir(tmp_path)
     done = runner.invoke(app, argv)
@@ -23,7 +24,7 @@ def test_workspace_commands_refuse_an_empty_folder(tmp_path: Path, monkeypatch: 
 
 
 def test_a_missing_params_file_passed_explicitly_is_an_error(tmp_path: Path) -> None:
-    done = runner.invoke(app, ["models", "--params", str(tmp_path / "mine.yaml")])
+    done = runner.invoke(app, ["model", "list", "--params", str(tmp_path / "mine.yaml")])
     assert done.exit_code == 2 and "mine.yaml: params file not found" in done.output
 
 

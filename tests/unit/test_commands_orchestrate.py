@@ -10,7 +10,7 @@ from anomaly_ov.cli import app
 def test_schedule_without_a_server_says_how_to_start_one(monkeypatch, tmp_path):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     done = CliRunner().invoke(app, ["schedule", "-w", str(tmp_path)])
-    assert done.exit_code == 1
+    assert done.exit_code == 2  # ConfigError
     assert "prefect server start" in done.output and "PREFECT_API_URL=http://127.0.0.1:4200/api" in done.output
 
 

@@ -1,4 +1,4 @@
-"""`anomaly-ov convert-medical` and `anomaly-ov render-3d` on tiny inputs."""
+"""`anomaly-ov data convert-medical` and `anomaly-ov data render-3d` on tiny inputs."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ def test_convert_medical_dicom_and_nifti(tmp_path):
     from pydicom.data import get_testdata_file
 
     runner = CliRunner()
-    result = runner.invoke(app, ["convert-medical", get_testdata_file("CT_small.dcm"), "--out", str(tmp_path / "d"),
-                                 "--category", "ct", "--window", "40,400", "-w", str(tmp_path)])
+    result = runner.invoke(app, ["data", "convert-medical", get_testdata_file("CT_small.dcm"),
+                                 "--out", str(tmp_path / "d"), "--category", "ct", "--window", "40,400",
+                                 "-w", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d/ct/test/good/img/CT_small.png").exists()
     volume = np.random.default_rng(0).uniform(0, 1, (8, 8, 3)).astype(np.float32)
@@ -24,13 +25,13 @@ def test_convert_medical_dicom_and_nifti(tmp_path):
     (tmp_path / "masks").mkdir()
     nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "vols/v.nii"))
     nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "masks/v.nii"))
-    result = runner.invoke(app, ["convert-medical", str(tmp_path / "vols/v.nii"), "--out", str(tmp_path / "n"),
+    result = runner.invoke(app, ["data", "convert-medical", str(tmp_path / "vols/v.nii"), "--out", str(tmp_path / "n"),
                                  "--category", "mri", "--masks", str(tmp_path / "masks"), "-w", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "3 images (1 with lesion masks)" in result.output
-    bad = runner.invoke(app, ["convert-medical", str(tmp_path / "missing.dcm"), "--out", str(tmp_path / "x"),
+    bad = runner.invoke(app, ["data", "convert-medical", str(tmp_path / "missing.dcm"), "--out", str(tmp_path / "x"),
                               "--category", "c"])
-    assert bad.exit_code == 1 and "not found" in bad.output
+    assert bad.exit_code == 3 and "not found" in bad.output  # InputError naming the file
 
 
 def test_render_3d(tmp_path):
@@ -38,7 +39,7 @@ def test_render_3d(tmp_path):
 
     generate_synthetic_3d(tmp_path / "clouds", shapes=("box",), normal_per_shape=1, anomaly_per_shape=1,
                           train_per_shape=1, points_per_object=500)
-    result = CliRunner().invoke(app, ["render-3d", str(tmp_path / "clouds"), "--format", "real3d", "--out",
+    result = CliRunner().invoke(app, ["data", "render-3d", str(tmp_path / "clouds"), "--format", "real3d", "--out",
                                       str(tmp_path / "views"), "--views", "2", "--size", "32", "-w", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "3 objects, 6 views" in result.output

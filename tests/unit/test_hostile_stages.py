@@ -85,6 +85,6 @@ def test_predict_refuses_oversized_and_broken_images_before_the_model(tmp_path, 
     wide = write_declared(tmp_path / "wide.png", 10_000, 10_000)  # was: decoded (~2 GB, 42 s), then scored
     junk = write_random(tmp_path / "junk.png")
     for path, needle in ((bomb, "10000000000 pixels"), (wide, "10000 x 10000"), (junk, "not an image")):
-        result = CliRunner().invoke(app, ["predict", str(path)])
-        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        result = CliRunner().invoke(app, ["model", "predict", str(path)])
+        assert result.exit_code == 3 and isinstance(result.exception, SystemExit), result.output
         assert str(path) in result.output and needle in result.output

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ISSUE_CHECKS", "Issue", "LayoutError", "READERS", "describe_issues", "reader_for", "read_source"]
 
-#: source format -> "module:function"; the function has the signature of :func:`read_source`.
+#: source format -> "module:function"; the function has the signature of :func:`read_source`. The keys are
+#: exactly the values of :data:`anomaly_ov.choices.SourceFormat` (checked by a unit test).
 READERS: dict[str, str] = {
     "mvtec": "anomaly_ov.data.sources.mvtec:read_mvtec",
     "visa": "anomaly_ov.data.sources.visa:read_visa",

@@ -1,4 +1,4 @@
-"""`anomaly-ov evaluate PATH`: dataset reader -> test items -> reports, and models:/ URIs -> model directory."""
+"""`anomaly-ov model evaluate PATH`: dataset reader -> test items -> reports, and models:/ URIs -> model directory."""
 
 from __future__ import annotations
 
@@ -41,12 +41,12 @@ def test_evaluate_command_on_mvtec_layout(tmp_path, monkeypatch, fake_predictor)
     out = tmp_path / "report"
     result = CliRunner().invoke(
         app,
-        ["evaluate", str(data), "--format", "mvtec", "--model", "my_model", "--out", str(out),
+        ["model", "evaluate", str(data), "--format", "mvtec", "--model", "my_model", "--out", str(out),
          "--workspace", str(tmp_path), "--set", "tracking.enabled=false", "--set", "evaluate.resolution=16",
-         "--set", "evaluate.figures_per_kind=1"],
+         "--set", "evaluate.figures_per_kind=1", "--json"],
     )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["images"] == 6  # the test split only
     assert summary["zero_shot.image_auroc"] == pytest.approx(1.0)
     assert loaded == [tmp_path / "my_model"]
@@ -60,11 +60,11 @@ def test_evaluate_command_explains_bad_input(tmp_path):
 
     dump_params(Params(), tmp_path / "params.yaml")
     runner = CliRunner()
-    result = runner.invoke(app, ["evaluate", str(tmp_path), "--format", "nope", "--workspace", str(tmp_path)])
+    result = runner.invoke(app, ["model", "evaluate", str(tmp_path), "--format", "nope", "--workspace", str(tmp_path)])
     assert result.exit_code == 2 and "nope" in result.output
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "missing"), "--format", "mvtec",
+    result = runner.invoke(app, ["model", "evaluate", str(tmp_path / "missing"), "--format", "mvtec",
                                  "--workspace", str(tmp_path), "--set", "tracking.enabled=false"])
-    assert result.exit_code == 1 and "missing" in result.output
+    assert result.exit_code == 3 and "missing" in result.output  # InputError: the dataset folder
 
 
 def test_manifest_to_test_items_prefers_test_split(tmp_path):
@@ -105,3 +105,85 @@ def test_model_dir_from_registry_uri(tmp_path, monkeypatch):
     assert (found / "config.json").exists() and found.is_relative_to(tmp_path / "dl")
     with pytest.raises(ValueError, match="cannot download"):
         model_dir_from_uri("models:/no-such-model@production", params, tmp_path, tmp_path / "dl2")
+
+
+def _evaluate_argv(data, out, tmp_path, *extra):
+    return ["model", "evaluate", str(data), "--format", "mvtec", "--model", "m", "--out", str(out),
+            "--workspace", str(tmp_path), "--set", "tracking.enabled=false", "--set", "evaluate.resolution=16",
+            "--set", "evaluate.figures_per_kind=1", *extra]
+
+
+def test_verbose_shows_evaluation_progress_and_quiet_does_not(tmp_path, monkeypatch, fake_predictor):
+    """No log handler was configured, so the evaluation's progress lines were dropped; -v shows them."""
+    import anomaly_ov.evaluate.run as run
+    from anomaly_ov.config import dump_params
+    from anomaly_ov.console import LOG_LEVEL_ENV
+
+    monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+    dump_params(Params(), tmp_path / "params.yaml")
+    data = _mvtec(tmp_path / "mvtec")
+    monkeypatch.setattr(run, "load_predictor", lambda path, device="auto": fake_predictor)
+    runner = CliRunner()
+    loud = runner.invoke(app, ["-v", *_evaluate_argv(data, tmp_path / "a", tmp_path, "--json")])
+    assert loud.exit_code == 0, loud.output
+    assert "evaluate: detection: 6 / 6 images" in loud.stderr
+    assert f"evaluation written to {tmp_path / 'a'}" in loud.stderr
+    assert json.loads(loud.stdout)["images"] == 6, "--json: stdout holds the JSON only"
+    monkeypatch.delenv(LOG_LEVEL_ENV)  # the -v run handed INFO down to its children through the environment
+    quiet = runner.invoke(app, ["-q", *_evaluate_argv(data, tmp_path / "b", tmp_path)])
+    assert quiet.exit_code == 0, quiet.output
+    assert "evaluate: detection" not in quiet.stderr and "evaluation written" not in quiet.stderr
+    assert "zero_shot.image_auroc" in quiet.stdout, "the table of headline numbers for people"
+
+
+def test_score_histograms_are_written_and_every_figure_is_linked(tmp_path, monkeypatch, fake_predictor):
+    import anomaly_ov.evaluate.run as run
+    from anomaly_ov.config import dump_params
+
+    dump_params(Params(), tmp_path / "params.yaml")
+    data = _mvtec(tmp_path / "mvtec")
+    monkeypatch.setattr(run, "load_predictor", lambda path, device="auto": fake_predictor)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, _evaluate_argv(data, out, tmp_path, "--json"))
+    assert result.exit_code == 0, result.output
+    histogram = out / "figures" / "scores" / "bottle.png"
+    assert histogram.exists() and Image.open(histogram).size[0] > 100
+    markdown = (out / "evaluation.md").read_text()
+    assert "![scores/bottle](figures/scores/bottle.png)" in markdown
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert len(pngs) >= 6  # samples, ROC/PRO/histogram per class, the overviews, confusion
+    for png in pngs:
+        assert f"]({png})" in markdown, f"{png} is not linked from evaluation.md"
+
+
+def test_a_project_error_is_one_red_line_with_its_exit_code(tmp_path, monkeypatch):
+    import anomaly_ov.evaluate.run as run
+    from anomaly_ov.config import dump_params
+    from anomaly_ov.errors import StageFailed
+
+    def refuse(path, device="auto"):
+        raise StageFailed("evaluate", "no model in models/anomaly_ov")
+
+    dump_params(Params(), tmp_path / "params.yaml")
+    monkeypatch.setattr(run, "load_predictor", refuse)
+    result = CliRunner().invoke(app, _evaluate_argv(_mvtec(tmp_path / "mvtec"), tmp_path / "o", tmp_path))
+    assert result.exit_code == StageFailed.exit_code == 4
+    assert result.stderr == "error: stage 'evaluate' failed: no model in models/anomaly_ov\n"
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("bug", [RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x2)"),
+                                 ValueError("too many values to unpack (expected 2)")])
+def test_any_other_exception_keeps_its_traceback(tmp_path, monkeypatch, bug):
+    """The old blanket `except (FileNotFoundError, ValueError)` turned a bug inside a stage into one red line."""
+    import anomaly_ov.evaluate.run as run
+    from anomaly_ov.config import dump_params
+
+    def crash(path, device="auto"):
+        raise bug
+
+    dump_params(Params(), tmp_path / "params.yaml")
+    monkeypatch.setattr(run, "load_predictor", crash)
+    result = CliRunner().invoke(app, _evaluate_argv(_mvtec(tmp_path / "mvtec"), tmp_path / "o", tmp_path))
+    assert result.exit_code == 1
+    assert result.exception is bug, "the exception propagates (its traceback is printed by Python)"

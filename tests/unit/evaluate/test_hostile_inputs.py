@@ -34,7 +34,7 @@ def evaluate_cli(tmp_path, monkeypatch, fake_predictor):
 
     def invoke(data, *extra):
         return CliRunner().invoke(app, [
-            "evaluate", str(data), "--format", "mvtec", "--model", "m", "--out", str(tmp_path / "out"),
+            "model", "evaluate", str(data), "--format", "mvtec", "--model", "m", "--out", str(tmp_path / "out"),
             "--workspace", str(tmp_path), "--set", "tracking.enabled=false", "--set", "evaluate.resolution=16",
             "--set", "evaluate.figures_per_kind=0", *extra,
         ])
@@ -52,7 +52,7 @@ def test_files_the_reader_refuses_are_all_named_and_nothing_is_scored(tmp_path, 
 
     result = evaluate_cli(data)
 
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output  # InputError
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     for name in ("random.png", "bomb.png", "wide.png", "link.png"):
         assert name in result.output, name
@@ -63,10 +63,10 @@ def test_files_the_reader_refuses_are_all_named_and_nothing_is_scored(tmp_path, 
 def test_outside_paths_are_scored_only_when_allowed(tmp_path, evaluate_cli, fake_predictor):
     data = _mvtec(tmp_path / "ds")
     (data / "bottle" / "test" / "good" / "link.png").symlink_to(write_png(tmp_path / "elsewhere" / "x.png"))
-    assert evaluate_cli(data).exit_code == 1
-    result = evaluate_cli(data, "--allow-external-paths")
+    assert evaluate_cli(data).exit_code == 3
+    result = evaluate_cli(data, "--allow-external-paths", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["images"] == 5
+    assert json.loads(result.stdout)["images"] == 5
 
 
 def test_truncated_image_and_wrong_size_mask_are_named_together(tmp_path, evaluate_cli, fake_predictor):
@@ -76,7 +76,7 @@ def test_truncated_image_and_wrong_size_mask_are_named_together(tmp_path, evalua
 
     result = evaluate_cli(data)
 
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output  # InputError
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert "001.png" in result.output and "cannot decode" in result.output
     assert "000_mask.png: mask is 20 x 10 px but its image" in result.output and "40 x 40 px" in result.output

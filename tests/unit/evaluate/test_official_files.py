@@ -108,7 +108,7 @@ def test_evaluate_command_runs_the_official_files(tmp_path, monkeypatch, fake_pr
     out = tmp_path / "report"
     result = CliRunner().invoke(
         app,
-        ["evaluate", str(tmp_path / "data"), "--bench", str(test_file), "--reasoning", str(dr_file),
+        ["model", "evaluate", str(tmp_path / "data"), "--bench", str(test_file), "--reasoning", str(dr_file),
          "--model", "m", "--out", str(out), "--workspace", str(tmp_path), "--set", "tracking.enabled=false",
          "--set", "evaluate.resolution=16", "--set", "evaluate.figures_per_kind=0"],
     )

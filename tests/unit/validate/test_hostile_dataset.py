@@ -1,4 +1,4 @@
-"""`anomaly-ov validate` on datasets full of broken, oversized and escaping files: ONE report names every fault.
+"""`anomaly-ov data validate` on datasets full of broken, oversized and escaping files: ONE report names every fault.
 
 Each layout (MVTec, VisA, meta.json) is built in ``tmp_path`` with many different faults side by side; before
 this hardening the first of them stopped the reader (exit 2, no report) or raised a traceback (a PNG declaring
@@ -41,7 +41,7 @@ def cli(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults (validate.max_image_side 8192)
     runner = CliRunner()
-    return lambda *args: runner.invoke(app, ["validate", *args])
+    return lambda *args: runner.invoke(app, ["data", "validate", *args])
 
 
 def _failing(report, name: str) -> str:

@@ -1,4 +1,4 @@
-"""The `validate` stage (reports written, StageFailed on critical) and `anomaly-ov validate PATH` exit codes."""
+"""The `validate` stage (reports written, StageFailed on critical) and `anomaly-ov data validate PATH` exit codes."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def cli(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults
     runner = CliRunner()
-    return lambda *args: runner.invoke(app, ["validate", *args])
+    return lambda *args: runner.invoke(app, ["data", "validate", *args])
 
 
 def test_cli_clean_dataset_exits_zero(tmp_path, kit, cli):
@@ -101,6 +101,18 @@ def test_cli_clean_dataset_exits_zero(tmp_path, kit, cli):
     assert "PASSED" in result.output
     assert json.loads((tmp_path / "out" / "report.json").read_text())["ok"] is True
     assert (tmp_path / "out" / "report.md").exists()
+
+
+def test_cli_json_summary_is_the_only_stdout(tmp_path, kit, cli):
+    kit.make_mvtec(tmp_path / "ds")
+    (tmp_path / "ds" / "widget" / "ground_truth" / "crack" / "001_mask.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    result = cli("ds", "--format", "mvtec", "--json")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["ok"] is False and summary["report"].endswith("validation.json")
+    failed = {f["check"]: f for f in summary["failed"]}
+    assert failed["mask_readable"]["severity"] == "critical" and failed["mask_readable"]["failing"] == 1
+    assert "001_mask.png" in json.dumps(failed["mask_readable"]["examples"])
 
 
 def test_cli_critical_failure_exits_one(tmp_path, kit, cli):
@@ -125,8 +137,8 @@ def test_cli_train_role_needs_no_anomaly(tmp_path, kit, cli):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(["missing_dir", "--format", "mvtec"], "cannot read as 'mvtec'"),
-     (["ds", "--format", "nope"], "unknown --format"),
-     (["ds", "--format", "mvtec", "--role", "test"], "--role")],
+     (["ds", "--format", "nope"], "'nope' is not one of"),  # the choices come from the one list of formats
+     (["ds", "--format", "mvtec", "--role", "test"], "'test' is not one of")],
 )
 def test_cli_unusable_input_exits_two_without_traceback(tmp_path, kit, cli, args, needle):
     kit.make_mvtec(tmp_path / "ds")
