@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-#: The smallest configuration the real stages accept: few images, one epoch, no extensions.
+#: The smallest configuration the real stages accept: few images, one epoch, no extensions. Every image count
+#: is set here, the training categories' own counts included (params.yaml draws 100 + 120 images for each of those,
+#: which made a "tiny" workspace generate 454 images instead of 30).
 TINY_OVERRIDES = [
     "data.synthetic.image_size=64",
     "data.synthetic.train_categories=[fabric, screw]",
@@ -22,6 +26,8 @@ TINY_OVERRIDES = [
     "data.synthetic.train_normal_per_category=4",
     "data.synthetic.test_normal_per_category=2",
     "data.synthetic.test_anomaly_per_category=4",
+    "data.synthetic.training_normals_per_category=4",
+    "data.synthetic.training_anomalies_per_category=4",
     "train.expert.tiny.epochs=1",
     "train.instruct.tiny.epochs=1",
     "train.instruct.max_records=16",
@@ -97,3 +103,20 @@ def make_real_workspace(root: Path, overrides: list[str] = ()) -> Path:
 
 def read_json(path: Path):
     return json.loads(path.read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group started with ``start_new_session``, SIGKILL it if it has not ended in 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
