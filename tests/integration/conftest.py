@@ -1,32 +1,97 @@
-"""Integration fixtures: Prefect's temporary server (once per session), DVC workspaces in temporary git repos.
+"""Integration fixtures: one real Prefect server per session, DVC workspaces in temporary git repos.
 
-- ``prefect_server``: ``prefect_test_harness`` started once for the whole session (12-17 s on 2 cores), with the
-  flow heartbeat off (each flow call costs ~0.2 s instead of ~1.1 s).
+- ``prefect_server``: ``prefect server start`` (the command the README gives), started once for the whole session
+  and shared by every test that runs a flow or a deployment (in-process flows reach it through ``PREFECT_API_URL``;
+  the scheduled-run test hands the same URL to its runner). Its services run, the scheduler every 5 s, so one
+  server covers both; the flow heartbeat is off (each flow call costs ~0.2 s instead of ~1.1 s). It yields the
+  API URL.
 - ``fake_workspace`` / ``make_workspace(kind, overrides)``: see workspaces.py (``kind="fake"``: the tiny stand-in
   stages of fake_stages.py; ``kind="real"``: the project's dvc.yaml and stages with a tiny params override).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file (workspaces, fake_stages)
-from workspaces import make_fake_workspace, make_real_workspace  # noqa: E402
+from workspaces import BIN, free_port, make_fake_workspace, make_real_workspace, stop_process  # noqa: E402
+
+#: Seconds the session's Prefect server may take to answer /health (a loaded 2-core machine needs ~30 s).
+SERVER_STARTUP_S = 180
+
+
+def _die_with_parent() -> None:
+    """Run in the server's child process: SIGTERM it when the test process dies, however it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _wait_healthy(api: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_STARTUP_S
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"prefect server exited ({proc.returncode}) before answering:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=5) as response:
+                if json.loads(response.read() or b"null"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"prefect server did not answer in {SERVER_STARTUP_S} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events still queued in this process before the server goes (as prefect_test_harness)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):  # never started
+        APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API URL of one real ``prefect server start`` for the session (own PREFECT_HOME and SQLite database)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(
-        server_startup_timeout=120
-    ):
-        yield
+    root = tmp_path_factory.mktemp("prefect_server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PREFECT_HOME": str(root / "home"),
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = root / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+    try:
+        _wait_healthy(api, proc, log)
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            try:
+                yield api
+            finally:
+                _drain_prefect_workers()
+    finally:
+        stop_process(proc)
 
 
 @pytest.fixture

@@ -1,30 +1,22 @@
-"""One real scheduled run: `prefect server start` + `anomaly-ov schedule` (cron every minute) on stand-in stages.
+"""One real scheduled run: `anomaly-ov schedule` (cron every minute) on stand-in stages, against the session's
+`prefect server start` (the ``prefect_server`` fixture: its scheduler runs every 5 s).
 
-Slow by nature (server start-up plus waiting for the next minute), so marked slow; both processes are started
-here and stopped by their process ids.
+Slow by nature (waiting for the next minute), so marked slow; the runner is started here and stopped by its id.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from workspaces import BIN, make_fake_workspace
+from workspaces import BIN, make_fake_workspace, stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_json(url: str, body: dict | None = None):
@@ -48,34 +40,17 @@ def wait_for(predicate, what: str, proc: subprocess.Popen | None = None, log: Pa
         time.sleep(2)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-@pytest.mark.timeout(540)  # server start-up, the next minute, one run of the stand-in stages
-def test_scheduled_retrain_runs_on_a_real_prefect_server(tmp_path):
+@pytest.mark.timeout(540)  # server start-up (when first), the next minute, one run of the stand-in stages
+def test_scheduled_retrain_runs_on_a_real_prefect_server(prefect_server, tmp_path):
     ws = make_fake_workspace(tmp_path / "ws", ["schedule.cron='* * * * *'", "schedule.deployment_name=every-minute"])
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
+    api = prefect_server
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    server_log, runner_log = tmp_path / "server.log", tmp_path / "runner.log"
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_API_URL": api}
+    runner_log = tmp_path / "runner.log"
     runner = None
     try:
-        wait_for(lambda: http_json(f"{api}/health"), "prefect server health", server, server_log)
-        runner = subprocess.Popen([str(BIN / "anomaly-ov"), "schedule", "-w", str(ws)], cwd=ws,
-                                  env={**env, "PREFECT_API_URL": api}, stdout=runner_log.open("w"),
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        runner = subprocess.Popen([str(BIN / "anomaly-ov"), "schedule", "-w", str(ws)], cwd=ws, env=env,
+                                  stdout=runner_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         deployment = wait_for(
             lambda: http_json(f"{api}/deployments/name/anomaly-ov-retrain/every-minute"), "deployment", runner,
             runner_log)
@@ -90,9 +65,7 @@ def test_scheduled_retrain_runs_on_a_real_prefect_server(tmp_path):
         assert done[0]["state_type"] == "COMPLETED", runner_log.read_text()[-3000:]
         assert done[0]["auto_scheduled"] is True
         assert (ws / "reports/register.json").exists()
-    finally:
-        for log in (server_log, runner_log):  # shown when the test fails (a timeout included)
-            print(f"{log.name} (tail):\n" + (log.read_text()[-3000:] if log.exists() else "(none)"))
+    finally:  # the runner's log is shown when the test fails (a timeout included)
+        print("runner.log (tail):\n" + (runner_log.read_text()[-3000:] if runner_log.exists() else "(none)"))
         if runner is not None:
-            stop(runner)
-        stop(server)
+            stop_process(runner)
