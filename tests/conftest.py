@@ -67,3 +67,33 @@ def real_layout_checkpoints(tmp_path_factory, real_layout_checkpoint, qwen2_toke
     root = tmp_path_factory.mktemp("real_layout_sp")
     saved = write_real_layout_checkpoint(root / "save_pretrained", layout="save_pretrained", tokenizer=qwen2_tokenizer)
     return {"hub": real_layout_checkpoint, "save_pretrained": saved}
+
+
+# ------------------------------------------------------------------ per-file durations (--durations-per-file N)
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--durations-per-file", type=int, default=None, metavar="N",
+        help="print the N test files that took longest (setup + call + teardown of their tests, module and session "
+             "fixtures counted where they are first used; 0 = every file) and the suite's total")
+
+
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    count = config.getoption("--durations-per-file")
+    if count is None or not _FILE_SECONDS:
+        return
+    ranked = sorted(_FILE_SECONDS.items(), key=lambda item: item[1], reverse=True)
+    total = sum(_FILE_SECONDS.values())
+    shown = ranked if count == 0 else ranked[:count]
+    title = "seconds per test file" + ("" if count == 0 else f" ({len(shown)} slowest of {len(ranked)})")
+    terminalreporter.write_sep("=", title)
+    for path, seconds in shown:
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}%  {path}")
+    terminalreporter.write_line(f"{total:8.1f}s total test time in {len(ranked)} files")
