@@ -30,6 +30,7 @@ TINY_OVERRIDES = [
     "data.synthetic.training_anomalies_per_category=4",
     "train.expert.tiny.epochs=1",
     "train.instruct.tiny.epochs=1",
+    "train.instruct.tiny.text_warmup_epochs=1",  # the text-only phase still runs (the recipe's 3 epochs: 3 steps)
     "train.instruct.max_records=16",
     "evaluate.max_images=8",
     "evaluate.max_reasoning_items=2",
