@@ -285,8 +285,24 @@ class TrainInstructParams(_Section):
     report: str = "reports/train_instruct.json"
 
 
+class TowerPretrainParams(_Section):
+    """Stage ``pretrain_tower`` (tiny preset only): the tower and a small text side trained on image-caption pairs
+    with SigLIP's sigmoid loss before stage 1, which starts from the tower (anomaly_ov/train/pretrain_tower.py)."""
+
+    enabled: bool = Field(default=True, description="tiny preset: train the tower before stage 1 (pretrained presets "
+                          "always skip it: their tower is the checkpoint's)")
+    epochs: int = Field(default=6, ge=1)
+    batch_size: int = Field(default=64, ge=2, description="images per batch (the sigmoid loss compares all pairs)")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    embed_dim: int = Field(default=64, ge=8, description="width of the shared image-text embedding")
+    output_dir: str = "models/tower"
+    report: str = "reports/pretrain_tower.json"
+
+
 class TrainParams(_Section):
     seed: int = 0
+    tower: TowerPretrainParams = TowerPretrainParams()
     expert: TrainExpertParams = TrainExpertParams()
     instruct: TrainInstructParams = TrainInstructParams()
 
