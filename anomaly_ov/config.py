@@ -52,7 +52,9 @@ class SyntheticParams(_Section):
     enabled: bool = True
     out_dir: str = "data/raw/synthetic"
     image_size: int = Field(default=128, ge=32, le=2048)
-    train_categories: list[str] = Field(default_factory=lambda: ["fabric", "wood", "metal", "tiles", "screw", "pill"])
+    train_categories: list[str] = Field(default_factory=lambda: [
+        "fabric", "wood", "metal", "tiles", "screw", "pill", "perforated", "terrazzo", "leather", "carpet", "bricks",
+        "mesh", "button", "nut", "gear", "bottle", "cable", "ic_chip", "keypad", "connector", "dice"])
     eval_categories: list[str] = Field(default_factory=lambda: ["pcb", "round_part"])
     train_normal_per_category: int = Field(default=40, ge=1)
     test_normal_per_category: int = Field(default=10, ge=1)
