@@ -22,6 +22,7 @@ TINY_OVERRIDES = [
     "data.synthetic.train_normal_per_category=4",
     "data.synthetic.test_normal_per_category=2",
     "data.synthetic.test_anomaly_per_category=4",
+    "train.tower.epochs=1",
     "train.expert.tiny.epochs=1",
     "train.instruct.tiny.epochs=1",
     "train.instruct.max_records=16",
