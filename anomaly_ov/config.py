@@ -357,18 +357,36 @@ class EvaluateParams(_Section):
 # --------------------------------------------------------------------------------------------- extensions
 class MedicalParams(_Section):
     enabled: bool = True
-    join_training: bool = False
+    join_training: bool = Field(
+        default=True, description="prepare generates train_modalities into train_out_dir (role train: stage 1 and "
+        "the instruction data train on them); the evaluated modalities stay held out")
     out_dir: str = "data/raw/medical"
     image_size: int = Field(default=128, ge=32)
     modalities: list[str] = Field(default_factory=lambda: ["brain_mri", "liver_ct"])
     normal_per_modality: int = Field(default=12, ge=1)
     anomaly_per_modality: int = Field(default=12, ge=1)
+    train_modalities: list[str] = Field(default_factory=lambda: ["chest_xray"],
+                                        description="synthetic modalities that join training (never the evaluated)")
+    train_normal_per_modality: int = Field(default=30, ge=1)
+    train_anomaly_per_modality: int = Field(default=30, ge=1)
+    train_out_dir: str = Field(default="data/raw/medical_train", description="prepare's output, apart from out_dir")
     sources: list[SourceParams] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _training_held_apart(self) -> MedicalParams:
+        overlap = sorted(set(self.train_modalities) & set(self.modalities))
+        if overlap:
+            raise ValueError(f"train_modalities {overlap} are also evaluated (modalities); zero-shot needs them apart")
+        if self.train_out_dir.rstrip("/") == self.out_dir.rstrip("/"):
+            raise ValueError("train_out_dir must differ from out_dir (prepare and extend_medical write them)")
+        return self
 
 
 class ThreeDParams(_Section):
     enabled: bool = True
-    join_training: bool = False
+    join_training: bool = Field(
+        default=True, description="prepare renders train_shapes into train_out_dir (role train); the evaluated "
+        "shapes stay held out")
     out_dir: str = "data/raw/3d"
     views: int = Field(default=4, ge=1)
     image_size: int = Field(default=128, ge=32)
@@ -376,7 +394,21 @@ class ThreeDParams(_Section):
     normal_per_shape: int = Field(default=4, ge=1)
     anomaly_per_shape: int = Field(default=4, ge=1)
     points_per_object: int = Field(default=20000, ge=100)
+    train_shapes: list[str] = Field(default_factory=lambda: ["sphere"],
+                                    description="synthetic shapes that join training (never the evaluated)")
+    train_normal_per_shape: int = Field(default=8, ge=1)
+    train_anomaly_per_shape: int = Field(default=8, ge=1)
+    train_out_dir: str = Field(default="data/raw/3d_train", description="prepare's output, apart from out_dir")
     sources: list[SourceParams] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _training_held_apart(self) -> ThreeDParams:
+        overlap = sorted(set(self.train_shapes) & set(self.shapes))
+        if overlap:
+            raise ValueError(f"train_shapes {overlap} are also evaluated (shapes); zero-shot needs them apart")
+        if self.train_out_dir.rstrip("/") == self.out_dir.rstrip("/"):
+            raise ValueError("train_out_dir must differ from out_dir (prepare and extend_3d write them)")
+        return self
 
 
 class ExtensionsParams(_Section):
