@@ -33,6 +33,15 @@ TINY_OVERRIDES = [
     "evaluate.figures_per_kind=1",
     "extensions.medical.enabled=false",
     "extensions.threed.enabled=false",
+    # the medical / 3D sets that join training, as small as they go
+    "extensions.medical.image_size=64",
+    "extensions.medical.train_normal_per_modality=2",
+    "extensions.medical.train_anomaly_per_modality=2",
+    "extensions.threed.image_size=64",
+    "extensions.threed.views=2",
+    "extensions.threed.train_normal_per_shape=1",
+    "extensions.threed.train_anomaly_per_shape=1",
+    "extensions.threed.points_per_object=2000",
     "registry.thresholds={}",
     "registry.min_images=1",  # the tiny benchmark above: 6 images
     "registry.min_per_label=1",
