@@ -870,7 +870,8 @@ def _write_mvtec(params: SyntheticParams, root: Path, category: str, seed: int) 
     cdir = root / category
     # training categories may draw more images than the evaluation ones: stage 1's auxiliary data
     normals = params.training_normals_per_category or params.train_normal_per_category
-    for split, part, count in (("train", "train_good", normals), ("test", "test_good", params.test_normal_per_category)):
+    parts = (("train", "train_good", normals), ("test", "test_good", params.test_normal_per_category))
+    for split, part, count in parts:
         for i in range(count):
             image = make_sample(category, size, seed, part, i)[1]
             _write(cdir / split / "good" / f"{i:03d}.png", _png_bytes(image))
