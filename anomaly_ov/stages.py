@@ -227,7 +227,8 @@ SPECS: tuple[StageSpec, ...] = (
         description="Tiny preset: train the vision tower and a small text side on image-caption pairs (object, "
                     "defect, where, how large) with a sigmoid loss; stage 1 starts from the tower. Pretrained presets "
                     "skip it.",
-        params=("data.manifest", "model", "train.seed", "train.tower", "train.expert.val_fraction"),
+        params=("data.manifest", "model", "train.seed", "train.tower", "train.expert.val_fraction",
+                "train.expert.cache_mb"),
         code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/train", "anomaly_ov/data/loaders.py",
                                             "anomaly_ov/data/synthetic.py", "anomaly_ov/evaluate/__init__.py",
                                             "anomaly_ov/evaluate/metrics.py")),

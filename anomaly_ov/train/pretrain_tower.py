@@ -247,7 +247,7 @@ def run_pretrain_tower(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.model.presets import TINY_VISION
     from anomaly_ov.paths import in_workspace
     from anomaly_ov.train import common
-    from anomaly_ov.train.expert import split_training_rows, stage_preprocessor
+    from anomaly_ov.train.expert import item_megabytes, split_training_rows, stage_preprocessor
 
     cfg = params.train.tower
     workspace = Path(workspace)
@@ -265,8 +265,11 @@ def run_pretrain_tower(params: Params, workspace: Path) -> dict[str, Any]:
     train_rows, val_rows = split_training_rows(params, workspace)
     preprocess = stage_preprocessor(params)
     grid = TINY_VISION["image_size"] // TINY_VISION["patch_size"]
-    train_set = ExpertDataset(train_rows, workspace, preprocess, grid, MASK_SIZE, cache=True)
-    val_set = ExpertDataset(val_rows, workspace, preprocess, grid, MASK_SIZE, cache=True)
+    train_set = ExpertDataset(train_rows, workspace, preprocess, grid, MASK_SIZE)
+    # decoded items stay in memory when they fit in stage 1's budget (train.expert.cache_mb), as in stage 1
+    cache = len(train_set) > 0 and len(train_set) * item_megabytes(train_set[0]) <= params.train.expert.cache_mb
+    train_set.cache = {} if cache else None
+    val_set = ExpertDataset(val_rows, workspace, preprocess, grid, MASK_SIZE, cache=cache)
     captions = row_captions(train_set.frame, train_set)
     vocab = vocabulary([*captions, *(caption(c, None) for c in set(val_rows["category"]))])
     distinct = {c: i for i, c in enumerate(sorted(set(captions)))}
