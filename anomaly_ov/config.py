@@ -52,7 +52,9 @@ class SyntheticParams(_Section):
     enabled: bool = True
     out_dir: str = "data/raw/synthetic"
     image_size: int = Field(default=128, ge=32, le=2048)
-    train_categories: list[str] = Field(default_factory=lambda: ["fabric", "wood", "metal", "tiles", "screw", "pill"])
+    train_categories: list[str] = Field(default_factory=lambda: [
+        "fabric", "wood", "metal", "tiles", "screw", "pill", "perforated", "terrazzo", "leather", "carpet", "bricks",
+        "mesh", "button", "nut", "gear", "bottle", "cable", "ic_chip", "keypad", "connector", "dice"])
     eval_categories: list[str] = Field(default_factory=lambda: ["pcb", "round_part"])
     train_normal_per_category: int = Field(default=40, ge=1)
     test_normal_per_category: int = Field(default=10, ge=1)
@@ -285,8 +287,24 @@ class TrainInstructParams(_Section):
     report: str = "reports/train_instruct.json"
 
 
+class TowerPretrainParams(_Section):
+    """Stage ``pretrain_tower`` (tiny preset only): the tower and a small text side trained on image-caption pairs
+    with SigLIP's sigmoid loss before stage 1, which starts from the tower (anomaly_ov/train/pretrain_tower.py)."""
+
+    enabled: bool = Field(default=True, description="tiny preset: train the tower before stage 1 (pretrained presets "
+                          "always skip it: their tower is the checkpoint's)")
+    epochs: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=64, ge=2, description="images per batch (the sigmoid loss compares all pairs)")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    embed_dim: int = Field(default=64, ge=8, description="width of the shared image-text embedding")
+    output_dir: str = "models/tower"
+    report: str = "reports/pretrain_tower.json"
+
+
 class TrainParams(_Section):
     seed: int = 0
+    tower: TowerPretrainParams = TowerPretrainParams()
     expert: TrainExpertParams = TrainExpertParams()
     instruct: TrainInstructParams = TrainInstructParams()
 
@@ -339,18 +357,36 @@ class EvaluateParams(_Section):
 # --------------------------------------------------------------------------------------------- extensions
 class MedicalParams(_Section):
     enabled: bool = True
-    join_training: bool = False
+    join_training: bool = Field(
+        default=True, description="prepare generates train_modalities into train_out_dir (role train: stage 1 and "
+        "the instruction data train on them); the evaluated modalities stay held out")
     out_dir: str = "data/raw/medical"
     image_size: int = Field(default=128, ge=32)
     modalities: list[str] = Field(default_factory=lambda: ["brain_mri", "liver_ct"])
     normal_per_modality: int = Field(default=12, ge=1)
     anomaly_per_modality: int = Field(default=12, ge=1)
+    train_modalities: list[str] = Field(default_factory=lambda: ["chest_xray"],
+                                        description="synthetic modalities that join training (never the evaluated)")
+    train_normal_per_modality: int = Field(default=30, ge=1)
+    train_anomaly_per_modality: int = Field(default=30, ge=1)
+    train_out_dir: str = Field(default="data/raw/medical_train", description="prepare's output, apart from out_dir")
     sources: list[SourceParams] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _training_held_apart(self) -> MedicalParams:
+        overlap = sorted(set(self.train_modalities) & set(self.modalities))
+        if overlap:
+            raise ValueError(f"train_modalities {overlap} are also evaluated (modalities); zero-shot needs them apart")
+        if self.train_out_dir.rstrip("/") == self.out_dir.rstrip("/"):
+            raise ValueError("train_out_dir must differ from out_dir (prepare and extend_medical write them)")
+        return self
 
 
 class ThreeDParams(_Section):
     enabled: bool = True
-    join_training: bool = False
+    join_training: bool = Field(
+        default=True, description="prepare renders train_shapes into train_out_dir (role train); the evaluated "
+        "shapes stay held out")
     out_dir: str = "data/raw/3d"
     views: int = Field(default=4, ge=1)
     image_size: int = Field(default=128, ge=32)
@@ -358,7 +394,21 @@ class ThreeDParams(_Section):
     normal_per_shape: int = Field(default=4, ge=1)
     anomaly_per_shape: int = Field(default=4, ge=1)
     points_per_object: int = Field(default=20000, ge=100)
+    train_shapes: list[str] = Field(default_factory=lambda: ["sphere"],
+                                    description="synthetic shapes that join training (never the evaluated)")
+    train_normal_per_shape: int = Field(default=8, ge=1)
+    train_anomaly_per_shape: int = Field(default=8, ge=1)
+    train_out_dir: str = Field(default="data/raw/3d_train", description="prepare's output, apart from out_dir")
     sources: list[SourceParams] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _training_held_apart(self) -> ThreeDParams:
+        overlap = sorted(set(self.train_shapes) & set(self.shapes))
+        if overlap:
+            raise ValueError(f"train_shapes {overlap} are also evaluated (shapes); zero-shot needs them apart")
+        if self.train_out_dir.rstrip("/") == self.out_dir.rstrip("/"):
+            raise ValueError("train_out_dir must differ from out_dir (prepare and extend_3d write them)")
+        return self
 
 
 class ExtensionsParams(_Section):

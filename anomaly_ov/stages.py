@@ -154,6 +154,18 @@ _EVALUATE = ("anomaly_ov/evaluate", "anomaly_ov/fingerprint.py", "anomaly_ov/llm
 _EXTENSION_DATA = ("anomaly_ov/data/extensions.py", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 
 
+#: what prepare reads of the extensions' sections: the medical modalities and 3D shapes that join training
+_TRAINING_EXTENSIONS = tuple(
+    [f"extensions.medical.{k}" for k in ("join_training", "train_modalities", "train_normal_per_modality",
+                                         "train_anomaly_per_modality", "train_out_dir", "image_size")]
+    + [f"extensions.threed.{k}" for k in ("join_training", "train_shapes", "train_normal_per_shape",
+                                          "train_anomaly_per_shape", "train_out_dir", "views", "image_size",
+                                          "points_per_object")])
+#: prepare's outputs beside data/raw/synthetic: images the training stages read through the manifest
+_EXTENSION_TRAIN_DIRS = ("data/raw/medical_train", "data/raw/3d_train")
+_TRAINING_IMAGES = ("data/raw/synthetic", *_EXTENSION_TRAIN_DIRS)
+
+
 def _code(*groups: Sequence[str]) -> tuple[str, ...]:
     """The paths of ``groups`` once each, leaving out files inside a listed folder (DVC hashes the folder)."""
     paths = list(dict.fromkeys(path for group in groups for path in group))
@@ -177,12 +189,11 @@ SPECS: tuple[StageSpec, ...] = (
         name="prepare",
         implementation="anomaly_ov.data.prepare:run_prepare",
         description="Generate the synthetic datasets (when enabled) and read every source into data/manifest.parquet.",
-        # with join_training set, prepare also reads the rest of that extension's section; declaring it would
-        # re-run the whole pipeline whenever an extension is switched on, so only the switches are listed
-        params=("seed", "data", "extensions.medical.join_training", "extensions.threed.join_training"),
+        # the medical / 3D sets that join training (their own folders; the extension stages evaluate others)
+        params=("seed", "data", *_TRAINING_EXTENSIONS),
         code=_code(_CORE, ("anomaly_ov/data",)),
         deps=("data/sources.fingerprint.json",),
-        outs=(Out("data/raw/synthetic"), Out("data/manifest.parquet")),
+        outs=(Out("data/raw/synthetic"), *(Out(d) for d in _EXTENSION_TRAIN_DIRS), Out("data/manifest.parquet")),
         report="{data.manifest}",
     ),
     StageSpec(
@@ -192,7 +203,7 @@ SPECS: tuple[StageSpec, ...] = (
                     "failure stops the pipeline.",
         params=("data.manifest", "data.sources", "validate"),
         code=_code(_CORE, _IMAGES, _READERS, ("anomaly_ov/validate",)),
-        deps=("data/manifest.parquet", "data/raw/synthetic"),
+        deps=("data/manifest.parquet", *_TRAINING_IMAGES),
         outs=(Out("reports/validation.md", cache=False),),
         metrics=("reports/validation.json",),
         report="{validate.report_json}",
@@ -205,19 +216,37 @@ SPECS: tuple[StageSpec, ...] = (
         params=("seed", "data.manifest", "instruct", "model.preset"),
         code=_code(_CORE, _IMAGES, ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"),
                    _INSTRUCT_CHECKS),
-        deps=("data/manifest.parquet", "data/raw/synthetic", "reports/validation.json"),
+        deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json"),
         outs=(Out("data/instruct"), Out("data/bench")),
         metrics=("reports/instruct.json", "reports/instruct_validation.json"),
         report="{instruct.report}",
     ),
     StageSpec(
+        name="pretrain_tower",
+        implementation="anomaly_ov.train.pretrain_tower:run_pretrain_tower",
+        description="Tiny preset: train the vision tower and a small text side on image-caption pairs (object, "
+                    "defect, where, how large) with a sigmoid loss; stage 1 starts from the tower. Pretrained presets "
+                    "skip it.",
+        params=("data.manifest", "model", "train.seed", "train.tower", "train.expert.val_fraction",
+                "train.expert.cache_mb"),
+        code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/train", "anomaly_ov/data/loaders.py",
+                                            "anomaly_ov/data/synthetic.py", "anomaly_ov/evaluate/__init__.py",
+                                            "anomaly_ov/evaluate/metrics.py")),
+        deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json"),
+        outs=(Out("models/tower"),),
+        metrics=("reports/pretrain_tower.json",),
+        report="{train.tower.report}",
+    ),
+    StageSpec(
         name="train_expert",
         implementation="anomaly_ov.train.expert:run_train_expert",
         description="Stage 1: train the LTFM anomaly expert (and, for the tiny preset, the vision tower).",
-        params=("seed", "data.manifest", "model", "train.seed", "train.expert", "evaluate.resolution"),
+        params=("seed", "data.manifest", "model", "train.seed", "train.expert", "evaluate.resolution",
+                "train.tower.enabled", "train.tower.output_dir"),
         code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/train", "anomaly_ov/data/loaders.py",
-                                            "anomaly_ov/evaluate/__init__.py", "anomaly_ov/evaluate/metrics.py")),
-        deps=("data/manifest.parquet", "data/raw/synthetic", "reports/validation.json"),
+                                            "anomaly_ov/data/synthetic.py", "anomaly_ov/evaluate/__init__.py",
+                                            "anomaly_ov/evaluate/metrics.py")),
+        deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json", "models/tower"),
         outs=(Out("models/expert"),),
         metrics=("reports/train_expert.json",),
         plots=(Plot("reports/curves/train_expert_loss.csv", x="step", y="loss"),
@@ -236,7 +265,7 @@ SPECS: tuple[StageSpec, ...] = (
         code=_code(_CORE, _IMAGES, _MODEL, _INSTRUCT_FACTS, _INSTRUCT_CHECKS,
                    ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/instruct/sources.py")),
         # the released instruction sets of instruct.sources all lie in this folder (params.yaml), so DVC sees them
-        deps=("data/instruct", "data/raw/synthetic", "models/expert", "${instruct.sources_root}"),
+        deps=("data/instruct", *_TRAINING_IMAGES, "models/expert", "${instruct.sources_root}"),
         outs=(Out("models/anomaly_ov"),),
         metrics=("reports/train_instruct.json",),
         plots=(Plot("reports/curves/train_instruct_loss.csv", x="step", y="loss"),),

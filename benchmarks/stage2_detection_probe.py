@@ -1,8 +1,9 @@
 """Does the trained model's Yes/No answer follow the expert? Prints agreement and accuracy figures.
 
-Asks the detection question about (a) training-category images that stage 2 did not train on (the same seeded
-record draw as the stage) and (b) every image of the zero-shot evaluation categories, and compares each answer
-with the label and with the expert's own verdict (image score >= ``--threshold``). A model that ignores the
+Asks the detection question about (a) training-category images that no stage trained on (stage 1's held-out rows,
+which the tower pretraining holds out too, that are not in stage 2's seeded record draw) and (b) every image of the
+zero-shot evaluation categories, and compares each answer with the label and with the expert's own verdict (image
+score >= ``--threshold``). A model that ignores the
 expert answers the same word to every image; one that follows it agrees with the expert far above chance.
 It also asks the unseen training-category images for a description and counts how often it names the image's
 own object (the first category word it uses) and, for anomalous images, the defect type; a linear probe on the
@@ -14,6 +15,7 @@ frozen tower's features says how much of the object the LLM could know.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -59,7 +61,13 @@ def probe(workspace: Path, per_label: int, threshold: float, seed: int = 0) -> d
     model, processor = load_pretrained(model_dir)
     predictor = Predictor(model.eval(), processor)
     rng = random.Random(seed)
-    unseen = manifest[(manifest["role"] == "train") & ~manifest["image"].isin(seen)]
+    # no stage saw them: stage 1's held-out rows (the tower pretraining holds out the same) that stage 2 did not draw
+    from anomaly_ov.train.expert import split_training_rows
+
+    _, held_out = split_training_rows(params, workspace)
+    held_images = {f"{r}/{p}" for r, p in zip(held_out["root"], held_out["image_path"], strict=True)}
+    unseen = manifest[(manifest["role"] == "train") & manifest["image"].isin(held_images)
+                      & ~manifest["image"].isin(seen)]
     picks = []
     for label in ("normal", "anomaly"):
         pool = unseen[unseen["label"] == label]
@@ -102,9 +110,15 @@ def _tower_probe(model, processor, paths: list[Path], categories: list[str]) -> 
 
 
 def _words(name: str) -> set[str]:
-    """How an answer may spell a category or defect name ("tiles" -> "tile", "color" -> "colour")."""
+    """How an answer may spell a category or defect name ("tiles" -> "tile", "color" -> "colour"), including the
+    noun the instruction data uses for a category ("dice" -> "die", "ic_chip" -> "chip")."""
+    from anomaly_ov.instruct.knowledge import load_knowledge
+
     base = str(name).lower().replace("_", " ")
-    return {base, base.removesuffix("s"), base.replace("color", "colour")}
+    words = {base, base.removesuffix("s"), base.replace("color", "colour")}
+    with contextlib.suppress(KeyError):
+        words.add(load_knowledge().category("industrial", str(name)).noun.lower())
+    return words
 
 
 def _grounding(answers: list[str], categories: list[str], defects: list[str], anomalous: list[bool],

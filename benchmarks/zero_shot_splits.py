@@ -75,7 +75,8 @@ def zero_shot(workspace: Path, params) -> dict:
     return result
 
 
-def run_split(held_out: list[str], base_params: Path, root: Path) -> dict:
+def run_split(held_out: list[str], base_params: Path, root: Path, train: list[str] | None = None,
+              overrides: list[str] | None = None) -> dict:
     from anomaly_ov.config import load_params
     from anomaly_ov.data.synthetic import CATEGORIES
     from anomaly_ov.stages import implementation
@@ -83,13 +84,14 @@ def run_split(held_out: list[str], base_params: Path, root: Path) -> dict:
     unknown = sorted(set(held_out) - set(CATEGORIES))
     if unknown:
         raise SystemExit(f"unknown synthetic categories {unknown}; known: {sorted(CATEGORIES)}")
-    train = [c for c in CATEGORIES if c not in held_out]
+    train = [c for c in (train or CATEGORIES) if c not in held_out]
     workspace = root / "_".join(held_out)
     workspace.mkdir(parents=True)
     params = load_params(base_params, [
         "tracking.enabled=false",
         f"data.synthetic.train_categories=[{','.join(train)}]",
         f"data.synthetic.eval_categories=[{','.join(held_out)}]",
+        *(overrides or []),
     ])
     started = time.perf_counter()
     implementation("prepare")(params, workspace)
@@ -109,6 +111,10 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workspaces here (default: a temp dir)")
+    parser.add_argument("--train", default=None, help="comma-separated training categories (default: every other "
+                        "synthetic category)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="a params override for every split (repeatable), e.g. train.expert.tiny.epochs=4")
     args = parser.parse_args()
 
     import torch
@@ -117,7 +123,8 @@ def main() -> None:
     splits = [[c.strip() for c in s.split(",") if c.strip()] for s in (args.split or DEFAULT_SPLITS)]
     with tempfile.TemporaryDirectory(prefix="zero_shot_splits_") as tmp:
         root = args.workdir or Path(tmp)
-        results = [run_split(held_out, args.params, root) for held_out in splits]
+        train = [c.strip() for c in args.train.split(",")] if args.train else None
+        results = [run_split(held_out, args.params, root, train, args.overrides) for held_out in splits]
     print(f"\n{'held out':<22} {'image AUROC':>11} {'pixel AUROC':>11} {'in-dist. image':>14}  per category "
           "(image / pixel / normals >= median anomaly)")
     for r in results:

@@ -1,5 +1,5 @@
-"""The pipeline flow: sources -> prepare -> validate -> synthesize -> train_expert -> train_instruct -> evaluate
--> [extend_medical] -> [extend_3d] -> register, one task per DVC stage, one MLflow parent run per flow run.
+"""The pipeline flow: sources -> prepare -> validate -> synthesize -> pretrain_tower -> train_expert -> train_instruct
+-> evaluate -> [extend_medical] -> [extend_3d] -> register, one task per DVC stage, one MLflow parent run per flow run.
 
 Run it with `anomaly-ov run` (or `python -m flows.pipeline`). DVC skips stages whose inputs did not change, so a
 re-run with nothing changed finishes in seconds and registers nothing new.

@@ -109,12 +109,11 @@ def run_prepare(params: Params, workspace: Path) -> Summary:
             raise StageFailed("prepare", f"source {source.name!r} ({source.format} at {source.path}) has no images")
         per_source[source.name] = len(frame)
         frames.append(frame)
-    if params.extensions.medical.join_training or params.extensions.threed.join_training:
-        from anomaly_ov.data.extensions import extension_sources  # medical / 3D sets join training (role train)
+    from anomaly_ov.data.extensions import extension_sources  # medical / 3D training sets (role train)
 
-        for frame in extension_sources(params, workspace):
-            per_source.update({str(k): int(v) for k, v in frame.groupby("source").size().items()})
-            frames.append(frame)
+    for frame in extension_sources(params, workspace):
+        per_source.update({str(k): int(v) for k, v in frame.groupby("source").size().items()})
+        frames.append(frame)
     manifest = pd.concat(frames, ignore_index=True) if frames else empty_manifest()
 
     dupes = manifest[manifest.duplicated(["root", "image_path"], keep=False)]

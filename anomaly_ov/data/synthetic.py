@@ -327,6 +327,243 @@ def _render_round_part(rng: np.random.Generator, size: int) -> Render:
     return Render(image.astype(np.float32), region, background)
 
 
+# ------------------------------------------------------------------------ families whose normal parts look like defects
+# What is a defect on one category is a normal part of another: holes (perforated sheet, button, nut, gear, bottle,
+# connector), dark rectangles (IC chip, keypad, mesh openings), dark dots (dice pips, leather pores), specks
+# (terrazzo). Trained on these, the expert has to learn what is normal *for this object* instead of "dark = defect".
+def _render_perforated(rng: np.random.Generator, size: int) -> Render:
+    """Sheet metal with a regular (straight or staggered) grid of round holes showing a dark backing."""
+    u, v = _rotate(size, rng.uniform(-0.25, 0.25), rng.random(), rng.random())
+    pitch = rng.uniform(0.09, 0.16)
+    fv = v / pitch
+    row = np.floor(fv)
+    fu = u / pitch + (0.5 * (row % 2) if rng.random() < 0.5 else 0.0)
+    hole = (fu - np.round(fu)) ** 2 + (fv - row - 0.5) ** 2 < rng.uniform(0.2, 0.34) ** 2
+    backing = _dark_backing(rng, size)
+    sheet = _shade(_jitter_colour(rng, (1.0, 1.0, 1.0), 0.08), rng.uniform(0.45, 0.8) * (0.9 + 0.15 * _fbm(rng, size)))
+    image = np.where(hole[..., None], backing, sheet)
+    return Render(image.astype(np.float32), np.ones((size, size), bool), backing)
+
+
+def _render_terrazzo(rng: np.random.Generator, size: int) -> Render:
+    """Polished stone with scattered chips of a few colours, dark and light (specks are normal here)."""
+    y, x = _grid(size)
+    image = _shade(_hsv_colour(rng, (0.0, 0.3), (0.5, 0.9)), 0.92 + 0.12 * _fbm(rng, size, 5, 2))
+    palette = [_hsv_colour(rng, (0.0, 0.7), (0.05, 0.95)) for _ in range(3)]
+    for _ in range(int(rng.integers(30, 70))):
+        cy, cx, r = rng.random(), rng.random(), rng.uniform(0.008, 0.028)
+        chip = ((y - cy) / rng.uniform(0.6, 1.0)) ** 2 + (x - cx) ** 2 < r**2
+        image[chip] = palette[int(rng.integers(0, 3))]
+    return Render(image.astype(np.float32), np.ones((size, size), bool), _dark_backing(rng, size))
+
+
+def _render_leather(rng: np.random.Generator, size: int) -> Render:
+    """Grained leather: cellular creases and small dark pores."""
+    grain = np.abs(_smooth_noise(rng, size, max(6, size // 10)) - 0.5) * 2
+    pores = _smooth_noise(rng, size, max(12, size // 3)) > rng.uniform(0.88, 0.94)
+    colour = _hsv_colour(rng, (0.3, 0.8), (0.2, 0.75))
+    image = _shade(colour, (0.75 + 0.3 * grain) * np.where(pores, 0.6, 1.0))
+    return Render(image.astype(np.float32), np.ones((size, size), bool), _dark_backing(rng, size))
+
+
+def _render_carpet(rng: np.random.Generator, size: int) -> Render:
+    """Tufted carpet: fine, dense fibre noise over a slowly varying pile."""
+    fibres = rng.random((size, size), dtype=np.float32)
+    pile = 0.8 + 0.3 * _fbm(rng, size, 3, 2)
+    image = _shade(_hsv_colour(rng, (0.2, 0.8), (0.3, 0.85)), pile * (0.8 + 0.25 * fibres))
+    return Render(image.astype(np.float32), np.ones((size, size), bool), _dark_backing(rng, size))
+
+
+def _render_bricks(rng: np.random.Generator, size: int) -> Render:
+    """A brick wall: staggered rows of bricks of varying shade, mortar joints between them."""
+    u, v = _rotate(size, rng.uniform(-0.08, 0.08), rng.random(), rng.random())
+    height = rng.uniform(0.1, 0.18)
+    width = height * rng.uniform(1.8, 2.6)
+    fv = v / height
+    row = np.floor(fv)
+    fu = u / width + 0.5 * (row % 2)
+    col = np.floor(fu)
+    joint = rng.uniform(0.06, 0.1)
+    mortar = (fv - row < joint) | ((fu - col) * width / height < joint)
+    shade = 0.8 + 0.3 * np.sin(row * 12.9898 + col * 78.233) ** 2
+    brick = _jitter_colour(rng, (0.62, 0.3, 0.2), 0.1)
+    image = np.where(mortar[..., None], _jitter_colour(rng, (0.7, 0.68, 0.62), 0.08),
+                     _shade(brick, shade * (0.9 + 0.15 * _fbm(rng, size, 8, 2))))
+    return Render(image.astype(np.float32), np.ones((size, size), bool), _dark_backing(rng, size))
+
+
+def _render_mesh(rng: np.random.Generator, size: int) -> Render:
+    """Woven wire mesh: bright wires with square openings that show a dark background."""
+    u, v = _rotate(size, rng.uniform(-0.3, 0.3), rng.random(), rng.random())
+    pitch = rng.uniform(0.07, 0.13)
+    fu, fv = u / pitch, v / pitch
+    wire = rng.uniform(0.12, 0.25)
+    du, dv = np.abs(fu - np.round(fu)), np.abs(fv - np.round(fv))
+    on = (du < wire) | (dv < wire)
+    backing = _dark_backing(rng, size)
+    light = 0.6 + 0.4 * np.cos(np.pi * np.minimum(du, dv) / (2 * wire)).clip(0, 1)
+    image = np.where(on[..., None], _shade(_jitter_colour(rng, (0.75, 0.75, 0.72), 0.1), light), backing)
+    return Render(image.astype(np.float32), np.ones((size, size), bool), backing)
+
+
+def _disc_object(rng: np.random.Generator, size: int, radius: tuple[float, float]):
+    """(table, y, x, r, theta, cy, cx, outer) of a roughly centred round object."""
+    cy, cx = 0.5 + rng.uniform(-0.06, 0.06), 0.5 + rng.uniform(-0.06, 0.06)
+    y, x = _grid(size)
+    r = np.sqrt((y - cy) ** 2 + (x - cx) ** 2)
+    return _table(rng, size), y, x, r, np.arctan2(y - cy, x - cx), cy, cx, rng.uniform(*radius)
+
+
+def _render_button(rng: np.random.Generator, size: int) -> Render:
+    """A sewing button: a disc with a raised rim and 2 or 4 holes that show the table."""
+    table, y, x, r, _, cy, cx, outer = _disc_object(rng, size, (0.25, 0.38))
+    region = r < outer
+    count, spread, phase = int(rng.choice([2, 4])), outer * rng.uniform(0.18, 0.3), rng.uniform(0, np.pi)
+    hole_r = outer * rng.uniform(0.08, 0.13)
+    for k in range(count):
+        a = phase + 2 * np.pi * k / count
+        region &= (y - cy - spread * np.sin(a)) ** 2 + (x - cx - spread * np.cos(a)) ** 2 > hole_r**2
+    colour = _hsv_colour(rng, (0.2, 0.9), (0.3, 0.95))
+    light = np.where(r > outer * 0.8, 1.1, 0.85) * (0.9 + 0.1 * _fbm(rng, size, 4, 2))
+    image = np.where(region[..., None], _shade(colour, light), table * 0.6)
+    return Render(image.astype(np.float32), region, table)
+
+
+def _render_nut(rng: np.random.Generator, size: int) -> Render:
+    """A hex nut seen from above: chamfered hexagon around a threaded hole."""
+    table, y, x, r, theta, _, _, outer = _disc_object(rng, size, (0.28, 0.4))
+    rot = rng.uniform(0, np.pi / 3)
+    sector = np.mod(theta - rot, np.pi / 3) - np.pi / 6
+    hex_r = outer * np.cos(np.pi / 6) / np.cos(sector)
+    inner = outer * rng.uniform(0.35, 0.5)
+    region = (r < hex_r) & (r > inner)
+    metal = _jitter_colour(rng, (0.66, 0.65, 0.62), 0.1)
+    chamfer = np.where(r > outer * 0.82, 0.75, 1.0) * (0.85 + 0.15 * np.cos(theta - rng.uniform(0, 6.3)))
+    thread = np.where(r < inner * 1.12, 0.6 + 0.2 * np.sin(theta * 24), 1.0)
+    image = np.where(region[..., None], _shade(metal, chamfer * thread), table * 0.4)
+    return Render(image.astype(np.float32), region, table)
+
+
+def _render_gear(rng: np.random.Generator, size: int) -> Render:
+    """A spur gear: a toothed ring with a bore and round lightening holes in its web."""
+    table, y, x, r, theta, cy, cx, outer = _disc_object(rng, size, (0.3, 0.4))
+    teeth = int(rng.integers(10, 20))
+    tooth = (np.cos(teeth * (theta - rng.uniform(0, 1))) > 0).astype(np.float32)
+    region = (r < outer * (0.88 + 0.12 * tooth)) & (r > outer * rng.uniform(0.15, 0.25))
+    holes = int(rng.integers(0, 6))
+    if holes >= 3:
+        ring, hole_r, phase = outer * 0.55, outer * rng.uniform(0.1, 0.16), rng.uniform(0, 2 * np.pi)
+        for k in range(holes):
+            a = phase + 2 * np.pi * k / holes
+            region &= (y - cy - ring * np.sin(a)) ** 2 + (x - cx - ring * np.cos(a)) ** 2 > hole_r**2
+    metal = _hsv_colour(rng, (0.0, 0.35), (0.45, 0.85))
+    light = np.where(r > outer * 0.8, 0.8, 1.0) * (0.85 + 0.15 * np.cos(2 * theta + rng.uniform(0, 3)))
+    image = np.where(region[..., None], _shade(metal, light), table)
+    return Render(image.astype(np.float32), region, table)
+
+
+def _render_bottle(rng: np.random.Generator, size: int) -> Render:
+    """A bottle seen from above: concentric glass rings around the dark opening."""
+    table, _, _, r, theta, _, _, outer = _disc_object(rng, size, (0.3, 0.42))
+    region = r < outer
+    opening = outer * rng.uniform(0.3, 0.45)
+    glass = _hsv_colour(rng, (0.1, 0.7), (0.3, 0.8))
+    rings = 0.75 + 0.25 * np.cos(2 * np.pi * r / outer * rng.uniform(2.5, 4.5)) ** 2
+    light = np.where(r < opening, 0.12 + 0.1 * r / opening, rings * (0.9 + 0.1 * np.cos(theta)))
+    image = np.where(region[..., None], _shade(glass, light), table)
+    return Render(image.astype(np.float32), region, table)
+
+
+def _render_cable(rng: np.random.Generator, size: int) -> Render:
+    """A cable's cross-section: a jacket around three insulated cores, each with a copper conductor."""
+    table, y, x, r, _, cy, cx, outer = _disc_object(rng, size, (0.32, 0.42))
+    region = r < outer
+    jacket = _hsv_colour(rng, (0.0, 0.3), (0.1, 0.6))
+    image = np.where(region[..., None], _shade(jacket, 0.9 + 0.1 * _fbm(rng, size, 6, 2)), table)
+    phase, core_r = rng.uniform(0, 2 * np.pi), outer * rng.uniform(0.33, 0.4)
+    copper = _jitter_colour(rng, (0.8, 0.55, 0.3), 0.06)
+    for k in range(3):
+        a = phase + 2 * np.pi * k / 3
+        d = np.sqrt((y - cy - 0.5 * outer * np.sin(a)) ** 2 + (x - cx - 0.5 * outer * np.cos(a)) ** 2)
+        image = np.where((d < core_r)[..., None], _hsv_colour(rng, (0.6, 1.0), (0.5, 0.95)), image)
+        image = np.where((d < core_r * 0.55)[..., None], _shade(copper, 0.8 + 0.3 * rng.random((size, size))), image)
+    return Render(image.astype(np.float32), region, table)
+
+
+def _rect_object(rng: np.random.Generator, size: int, half: tuple[float, float], tilt: float = 0.2):
+    """(table, u, v, half_w, half_h) of a roughly centred, slightly turned rectangular object."""
+    u, v = _rotate(size, rng.uniform(-tilt, tilt) + rng.integers(0, 2) * np.pi / 2,
+                   0.5 + rng.uniform(-0.05, 0.05), 0.5 + rng.uniform(-0.05, 0.05))
+    return _table(rng, size), u, v, rng.uniform(*half), rng.uniform(half[0] * 0.6, half[1])
+
+
+def _render_ic_chip(rng: np.random.Generator, size: int) -> Render:
+    """An integrated circuit: a black epoxy rectangle with a pin-1 dot and rows of metal legs on two sides."""
+    table, u, v, hw, hh = _rect_object(rng, size, (0.2, 0.3))
+    body = (np.abs(u) < hw) & (np.abs(v) < hh)
+    pitch = rng.uniform(0.045, 0.07)
+    legs = (np.abs(u) < hw + 0.07) & (np.abs(u) > hw) & (np.abs(v) < hh * 0.92)
+    legs &= np.cos(np.pi * v / pitch * 2) > 0
+    epoxy = _jitter_colour(rng, (0.1, 0.1, 0.11), 0.05)
+    image = np.where(body[..., None], _shade(epoxy, 0.9 + 0.2 * _fbm(rng, size, 8, 2)), table)
+    image = np.where(legs[..., None], _jitter_colour(rng, (0.78, 0.78, 0.76), 0.06), image)
+    dot = (u + hw * 0.7) ** 2 + (v + hh * 0.7) ** 2 < (hw * 0.12) ** 2
+    image = np.where((dot & body)[..., None], epoxy * 2.2, image)
+    region = body | legs
+    return Render(image.astype(np.float32), region, table)
+
+
+def _render_keypad(rng: np.random.Generator, size: int) -> Render:
+    """A keypad: a light panel with a grid of dark rectangular keys."""
+    table, u, v, hw, hh = _rect_object(rng, size, (0.3, 0.42), 0.1)
+    region = (np.abs(u) < hw) & (np.abs(v) < hh)
+    cols, rows = int(rng.integers(3, 5)), int(rng.integers(3, 6))
+    fu, fv = (u + hw) / (2 * hw) * cols, (v + hh) / (2 * hh) * rows
+    gap = rng.uniform(0.15, 0.3)
+    key = region & (np.abs(fu - np.floor(fu) - 0.5) < 0.5 - gap) & (np.abs(fv - np.floor(fv) - 0.5) < 0.5 - gap)
+    panel = _hsv_colour(rng, (0.0, 0.2), (0.65, 0.92))
+    keys = _hsv_colour(rng, (0.0, 0.3), (0.08, 0.3))
+    image = np.where(region[..., None], _shade(panel, 0.92 + 0.1 * _fbm(rng, size, 4, 2)), table)
+    image = np.where(key[..., None], keys, image)
+    return Render(image.astype(np.float32), region, table)
+
+
+def _render_connector(rng: np.random.Generator, size: int) -> Render:
+    """A connector housing: a plastic block with one or two rows of dark rectangular sockets, each with a pin."""
+    table, u, v, hw, hh = _rect_object(rng, size, (0.28, 0.4))
+    hh = min(hh, hw * 0.6)
+    region = (np.abs(u) < hw) & (np.abs(v) < hh)
+    count, rows = int(rng.integers(4, 9)), int(rng.integers(1, 3))
+    fu, fv = (u + hw) / (2 * hw) * count, (v + hh) / (2 * hh) * rows
+    socket = region & (np.abs(fu - np.floor(fu) - 0.5) < 0.3) & (np.abs(fv - np.floor(fv) - 0.5) < 0.3)
+    pin = socket & (np.abs(fu - np.floor(fu) - 0.5) < 0.1) & (np.abs(fv - np.floor(fv) - 0.5) < 0.1)
+    plastic = _hsv_colour(rng, (0.0, 0.8), (0.5, 0.95))
+    image = np.where(region[..., None], _shade(plastic, 0.9 + 0.1 * _fbm(rng, size, 4, 2)), table)
+    image = np.where(socket[..., None], plastic * 0.15, image)
+    image = np.where(pin[..., None], _jitter_colour(rng, (0.85, 0.7, 0.35), 0.06), image)
+    return Render(image.astype(np.float32), region, table)
+
+
+def _render_dice(rng: np.random.Generator, size: int) -> Render:
+    """A die: a rounded square with 1 to 6 dark pips (dark dots are its normal face)."""
+    table, u, v, hw, _ = _rect_object(rng, size, (0.22, 0.32), np.pi)
+    corner = hw * 0.25
+    du, dv = np.clip(np.abs(u) - (hw - corner), 0, None), np.clip(np.abs(v) - (hw - corner), 0, None)
+    region = du**2 + dv**2 < corner**2
+    face = int(rng.integers(1, 7))
+    corners, middle = [(-1, -1), (1, 1)], [(-1, 1), (1, -1)]
+    layout = {1: [(0, 0)], 2: corners, 3: [*corners, (0, 0)], 4: corners + middle, 5: [*corners, *middle, (0, 0)],
+              6: [*corners, *middle, (-1, 0), (1, 0)]}
+    pips = np.zeros_like(region)
+    for a, b in layout[face]:
+        pips |= (u - a * hw * 0.5) ** 2 + (v - b * hw * 0.5) ** 2 < (hw * 0.15) ** 2
+    plain = rng.random() < 0.7
+    ivory = _hsv_colour(rng, (0.0, 0.15), (0.8, 0.97)) if plain else _hsv_colour(rng, (0.5, 0.9), (0.5, 0.9))
+    image = np.where(region[..., None], _shade(ivory, 0.92 + 0.08 * _fbm(rng, size, 4, 2)), table)
+    image = np.where((pips & region)[..., None], _hsv_colour(rng, (0.0, 0.4), (0.05, 0.2)), image)
+    return Render(image.astype(np.float32), region, table)
+
+
 CATEGORIES: dict[str, Category] = {
     "fabric": Category(
         "fabric", "texture", _render_fabric, ("hole", "stain", "color", "scratch", "missing", "extra"), "woven fabric"
@@ -342,6 +579,27 @@ CATEGORIES: dict[str, Category] = {
     "pill": Category("pill", "object", _render_pill, ("crack", "color", "stain", "missing", "extra", "hole"), "pill"),
     "pcb": Category("pcb", "object", _render_pcb, DEFECT_TYPES, "printed circuit board"),
     "round_part": Category("round_part", "object", _render_round_part, DEFECT_TYPES, "round metal part"),
+    "perforated": Category("perforated", "texture", _render_perforated, ("scratch", "bent", "stain", "color", "extra",
+                                                                          "crack"), "perforated metal sheet"),
+    "terrazzo": Category("terrazzo", "texture", _render_terrazzo, ("crack", "hole", "scratch", "missing", "stain"),
+                         "terrazzo stone"),
+    "leather": Category("leather", "texture", _render_leather, ("scratch", "hole", "stain", "color", "crack", "extra"),
+                        "leather"),
+    "carpet": Category("carpet", "texture", _render_carpet, ("hole", "stain", "color", "extra", "missing"), "carpet"),
+    "bricks": Category("bricks", "texture", _render_bricks, ("crack", "missing", "stain", "color", "hole"),
+                       "brick wall"),
+    "mesh": Category("mesh", "texture", _render_mesh, ("bent", "missing", "stain", "color", "extra"), "wire mesh"),
+    "button": Category("button", "object", _render_button, ("crack", "missing", "stain", "color", "scratch"), "button"),
+    "nut": Category("nut", "object", _render_nut, ("scratch", "missing", "stain", "bent", "color"), "hex nut"),
+    "gear": Category("gear", "object", _render_gear, ("missing", "crack", "stain", "bent", "extra"), "gear"),
+    "bottle": Category("bottle", "object", _render_bottle, ("crack", "missing", "stain", "extra", "color"), "bottle"),
+    "cable": Category("cable", "object", _render_cable, ("missing", "color", "stain", "extra", "scratch"), "cable"),
+    "ic_chip": Category("ic_chip", "object", _render_ic_chip, ("scratch", "missing", "bent", "color", "extra"),
+                        "integrated circuit"),
+    "keypad": Category("keypad", "object", _render_keypad, ("scratch", "stain", "missing", "color", "hole"), "keypad"),
+    "connector": Category("connector", "object", _render_connector, ("missing", "bent", "stain", "color", "scratch"),
+                          "connector"),
+    "dice": Category("dice", "object", _render_dice, ("hole", "scratch", "stain", "missing", "color"), "die"),
 }
 
 
@@ -612,7 +870,8 @@ def _write_mvtec(params: SyntheticParams, root: Path, category: str, seed: int) 
     cdir = root / category
     # training categories may draw more images than the evaluation ones: stage 1's auxiliary data
     normals = params.training_normals_per_category or params.train_normal_per_category
-    for split, part, count in (("train", "train_good", normals), ("test", "test_good", params.test_normal_per_category)):
+    parts = (("train", "train_good", normals), ("test", "test_good", params.test_normal_per_category))
+    for split, part, count in parts:
         for i in range(count):
             image = make_sample(category, size, seed, part, i)[1]
             _write(cdir / split / "good" / f"{i:03d}.png", _png_bytes(image))

@@ -402,7 +402,11 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     if official and not params.model.expert_checkpoint:
         raise ValueError("the stage-1 recipe has epochs: 0 (use the expert as released) but model.expert_checkpoint "
                          "is not set; point it to the official pretrained_expert_*.pth or give the recipe epochs")
-    model = build_expert_model(params).to(device)
+    model = build_expert_model(params)
+    from anomaly_ov.train.pretrain_tower import load_pretrained_tower
+
+    load_pretrained_tower(model, params, workspace)  # the tiny preset starts from stage pretrain_tower's tower
+    model = model.to(device)
     loaded = (load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint, strict=True)
               if official else None)
     expert_source = "official_checkpoint" if official else "trained"

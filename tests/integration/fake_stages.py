@@ -25,7 +25,9 @@ FAKE_DVC_YAML = {
                      "params": ["validate"], "metrics": [{"reports/validation.json": {"cache": False}}]},
         "synthesize": {"cmd": "python fake_stages.py synthesize", "deps": ["reports/validation.json"],
                        "outs": ["data/instruct"], "metrics": [{"reports/instruct.json": {"cache": False}}]},
-        "train_expert": {"cmd": "python fake_stages.py train_expert", "deps": ["data/instruct"],
+        "pretrain_tower": {"cmd": "python fake_stages.py pretrain_tower", "deps": ["data/instruct"],
+                           "outs": ["models/tower"], "metrics": [{"reports/pretrain_tower.json": {"cache": False}}]},
+        "train_expert": {"cmd": "python fake_stages.py train_expert", "deps": ["data/instruct", "models/tower"],
                          "params": ["train.expert"], "outs": ["models/expert"],
                          "metrics": [{"reports/train_expert.json": {"cache": False}}]},
         "train_instruct": {"cmd": "python fake_stages.py train_instruct", "deps": ["models/expert"],
@@ -86,6 +88,9 @@ def main(stage: str) -> int:
     elif stage == "synthesize":
         _write("data/instruct/train.json", [{"id": 1}])
         _write("reports/instruct.json", {"records": 1, "yes_share": 0.5})
+    elif stage == "pretrain_tower":
+        _write("models/tower/tower.json", {"trained": False})
+        _write("reports/pretrain_tower.json", {"trained": False})
     elif stage == "train_expert":
         if os.environ.get("FAKE_CRASH_ONCE") and not Path("crashed.flag").exists():
             Path("crashed.flag").write_text("1")

@@ -31,8 +31,8 @@ def test_pipeline_runs_every_stage_then_dvc_skips_them(prefect_server, fake_work
 
     first = pipeline(workspace=str(fake_workspace))
     names = [s["stage"] for s in first["stages"]]
-    assert names == ["sources", "prepare", "validate", "synthesize", "train_expert", "train_instruct", "evaluate",
-                     "extend_medical", "extend_3d", "register"]
+    assert names == ["sources", "prepare", "validate", "synthesize", "pretrain_tower", "train_expert", "train_instruct",
+                     "evaluate", "extend_medical", "extend_3d", "register"]
     assert not any(s["skipped"] for s in first["stages"])
     run_id = first["mlflow_run_id"]
     env = read_json(fake_workspace / "reports/env/train_expert.json")

@@ -51,7 +51,8 @@ def eval_image(ws) -> str:
 def test_pipeline_registers_a_version_with_aliases_and_tags(real_run):
     ws, result, client, _ = real_run
     assert [s["stage"] for s in result["stages"]] == [
-        "sources", "prepare", "validate", "synthesize", "train_expert", "train_instruct", "evaluate", "register"]
+        "sources", "prepare", "validate", "synthesize", "pretrain_tower", "train_expert", "train_instruct", "evaluate",
+        "register"]
     report = result["register"]
     name, version = report["model_name"], report["version"]
     mv = client.get_model_version(name, version)

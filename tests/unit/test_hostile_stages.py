@@ -37,6 +37,7 @@ def _workspace(tmp_path: Path) -> Path:
         "data": {"synthetic": {"enabled": False},
                  "sources": [{"name": "mine", "format": "mvtec", "path": "ds", "role": "eval"}]},
         "tracking": {"enabled": False},
+        "extensions": {"medical": {"join_training": False}, "threed": {"join_training": False}},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path

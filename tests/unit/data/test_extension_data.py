@@ -25,24 +25,50 @@ def test_manifests_follow_params(tmp_path):
     assert (tmp_path / "data/raw/3d/clouds/box/test").is_dir()
 
 
+SMALL_TRAIN = ["extensions.medical.train_normal_per_modality=1", "extensions.medical.train_anomaly_per_modality=2",
+               "extensions.threed.train_normal_per_shape=1", "extensions.threed.train_anomaly_per_shape=1"]
+
+
 def test_extension_sources_only_when_joining(tmp_path):
-    assert extension_sources(load_params(None, SMALL), tmp_path) == []
-    frames = extension_sources(load_params(None, [*SMALL, "extensions.medical.join_training=true"]), tmp_path)
+    off = ["extensions.medical.join_training=false", "extensions.threed.join_training=false"]
+    assert extension_sources(load_params(None, [*SMALL, *SMALL_TRAIN, *off]), tmp_path) == []
+    # switched off, prepare's declared outputs still exist (empty) for DVC
+    assert list((tmp_path / "data/raw/medical_train").iterdir()) == []
+    assert list((tmp_path / "data/raw/3d_train").iterdir()) == []
+    frames = extension_sources(load_params(None, [*SMALL, *SMALL_TRAIN, off[1],
+                                                  "extensions.medical.join_training=true"]), tmp_path)
     assert len(frames) == 1 and set(frames[0]["role"]) == {"train"}
 
 
-def test_prepare_adds_joined_sets(tmp_path):
+def test_prepare_trains_on_other_modalities_and_shapes_than_the_extensions_evaluate(tmp_path):
     from anomaly_ov.data.manifest import read_manifest
     from anomaly_ov.data.prepare import run_prepare
 
-    params = load_params(None, [
-        *SMALL, "extensions.medical.join_training=true", "extensions.threed.join_training=true",
+    params = load_params(None, [  # join_training is the default
+        *SMALL, *SMALL_TRAIN,
         "data.synthetic.image_size=32", "data.synthetic.train_categories=[wood]",
         "data.synthetic.eval_categories=[pcb]", "data.synthetic.train_normal_per_category=1",
         "data.synthetic.test_normal_per_category=1", "data.synthetic.test_anomaly_per_category=1",
     ])
     summary = run_prepare(params, tmp_path)
     manifest = read_manifest(tmp_path / "data/manifest.parquet")
-    assert summary["per_source"]["synthetic_medical"] == 8 and summary["per_source"]["synthetic_3d"] == 8
-    assert set(manifest.loc[manifest["modality"] != "industrial", "role"]) == {"train"}
-    assert set(manifest["modality"]) == {"industrial", "medical", "3d"}
+    assert summary["per_source"]["synthetic_medical_train"] == 3  # 1 normal + 2 anomalous chest X-rays
+    assert summary["per_source"]["synthetic_3d_train"] == 2 * 2  # 1 normal + 1 anomalous sphere, 2 views each
+    joined = manifest[manifest["modality"] != "industrial"]
+    assert set(joined["role"]) == {"train"}
+    assert set(joined["category"]) == {"chest_xray", "sphere"}  # never brain_mri, liver_ct, box: those are evaluated
+    assert set(joined["root"]) <= {"data/raw/medical_train", "data/raw/3d_train/renders"}
+    assert (joined["label"] == "anomaly").sum() == 3 and (joined["mask_path"] != "").sum() >= 3
+    # the extension stages write other folders: nothing prepare wrote is overwritten by them
+    assert not (tmp_path / "data/raw/medical").exists() and not (tmp_path / "data/raw/3d").exists()
+
+
+def test_an_evaluated_modality_or_shape_cannot_join_training():
+    import pytest
+
+    from anomaly_ov.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError)) as info:
+        load_params(None, ["extensions.medical.train_modalities=[brain_mri]", "extensions.threed.train_shapes=[box]"])
+    message = str(info.value)
+    assert "brain_mri" in message and "box" in message  # both problems reported at once

@@ -20,7 +20,9 @@ def tiny_params(**data) -> Params:
         test_normal_per_category=1,
         test_anomaly_per_category=2,
     )
-    return Params(data=DataParams(synthetic=synthetic, **data))
+    # joining medical / 3D sets to training is tested in test_extension_data.py
+    no_joined = {"medical": {"join_training": False}, "threed": {"join_training": False}}
+    return Params(data=DataParams(synthetic=synthetic, **data), extensions=no_joined)
 
 
 def test_prepare_writes_a_valid_manifest(tmp_path):

@@ -130,3 +130,46 @@ def test_regeneration_replaces_the_folder(tmp_path):
     generate_industrial(tiny(), out, seed=0)
     assert not (out / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+#: training families whose *normal* images hold what the held-out categories' defects and normal parts look like
+DARK_PARTS = ("perforated", "mesh", "nut", "bottle", "ic_chip", "keypad", "connector", "dice")
+#: objects with holes through them (the table shows through, as through round_part's bolt holes)
+HOLED = ("button", "nut", "gear")
+LOOK_ALIKES = DARK_PARTS + HOLED
+
+
+@pytest.mark.parametrize("category", HOLED)
+def test_holed_families_have_holes_through_the_object(category):
+    from scipy import ndimage
+
+    holed = 0
+    for i in range(6):
+        region = CATEGORIES[category].render(image_rng(0, category, "train_good", i), 128).region
+        outside, count = ndimage.label(~region)
+        border = set(np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])))
+        holed += any(k not in border for k in range(1, count + 1))
+    assert holed >= 4  # most normal images (gears may have a bore only, still a hole)
+
+
+@pytest.mark.parametrize("category", DARK_PARTS)
+def test_look_alike_families_have_dark_parts_in_their_normal_images(category):
+    # a hole, a socket, a pip, a chip body: dark pixels well inside a normal image of these families, so "dark spot"
+    # cannot be the expert's rule for "defect"
+    dark = []
+    for i in range(4):
+        image = make_sample(category, 128, 0, "train_good", i)[1].astype(np.float32) / 255
+        inner = image[16:-16, 16:-16].mean(-1)
+        dark.append(float((inner < 0.25).mean()))
+    assert min(dark) > 0.003, dark
+
+
+def test_default_params_train_on_many_families_and_hold_out_pcb_and_round_part():
+    from anomaly_ov.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[3] / "params.yaml").data.synthetic
+    assert set(params.eval_categories) == {"pcb", "round_part"}
+    assert not set(params.train_categories) & set(params.eval_categories)
+    assert len(params.train_categories) >= 20 and set(LOOK_ALIKES) <= set(params.train_categories)
+    kinds = {CATEGORIES[c].kind for c in params.train_categories}
+    assert kinds == {"texture", "object"}

@@ -20,6 +20,7 @@ from anomaly_ov.data.manifest import ManifestRow, from_rows, write_manifest
 
 TINY_OVERRIDES = [
     "tracking.enabled=false",
+    "train.tower.enabled=false",  # stage 1 from a random tower unless a test runs stage pretrain_tower first
     "train.expert.tiny.epochs=2",
     "train.expert.tiny.batch_size=4",
     "train.expert.val_fraction=0.34",
