@@ -209,6 +209,12 @@ class ExpertRecipe(_Section):
         return self
 
 
+TrainStrategy = Literal["ddp", "fsdp", "deepspeed"]
+STRATEGY_HELP = ("how num_processes > 1 share the work: ddp = a whole replica per process (DistributedDataParallel); "
+                 "fsdp = weights, gradients and optimiser state sharded over the processes (torch FSDP2), sharded "
+                 "checkpoints; deepspeed = DeepSpeed ZeRO (zero_stage), needs the deepspeed extra and CUDA")
+
+
 class TrainExpertParams(_Section):
     tiny: ExpertRecipe = ExpertRecipe(
         lr=1e-3, epochs=8, batch_size=16, mask_loss=True, train_vision_tower=True,
@@ -219,7 +225,10 @@ class TrainExpertParams(_Section):
     )
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
     num_workers: int = Field(default=0, ge=0)
-    num_processes: int = Field(default=1, ge=1)
+    num_processes: int = Field(default=1, ge=1, description="processes per node (one per GPU); > 1 or "
+                               "train.launch.nnodes > 1 re-launches the stage with torchrun")
+    strategy: TrainStrategy = Field(default="ddp", description=STRATEGY_HELP)
+    zero_stage: Literal[2, 3] = Field(default=2, description="DeepSpeed ZeRO stage (strategy: deepspeed)")
     checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     cache_mb: int = Field(default=1024, ge=0, description="keep decoded training images in memory when they fit")
@@ -271,7 +280,10 @@ class TrainInstructParams(_Section):
     gradient_checkpointing: bool = True
     bf16: bool = True
     num_workers: int = Field(default=0, ge=0)
-    num_processes: int = Field(default=1, ge=1)
+    num_processes: int = Field(default=1, ge=1, description="processes per node (one per GPU); > 1 or "
+                               "train.launch.nnodes > 1 re-launches the stage with torchrun")
+    strategy: TrainStrategy = Field(default="ddp", description=STRATEGY_HELP + " (the release: ZeRO-2)")
+    zero_stage: Literal[2, 3] = Field(default=2, description="DeepSpeed ZeRO stage (strategy: deepspeed)")
     checkpoint_every: int = Field(default=100, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_records: int | None = Field(
@@ -302,11 +314,41 @@ class TowerPretrainParams(_Section):
     report: str = "reports/pretrain_tower.json"
 
 
+class LaunchParams(_Section):
+    """Multi-node training: torchrun's rendezvous. Every node runs the same stage command with its own
+    ``node_rank``; node 0 hosts global rank 0, which writes the outputs."""
+
+    nnodes: int = Field(default=1, ge=1, description="machines taking part (torchrun --nnodes)")
+    node_rank: int = Field(default=0, ge=0, description="this machine's index, 0 .. nnodes-1 (torchrun --node-rank)")
+    rdzv_endpoint: str | None = Field(
+        default=None, description="host:port every node reaches, on node 0 (torchrun --rdzv-endpoint); needed when "
+        "nnodes > 1")
+    rdzv_backend: Literal["static", "c10d"] = Field(
+        default="static", description="static: node_rank decides the ranks (node 0 holds rank 0); c10d: torchrun's "
+        "elastic rendezvous (ranks in order of arrival)")
+    rdzv_id: str = Field(default="anomaly-ov", min_length=1, description="rendezvous id shared by the nodes of a run")
+    timeout_s: float | None = Field(default=None, gt=0,
+                                    description="wall-clock limit of the launched run (null = none)")
+
+    @model_validator(mode="after")
+    def _nodes(self) -> LaunchParams:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes is {self.nnodes}: set rdzv_endpoint to host:port of node 0")
+        if self.rdzv_endpoint:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} must look like host:port (e.g. 10.0.0.1:29400)")
+        return self
+
+
 class TrainParams(_Section):
     seed: int = 0
     tower: TowerPretrainParams = TowerPretrainParams()
     expert: TrainExpertParams = TrainExpertParams()
     instruct: TrainInstructParams = TrainInstructParams()
+    launch: LaunchParams = LaunchParams()
 
 
 # ----------------------------------------------------------------------------------------------- evaluate

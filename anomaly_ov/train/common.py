@@ -13,28 +13,41 @@ same device). That works because
 
 A non-finite loss stops the run with :class:`TrainingDiverged` *before* the optimiser step, so the last good
 checkpoint on disk is the newest one. Distributed runs (``torchrun``) shard every epoch's permutation by rank;
-only rank 0 writes checkpoints, logs to MLflow and draws progress bars.
+only rank 0 logs to MLflow and draws progress bars; the loss it records is the mean over the ranks.
+
+Strategies (``train.<stage>.strategy``, see ``docs/training.md``): ``ddp`` replicates the model
+(DistributedDataParallel; rank 0 writes the one-file checkpoint), ``fsdp`` shards weights, gradients and optimiser
+state over the ranks (torch's FSDP2 ``fully_shard``; every rank writes its shards through
+``torch.distributed.checkpoint``), ``deepspeed`` hands the model to a DeepSpeed ZeRO-2/3 engine (its own sharded
+checkpoints). On gradient-accumulation micro-steps no gradient is all-reduced (DDP's ``no_sync``, FSDP's
+``set_requires_gradient_sync(False)``, DeepSpeed's accumulation boundary).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import math
 import os
 import pickle
 import random
+import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-from anomaly_ov.errors import AnomalyOVError, StageFailed
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-if TYPE_CHECKING:
-    import torch
+from anomaly_ov.errors import AnomalyOVError, ConfigError, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +73,6 @@ class TrainingDiverged(AnomalyOVError, RuntimeError):
 # ------------------------------------------------------------------------------------------- devices / ranks
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` -> cuda, then mps, then cpu; an explicit device that is not available is an error."""
-    import torch
 
     if name == "auto":
         if torch.cuda.is_available():
@@ -104,7 +116,6 @@ def dist_info() -> DistInfo:
 
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    import torch.distributed as dist
 
     info = dist_info()
     if info.distributed and not dist.is_initialized():
@@ -113,7 +124,6 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -121,7 +131,6 @@ def barrier() -> None:
 
 def gather_dicts(local: Mapping[Any, Any]) -> dict[Any, Any]:
     """The union of every rank's ``local`` dict (picklable values), the same on every rank; a copy when single."""
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return dict(local)
@@ -133,33 +142,146 @@ def gather_dicts(local: Mapping[Any, Any]) -> dict[Any, Any]:
     return merged
 
 
-def wrap_distributed(model: Any, device: torch.device) -> Any:
-    """DistributedDataParallel around ``model`` when running under torchrun (the model itself otherwise)."""
+def gather_list(local: Any) -> list[Any]:
+    """Every rank's ``local`` (picklable), in rank order, on every rank; ``[local]`` in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [local]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return parts
+
+
+Strategy = Literal["ddp", "fsdp", "deepspeed"]
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "deepspeed")
+
+
+def deepspeed_available() -> bool:
+    """Whether the optional ``deepspeed`` package is importable (``pip install 'anomaly-ov[deepspeed]'``)."""
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def require_strategy(strategy: str, key: str) -> None:
+    """Fail early with a :class:`ConfigError` naming ``key`` when ``strategy`` cannot run in this environment."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"{key}: unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if strategy == "deepspeed" and not deepspeed_available():
+        raise ConfigError(f"{key} is 'deepspeed' but DeepSpeed is not installed; install it with "
+                          "`pip install 'anomaly-ov[deepspeed]'` (it builds its kernels for CUDA GPUs) or use "
+                          "strategy 'fsdp', which needs nothing beyond torch")
+
+
+def no_split_classes(model: nn.Module) -> set[str]:
+    """Class names of the blocks transformers never splits across devices (decoder / encoder layers), collected
+    from every submodule's ``_no_split_modules``: the units FSDP shards one by one."""
+    names: set[str] = set()
+    for module in model.modules():
+        names |= set(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded by :func:`wrap_distributed` with strategy ``fsdp`` (FSDP2)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """Shard ``model`` in place over every rank with FSDP2 (``fully_shard``): each transformer block (see
+    :func:`no_split_classes`) is its own unit, gathered just before its forward and freed after; the rest (embeddings,
+    projector, expert, heads) forms the root unit. Parameters become DTensors: build the optimiser afterwards."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = no_split_classes(model)
+    for module in list(model.modules()):
+        if module is not model and type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def wrap_distributed(model: nn.Module, device: torch.device, strategy: str = "ddp", *,
+                     find_unused_parameters: bool = False) -> nn.Module:
+    """``model`` ready for data-parallel training under torchrun (the model itself in a single process).
+
+    Args:
+        model: the module whose ``forward`` the stage's step calls; its ``requires_grad`` flags must be final
+            (what trains is decided before wrapping).
+        device: the rank's device (gloo on CPU, nccl on CUDA).
+        strategy: ``ddp`` (a DistributedDataParallel replica; an existing DDP wrapper is replaced, so a second
+            loop over the same model with other frozen parts gets its own) or ``fsdp`` (sharded in place once; a
+            sharded model is returned as is). ``deepspeed`` models are wrapped by :class:`DeepSpeedRun`.
+        find_unused_parameters: DDP only: set when some trainable parameters get no gradient in a step (DDP then
+            searches the autograd graph every step, which costs time; FSDP and DeepSpeed need no such flag).
+    """
     if not dist_info().distributed:
         return model
+    init_distributed(device)
+    if strategy == "fsdp":
+        return model if is_sharded(model) else shard_model(model)
+    if strategy != "ddp":
+        raise ValueError(f"wrap_distributed handles ddp and fsdp, not {strategy!r}")
     from torch.nn.parallel import DistributedDataParallel
 
-    init_distributed(device)
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(unwrap(model), device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Inside, ``backward`` reduces gradients across ranks only when ``enabled`` (the last micro-step of an
+    accumulation group); on the other micro-steps they accumulate locally (DDP ``no_sync``, FSDP2
+    ``set_requires_gradient_sync``). A no-op in a single process."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+        return
+    if is_sharded(model):
+        model.set_requires_gradient_sync(enabled)  # type: ignore[operator]
+    yield
+
+
+def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
+    """``values`` averaged over every rank (one all-reduce); the same dict in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not values:
+        return dict(values)
+    keys = sorted(values)
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 def shutdown_distributed() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def unwrap(model: Any) -> Any:
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel or DeepSpeed wrapper (an FSDP2 model is its own module)."""
+    inner = getattr(model, "module", model)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole, unsharded state dict of ``model`` on CPU, for saving the final model.
+
+    Sharded (``fsdp``): a collective (call it on every rank); rank 0 gets every tensor, the other ranks an empty
+    dict. Otherwise the local module's state dict (every rank holds it whole).
+    """
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------------------- seeding
 def seed_everything(seed: int) -> None:
     import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -168,7 +290,6 @@ def seed_everything(seed: int) -> None:
 
 def get_rng_state() -> dict[str, Any]:
     import numpy as np
-    import torch
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
     # numpy's state as a tensor and plain numbers: checkpoints load with torch.load(weights_only=True)
@@ -182,7 +303,6 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     import numpy as np
-    import torch
 
     random.setstate(state["python"])
     ns = state["numpy"]
@@ -197,7 +317,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------- data order
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
     """The order of epoch ``epoch``: a permutation drawn from its own generator (seed, epoch)."""
-    import torch
 
     if not shuffle:
         return list(range(n))
@@ -250,8 +369,6 @@ def steps_per_epoch(n: int, batch_size: int, grad_accum: int = 1, *, drop_last: 
 def make_loader(dataset: Any, batch_indices: Sequence[Sequence[int]], collate: Callable | None,
                 num_workers: int, seed: int, epoch: int) -> Any:
     """A DataLoader over precomputed index batches (worker seeds are fixed by (seed, epoch))."""
-    import torch
-    from torch.utils.data import DataLoader
 
     gen = torch.Generator().manual_seed(int(seed) * 7919 + int(epoch))
     return DataLoader(dataset, batch_sampler=list(batch_indices), collate_fn=collate, num_workers=num_workers,
@@ -302,6 +419,71 @@ def remove_checkpoints(directory: str | Path) -> None:
         return
     for ckpt in sorted(directory.rglob(CHECKPOINT_FILE)):
         ckpt.unlink(missing_ok=True)
+    for shards in sorted(directory.rglob(SHARDED_PREFIX + "*")):
+        if shards.is_dir():
+            shutil.rmtree(shards, ignore_errors=True)
+
+
+#: folder name prefix of a sharded checkpoint (torch.distributed.checkpoint or DeepSpeed) beside ``last.pt``
+SHARDED_PREFIX = "shards-"
+
+
+def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, trainable_only: bool
+                   ) -> dict[str, dict[str, Any]]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(ignore_frozen_params=trainable_only)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    return {"model": model_sd, "optimizer": optim_sd}
+
+
+def save_sharded(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 trainable_only: bool) -> str:
+    """Every rank writes its shards of the weights (trainable ones only when ``trainable_only``) and optimiser state
+    to ``directory/shards-<step>`` through ``torch.distributed.checkpoint`` (a collective). Written under a temporary
+    name first and renamed by rank 0 once every rank is done, so a kill mid-save leaves no half checkpoint behind
+    the name ``last.pt`` points to. Returns the folder's name."""
+    import torch.distributed.checkpoint as dcp
+
+    name = f"{SHARDED_PREFIX}{step:09d}"
+    tmp = Path(directory) / f".{name}.tmp"
+    if dist_info().is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    dcp.save(_sharded_state(model, optimizer, trainable_only), checkpoint_id=str(tmp))
+    barrier()
+    if dist_info().is_main:
+        final = Path(directory) / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    barrier()
+    return name
+
+
+def load_sharded(directory: Path, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 trainable_only: bool) -> None:
+    """Load the shards :func:`save_sharded` wrote under ``directory/name`` into ``model`` and ``optimizer`` (every
+    rank reads its own part, resharded if needed)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    folder = Path(directory) / name
+    if not folder.is_dir():
+        raise StageFailed(f"{Path(directory) / CHECKPOINT_FILE} points to the sharded checkpoint {folder}, which is "
+                          "missing (on a multi-node run the checkpoint folder must be shared by every node); delete "
+                          f"{Path(directory) / CHECKPOINT_FILE} to start afresh")
+    state = _sharded_state(model, optimizer, trainable_only)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(ignore_frozen_params=trainable_only, strict=False))
+
+
+def prune_sharded(directory: Path, keep: str | None) -> None:
+    """Delete the sharded checkpoints under ``directory`` other than ``keep`` (and leftovers of interrupted
+    saves); rank 0 only."""
+    for old in Path(directory).glob(f"*{SHARDED_PREFIX}*"):
+        if old.is_dir() and old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def model_state(model: Any, trainable_only: bool) -> dict[str, Any]:
@@ -317,7 +499,6 @@ def model_state(model: Any, trainable_only: bool) -> dict[str, Any]:
 
 def save_checkpoint(directory: Path, payload: Mapping[str, Any]) -> Path:
     """Write ``directory/last.pt`` atomically."""
-    import torch
 
     from anomaly_ov.io import atomic_path
 
@@ -329,7 +510,6 @@ def save_checkpoint(directory: Path, payload: Mapping[str, Any]) -> Path:
 
 def load_checkpoint(directory: Path) -> dict[str, Any] | None:
     """The checkpoint in ``directory`` (None when there is none); a corrupt file is an error that says what to do."""
-    import torch
 
     path = Path(directory) / CHECKPOINT_FILE
     if not path.exists():
@@ -351,7 +531,7 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
 class StepOutput:
     """What a stage's step function returns for one micro-batch."""
 
-    loss: Any  # scalar tensor with grad
+    loss: torch.Tensor  # scalar with grad
     items: int  # images or tokens in the batch (for throughput)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -359,7 +539,7 @@ class StepOutput:
 @dataclass
 class LoopSettings:
     epochs: int
-    batch_size: int
+    batch_size: int  # per process
     seed: int
     checkpoint_dir: Path
     checkpoint_every: int
@@ -375,6 +555,9 @@ class LoopSettings:
     progress: bool = True
     log_prefix: str = "train"  # MLflow metric prefix (a second loop of the same stage logs under its own)
     lengths: Sequence[int] | None = None  # per item: batch items of similar length together (see epoch_batches)
+    strategy: str = "ddp"  # ddp and fsdp: the model comes wrapped (wrap_distributed); deepspeed: wrapped here
+    zero_stage: int = 2  # deepspeed only
+    bf16: bool = False  # deepspeed only (its engine keeps fp32 master weights and computes in bf16)
 
 
 @dataclass
@@ -385,6 +568,7 @@ class LoopResult:
     seconds: float
     items: int
     resumed_from_step: int | None
+    model: nn.Module | None = None  # what trained (a DeepSpeed engine under deepspeed); see full_model_state
 
     @property
     def items_per_s(self) -> float:
@@ -398,17 +582,141 @@ class LoopResult:
         return float(sum(tail) / len(tail))
 
 
-StepFn = Callable[[Any, Any], StepOutput]
-EpochEndFn = Callable[[int, Any], Mapping[str, float]]
+StepFn = Callable[[nn.Module, Any], StepOutput]
+EpochEndFn = Callable[[int, nn.Module], Mapping[str, float] | None]
 StepHook = Callable[[int, Mapping[str, float]], None]
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+class _Trainer:
+    """Backward, optimiser step and checkpoint state for one strategy (single process, DDP, FSDP2, DeepSpeed)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler | None,
+                 settings: LoopSettings) -> None:
+        self.settings = settings
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.engine: Any = None
+        if settings.strategy == "deepspeed" and dist_info().distributed:
+            self.engine = deepspeed_engine(model, optimizer, scheduler, settings)
+            model = self.engine
+        self.model = model
+        self.sharded = is_sharded(model)
+
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def backward(self, step_fn: StepFn, batch: Any, boundary: bool, on_loss: Callable[[float], None]) -> StepOutput:
+        """Forward and backward of one micro-batch; gradients are reduced across ranks only at ``boundary``."""
+        if self.engine is not None:
+            self.engine.set_gradient_accumulation_boundary(boundary)
+            out = step_fn(self.model, batch)
+            on_loss(float(out.loss.detach()))
+            self.engine.backward(out.loss)  # DeepSpeed divides by its accumulation steps itself
+            return out
+        with gradient_sync(self.model, boundary):
+            out = step_fn(self.model, batch)
+            on_loss(float(out.loss.detach()))
+            (out.loss / self.settings.grad_accum).backward()
+        return out
+
+    def step(self) -> None:
+        if self.engine is not None:
+            self.engine.step()  # clips, steps the optimiser and the scheduler, zeroes the gradients
+            return
+        if self.settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params(), self.settings.max_grad_norm)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, directory: Path, step: int) -> dict[str, Any]:
+        """Weights and optimiser state for ``last.pt``, or the name of the sharded folder every rank wrote."""
+        trainable_only = self.settings.trainable_only_checkpoint
+        if self.engine is not None:
+            name = f"{SHARDED_PREFIX}{step:09d}"
+            self.engine.save_checkpoint(str(directory), tag=name, exclude_frozen_parameters=trainable_only)
+            return {"sharded": name, "engine": "deepspeed"}
+        if self.sharded:
+            return {"sharded": save_sharded(directory, step, self.model, self.optimizer, trainable_only),
+                    "engine": "dcp"}
+        return {"model": model_state(self.model, trainable_only), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load(self, directory: Path, ckpt: Mapping[str, Any]) -> None:
+        trainable_only = self.settings.trainable_only_checkpoint
+        if "sharded" in ckpt:
+            if self.engine is not None and ckpt.get("engine") == "deepspeed":
+                self.engine.load_checkpoint(str(directory), tag=ckpt["sharded"],
+                                            load_module_strict=not trainable_only)
+                return
+            if self.sharded and ckpt.get("engine") == "dcp":
+                load_sharded(directory, ckpt["sharded"], self.model, self.optimizer, trainable_only)
+                if self.scheduler is not None and ckpt.get("scheduler") is not None:
+                    self.scheduler.load_state_dict(ckpt["scheduler"])
+                return
+            raise StageFailed(f"{directory / CHECKPOINT_FILE} was written by another training strategy "
+                              f"({ckpt.get('engine')}); delete it to start afresh")
+        missing = set(model_state(self.model, trainable_only)) - set(ckpt["model"])
+        if missing:
+            raise StageFailed(f"{directory / CHECKPOINT_FILE}: checkpoint lacks weights {sorted(missing)[:5]}; "
+                              "delete it to start afresh")
+        unwrap(self.model).load_state_dict(ckpt["model"], strict=False)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+
+
+def deepspeed_engine(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler | None,
+                     settings: LoopSettings) -> Any:
+    """A DeepSpeed ZeRO engine (stage ``settings.zero_stage``) around ``model``, ``optimizer`` and ``scheduler``:
+    micro-batch ``settings.batch_size`` per process, ``grad_accum`` accumulation steps, clipping at
+    ``max_grad_norm``, bf16 when ``settings.bf16`` (DeepSpeed then keeps fp32 master weights), no offload — the
+    release's settings for stage 2."""
+    require_strategy("deepspeed", "train.*.strategy")
+    import deepspeed
+
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": settings.batch_size,
+        "gradient_accumulation_steps": settings.grad_accum,
+        "zero_optimization": {"stage": settings.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "bf16": {"enabled": bool(settings.bf16)},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if settings.max_grad_norm:
+        config["gradient_clipping"] = settings.max_grad_norm
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
+                                           dist_init_required=False)
+    return engine
+
+
+def consolidated_state(result: LoopResult, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trained model's whole state dict on CPU for saving (a collective under fsdp and deepspeed ZeRO-3: call
+    it on every rank; rank 0 gets the tensors)."""
+    trained = result.model if result.model is not None else model
+    if hasattr(trained, "zero_optimization_partition_weights") and trained.zero_optimization_partition_weights():
+        state = trained._zero3_consolidated_16bit_state_dict() or {}  # DeepSpeed's consolidation (ZeRO-3)
+        return {k: v.detach().cpu() for k, v in state.items()}
+    return full_model_state(trained)
+
+
+def _check_finite(step: int, last_good: Path | None, loss: float) -> None:
+    """Stop before the backward of a non-finite loss (the last good checkpoint stays the newest)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(step, loss, last_good)
 
 
 def run_loop(
-    model: Any,
-    optimizer: Any,
-    scheduler: Any | None,
-    dataset: Any,
-    collate: Callable | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler | None,
+    dataset: Dataset,
+    collate: Callable[[list[Any]], Any] | None,
     step_fn: StepFn,
     settings: LoopSettings,
     *,
@@ -417,18 +725,24 @@ def run_loop(
 ) -> LoopResult:
     """Train ``model`` for ``settings.epochs`` epochs, resuming from ``settings.checkpoint_dir`` when possible.
 
-    ``step_fn(model, batch)`` computes the loss of one micro-batch (the loop calls backward, clipping, the
-    optimiser and the scheduler step). ``on_epoch_end(epoch, model)`` may return validation metrics; they are
-    logged and kept in the history. ``on_step_end(step, metrics)`` runs after each optimiser step (and after
-    a checkpoint due at that step was written).
+    Args:
+        model: the module ``step_fn`` calls: plain, DDP- or FSDP-wrapped (:func:`wrap_distributed`); under
+            ``settings.strategy == "deepspeed"`` the plain module, wrapped here in a DeepSpeed engine.
+        optimizer, scheduler: built over ``model``'s (wrapped) trainable parameters; the scheduler steps per
+            optimiser step.
+        dataset, collate: the training items; every epoch's order comes from ``(settings.seed, epoch)``.
+        step_fn: ``step_fn(model, batch)`` computes the loss of one micro-batch (the loop calls backward,
+            clipping, the optimiser and the scheduler step).
+        on_epoch_end: ``on_epoch_end(epoch, model)`` may return validation metrics; they are logged and kept in
+            the history (under fsdp it runs on every rank: the sharded forward is a collective).
+        on_step_end: ``on_step_end(step, metrics)`` runs after each optimiser step (and after a checkpoint due at
+            that step was written).
     """
-    import torch
-
     from anomaly_ov import tracking
 
     info = dist_info()
     ckpt_dir = Path(settings.checkpoint_dir)
-    n = len(dataset)
+    n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError(f"{settings.desc}: the training set is empty")
     n_batches = batches_per_epoch(n, settings.batch_size, drop_last=settings.drop_last, world_size=info.world_size)
@@ -437,6 +751,8 @@ def run_loop(
     per_epoch = steps_per_epoch(n, settings.batch_size, settings.grad_accum, drop_last=settings.drop_last,
                                 world_size=info.world_size)
     total_steps = per_epoch * settings.epochs
+    trainer = _Trainer(model, optimizer, scheduler, settings)
+    model = trainer.model
 
     step, epoch, next_batch = 0, 0, 0
     history: list[dict[str, float]] = []
@@ -448,15 +764,9 @@ def run_loop(
             log.warning("%s: checkpoint in %s belongs to other inputs/params; starting afresh", settings.desc, ckpt_dir)
         ckpt = None
     if ckpt is not None:
-        missing = set(model_state(model, settings.trainable_only_checkpoint)) - set(ckpt["model"])
-        if missing:
-            raise RuntimeError(f"{ckpt_dir / CHECKPOINT_FILE}: checkpoint lacks weights {sorted(missing)[:5]}; "
-                               "delete it to start afresh")
-        unwrap(model).load_state_dict(ckpt["model"], strict=False)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
+        trainer.load(ckpt_dir, ckpt)
+        ranks = ckpt.get("rng_ranks") or []
+        set_rng_state(ranks[info.rank] if len(ranks) == info.world_size else ckpt["rng"])
         step, epoch, next_batch = ckpt["step"], ckpt["epoch"], ckpt["next_batch"]
         history, epoch_metrics = list(ckpt["history"]), list(ckpt["epoch_metrics"])
         resumed_from = step
@@ -467,16 +777,18 @@ def run_loop(
 
     def checkpoint() -> None:
         nonlocal last_good
+        state = trainer.save(ckpt_dir, step)  # a collective under fsdp / deepspeed
+        rng_ranks = gather_list(get_rng_state())
         if info.is_main:
+            scheduler_state = scheduler.state_dict() if scheduler is not None and trainer.engine is None else None
             last_good = save_checkpoint(ckpt_dir, {
-                "fingerprint": settings.fingerprint,
-                "model": model_state(model, settings.trainable_only_checkpoint),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": get_rng_state(),
+                "fingerprint": settings.fingerprint, "scheduler": scheduler_state, **state,
+                "rng": rng_ranks[0], "rng_ranks": rng_ranks,
                 "step": step, "epoch": epoch, "next_batch": next_batch,
                 "history": history, "epoch_metrics": epoch_metrics,
             })
+            if "sharded" in state:
+                prune_sharded(ckpt_dir, keep=state["sharded"])
         barrier()
 
     progress = _Progress(settings.desc, total_steps, step, enabled=settings.progress and info.is_main)
@@ -493,34 +805,29 @@ def run_loop(
             accum_loss, accum_metrics, accum_n = 0.0, {}, 0
             for offset, batch in enumerate(loader):
                 b = first + offset
-                out = step_fn(model, batch)
-                loss_value = float(out.loss.detach())
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(step + 1, loss_value, last_good)
-                (out.loss / settings.grad_accum).backward()
-                accum_loss += loss_value
+                end_of_epoch = b + 1 == len(batches)
+                boundary = accum_n + 1 >= settings.grad_accum or end_of_epoch
+
+                out = trainer.backward(step_fn, batch, boundary, partial(_check_finite, step + 1, last_good))
+                accum_loss += float(out.loss.detach())
                 accum_n += 1
                 for key, value in out.metrics.items():
                     accum_metrics[key] = accum_metrics.get(key, 0.0) + float(value)
                 items_done += out.items
                 window_items += out.items
-                end_of_epoch = b + 1 == len(batches)
-                if accum_n < settings.grad_accum and not end_of_epoch:
+                if not boundary:
                     continue
-                if settings.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                trainer.step()
                 step += 1
                 now = time.perf_counter()
+                # the loss of the whole (global) batch: every rank's mean, averaged (ranks hold equal batches)
+                means = mean_over_ranks({"loss": accum_loss / accum_n,
+                                         **{k: v / accum_n for k, v in accum_metrics.items()}})
                 record = {
                     "step": float(step), "epoch": epoch + (b + 1) / len(batches),
-                    "loss": accum_loss / accum_n, "lr": float(optimizer.param_groups[0]["lr"]),
+                    "loss": means.pop("loss"), "lr": trainer.lr(),
                     f"{settings.items_name}_per_s": window_items / max(now - window_t, 1e-9),
-                    **{k: v / accum_n for k, v in accum_metrics.items()},
+                    **means,
                 }
                 window_items, window_t = 0, now
                 history.append(record)
@@ -549,7 +856,8 @@ def run_loop(
     finally:
         progress.close()
     return LoopResult(step=step, history=history, epoch_metrics=epoch_metrics,
-                      seconds=time.perf_counter() - started, items=items_done, resumed_from_step=resumed_from)
+                      seconds=time.perf_counter() - started, items=items_done, resumed_from_step=resumed_from,
+                      model=model)
 
 
 class _Progress:
