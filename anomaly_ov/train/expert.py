@@ -29,12 +29,24 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_ov.errors import ConfigError, InputError, StageFailed
+from anomaly_ov.model.expert import ExpertOutput
 from anomaly_ov.train import common
 
 if TYPE_CHECKING:
-    import torch
-
     from anomaly_ov.config import ExpertRecipe, Params
+    from anomaly_ov.data.loaders import ExpertDataset
+    from anomaly_ov.model.processing import ImagePreprocessor
+
+#: ``forward(stage_module, batch) -> ExpertOutput``
+ExpertForward = Callable[[nn.Module, Mapping[str, Any]], ExpertOutput]
+Collate = Callable[[list[Any]], Any]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +60,12 @@ def class_balance(labels: Sequence[int]) -> tuple[float, float]:
     n_pos = sum(1 for v in labels if v)
     n_neg = n - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"stage 1 needs normal and anomalous training images; found {n_neg} normal, "
+        raise InputError(f"stage 1 needs normal and anomalous training images; found {n_neg} normal, "
                          f"{n_pos} anomalous (add test splits with anomalies to the training sources)")
     return n / (2.0 * n_neg), n / (2.0 * n_pos)
 
 
 def balanced_bce(logits: torch.Tensor, labels: torch.Tensor, weights: tuple[float, float]) -> torch.Tensor:
-    import torch.nn.functional as F
 
     w = labels * weights[1] + (1 - labels) * weights[0]
     return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels, weight=w)
@@ -103,7 +114,6 @@ def mask_loss(level_maps: Sequence[torch.Tensor], masks: torch.Tensor, cells: to
     Every level is supervised on its own map: supervising only their mean lets one level carry the map while the
     others stay flat, and the mean is what the selector and the evaluation read.
     """
-    import torch.nn.functional as F
 
     if not bool(eligible.any()):
         return level_maps[0].sum() * 0.0
@@ -116,8 +126,9 @@ def mask_loss(level_maps: Sequence[torch.Tensor], masks: torch.Tensor, cells: to
     return total / len(level_maps)
 
 
-def expert_loss(out: Any, batch: Mapping[str, Any], recipe: ExpertRecipe, weights: tuple[float, float]
+def expert_loss(out: ExpertOutput, batch: Mapping[str, Any], recipe: ExpertRecipe, weights: tuple[float, float]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Balanced BCE on the image score logits [B], plus the recipe's mask loss on the base-view level maps."""
     labels = batch["labels"].to(out.score_logits.device)
     bce = balanced_bce(out.score_logits, labels, weights)
     metrics = {"bce": float(bce.detach())}
@@ -139,7 +150,6 @@ def augment_batch(batch: Mapping[str, Any], seed: int) -> dict[str, Any]:
     as the uninterrupted run did. The training set's categories then appear in 8 poses, which keeps the expert
     from tying a defect to where it sits or how it is oriented in the few training categories.
     """
-    import torch
 
     key = int(common.fingerprint(seed, [int(i) for i in batch["index"].tolist()])[:12], 16)
     draw = torch.randint(0, 8, (1,), generator=torch.Generator().manual_seed(key)).item()
@@ -157,10 +167,10 @@ def augment_batch(batch: Mapping[str, Any], seed: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def evaluate_expert(
-    forward: Callable[[Any, Mapping[str, Any]], Any],
-    model: Any,
-    dataset: Any,
-    collate: Callable,
+    forward: ExpertForward,
+    model: nn.Module,
+    dataset: ExpertDataset,
+    collate: Collate,
     batch_size: int,
     num_workers: int = 0,
 ) -> dict[str, Any]:
@@ -168,9 +178,6 @@ def evaluate_expert(
 
     Pixel maps are the base view's map upsampled (bilinear) to the dataset's mask resolution.
     """
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
 
     from anomaly_ov.evaluate import metrics as M
 
@@ -214,9 +221,9 @@ def evaluate_expert(
 
 
 # ------------------------------------------------------------------------------------------------- training
-def make_optimizer(params: Sequence[torch.nn.Parameter], recipe: ExpertRecipe, steps_per_epoch: int):
+def make_optimizer(params: Sequence[nn.Parameter], recipe: ExpertRecipe, steps_per_epoch: int
+                   ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts]:
     """AdamW + CosineAnnealingWarmRestarts with ``restarts_per_epoch`` cycles per epoch (stepped every step)."""
-    import torch
 
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     cycle = max(1, math.ceil(steps_per_epoch / recipe.restarts_per_epoch))
@@ -224,10 +231,10 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], recipe: ExpertRecipe, s
     return opt, sched
 
 
-def set_trainable(model: Any, trainable: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+def set_trainable(model: nn.Module, trainable: Sequence[nn.Parameter]) -> list[nn.Parameter]:
     """Freeze everything in ``model`` except ``trainable`` (returned as a list without duplicates)."""
     keep = {id(p) for p in trainable}
-    unique: list[torch.nn.Parameter] = []
+    unique: list[nn.Parameter] = []
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
         if id(p) in keep:
@@ -235,13 +242,18 @@ def set_trainable(model: Any, trainable: Sequence[torch.nn.Parameter]) -> list[t
     return unique
 
 
+#: stage 1 trains parameters that get no gradient (the tower's post_layernorm, which the expert does not read, and
+#: the q-former's key bias, which the softmax cancels): DDP must look for them every step
+FIND_UNUSED_PARAMETERS = True
+
+
 def fit_expert(
-    model: Any,
-    forward: Callable[[Any, Mapping[str, Any]], Any],
-    trainable: Sequence[torch.nn.Parameter],
-    train_set: Any,
-    val_set: Any | None,
-    collate: Callable,
+    model: nn.Module,
+    forward: ExpertForward,
+    trainable: Sequence[nn.Parameter],
+    train_set: ExpertDataset,
+    val_set: ExpertDataset | None,
+    collate: Collate,
     recipe: ExpertRecipe,
     *,
     seed: int,
@@ -252,27 +264,33 @@ def fit_expert(
     progress: bool = True,
     on_step_end: common.StepHook | None = None,
     max_grad_norm: float | None = None,
+    strategy: str = "ddp",
+    zero_stage: int = 2,
 ) -> common.LoopResult:
-    """Train the expert part of ``model`` (anything ``forward(model, batch) -> ExpertOutput`` understands)."""
-    import torch
+    """Train the expert part of ``model`` (anything ``forward(model, batch) -> ExpertOutput`` understands).
 
+    Under torchrun the model is wrapped for ``strategy`` (see :func:`common.wrap_distributed`); the result's
+    ``model`` is what trained (read its weights with :func:`common.consolidated_state`).
+    """
     info = common.dist_info()
-    params = set_trainable(model, trainable)
-    if not params:
-        raise ValueError("stage 1 has no trainable parameter (is the expert attached to the model?)")
+    if not set_trainable(model, trainable):
+        raise StageFailed("stage 1 has no trainable parameter (is the expert attached to the model?)")
+    device = next(iter(trainable)).device
     weights = class_balance(train_set.labels)
     per_epoch = common.steps_per_epoch(len(train_set), recipe.batch_size, world_size=info.world_size)
+    wrapped = (common.wrap_distributed(model, device, strategy, find_unused_parameters=FIND_UNUSED_PARAMETERS)
+               if strategy != "deepspeed" else model)
+    params = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP's sharded parameters when sharded
     optimizer, scheduler = make_optimizer(params, recipe, per_epoch)
-    ddp_model = common.wrap_distributed(model, next(iter(params)).device)
 
-    def step(m: Any, batch: Mapping[str, Any]) -> common.StepOutput:
+    def step(m: nn.Module, batch: Mapping[str, Any]) -> common.StepOutput:
         if recipe.augment:
             batch = augment_batch(batch, seed)
         out = forward(m, batch)
         loss, metrics = expert_loss(out, batch, recipe, weights)
         return common.StepOutput(loss=loss, items=len(batch["labels"]), metrics=metrics)
 
-    def epoch_end(epoch: int, m: Any) -> dict[str, float]:
+    def epoch_end(epoch: int, m: nn.Module) -> dict[str, float]:
         if val_set is None or len(val_set) == 0:
             return {}
         res = evaluate_expert(forward, common.unwrap(m), val_set, collate, recipe.batch_size, num_workers)
@@ -282,9 +300,10 @@ def fit_expert(
         epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, num_workers=num_workers, desc="stage 1 (expert)",
         items_name="images", fingerprint=fingerprint, progress=progress, max_grad_norm=max_grad_norm,
+        strategy=strategy, zero_stage=zero_stage,
     )
     torch.manual_seed(seed)
-    return common.run_loop(ddp_model, optimizer, scheduler, train_set, collate, step, settings,
+    return common.run_loop(wrapped, optimizer, scheduler, train_set, collate, step, settings,
                            on_epoch_end=epoch_end, on_step_end=on_step_end)
 
 
@@ -305,38 +324,37 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
     }
 
 
-class ExpertStage:
-    """Module view of a model's stage-1 path (tower + expert) so DistributedDataParallel sees the forward.
+class ExpertStage(nn.Module):
+    """Module view of a model's stage-1 path (tower + expert), so that DDP and FSDP see the forward they wrap.
 
-    Built lazily as an ``nn.Module`` subclass (torch is imported inside functions only).
+    Args:
+        model: a model with the expert path (``tower_features``, ``anomaly_expert``, ``expert_forward``): the tiny
+            preset's whole model or a pretrained preset's ``AnomalyExpertModel``.
+        base_view_only: score each image's base view alone (AnyRes crops skipped).
     """
 
-    def __new__(cls, model: Any, base_view_only: bool) -> Any:
-        import torch
+    def __init__(self, model: nn.Module, base_view_only: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.base_only = base_view_only
 
-        class _ExpertStage(torch.nn.Module):
-            def __init__(self, inner: Any, base_only: bool) -> None:
-                super().__init__()
-                self.model = inner
-                self.base_only = base_only
-
-            def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, crops: list[int]) -> Any:
-                m = self.model
-                if self.base_only:
-                    starts = torch.tensor([sum(crops[:i]) for i in range(len(crops))], device=pixel_values.device)
-                    base = pixel_values.index_select(0, starts)
-                    features, levels = m.tower_features(base)
-                    dtype = m.anomaly_expert.positive_embedding.dtype
-                    return m.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], [1] * len(crops))
-                return m.expert_forward(pixel_values, image_sizes)
-
-        return _ExpertStage(model, base_view_only)
+    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, crops: list[int]) -> ExpertOutput:
+        """Args: ``pixel_values`` [sum(crops), 3, H, W] (every image's crops, base view first), ``image_sizes``
+        [B, 2], ``crops`` the crop count of each of the B images. Returns the expert's output for the B images."""
+        m: Any = self.model
+        if self.base_only:
+            starts = torch.tensor([sum(crops[:i]) for i in range(len(crops))], device=pixel_values.device)
+            base = pixel_values.index_select(0, starts)
+            features, levels = m.tower_features(base)
+            dtype = m.anomaly_expert.positive_embedding.dtype
+            return m.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], [1] * len(crops))
+        return m.expert_forward(pixel_values, image_sizes)
 
 
-def stage_forward(device: torch.device) -> Callable[[Any, Mapping[str, Any]], Any]:
+def stage_forward(device: torch.device) -> ExpertForward:
     """``forward(stage_module, batch) -> ExpertOutput`` for batches of :func:`collate_expert`."""
 
-    def forward(module: Any, batch: Mapping[str, Any]) -> Any:
+    def forward(module: nn.Module, batch: Mapping[str, Any]) -> ExpertOutput:
         return module(batch["pixel_values"].to(device), batch["image_sizes"].to(device),
                       list(batch["crops_per_image"]))
 
@@ -349,7 +367,7 @@ def item_megabytes(item: Mapping[str, Any]) -> float:
     return total / 2**20
 
 
-def split_training_rows(params: Params, workspace: Path):
+def split_training_rows(params: Params, workspace: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train rows, held-out rows) of the manifest's training role, stratified by category and label."""
     from anomaly_ov.data.loaders import stratified_split
     from anomaly_ov.data.manifest import read_manifest
@@ -359,11 +377,11 @@ def split_training_rows(params: Params, workspace: Path):
     frame = read_manifest(manifest)
     train_rows = frame[frame["role"] == "train"]
     if train_rows.empty:
-        raise ValueError(f"{manifest}: no rows with role 'train'; list a training source in data.sources")
+        raise InputError(f"{manifest}: no rows with role 'train'; list a training source in data.sources")
     return stratified_split(train_rows, params.train.expert.val_fraction, params.train.seed)
 
 
-def stage_preprocessor(params: Params):
+def stage_preprocessor(params: Params) -> ImagePreprocessor:
     """Stage 1's image transform (``ImagePreprocessor``): the preset's image processor
     (:func:`~anomaly_ov.model.presets.image_processor_for`, the checkpoint's for a pretrained preset) and, for a
     pretrained preset, the release's resize to 1024 px on the longer side, so the expert trains on the pixels stage 2
@@ -372,6 +390,29 @@ def stage_preprocessor(params: Params):
     from anomaly_ov.model.processing import ImagePreprocessor
 
     return ImagePreprocessor(image_processor_for(params), RELEASE_MAX_IMAGE_SIDE if params.is_pretrained else None)
+
+
+def consolidated_expert_model(params: Params, result: common.LoopResult, stage_module: ExpertStage,
+                              model: nn.Module) -> nn.Module:
+    """The trained model, whole, for saving: ``model`` itself when its weights are whole in this process (one
+    process, ddp, deepspeed ZeRO-2); under fsdp or ZeRO-3 a fresh stage-1 model with the gathered weights on rank 0
+    (a collective: call on every rank; the other ranks get ``model`` back and save nothing)."""
+    from anomaly_ov.model.presets import build_expert_model
+
+    if result.model is None or not (common.is_sharded(result.model) or _partitioned(result.model)):
+        return model
+    state = common.consolidated_state(result, stage_module)
+    if not common.dist_info().is_main:
+        return model
+    whole = ExpertStage(build_expert_model(params), stage_module.base_only)
+    whole.load_state_dict(state, strict=True)
+    return whole.model
+
+
+def _partitioned(model: nn.Module) -> bool:
+    """Whether ``model`` is a DeepSpeed engine whose weights are partitioned (ZeRO-3)."""
+    check = getattr(model, "zero_optimization_partition_weights", None)
+    return bool(check()) if callable(check) else False
 
 
 def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
@@ -386,7 +427,8 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     cfg = params.train.expert
     workspace = Path(workspace)
     info = common.dist_info()
-    if cfg.num_processes > 1 and not info.distributed:
+    common.require_strategy(cfg.strategy, "train.expert.strategy")
+    if (cfg.num_processes > 1 or params.train.launch.nnodes > 1) and not info.distributed:
         from anomaly_ov.train.launch import relaunch
 
         return relaunch(STAGE, params, workspace, cfg.num_processes)
@@ -400,8 +442,8 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
 
     official = recipe.epochs == 0
     if official and not params.model.expert_checkpoint:
-        raise ValueError("the stage-1 recipe has epochs: 0 (use the expert as released) but model.expert_checkpoint "
-                         "is not set; point it to the official pretrained_expert_*.pth or give the recipe epochs")
+        raise ConfigError("the stage-1 recipe has epochs: 0 (use the expert as released) but model.expert_checkpoint "
+                          "is not set; point it to the official pretrained_expert_*.pth or give the recipe epochs")
     model = build_expert_model(params)
     from anomaly_ov.train.pretrain_tower import load_pretrained_tower
 
@@ -430,7 +472,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         tracking.log_params({"recipe": record, "expert_source": expert_source,
                              "expert_checkpoint": params.model.expert_checkpoint, "train_images": len(train_set),
                              "val_images": len(val_set or []), "device": str(device),
-                             "num_processes": info.world_size})
+                             "num_processes": info.world_size, "strategy": cfg.strategy})
     fp = common.fingerprint(
         params.to_dict()["model"], params.to_dict()["train"]["expert"], params.train.seed, mask_size,
         common.file_signature(in_workspace(workspace, params.data.manifest)), info.world_size,
@@ -442,10 +484,14 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         result = fit_expert(
             stage_module, forward, trainable, train_set, val_set, collate_expert, recipe, seed=params.train.seed,
             checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
-            num_workers=cfg.num_workers, fingerprint=fp, max_grad_norm=cfg.max_grad_norm,
+            num_workers=cfg.num_workers, fingerprint=fp, max_grad_norm=cfg.max_grad_norm, strategy=cfg.strategy,
+            zero_stage=cfg.zero_stage,
         )
-    val = (evaluate_expert(forward, stage_module, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
+    # every rank evaluates the whole held-out set (under fsdp the sharded forward is a collective)
+    trained = result.model if result.model is not None else stage_module
+    val = (evaluate_expert(forward, trained, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
            if val_set is not None else {})
+    model = consolidated_expert_model(params, result, stage_module, model)
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "expert_source": expert_source,
@@ -473,8 +519,9 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
                                                                                       "lr"))
         atomic_write_json(report_path, {
             **summary, "seconds": round(seconds, 3), "recipe": record, "device": str(device),
-            "num_processes": info.world_size, "val": val,
+            "num_processes": info.world_size, "strategy": cfg.strategy, "val": val,
             "epoch_metrics": result.epoch_metrics, "output_dir": cfg.output_dir,
+            "loss_curve": [[int(h["step"]), round(h["loss"], 6)] for h in result.history],
         })
         tracking.log_artifact(out_dir, "expert")
         tracking.log_artifact(report_path)

@@ -29,12 +29,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_ov.errors import ConfigError, StageFailed
 from anomaly_ov.train import common
 
 if TYPE_CHECKING:
-    import torch
-
     from anomaly_ov.config import InstructRecipe, Params
+    from anomaly_ov.data.loaders import InstructDataset
+    from anomaly_ov.model.modeling import AnomalyOVForConditionalGeneration
+    from anomaly_ov.model.processing import AnomalyOVProcessor
+
+Collate = Callable[[list[Any]], Any]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +57,8 @@ def conversation_texts(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return [turn["value"] for rec in records for turn in rec["conversations"]]
 
 
-def make_encoder(processor: Any, max_length: int) -> Callable[[list[Any], list[dict[str, str]]], dict[str, Any]]:
+def make_encoder(processor: AnomalyOVProcessor, max_length: int
+                 ) -> Callable[[list[Any], list[dict[str, str]]], dict[str, Any]]:
     """(images, conversation) -> one training example (tensors without the batch axis where it is 1)."""
 
     def encode(images: list[Any], conversation: list[dict[str, str]]) -> dict[str, Any]:
@@ -63,7 +73,7 @@ def make_encoder(processor: Any, max_length: int) -> Callable[[list[Any], list[d
     return encode
 
 
-def apply_lora(model: Any, params: Params) -> Any:
+def apply_lora(model: nn.Module, params: Params) -> nn.Module:
     """Wrap the LLM's linear layers with LoRA adapters (peft); the projector stays fully trainable."""
     from peft import LoraConfig, get_peft_model
 
@@ -85,7 +95,6 @@ def sample_records(records: Sequence[Mapping[str, Any]], limit: int | None, seed
     """
     if limit is None or limit >= len(records):
         return list(records)
-    import numpy as np
 
     keep = np.sort(np.random.default_rng(seed).choice(len(records), size=limit, replace=False))
     return [records[int(i)] for i in keep]
@@ -113,10 +122,9 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "t
     the batch's answer tokens (LLaVA's loss), ``sample`` (p = 1) the mean of the conversations' means, ``square``
     (p = 1/2) in between. Under ``token`` a batch's long descriptions drown its one-token Yes/No answers.
     """
-    import torch.nn.functional as F
 
     if reduction not in LOSS_REDUCTIONS:
-        raise ValueError(f"unknown loss reduction {reduction!r} (use one of {sorted(LOSS_REDUCTIONS)})")
+        raise ConfigError(f"unknown loss reduction {reduction!r} (use one of {sorted(LOSS_REDUCTIONS)})")
     answered = targets != -100
     if not bool(answered.any()):
         return logits.sum() * 0.0
@@ -126,7 +134,7 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "t
     return (weights * per_token).sum() / weights.sum()
 
 
-def conversation_loss(model: Any, inputs: Mapping[str, Any], reduction: str = "token") -> torch.Tensor:
+def conversation_loss(model: nn.Module, inputs: Mapping[str, Any], reduction: str = "token") -> torch.Tensor:
     """Forward ``inputs`` (with ``labels``) through ``model`` and return :func:`answer_loss` on the answer positions."""
     labels = inputs["labels"]
     keep = answer_positions(labels)
@@ -165,13 +173,13 @@ def training_records(params: Params, workspace: Path, text_warmup: bool = False,
     return sample_records(records, min([n for n in caps if n is not None], default=None), params.train.seed)
 
 
-def expert_adverbs(model: Any, processor: Any, records: Sequence[Mapping[str, Any]], workspace: Path, device: Any,
+def expert_adverbs(model: AnomalyOVForConditionalGeneration, processor: AnomalyOVProcessor,
+                   records: Sequence[Mapping[str, Any]], workspace: Path, device: torch.device,
                    batch_size: int = 32) -> dict[tuple[str, ...], list[str]]:
     """The frozen expert's suspicious-level word ("slightly" / "moderately" / "highly") for every image of
     ``records``, keyed by the record's image list (its images are scored together, uncropped when there are
     several, as the visual phase sees them). Under torchrun each rank scores every world-size-th image list and
     the ranks exchange their words, so all of them return the same dict."""
-    import torch
 
     from anomaly_ov.data.loaders import load_image, record_images
     from anomaly_ov.model.processing import adverb_for_score
@@ -199,11 +207,10 @@ def expert_adverbs(model: Any, processor: Any, records: Sequence[Mapping[str, An
     return common.gather_dicts(words)
 
 
-def text_warmup_items(records: Sequence[Mapping[str, Any]], processor: Any,
+def text_warmup_items(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor,
                       adverbs: Mapping[tuple[str, ...], list[str]], max_length: int) -> list[dict[str, Any]]:
     """Text-only training examples: each conversation with its images reduced to their phrases (see
     ``AnomalyOVProcessor.encode_text_only``); labels on the answers as in the visual phase."""
-    import torch
 
     from anomaly_ov.data.loaders import record_images
 
@@ -216,7 +223,7 @@ def text_warmup_items(records: Sequence[Mapping[str, Any]], processor: Any,
     return items
 
 
-def text_lengths(records: Sequence[Mapping[str, Any]], processor: Any) -> list[int]:
+def text_lengths(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor) -> list[int]:
     """Each record's token count without its image tokens: the key of length-grouped batches (an image adds about
     the same count to every single-image record, so the text decides how much a batch pads)."""
     from anomaly_ov.data.loaders import record_images
@@ -225,9 +232,9 @@ def text_lengths(records: Sequence[Mapping[str, Any]], processor: Any) -> list[i
                                            add_generation_prompt=False)[0]) for rec in records]
 
 
-def _language_only(model: Any) -> list[torch.nn.Parameter]:
+def _language_only(model: nn.Module) -> list[nn.Parameter]:
     """Freeze the trainable parameters outside the LLM (the projector, image_newline); returns them to restore."""
-    base = common.unwrap(model)
+    base: Any = common.unwrap(model)
     if hasattr(base, "base_model") and hasattr(base.base_model, "model"):  # peft wrapper
         base = base.base_model.model
     outside = [*base.model.multi_modal_projector.parameters(), base.model.image_newline]
@@ -238,13 +245,13 @@ def _language_only(model: Any) -> list[torch.nn.Parameter]:
 
 
 def warm_up_language(
-    model: Any,
+    model: nn.Module,
     items: Sequence[Mapping[str, Any]],
-    collate: Callable,
+    collate: Collate,
     recipe: InstructRecipe,
     *,
     seed: int,
-    device: Any,
+    device: torch.device,
     checkpoint_dir: Path,
     checkpoint_every: int,
     fingerprint: str = "",
@@ -252,6 +259,8 @@ def warm_up_language(
     max_grad_norm: float | None = 1.0,
     progress: bool = True,
     group_by_length: bool = True,
+    strategy: str = "ddp",
+    zero_stage: int = 2,
 ) -> common.LoopResult:
     """Text warm-up (``recipe.text_warmup_epochs``): the LLM alone learns the answers' language on text-only
     conversations, before the visual phase.
@@ -260,8 +269,12 @@ def warm_up_language(
     too few steps to learn language (it answered "The image." to every description request). A text example is
     a few dozen tokens, so many more conversations fit the budget. The image's phrase keeps the expert's word, so
     the LLM also learns that "highly suspicious" goes with "Yes". A pretrained LLM needs none of this (0 epochs).
+
+    Under fsdp the projector stays trainable (it gets no gradient from text, so AdamW leaves it as it is): FSDP2
+    fixes which parameters train when it first gathers them, so it must not change between the two phases.
     """
-    restore = _language_only(model)
+    sharding = strategy == "fsdp" and common.dist_info().distributed
+    restore = [] if sharding else _language_only(model)
     try:
         text_recipe = recipe.model_copy(update={
             "epochs": recipe.text_warmup_epochs, "batch_size": recipe.text_warmup_batch_size,
@@ -271,22 +284,21 @@ def warm_up_language(
             model, items, collate, text_recipe, seed=seed + 1, device=device, checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every, fingerprint=fingerprint, bf16=bf16, max_grad_norm=max_grad_norm,
             progress=progress, lengths=[len(it["input_ids"]) for it in items] if group_by_length else None,
-            desc="stage 2 (text warm-up)", log_prefix="text_warmup",
+            desc="stage 2 (text warm-up)", log_prefix="text_warmup", strategy=strategy, zero_stage=zero_stage,
         )
     finally:
         for p in restore:
             p.requires_grad_(True)
 
 
-def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def fp32_master_weights(model: Any) -> dict[int, torch.dtype]:
+def fp32_master_weights(model: nn.Module) -> dict[int, torch.dtype]:
     """Put every trainable 16-bit parameter of ``model`` in float32, in place (the optimiser then updates fp32
     master weights; bf16 autocast keeps the compute in 16 bits on CUDA). Returns ``{id(param): old dtype}`` for
     :func:`restore_dtypes`. Frozen parameters keep their dtype."""
-    import torch
 
     changed: dict[int, torch.dtype] = {}
     for p in trainable_parameters(model):
@@ -296,14 +308,14 @@ def fp32_master_weights(model: Any) -> dict[int, torch.dtype]:
     return changed
 
 
-def restore_dtypes(model: Any, dtypes: Mapping[int, Any]) -> None:
+def restore_dtypes(model: nn.Module, dtypes: Mapping[int, torch.dtype]) -> None:
     """Cast the parameters :func:`fp32_master_weights` upcast back to their checkpoint dtype (before saving)."""
     for p in model.parameters():
         if id(p) in dtypes:
             p.data = p.data.to(dtypes[id(p)])
 
 
-def count_truncated(records: Sequence[Mapping[str, Any]], processor: Any, workspace: Path,
+def count_truncated(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor, workspace: Path,
                     max_length: int) -> dict[str, Any]:
     """How many ``records`` are longer than ``max_length`` tokens, hence cut (image sizes read from the files'
     headers, no decoding), and the longest one's length."""
@@ -324,13 +336,14 @@ def count_truncated(records: Sequence[Mapping[str, Any]], processor: Any, worksp
     return {"truncated_records": truncated, "max_length": max_length, "longest_record_tokens": longest}
 
 
-def frozen_snapshot(model: Any, part_names: Sequence[str]) -> dict[str, Any]:
+def frozen_snapshot(model: nn.Module, part_names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Copies of the parameters under ``part_names`` (used by tests to check they stay unchanged)."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if any(k in n for k in part_names)}
 
 
-def sample_answers(model: Any, processor: Any, records: Sequence[Mapping[str, Any]], workspace: Path,
-                   device: Any, max_new_tokens: int = 40) -> list[dict[str, Any]]:
+def sample_answers(model: AnomalyOVForConditionalGeneration, processor: AnomalyOVProcessor,
+                   records: Sequence[Mapping[str, Any]], workspace: Path, device: torch.device,
+                   max_new_tokens: int = 40) -> list[dict[str, Any]]:
     """Greedy answers to the detection question (and a description request) for one normal and one anomalous
     single-image training record."""
     from anomaly_ov.data.loaders import record_images
@@ -360,14 +373,18 @@ def sample_answers(model: Any, processor: Any, records: Sequence[Mapping[str, An
     return samples
 
 
+#: every parameter stage 2 trains gets a gradient in every step (DDP need not search for unused ones)
+FIND_UNUSED_PARAMETERS = False
+
+
 def fit_instruct(
-    model: Any,
-    dataset: Any,
-    collate: Callable,
+    model: nn.Module,
+    dataset: InstructDataset | Sequence[Mapping[str, Any]],
+    collate: Collate,
     recipe: InstructRecipe,
     *,
     seed: int,
-    device: Any,
+    device: torch.device,
     checkpoint_dir: Path,
     checkpoint_every: int,
     num_workers: int = 0,
@@ -379,27 +396,30 @@ def fit_instruct(
     lengths: Sequence[int] | None = None,
     desc: str = "stage 2 (instruct)",
     log_prefix: str = "train",
+    strategy: str = "ddp",
+    zero_stage: int = 2,
 ) -> common.LoopResult:
     """Train the parameters of ``model`` that require grad on ``dataset`` (cross-entropy on answer tokens);
-    with ``lengths`` (one per record) batches hold records of similar length (see ``common.epoch_batches``)."""
+    with ``lengths`` (one per record) batches hold records of similar length (see ``common.epoch_batches``).
+    Under torchrun the model is wrapped for ``strategy`` first (fsdp shards it in place, once) and the optimiser
+    built over what the wrapper trains."""
     import contextlib
 
-    import torch
     from transformers import get_cosine_schedule_with_warmup
 
     info = common.dist_info()
-    params = trainable_parameters(model)
-    if not params:
-        raise ValueError("stage 2 has no trainable parameter")
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if not trainable_parameters(model):
+        raise StageFailed("stage 2 has no trainable parameter")
+    wrapped = (common.wrap_distributed(model, device, strategy, find_unused_parameters=FIND_UNUSED_PARAMETERS)
+               if strategy != "deepspeed" else model)
+    optimizer = torch.optim.AdamW(trainable_parameters(wrapped), lr=recipe.lr, weight_decay=recipe.weight_decay)
     per_epoch = common.steps_per_epoch(len(dataset), recipe.batch_size, recipe.grad_accum,
                                        world_size=info.world_size)
     total = per_epoch * recipe.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(recipe.warmup_ratio * total), total)
-    ddp_model = common.wrap_distributed(model, device)
-    use_bf16 = bf16 and device.type == "cuda"
+    use_bf16 = bf16 and device.type == "cuda" and strategy != "deepspeed"  # DeepSpeed runs its own bf16
 
-    def step(m: Any, batch: Mapping[str, Any]) -> common.StepOutput:
+    def step(m: nn.Module, batch: Mapping[str, Any]) -> common.StepOutput:
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels", "pixel_values",
                                                    "image_sizes", "batch_num_images") if k in batch}
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
@@ -413,11 +433,20 @@ def fit_instruct(
         epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, grad_accum=recipe.grad_accum, max_grad_norm=max_grad_norm,
         num_workers=num_workers, desc=desc, items_name="tokens", fingerprint=fingerprint, progress=progress,
-        lengths=lengths, log_prefix=log_prefix,
+        lengths=lengths, log_prefix=log_prefix, strategy=strategy, zero_stage=zero_stage, bf16=bf16,
     )
     torch.manual_seed(seed)
-    return common.run_loop(ddp_model, optimizer, scheduler, dataset, collate, step, settings,
+    return common.run_loop(wrapped, optimizer, scheduler, dataset, collate, step, settings,
                            on_step_end=on_step_end)
+
+
+def _weights_split(result: common.LoopResult) -> bool:
+    """Whether the trained weights are spread over the ranks (fsdp, DeepSpeed ZeRO-3) rather than whole here."""
+    trained = result.model
+    if trained is None:
+        return False
+    partitioned = getattr(trained, "zero_optimization_partition_weights", None)
+    return common.is_sharded(trained) or (callable(partitioned) and bool(partitioned()))
 
 
 def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
@@ -441,7 +470,8 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     cfg = params.train.instruct
     workspace = Path(workspace)
     info = common.dist_info()
-    if cfg.num_processes > 1 and not info.distributed:
+    common.require_strategy(cfg.strategy, "train.instruct.strategy")
+    if (cfg.num_processes > 1 or params.train.launch.nnodes > 1) and not info.distributed:
         from anomaly_ov.train.launch import relaunch
 
         return relaunch(STAGE, params, workspace, cfg.num_processes)
@@ -479,7 +509,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     collate = partial(collate_instruct, pad_token_id=processor.pad_token_id)
     n_trainable = sum(p.numel() for p in trainable_parameters(train_model))
     truncation = count_truncated(records, processor, workspace, recipe.max_length)
-    if truncation["truncated_records"]:
+    if truncation["truncated_records"] and info.is_main:
         log.warning("stage 2: %d of %d conversations exceed max_length=%d tokens and are cut (longest: %d)",
                     truncation["truncated_records"], len(records), recipe.max_length,
                     truncation["longest_record_tokens"])
@@ -491,7 +521,8 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
                              "trainable_parameters": n_trainable, "device": str(device),
                              "truncated_records": truncation["truncated_records"],
                              "master_weights": "float32", "upcast_parameters": len(upcast),
-                             "vocab_size": len(tokenizer), "num_processes": info.world_size})
+                             "vocab_size": len(tokenizer), "num_processes": info.world_size,
+                             "strategy": cfg.strategy})
     images = {dataset.image_path(p) for rec in all_records for p in record_images(rec)}
     fp = common.fingerprint(  # params + the content of every file the stage reads
         params.to_dict()["model"], params.to_dict()["train"]["instruct"], params.train.seed,
@@ -510,15 +541,28 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             train_model, items, collate, recipe, seed=params.train.seed, device=device,
             checkpoint_dir=checkpoint_dir / "text_warmup", checkpoint_every=cfg.checkpoint_every, fingerprint=fp,
             bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm, group_by_length=cfg.group_by_length,
+            strategy=cfg.strategy, zero_stage=cfg.zero_stage,
         )
     result = fit_instruct(
         train_model, dataset, collate, recipe, seed=params.train.seed, device=device,
         checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every, num_workers=cfg.num_workers,
         fingerprint=fp, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm,
         lengths=text_lengths(records, processor) if cfg.group_by_length else None,
+        strategy=cfg.strategy, zero_stage=cfg.zero_stage,
     )
-    if cfg.lora.enabled:
-        model = train_model.merge_and_unload()
+    if _weights_split(result):
+        # fsdp / ZeRO-3: the weights are spread over the ranks; rank 0 gathers them into a fresh model
+        state = common.consolidated_state(result, train_model)
+        if info.is_main:
+            model = build_model(params, tokenizer=tokenizer)
+            load_expert_stage(model, expert_dir)  # the expert's settings (temperature) travel outside the weights
+            whole = apply_lora(model, params) if cfg.lora.enabled else model
+            whole.load_state_dict(state, strict=True)
+            model = whole.merge_and_unload() if cfg.lora.enabled else model  # type: ignore[operator]
+            model.to(device)
+        upcast = {}  # the fresh model is in the checkpoint's dtypes already
+    elif cfg.lora.enabled:
+        model = train_model.merge_and_unload()  # type: ignore[operator]
     if device.type == "cuda" and cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     restore_dtypes(model, upcast)
@@ -554,7 +598,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         atomic_write_json(report_path, {
             **summary, "seconds": round(time.perf_counter() - started, 3), "recipe": recipe.model_dump(),
             "lora": cfg.lora.model_dump(), "device": str(device), "num_processes": info.world_size,
-            "samples": samples, "output_dir": cfg.output_dir,
+            "strategy": cfg.strategy, "samples": samples, "output_dir": cfg.output_dir,
             "loss_curve": [[int(h["step"]), round(h["loss"], 5)] for h in result.history],
             **({"text_warmup_loss_curve": [[int(h["step"]), round(h["loss"], 5)] for h in warmup.history]}
                if warmup is not None else {}),
