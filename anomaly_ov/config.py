@@ -332,14 +332,17 @@ class LaunchParams(_Section):
 
     @model_validator(mode="after")
     def _nodes(self) -> LaunchParams:
+        problems = []
         if self.node_rank >= self.nnodes:
-            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+            problems.append(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
         if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError(f"nnodes is {self.nnodes}: set rdzv_endpoint to host:port of node 0")
+            problems.append(f"nnodes is {self.nnodes}: set rdzv_endpoint to host:port of node 0")
         if self.rdzv_endpoint:
             host, sep, port = self.rdzv_endpoint.rpartition(":")
             if not sep or not host or not port.isdigit():
-                raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} must look like host:port (e.g. 10.0.0.1:29400)")
+                problems.append(f"rdzv_endpoint {self.rdzv_endpoint!r} must look like host:port (e.g. 10.0.0.1:29400)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

@@ -40,14 +40,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from anomaly_ov.errors import AnomalyOVError, ConfigError, StageFailed
+from anomaly_ov.errors import AnomalyOVError, ConfigError, InputError, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ class TrainingDiverged(AnomalyOVError, RuntimeError):
         self.step = step
         self.loss = loss
         self.checkpoint = checkpoint
+
+
+class CheckpointError(InputError, RuntimeError):
+    """A resume checkpoint that cannot be used (unreadable, incomplete, written by another strategy); the message
+    names the file and says to delete it to start the stage afresh."""
 
 
 # ------------------------------------------------------------------------------------------- devices / ranks
@@ -119,6 +124,8 @@ def init_distributed(device: torch.device) -> DistInfo:
 
     info = dist_info()
     if info.distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL collectives of Python objects use the current device
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info
 
@@ -366,12 +373,24 @@ def steps_per_epoch(n: int, batch_size: int, grad_accum: int = 1, *, drop_last: 
     return math.ceil(batches_per_epoch(n, batch_size, drop_last=drop_last, world_size=world_size) / grad_accum)
 
 
-def make_loader(dataset: Any, batch_indices: Sequence[Sequence[int]], collate: Callable | None,
-                num_workers: int, seed: int, epoch: int) -> Any:
+class ItemDataset(Protocol):
+    """What the loop trains on: the stages' datasets (``ExpertDataset``, ``InstructDataset``) or a list of items."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+Collate = Callable[[list[Any]], Any]
+
+
+def make_loader(dataset: ItemDataset, batch_indices: Sequence[Sequence[int]], collate: Collate | None,
+                num_workers: int, seed: int, epoch: int) -> DataLoader[Any]:
     """A DataLoader over precomputed index batches (worker seeds are fixed by (seed, epoch))."""
 
     gen = torch.Generator().manual_seed(int(seed) * 7919 + int(epoch))
-    return DataLoader(dataset, batch_sampler=list(batch_indices), collate_fn=collate, num_workers=num_workers,
+    return DataLoader(cast(Dataset[Any], dataset), batch_sampler=[list(b) for b in batch_indices],
+                      collate_fn=collate, num_workers=num_workers,
                       generator=gen, persistent_workers=False)
 
 
@@ -469,9 +488,9 @@ def load_sharded(directory: Path, name: str, model: nn.Module, optimizer: torch.
 
     folder = Path(directory) / name
     if not folder.is_dir():
-        raise StageFailed(f"{Path(directory) / CHECKPOINT_FILE} points to the sharded checkpoint {folder}, which is "
-                          "missing (on a multi-node run the checkpoint folder must be shared by every node); delete "
-                          f"{Path(directory) / CHECKPOINT_FILE} to start afresh")
+        last = Path(directory) / CHECKPOINT_FILE
+        raise CheckpointError(f"{last} points to the sharded checkpoint {folder}, which is missing (on a multi-node "
+                              f"run the checkpoint folder must be shared by every node); delete {last} to start afresh")
     state = _sharded_state(model, optimizer, trainable_only)
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
@@ -486,7 +505,7 @@ def prune_sharded(directory: Path, keep: str | None) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def model_state(model: Any, trainable_only: bool) -> dict[str, Any]:
+def model_state(model: nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
     """Weights to checkpoint: everything, or only trainable parameters plus buffers (frozen weights are rebuilt)."""
     module = unwrap(model)
     state = module.state_dict()
@@ -519,11 +538,11 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # a pickled object: not written by this code, maybe tampered with
         detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
-        raise RuntimeError(f"{path}: unreadable checkpoint (it holds objects other than tensors and plain values: "
+        raise CheckpointError(f"{path}: unreadable checkpoint (it holds objects other than tensors and plain values: "
                            f"{detail or 'refused by weights-only loading'}); delete it to start the stage afresh"
                            ) from None
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise RuntimeError(f"{path}: unreadable checkpoint ({exc}); delete it to start the stage afresh") from exc
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); delete it to start the stage afresh") from exc
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -659,11 +678,11 @@ class _Trainer:
                 if self.scheduler is not None and ckpt.get("scheduler") is not None:
                     self.scheduler.load_state_dict(ckpt["scheduler"])
                 return
-            raise StageFailed(f"{directory / CHECKPOINT_FILE} was written by another training strategy "
+            raise CheckpointError(f"{directory / CHECKPOINT_FILE} was written by another training strategy "
                               f"({ckpt.get('engine')}); delete it to start afresh")
         missing = set(model_state(self.model, trainable_only)) - set(ckpt["model"])
         if missing:
-            raise StageFailed(f"{directory / CHECKPOINT_FILE}: checkpoint lacks weights {sorted(missing)[:5]}; "
+            raise CheckpointError(f"{directory / CHECKPOINT_FILE}: checkpoint lacks weights {sorted(missing)[:5]}; "
                               "delete it to start afresh")
         unwrap(self.model).load_state_dict(ckpt["model"], strict=False)
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -715,8 +734,8 @@ def run_loop(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Scheduler | None,
-    dataset: Dataset,
-    collate: Callable[[list[Any]], Any] | None,
+    dataset: ItemDataset,
+    collate: Collate | None,
     step_fn: StepFn,
     settings: LoopSettings,
     *,
@@ -742,7 +761,7 @@ def run_loop(
 
     info = dist_info()
     ckpt_dir = Path(settings.checkpoint_dir)
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     if n == 0:
         raise ValueError(f"{settings.desc}: the training set is empty")
     n_batches = batches_per_epoch(n, settings.batch_size, drop_last=settings.drop_last, world_size=info.world_size)
