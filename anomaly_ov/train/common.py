@@ -484,6 +484,7 @@ def load_sharded(directory: Path, name: str, model: nn.Module, optimizer: torch.
     """Load the shards :func:`save_sharded` wrote under ``directory/name`` into ``model`` and ``optimizer`` (every
     rank reads its own part, resharded if needed)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     folder = Path(directory) / name
@@ -492,7 +493,9 @@ def load_sharded(directory: Path, name: str, model: nn.Module, optimizer: torch.
         raise CheckpointError(f"{last} points to the sharded checkpoint {folder}, which is missing (on a multi-node "
                               f"run the checkpoint folder must be shared by every node); delete {last} to start afresh")
     state = _sharded_state(model, optimizer, trainable_only)
-    dcp.load(state, checkpoint_id=str(folder))
+    # partial: a fresh optimiser is given zero state for every parameter, also for those that never had a gradient
+    # (stage 1's unused ones), which the saved optimiser has no state for; AdamW skips them either way
+    dcp.load(state, checkpoint_id=str(folder), planner=DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=StateDictOptions(ignore_frozen_params=trainable_only, strict=False))
 
