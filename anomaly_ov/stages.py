@@ -58,9 +58,10 @@ RESULT_DIR = "reports/stages"
 #: Set by the orchestration for each ``dvc repro``; the stage copies it into its result file, so the caller knows
 #: the file was written by the run it started (DVC skipped the stage when no result carries it).
 INVOCATION_ENV = "ANOMALY_OV_STAGE_INVOCATION"
-#: Sections a stage may read without declaring them: they decide where runs are logged and when stages run,
-#: never what a stage writes (the contract test exempts them).
-UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule")
+#: Sections a stage may read without declaring them: they decide where runs are logged, when stages run and on which
+#: machines (train.launch: node count, this node's rank, the rendezvous), never what a stage writes (the contract
+#: test exempts them).
+UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule", "train.launch")
 
 
 # ----------------------------------------------------------------------------------------------- declarations
