@@ -282,7 +282,8 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return cast(dict[str, torch.Tensor], full)
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
@@ -720,7 +721,7 @@ def deepspeed_engine(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
 def consolidated_state(result: LoopResult, model: nn.Module) -> dict[str, torch.Tensor]:
     """The trained model's whole state dict on CPU for saving (a collective under fsdp and deepspeed ZeRO-3: call
     it on every rank; rank 0 gets the tensors)."""
-    trained = result.model if result.model is not None else model
+    trained: Any = result.model if result.model is not None else model  # a DeepSpeed engine has more methods
     if hasattr(trained, "zero_optimization_partition_weights") and trained.zero_optimization_partition_weights():
         state = trained._zero3_consolidated_16bit_state_dict() or {}  # DeepSpeed's consolidation (ZeRO-3)
         return {k: v.detach().cpu() for k, v in state.items()}
@@ -824,7 +825,8 @@ def run_loop(
                                     rank=info.rank, world_size=info.world_size, lengths=settings.lengths)
             first = next_batch
             loader = make_loader(dataset, batches[first:], collate, settings.num_workers, settings.seed, epoch)
-            accum_loss, accum_metrics, accum_n = 0.0, {}, 0
+            accum_loss, accum_n = 0.0, 0
+            accum_metrics: dict[str, float] = {}
             for offset, batch in enumerate(loader):
                 b = first + offset
                 end_of_epoch = b + 1 == len(batches)

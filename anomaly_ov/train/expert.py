@@ -153,7 +153,7 @@ def augment_batch(batch: Mapping[str, Any], seed: int) -> dict[str, Any]:
 
     key = int(common.fingerprint(seed, [int(i) for i in batch["index"].tolist()])[:12], 16)
     draw = torch.randint(0, 8, (1,), generator=torch.Generator().manual_seed(key)).item()
-    turns, mirror = draw % 4, draw >= 4
+    turns, mirror = int(draw) % 4, draw >= 4
 
     def transform(t: torch.Tensor) -> torch.Tensor:
         t = torch.rot90(t, turns, dims=(-2, -1))
@@ -274,7 +274,7 @@ def fit_expert(
     """
     info = common.dist_info()
     if not set_trainable(model, trainable):
-        raise StageFailed("stage 1 has no trainable parameter (is the expert attached to the model?)")
+        raise StageFailed(STAGE, "no trainable parameter (is the expert attached to the model?)")
     device = next(iter(trainable)).device
     weights = class_balance(train_set.labels)
     per_epoch = common.steps_per_epoch(len(train_set), recipe.batch_size, world_size=info.world_size)
@@ -449,8 +449,9 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
 
     load_pretrained_tower(model, params, workspace)  # the tiny preset starts from stage pretrain_tower's tower
     model = model.to(device)
-    loaded = (load_expert_weights(model.anomaly_expert, params.model.expert_checkpoint, strict=True)
-              if official else None)
+    expert_checkpoint = params.model.expert_checkpoint
+    loaded = (load_expert_weights(model.anomaly_expert, expert_checkpoint, strict=True)
+              if official and expert_checkpoint else None)
     expert_source = "official_checkpoint" if official else "trained"
     preprocess = stage_preprocessor(params)
     grid = int(model.config.grid_size)

@@ -80,7 +80,7 @@ def apply_lora(model: nn.Module, params: Params) -> nn.Module:
     cfg = params.train.instruct.lora
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=LORA_TARGETS,
                       bias="none")
-    peft_model = get_peft_model(model, lora)
+    peft_model: Any = get_peft_model(model, lora)
     for p in peft_model.base_model.model.model.multi_modal_projector.parameters():
         p.requires_grad_(True)
     peft_model.base_model.model.model.image_newline.requires_grad_(True)
@@ -187,14 +187,14 @@ def expert_adverbs(model: AnomalyOVForConditionalGeneration, processor: AnomalyO
     info = common.init_distributed(device)
     groups = list(dict.fromkeys(tuple(record_images(rec)) for rec in records if record_images(rec)))
     groups = groups[info.rank :: info.world_size]
-    thresholds = tuple(model.config.suspicious_thresholds)
+    thresholds = tuple(model.config.suspicious_thresholds or ())
     words: dict[tuple[str, ...], list[str]] = {}
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(groups), batch_size):
             chunk = groups[start : start + batch_size]
-            images = [[load_image(p if Path(p).is_absolute() else Path(workspace) / p, f" (instruction image {p})")
+            images = [[load_image(Path(workspace) / p, f" (instruction image {p})")  # an absolute p stays as it is
                        for p in group] for group in chunk]
             pix = processor.preprocess_images(images)
             scores = model.expert_forward(pix["pixel_values"].to(device), pix["image_sizes"].to(device),
@@ -409,7 +409,7 @@ def fit_instruct(
 
     info = common.dist_info()
     if not trainable_parameters(model):
-        raise StageFailed("stage 2 has no trainable parameter")
+        raise StageFailed(STAGE, "no trainable parameter")
     wrapped = (common.wrap_distributed(model, device, strategy, find_unused_parameters=FIND_UNUSED_PARAMETERS)
                if strategy != "deepspeed" else model)
     optimizer = torch.optim.AdamW(trainable_parameters(wrapped), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -498,7 +498,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         processor = processor_for(model, tokenizer, image_processor_for(params))
     expert_info = load_expert_stage(model, expert_dir)
     model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     if device.type == "cuda" and cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -559,7 +559,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             whole = apply_lora(model, params) if cfg.lora.enabled else model
             whole.load_state_dict(state, strict=True)
             model = whole.merge_and_unload() if cfg.lora.enabled else model  # type: ignore[operator]
-            model.to(device)
+            model.to(device)  # type: ignore[arg-type]
         upcast = {}  # the fresh model is in the checkpoint's dtypes already
     elif cfg.lora.enabled:
         model = train_model.merge_and_unload()  # type: ignore[operator]
