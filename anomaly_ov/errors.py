@@ -43,7 +43,7 @@ class AnomalyOVError(Exception):
 
     def __init__(self, *args: Any, failing: Iterable[Any] = ()) -> None:
         super().__init__(*args)
-        self.failing = [str(item) for item in failing]
+        self.failing = [_item(item) for item in failing]
 
 
 class ConfigError(AnomalyOVError, ValueError):
@@ -96,9 +96,15 @@ def failing_items(exc: BaseException, limit: int = MAX_FAILING) -> list[str]:
         seen.add(id(current))
         items = list(getattr(current, "failing", None) or [])
         if not items:
-            items = [f"{getattr(i, 'file', i)}: {getattr(i, 'reason', '')}".rstrip(": ")
-                     for i in getattr(current, "issues", None) or []]
+            items = [_item(issue) for issue in getattr(current, "issues", None) or []]
         if items:
             return [str(item)[:500] for item in items[:limit]]
         current = current.__cause__ or current.__context__
     return []
+
+
+def _item(item: Any) -> str:
+    """``"file: reason"`` for an object with ``file`` and ``reason`` (a reader's issue), else ``str(item)``."""
+    if hasattr(item, "file") and hasattr(item, "reason"):
+        return f"{item.file}: {item.reason}"
+    return str(item)

@@ -42,7 +42,10 @@ __all__ = [
     "execute",
     "implementation",
     "launch_targets",
+    "new_record",
+    "finish_record",
     "read_result",
+    "write_result",
     "render_dvc_yaml",
     "result_path",
     "run_stage",
@@ -61,6 +64,8 @@ INVOCATION_ENV = "ANOMALY_OV_STAGE_INVOCATION"
 #: Sections a stage may read without declaring them: they decide where runs are logged and when stages run,
 #: never what a stage writes (the contract test exempts them).
 UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule")
+#: A result file larger than this is not read (a record is a few kB: the failing list is capped).
+MAX_RESULT_BYTES = 4 * 1024 * 1024
 
 
 # ----------------------------------------------------------------------------------------------- declarations
@@ -408,8 +413,11 @@ def result_path(workspace: str | Path, name: str) -> Path:
 
 def read_result(workspace: str | Path, name: str) -> dict[str, Any] | None:
     """The stage's last result record, or None when there is none (or it is unreadable)."""
+    path = result_path(workspace, name)
     try:
-        data = json.loads(result_path(workspace, name).read_text())
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            return None
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -447,10 +455,45 @@ def _category(exc: BaseException) -> str:
     return "AnomalyOVError" if isinstance(exc, AnomalyOVError) else "Bug"
 
 
-def _write_result(workspace: Path, name: str, record: dict[str, Any]) -> None:
+def write_result(workspace: str | Path, name: str, record: dict[str, Any]) -> Path:
+    """Write a result record atomically (a reader never sees half a file)."""
     from anomaly_ov.io import atomic_write_json
 
-    atomic_write_json(result_path(workspace, name), record)
+    return atomic_write_json(result_path(workspace, name), record)
+
+
+def new_record(name: str) -> dict[str, Any]:
+    """The result record of a stage that is starting (``status: running``); see :func:`finish_record`."""
+    return {
+        "stage": name,
+        "status": "running",
+        "invocation": os.environ.get(INVOCATION_ENV),
+        "pid": os.getpid(),
+        "started_at": _now(),
+        "finished_at": None,
+        "seconds": None,
+        "exit_code": None,
+        "error_kind": None,
+        "error_category": None,
+        "message": None,
+        "retryable": None,
+        "failing": [],
+        "summary": {},
+    }
+
+
+def finish_record(
+    record: dict[str, Any], seconds: float, summary: Summary | None = None, error: BaseException | None = None
+) -> dict[str, Any]:
+    """``record`` completed: ``succeeded`` with ``summary``, or ``failed`` with the fields of ``error``."""
+    record.update(finished_at=_now(), seconds=round(seconds, 3))
+    if error is None:
+        record.update(status="succeeded", exit_code=0, summary=dict(summary or {}))
+    else:
+        record.update(describe_failure(error), status="failed")
+        if isinstance(error, StageFailed):
+            record["summary"] = error.summary
+    return record
 
 
 def execute(
@@ -474,44 +517,21 @@ def execute(
         load: returns the params (raises :class:`~anomaly_ov.errors.ConfigError` when they are invalid).
         echo, echo_error: where the summary (JSON) and the one-line error go.
     """
-    workspace = Path(workspace)
-    started = time.perf_counter()
-    record: dict[str, Any] = {
-        "stage": name,
-        "status": "running",
-        "invocation": os.environ.get(INVOCATION_ENV),
-        "pid": os.getpid(),
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "finished_at": None,
-        "seconds": None,
-        "exit_code": None,
-        "error_kind": None,
-        "error_category": None,
-        "message": None,
-        "retryable": None,
-        "failing": [],
-        "summary": {},
-    }
     if name not in _BY_NAME:  # no result file is named after an unknown word
         echo_error(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
         return ConfigError.exit_code
-    _write_result(workspace, name, record)
+    started = time.perf_counter()
+    record = new_record(name)
+    write_result(workspace, name, record)
     try:
-        params = load()
-        summary = run_stage(name, params, workspace)
+        summary = run_stage(name, load(), workspace)
     except BaseException as exc:
-        record.update(describe_failure(exc), status="failed", finished_at=_now(),
-                      seconds=round(time.perf_counter() - started, 3))
-        if isinstance(exc, StageFailed):
-            record["summary"] = exc.summary
-        _write_result(workspace, name, record)
+        write_result(workspace, name, finish_record(record, time.perf_counter() - started, error=exc))
         if isinstance(exc, AnomalyOVError):
             echo_error(str(exc) if str(exc).startswith(f"stage {name!r}") else f"stage {name!r}: {exc}")
-            return record["exit_code"]
+            return exc.exit_code
         raise
-    record.update(status="succeeded", exit_code=0, finished_at=_now(), seconds=summary.get("seconds"),
-                  summary=summary)
-    _write_result(workspace, name, record)
+    write_result(workspace, name, finish_record(record, time.perf_counter() - started, summary))
     echo(json.dumps(summary, indent=2, default=str))
     return 0
 
