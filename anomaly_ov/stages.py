@@ -47,6 +47,7 @@ __all__ = [
     "read_result",
     "write_result",
     "render_dvc_yaml",
+    "render_stage_table",
     "result_path",
     "run_stage",
     "spec",
@@ -151,6 +152,7 @@ _CORE = ("anomaly_ov/__init__.py", "anomaly_ov/choices.py", "anomaly_ov/config.p
 _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
+_TRAIN = ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/plots.py")
 _INSTRUCT_FACTS = tuple(f"anomaly_ov/instruct/{name}" for name in (
     "__init__.py", "answers.py", "knowledge.py", "knowledge", "regions.py", "synthesize.py", "visual.py"))
 _INSTRUCT_CHECKS = ("anomaly_ov/instruct/validate.py", "anomaly_ov/validate/__init__.py", "anomaly_ov/validate/gx.py",
@@ -220,13 +222,13 @@ SPECS: tuple[StageSpec, ...] = (
         implementation="anomaly_ov.train.expert:run_train_expert",
         description="Stage 1: train the LTFM anomaly expert (and, for the tiny preset, the vision tower).",
         params=("seed", "data.manifest", "model", "train.seed", "train.expert", "evaluate.resolution"),
-        code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/train", "anomaly_ov/data/loaders.py",
-                                            "anomaly_ov/evaluate/__init__.py", "anomaly_ov/evaluate/metrics.py")),
+        code=_code(_CORE, _IMAGES, _MODEL, _TRAIN,
+                   ("anomaly_ov/evaluate/__init__.py", "anomaly_ov/evaluate/metrics.py")),
         deps=("data/manifest.parquet", "data/raw/synthetic", "reports/validation.json"),
         outs=(Out("models/expert"),),
         metrics=("reports/train_expert.json",),
         plots=(Plot("reports/curves/train_expert_loss.csv", x="step", y="loss"),
-               Plot("reports/curves/train_expert_val.csv", x="epoch", y="val_image_auroc")),
+               Plot("reports/curves/train_expert_val.csv", x="epoch", y="image_auroc")),
         report="{train.expert.report}",
         launchable=True,
     ),
@@ -238,8 +240,8 @@ SPECS: tuple[StageSpec, ...] = (
                 "instruct.train_json", "instruct.validation_json", "instruct.sources_root", "instruct.sources",
                 "instruct.use_synthesized", "instruct.dilate_px", "instruct.merge_distance_px",
                 "instruct.knowledge_path", "instruct.workers"),
-        code=_code(_CORE, _IMAGES, _MODEL, _INSTRUCT_FACTS, _INSTRUCT_CHECKS,
-                   ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/instruct/sources.py")),
+        code=_code(_CORE, _IMAGES, _MODEL, _TRAIN, _INSTRUCT_FACTS, _INSTRUCT_CHECKS,
+                   ("anomaly_ov/instruct/sources.py",)),
         # the released instruction sets of instruct.sources all lie in this folder (params.yaml), so DVC sees them
         deps=("data/instruct", "data/raw/synthetic", "models/expert", "${instruct.sources_root}"),
         outs=(Out("models/anomaly_ov"),),
@@ -377,6 +379,22 @@ def render_dvc_yaml(specs: Sequence[StageSpec] = SPECS) -> str:
         body = yaml.safe_dump({s.name: _stage_entry(s)}, sort_keys=False, default_flow_style=False, width=1000)
         lines += [f"  {line}" for line in body.rstrip("\n").splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def render_stage_table(specs: Sequence[StageSpec] = SPECS) -> str:
+    """The stage graph as a Markdown table (docs/architecture.md carries it; a test keeps it current)."""
+    rows = ["| stage | kind | what it does | params | data deps | outputs |", "| --- | --- | --- | --- | --- | --- |"]
+    for s in specs:
+        outs = [o.path for o in s.outs] + list(s.metrics) + [p.path for p in s.plots]
+        flags = " (always runs)" if s.always_changed else ""
+        kind = s.kind + (", launchable" if s.launchable else "")
+        rows.append(f"| `{s.name}` | {kind}{flags} | {s.description} | {_codes(s.params)} | {_codes(s.deps)} | "
+                    f"{_codes(outs)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _codes(items: Sequence[str]) -> str:
+    return ", ".join(f"`{item}`" for item in items) or "-"
 
 
 def _wrap(text: str, width: int) -> list[str]:

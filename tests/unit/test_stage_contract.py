@@ -229,14 +229,19 @@ def _train_fixtures() -> Any:
 
 
 @pytest.fixture(scope="module")
-def train_expert_reads(tmp_path_factory) -> set[str]:
-    """The params stage 1 reads on a tiny workspace (one short epoch)."""
+def train_expert_run(tmp_path_factory) -> tuple[set[str], Path]:
+    """Stage 1 on a tiny workspace (one short epoch): the params it read, and the workspace."""
     fixtures = _train_fixtures()
     workspace = fixtures.make_workspace(tmp_path_factory.mktemp("contract"), per_label=2)
     params = fixtures.tiny_params("train.expert.tiny.epochs=1")
     with recording_reads(params) as reads:
         stages.implementation("train_expert")(params, workspace)
-    return set(reads)
+    return set(reads), workspace
+
+
+@pytest.fixture(scope="module")
+def train_expert_reads(train_expert_run) -> set[str]:
+    return train_expert_run[0]
 
 
 @pytest.mark.slow
@@ -244,6 +249,14 @@ def test_train_expert_declares_every_param_it_reads(train_expert_reads):
     assert "evaluate.resolution" in train_expert_reads  # the mask size of the validation metrics
     assert "train.expert.tiny.epochs" in train_expert_reads  # read through the recipe handed to the loop
     assert undeclared_params(stages.spec("train_expert"), train_expert_reads) == []
+
+
+@pytest.mark.slow
+def test_train_expert_writes_its_declared_plots(train_expert_run):
+    workspace = train_expert_run[1]
+    for plot in stages.spec("train_expert").plots:
+        lines = (workspace / plot.path).read_text().splitlines()
+        assert lines[0] == f"{plot.x},{plot.y}" and len(lines) >= 2, plot.path  # a header and at least one point
 
 
 @pytest.mark.slow
@@ -279,3 +292,37 @@ def test_prepare_writes_every_declared_output_with_the_generator_off(tmp_path):
     stages.implementation("prepare")(params, tmp_path)
     missing = [o.path for o in stages.spec("prepare").outs if not (tmp_path / o.path).exists()]
     assert missing == []
+
+
+# ------------------------------------------------------------------------------------------------------- docs
+def test_the_architecture_page_shows_the_current_stage_table():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    shown = page.split("<!-- stage-table:begin -->\n")[1].split("<!-- stage-table:end -->")[0]
+    wanted = stages.render_stage_table()
+    assert shown == wanted, f"replace the table in docs/architecture.md with:\n{wanted}"
+
+
+# ------------------------------------------------------------------------------------------- dependency rule
+#: modules that may read the stage declarations (the plots a stage declares, its launchable stages)
+_READS_DECLARATIONS = {"anomaly_ov.plots", "anomaly_ov.train.launch"}
+_UPPER = {"anomaly_ov.stages", "anomaly_ov.orchestration", "anomaly_ov.cli", "anomaly_ov.commands"}
+
+
+def test_domain_modules_import_nothing_above_them():
+    """flows -> tasks -> stages/orchestration -> domain: a domain module imports none of those (lazily neither)."""
+    wrong = []
+    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        if any(module == upper or module.startswith(upper + ".") for upper in _UPPER):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                top = name.split(".")[0]
+                above = top in ("tasks", "flows", "prefect") or any(
+                    name == upper or name.startswith(upper + ".") for upper in _UPPER)
+                if above and not (name == "anomaly_ov.stages" and module in _READS_DECLARATIONS):
+                    wrong.append(f"{module} imports {name}")
+    assert wrong == []
