@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.errors import StageFailed
 from anomaly_ov.stages import INVOCATION_ENV, SPECS, read_result, spec, stage_names
-from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten
+from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten, numeric_metrics, start_tracking
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params, StageRunParams
@@ -614,18 +614,6 @@ def finish_parent_run(
         client.set_terminated(parent.run_id, status=status)
 
 
-def numeric_metrics(data: Any) -> dict[str, float]:
-    """Flat ``{"zero_shot.image_auroc": 0.91, ...}`` from a (nested or flat) metrics JSON; non-numbers dropped."""
-    if not isinstance(data, Mapping):
-        return {}
-    out = {}
-    for key, value in flatten(data).items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            continue
-        out[key] = float(value)
-    return out
-
-
 def _metric_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
 
@@ -680,19 +668,6 @@ def where_to_look(params: Params, workspace: str | Path, parent: ParentRun | Non
         elif isinstance(data, dict):
             lines.append(f"  Model:         not registered ({data.get('reason', 'see ' + params.registry.report)})")
     return "\n".join(lines)
-
-
-def start_tracking(params: Params, workspace: str | Path) -> str:
-    """Configure MLflow for ``workspace`` from ``params.tracking`` and return the URI to hand to stage processes.
-
-    In the flow (or CLI) process the workspace's params decide the store: ``MLFLOW_TRACKING_URI`` is dropped first,
-    because ``mlflow.set_tracking_uri`` itself exports it, so a process that has touched another workspace would
-    otherwise keep writing to that workspace's database. The variable then carries this URI to stage processes.
-    """
-    from anomaly_ov.tracking import configure
-
-    os.environ.pop(TRACKING_URI_ENV, None)
-    return configure(params, workspace, honour_env=False) or ""
 
 
 def read_register_report(params: Params, workspace: str | Path) -> dict[str, Any]:
