@@ -38,6 +38,8 @@ class _ProjectErrorsGroup(TyperGroup):
             raise typer.Exit(exc.exit_code) from None
 
 
+from anomaly_ov.stages import STAGES  # the declarations only (light): the stage names the CLI accepts
+
 app = typer.Typer(
     name="anomaly-ov",
     cls=_ProjectErrorsGroup,
@@ -146,8 +148,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="the stage to run; `anomaly-ov dvc-yaml --help` lists them",
-                                        autocompletion=lambda: _stage_names())],
+    name: Annotated[str, typer.Argument(help=f"the stage to run: {' | '.join(STAGES)}",
+                                        autocompletion=lambda: list(STAGES))],
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
@@ -165,12 +167,6 @@ def stage(
     code = execute(name, workspace, lambda: _load_params(path, overrides), echo=typer.echo,
                    echo_error=lambda line: typer.secho(line, fg=typer.colors.RED, err=True))
     raise typer.Exit(code)
-
-
-def _stage_names() -> list[str]:
-    from anomaly_ov.stages import STAGES
-
-    return list(STAGES)
 
 
 def _load_params(path: Path, overrides: list[str] | None):

@@ -16,6 +16,7 @@ code kind                    meaning
 3    :class:`InputError`     bad input data (a file, row, record or checkpoint); the message names it
 4    :class:`StageFailed`    a stage ran and its checks failed (critical validation, diverged training, ...)
 5    :class:`TransientError` a service or process failed in a way a retry may fix (LLM endpoint, launcher)
+130  (interrupted)           Ctrl-C or SIGTERM during ``anomaly-ov stage`` (recorded as retryable)
 ==== ======================= ==================================================================================
 
 Each subclass keeps the builtin base it always had (``ValueError``, ``RuntimeError``, ``FileNotFoundError``), so

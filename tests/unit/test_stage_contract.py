@@ -13,6 +13,7 @@ Each check is also shown to fail when one dependency is removed from a declarati
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -264,6 +265,33 @@ def test_removing_a_param_from_a_declaration_breaks_the_contract(train_expert_re
     spec = stages.spec("train_expert")
     cut = dataclasses.replace(spec, params=tuple(p for p in spec.params if p != "evaluate.resolution"))
     assert undeclared_params(cut, train_expert_reads) == ["evaluate.resolution"]
+
+
+@pytest.fixture(scope="module")
+def data_stage_reads(tmp_path_factory) -> dict[str, set[str]]:
+    """prepare (tiny synthetic set) then validate on it: the params each read."""
+    workspace = tmp_path_factory.mktemp("contract-data")
+    params = load_params(None, [
+        "tracking.enabled=false", "data.synthetic.image_size=32", "data.synthetic.train_categories=[fabric]",
+        "data.synthetic.eval_categories=[pcb]", "data.synthetic.train_normal_per_category=2",
+        "data.synthetic.test_normal_per_category=1", "data.synthetic.test_anomaly_per_category=1",
+        "data.synthetic.training_normals_per_category=2", "data.synthetic.training_anomalies_per_category=2",
+        "validate.min_images_per_category=1",
+    ])
+    reads: dict[str, set[str]] = {}
+    for name in ("prepare", "validate"):
+        # a tiny set may fail a check; the params the stage read are what matters
+        with recording_reads(params) as seen, contextlib.suppress(stages.StageFailed):
+            stages.implementation(name)(params, workspace)
+        reads[name] = set(seen)
+    return reads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["prepare", "validate"])
+def test_data_stages_declare_every_param_they_read(data_stage_reads, name):
+    assert len(data_stage_reads[name]) >= 3  # the recorder saw the stage's reads
+    assert undeclared_params(stages.spec(name), data_stage_reads[name]) == []
 
 
 def test_the_recorder_follows_sub_sections_and_aliases():
