@@ -11,8 +11,8 @@ Python so that ``tasks/`` and ``flows/`` stay thin and this logic is testable wi
   (:func:`interpret_run`): the stage's result file (``reports/stages/STAGE.result.json``, written by
   ``anomaly-ov stage``: status, error kind, message, exit code, retryable, failing files) tells whether this
   invocation ran the stage and how it ended; no result with this invocation and exit status 0 means DVC skipped
-  it; ``dvc status --json`` (through DVC's Python API) says why a stage was stale or what DVC missed. A failure is
-  raised as :class:`StageError` with the stage's typed reason and whether retrying could help.
+  it; when DVC failed before the stage started, ``dvc status`` (through DVC's Python API) says what it found. A
+  failure is raised as :class:`StageError` with the stage's typed reason and whether retrying could help.
 - :func:`summarize_stage`: the stage's report JSON as Markdown + a key/value table (for Prefect artifacts).
 - :func:`start_parent_run` / :func:`finish_parent_run`: one MLflow run per flow run, created through the client
   (the active run is thread-local; the id travels explicitly), closed with the evaluation metrics and reports.
@@ -258,14 +258,13 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 @dataclass
 class StageOutcome:
-    """What happened to one stage: run or skipped (up to date), how long, its summary, and why DVC ran it."""
+    """What happened to one stage: run or skipped (up to date), how long, its summary, which attempt."""
 
     stage: str
     skipped: bool
     seconds: float
     returncode: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
-    stale: list[str] = field(default_factory=list)  #: DVC's reasons the stage was stale (empty when up to date)
     attempts: int = 1  #: the Prefect attempt that produced this outcome (2 = it succeeded after one retry)
 
     def to_dict(self) -> dict[str, Any]:
@@ -284,13 +283,14 @@ def run_dvc_stage(
     force: bool = False,
 ) -> StageOutcome:
     """Reproduce one DVC stage and report whether it ran; raise :class:`StageError` with the reason on failure."""
-    stale = dvc_status(stage, workspace)
     invocation = uuid.uuid4().hex
     command = build_stage_command(stage, workspace, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
                                   force=force, invocation=invocation)
     result = run_command(command, on_line, timeout_s)
     record = read_result(workspace, stage)
     ours = record if record is not None and record.get("invocation") == invocation else None
+    # DVC failed before the stage started: its status says what it found (asked only then: it costs seconds)
+    stale = dvc_status(stage, workspace) if ours is None and result.returncode != 0 and not result.timed_out else []
     return interpret_run(stage, workspace, result, ours, stale, timeout_s)
 
 
@@ -318,7 +318,7 @@ def interpret_run(
     status = (record or {}).get("status")
     if record is None:
         if result.returncode == 0:
-            return StageOutcome(stage, True, result.seconds, 0, {}, list(stale))
+            return StageOutcome(stage, True, result.seconds, 0, {})
         why = "; ".join(stale) or "no change reported"
         raise StageError(stage, f"`dvc repro` exited with {result.returncode} before the stage started (DVC status: "
                          f"{why}){_tail(result)}", retryable=False, kind="DvcError", returncode=result.returncode)
@@ -336,7 +336,7 @@ def interpret_run(
         raise StageError(stage, f"the stage succeeded but `dvc repro` exited with {result.returncode} ({what})"
                          f"{_tail(result)}", retryable=False, kind="DvcError", failing=missing,
                          returncode=result.returncode)
-    return StageOutcome(stage, False, result.seconds, 0, dict(record.get("summary") or {}), list(stale))
+    return StageOutcome(stage, False, result.seconds, 0, dict(record.get("summary") or {}))
 
 
 def _tail(result: CommandResult, lines: int = 3) -> str:
@@ -399,9 +399,6 @@ def summarize_stage(
         head.append(f"- seconds: {outcome.seconds:g}")
         if outcome.attempts > 1:
             head.append(f"- attempt: {outcome.attempts} (retried after {outcome.attempts - 1} failure(s))")
-        if outcome.stale and not outcome.skipped:
-            more = " ..." if len(outcome.stale) > 10 else ""
-            head.append("- why DVC ran it: " + "; ".join(outcome.stale[:10]) + more)
     head.append(f"- report: `{stage_reports(params)[stage]}`")
     rows: list[dict[str, Any]] = []
     body: list[str] = []

@@ -40,7 +40,7 @@ def _record(status: str, **fields) -> dict:
 
 
 def test_no_record_of_this_invocation_and_exit_0_is_a_skip(tmp_path):
-    outcome = orch.interpret_run("evaluate", tmp_path, _result(0), None, ["changed deps: x (modified)"])
+    outcome = orch.interpret_run("evaluate", tmp_path, _result(0), None)
     assert outcome.skipped and outcome.summary == {}
     # the English of DVC's output plays no part: a "Running stage" line changes nothing
     assert orch.interpret_run("evaluate", tmp_path, _result(0, lines=("Running stage 'evaluate':",)), None).skipped
@@ -48,9 +48,8 @@ def test_no_record_of_this_invocation_and_exit_0_is_a_skip(tmp_path):
 
 def test_a_succeeded_record_gives_the_summary(tmp_path):
     record = _record("succeeded", exit_code=0, summary={"rows": 3, "nested": {"a": 1}})
-    outcome = orch.interpret_run("prepare", tmp_path, _result(0), record, ["always changed"])
+    outcome = orch.interpret_run("prepare", tmp_path, _result(0), record)
     assert not outcome.skipped and outcome.summary == {"rows": 3, "nested": {"a": 1}}
-    assert outcome.stale == ["always changed"]
 
 
 def test_a_failed_record_gives_the_typed_reason_and_retryability(tmp_path):
