@@ -108,16 +108,28 @@ def test_failure_markdown_says_kind_files_and_attempts():
     assert "attempt 1 of 2 failed, Prefect retries it" in orch.failure_markdown(crash, 1, 2, will_retry=True)
 
 
-def test_dvc_status_reasons_come_from_dvcs_api(tmp_path):
+def _dvc_repo(root: Path, dvc_yaml: str) -> Path:
     import subprocess
 
-    bin_dir = Path(sys.executable).parent
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run([str(bin_dir / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
-    (tmp_path / "dvc.yaml").write_text("stages:\n  a:\n    cmd: cp in.txt out.txt\n    deps: [in.txt]\n"
-                                       "    outs: [out.txt]\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text(dvc_yaml)
+    return root
+
+
+def test_dvc_status_reasons_come_from_dvcs_api(tmp_path):
+    _dvc_repo(tmp_path, "stages:\n  a:\n    cmd: cp in.txt out.txt\n    deps: [in.txt]\n    outs: [out.txt]\n")
     (tmp_path / "in.txt").write_text("1")
     assert orch.dvc_status("a", tmp_path) == ["changed deps: in.txt (modified)", "changed outs: out.txt (deleted)"]
+
+
+def test_dvc_failing_before_the_stage_starts_is_explained_by_its_status(tmp_path):
+    _dvc_repo(tmp_path, "stages:\n  prepare:\n    cmd: touch out.txt\n    deps: [missing.txt]\n"
+                        "    outs: [out.txt]\n")
+    with pytest.raises(orch.StageError) as info:
+        orch.run_dvc_stage("prepare", tmp_path)
+    assert info.value.kind == "DvcError" and not info.value.retryable
+    assert "changed deps: missing.txt (deleted)" in info.value.reason
 
 
 def _validation_report(path: Path, ok: bool) -> None:
