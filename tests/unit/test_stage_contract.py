@@ -51,6 +51,23 @@ def test_dvc_yaml_is_rendered_from_the_declarations():
         assert entry.get("params", []) == list(spec.params)
 
 
+def test_every_declared_param_exists_in_params_yaml():
+    """DVC refuses a stage whose params are missing from params.yaml ("Parameters ... are missing")."""
+    defaults = load_params(None).to_dict()
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def has(tree: Any, key: str) -> bool:
+        for part in key.split("."):
+            if not isinstance(tree, dict) or part not in tree:
+                return False
+            tree = tree[part]
+        return True
+
+    missing = [f"{s.name}: {p}" for s in stages.SPECS for p in s.params if not has(defaults, p)]
+    assert missing == []
+    assert [f"{s.name}: {p}" for s in stages.SPECS for p in s.params if not has(on_disk, p)] == []
+
+
 def test_dvc_yaml_check_fails_with_a_diff_when_stale_and_the_command_rewrites_it(tmp_path):
     from anomaly_ov.cli import app
 
