@@ -319,7 +319,7 @@ def interpret_run(
     if record is None:
         if result.returncode == 0:
             return StageOutcome(stage, True, result.seconds, 0, {})
-        why = "; ".join(stale) or "no change reported"
+        why = "; ".join(stale[:10]) + (f" (+{len(stale) - 10} more)" if len(stale) > 10 else "") or "up to date"
         raise StageError(stage, f"`dvc repro` exited with {result.returncode} before the stage started (DVC status: "
                          f"{why}){_tail(result)}", retryable=False, kind="DvcError", returncode=result.returncode)
     if status == "failed":
