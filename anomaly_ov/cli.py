@@ -25,6 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from anomaly_ov.errors import AnomalyOVError, ConfigError
+from anomaly_ov.stages import STAGES  # the declarations only (light): the stage names the CLI accepts
 
 
 class _ProjectErrorsGroup(TyperGroup):
@@ -37,8 +38,6 @@ class _ProjectErrorsGroup(TyperGroup):
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exc.exit_code) from None
 
-
-from anomaly_ov.stages import STAGES  # the declarations only (light): the stage names the CLI accepts
 
 app = typer.Typer(
     name="anomaly-ov",

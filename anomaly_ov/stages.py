@@ -152,8 +152,6 @@ _CORE = ("anomaly_ov/__init__.py", "anomaly_ov/choices.py", "anomaly_ov/config.p
 _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
-#: the expert's temperature when model.expert.temperature is unset: the active stage-1 recipe's
-_TEMPERATURE = ("train.expert.tiny.temperature", "train.expert.pretrained.temperature")
 _TRAIN = ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/plots.py")
 _INSTRUCT_FACTS = tuple(f"anomaly_ov/instruct/{name}" for name in (
     "__init__.py", "answers.py", "knowledge.py", "knowledge", "regions.py", "synthesize.py", "visual.py"))
@@ -239,7 +237,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="train_instruct",
         implementation="anomaly_ov.train.instruct:run_train_instruct",
         description="Stage 2: instruction tuning of the projector and the LLM with the expert frozen.",
-        params=("seed", "model", "train.seed", "train.expert.output_dir", *_TEMPERATURE, "train.instruct",
+        params=("seed", "model", "train.seed", "train.expert.output_dir", "train.instruct",
                 "instruct.train_json", "instruct.validation_json", "instruct.sources_root", "instruct.sources",
                 "instruct.use_synthesized", "instruct.dilate_px", "instruct.merge_distance_px",
                 "instruct.knowledge_path", "instruct.workers"),
@@ -258,7 +256,7 @@ SPECS: tuple[StageSpec, ...] = (
         implementation="anomaly_ov.evaluate.run:run_evaluate",
         description="Zero-shot detection, localisation and reasoning on the held-out benchmark; metrics, figures, "
                     "predictions and evaluation.md.",
-        params=("model", *_TEMPERATURE, "train.instruct.output_dir", "instruct.bench_dir", "evaluate",
+        params=("model", "train.instruct.output_dir", "instruct.bench_dir", "evaluate",
                 "validate.max_image_side"),
         code=_code(_CORE, ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py"), _MODEL, _EVALUATE),
         deps=("data/bench", "data/raw/synthetic", "models/anomaly_ov"),
@@ -273,7 +271,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="extend_medical",
         implementation="anomaly_ov.evaluate.extensions:run_extend_medical",
         description="The same model on a medical set (BMAD layout or the generated one).",
-        params=("seed", "model", *_TEMPERATURE, "train.instruct.output_dir", "instruct", "evaluate",
+        params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.medical", "extensions.report_dir", "validate.max_image_side"),
         code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
@@ -288,7 +286,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="extend_3d",
         implementation="anomaly_ov.evaluate.extensions:run_extend_3d",
         description="The same model on multi-view renders of point clouds (MVTec 3D-AD, Real3D-AD, Anomaly-ShapeNet).",
-        params=("seed", "model", *_TEMPERATURE, "train.instruct.output_dir", "instruct", "evaluate",
+        params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.threed", "extensions.report_dir", "validate.max_image_side"),
         code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
