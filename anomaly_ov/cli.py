@@ -25,6 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from anomaly_ov.errors import AnomalyOVError, ConfigError
+from anomaly_ov.stages import STAGES  # the declarations only (light): the stage names the CLI accepts
 
 
 class _ProjectErrorsGroup(TyperGroup):
@@ -146,8 +147,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="the stage to run; `anomaly-ov dvc-yaml --help` lists them",
-                                        autocompletion=lambda: _stage_names())],
+    name: Annotated[str, typer.Argument(help=f"the stage to run: {' | '.join(STAGES)}",
+                                        autocompletion=lambda: list(STAGES))],
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     workspace: WorkspaceOpt = Path("."),
@@ -165,12 +166,6 @@ def stage(
     code = execute(name, workspace, lambda: _load_params(path, overrides), echo=typer.echo,
                    echo_error=lambda line: typer.secho(line, fg=typer.colors.RED, err=True))
     raise typer.Exit(code)
-
-
-def _stage_names() -> list[str]:
-    from anomaly_ov.stages import STAGES
-
-    return list(STAGES)
 
 
 def _load_params(path: Path, overrides: list[str] | None):

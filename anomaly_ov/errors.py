@@ -16,6 +16,7 @@ code kind                    meaning
 3    :class:`InputError`     bad input data (a file, row, record or checkpoint); the message names it
 4    :class:`StageFailed`    a stage ran and its checks failed (critical validation, diverged training, ...)
 5    :class:`TransientError` a service or process failed in a way a retry may fix (LLM endpoint, launcher)
+130  (interrupted)           Ctrl-C or SIGTERM during ``anomaly-ov stage`` (recorded as retryable)
 ==== ======================= ==================================================================================
 
 Each subclass keeps the builtin base it always had (``ValueError``, ``RuntimeError``, ``FileNotFoundError``), so
@@ -43,7 +44,7 @@ class AnomalyOVError(Exception):
 
     def __init__(self, *args: Any, failing: Iterable[Any] = ()) -> None:
         super().__init__(*args)
-        self.failing = [str(item) for item in failing]
+        self.failing = [_item(item) for item in failing]
 
 
 class ConfigError(AnomalyOVError, ValueError):
@@ -96,9 +97,15 @@ def failing_items(exc: BaseException, limit: int = MAX_FAILING) -> list[str]:
         seen.add(id(current))
         items = list(getattr(current, "failing", None) or [])
         if not items:
-            items = [f"{getattr(i, 'file', i)}: {getattr(i, 'reason', '')}".rstrip(": ")
-                     for i in getattr(current, "issues", None) or []]
+            items = [_item(issue) for issue in getattr(current, "issues", None) or []]
         if items:
             return [str(item)[:500] for item in items[:limit]]
         current = current.__cause__ or current.__context__
     return []
+
+
+def _item(item: Any) -> str:
+    """``"file: reason"`` for an object with ``file`` and ``reason`` (a reader's issue), else ``str(item)``."""
+    if hasattr(item, "file") and hasattr(item, "reason"):
+        return f"{item.file}: {item.reason}"
+    return str(item)

@@ -6,9 +6,13 @@ Python so that ``tasks/`` and ``flows/`` stay thin and this logic is testable wi
 
 - :func:`build_stage_command` / :func:`run_dvc_stage`: ``dvc repro --single-item STAGE`` in the workspace as a
   subprocess, the venv's ``bin`` first on ``PATH`` (DVC resolves ``anomaly-ov`` from ``PATH``), the flow's MLflow
-  run id in ``ANOMALY_OV_MLFLOW_PARENT_RUN_ID``; output streamed line by line; "skipped because up to date" read
-  from DVC's own message; a failure raised as :class:`StageError` with the reason people need (for ``validate``,
-  the failed critical checks from ``reports/validation.json``) and whether retrying could help.
+  run id in ``ANOMALY_OV_MLFLOW_PARENT_RUN_ID`` and a fresh invocation id in ``ANOMALY_OV_STAGE_INVOCATION``;
+  output streamed line by line for the log. What happened is read from machine output only
+  (:func:`interpret_run`): the stage's result file (``reports/stages/STAGE.result.json``, written by
+  ``anomaly-ov stage``: status, error kind, message, exit code, retryable, failing files) tells whether this
+  invocation ran the stage and how it ended; no result with this invocation and exit status 0 means DVC skipped
+  it; when DVC failed before the stage started, ``dvc status`` (through DVC's Python API) says what it found. A
+  failure is raised as :class:`StageError` with the stage's typed reason and whether retrying could help.
 - :func:`summarize_stage`: the stage's report JSON as Markdown + a key/value table (for Prefect artifacts).
 - :func:`start_parent_run` / :func:`finish_parent_run`: one MLflow run per flow run, created through the client
   (the active run is thread-local; the id travels explicitly), closed with the evaluation metrics and reports.
@@ -21,7 +25,6 @@ inside another stage's task. DVC still checks that one stage's deps/params/outs 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -32,15 +35,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_ov.errors import AnomalyOVError
-from anomaly_ov.stages import SPECS, stage_names
-from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten
+from anomaly_ov.errors import StageFailed
+from anomaly_ov.stages import INVOCATION_ENV, SPECS, read_result, spec, stage_names
+from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten, numeric_metrics, start_tracking
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params, StageRunParams
@@ -52,32 +56,54 @@ PIPELINE_STAGES: tuple[str, ...] = stage_names("pipeline")
 EXTENSION_STAGES: tuple[str, ...] = stage_names("extension")
 (REGISTER_STAGE,) = stage_names("register")
 
-_SKIP_RE = re.compile(r"Stage '(?P<stage>[^']+)' didn't change, skipping")
-_RUN_RE = re.compile(r"Running stage '(?P<stage>[^']+)'")
-_STAGE_FAILED_RE = re.compile(r"stage '(?P<stage>[^']+)'(?: failed)?: (?P<reason>.+)")
 _TAIL_LINES = 400
 
 LineSink = Callable[[str], None]
 
 
 # ------------------------------------------------------------------------------------------------ errors
-class StageError(AnomalyOVError, RuntimeError):
-    """A stage's ``dvc repro`` failed; ``reason`` is for people, ``retryable`` says whether a retry could help.
+class StageError(StageFailed):
+    """A stage's ``dvc repro`` failed; ``reason`` is for people, the other fields are for machines.
 
-    Data and configuration problems (a failed validation, a ``StageFailed`` raised by the stage, a bad param)
-    give the same result every time: they are not retryable. A crash, a kill or a timeout may be transient.
+    Args:
+        stage: the stage.
+        reason: why, in one paragraph (the stage's own message when it recorded one).
+        retryable: whether running it again could help (from the stage's result file: a data or config error is
+            not retryable, a transient service error, a kill or a timeout is).
+        kind: the error's class name (``InputError``, ``LayoutError``, ``StageFailed``, ...; ``Killed`` when the
+            stage process died before recording a result, ``DvcError`` when DVC failed around the stage,
+            ``StageTimeout`` on a timeout).
+        failing: the files/rows the stage named.
+        returncode: the exit status of ``dvc repro``; ``exit_code`` the stage's own (``anomaly_ov.errors``).
     """
 
-    def __init__(self, stage: str, reason: str, *, retryable: bool, returncode: int | None = None) -> None:
-        super().__init__(f"stage {stage!r} failed: {reason}")
-        self.stage = stage
+    def __init__(
+        self,
+        stage: str,
+        reason: str,
+        *,
+        retryable: bool,
+        kind: str = "StageError",
+        failing: Sequence[str] = (),
+        returncode: int | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        super().__init__(stage, reason, failing=failing)
         self.reason = reason
-        self.retryable = retryable
+        self.retryable = retryable  # type: ignore[misc]  # per failure, not per class
+        self.kind = kind
         self.returncode = returncode
+        self.stage_exit_code = exit_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "kind": self.kind, "reason": self.reason, "retryable": self.retryable,
+                "failing": list(self.failing), "returncode": self.returncode, "exit_code": self.stage_exit_code}
 
 
 class StageTimeout(StageError):
     """The stage ran longer than ``schedule.stages.<name>.timeout_s``; its process group was killed."""
+
+    exit_code = 5  # as anomaly_ov.errors.TransientError: a retry may finish in time
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -135,12 +161,20 @@ def build_stage_command(
     parent_run_id: str | None = None,
     tracking_uri: str | None = None,
     force: bool = False,
+    invocation: str | None = None,
 ) -> StageCommand:
-    """``dvc repro --single-item STAGE`` (``--force`` re-runs it even when DVC finds it up to date)."""
+    """``dvc repro --single-item STAGE`` (``--force`` re-runs it even when DVC finds it up to date).
+
+    ``invocation`` travels in ``ANOMALY_OV_STAGE_INVOCATION``; the stage copies it into its result file.
+    """
     argv = [tool("dvc"), "repro", "--single-item", stage]
     if force:
         argv.append("--force")
-    return StageCommand(argv, subprocess_env(parent_run_id, tracking_uri), Path(workspace).resolve())
+    env = subprocess_env(parent_run_id, tracking_uri)
+    env.pop(INVOCATION_ENV, None)
+    if invocation:
+        env[INVOCATION_ENV] = invocation
+    return StageCommand(argv, env, Path(workspace).resolve())
 
 
 def build_dvc_command(args: Sequence[str], workspace: str | Path) -> StageCommand:
@@ -224,13 +258,14 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 @dataclass
 class StageOutcome:
-    """What happened to one stage: run or skipped (up to date), how long, and its printed summary."""
+    """What happened to one stage: run or skipped (up to date), how long, its summary, which attempt."""
 
     stage: str
     skipped: bool
     seconds: float
     returncode: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1  #: the Prefect attempt that produced this outcome (2 = it succeeded after one retry)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,90 +283,94 @@ def run_dvc_stage(
     force: bool = False,
 ) -> StageOutcome:
     """Reproduce one DVC stage and report whether it ran; raise :class:`StageError` with the reason on failure."""
-    command = build_stage_command(
-        stage, workspace, parent_run_id=parent_run_id, tracking_uri=tracking_uri, force=force
-    )
+    invocation = uuid.uuid4().hex
+    command = build_stage_command(stage, workspace, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
+                                  force=force, invocation=invocation)
     result = run_command(command, on_line, timeout_s)
+    record = read_result(workspace, stage)
+    ours = record if record is not None and record.get("invocation") == invocation else None
+    # DVC failed before the stage started: its status says what it found (asked only then: it costs seconds)
+    stale = dvc_status(stage, workspace) if ours is None and result.returncode != 0 and not result.timed_out else []
+    return interpret_run(stage, workspace, result, ours, stale, timeout_s)
+
+
+def interpret_run(
+    stage: str,
+    workspace: str | Path,
+    result: CommandResult,
+    record: Mapping[str, Any] | None,
+    stale: Sequence[str] = (),
+    timeout_s: float | None = None,
+) -> StageOutcome:
+    """The outcome of one ``dvc repro``, from its exit status and the result record this invocation wrote.
+
+    Args:
+        stage: the stage.
+        workspace: its workspace (to name declared outputs DVC found missing).
+        result: the finished ``dvc repro`` command.
+        record: the stage's result record when it carries this invocation's id, else None (the stage did not run).
+        stale: :func:`dvc_status`'s reasons, shown when DVC failed before the stage started.
+        timeout_s: the limit the command ran under.
+    """
     if result.timed_out:
-        raise StageTimeout(
-            stage, f"timed out after {timeout_s:g} s (schedule.stages.{stage}.timeout_s)", retryable=True,
-            returncode=result.returncode,
-        )
-    if result.returncode != 0:
-        reason, retryable = failure_reason(stage, result.lines, workspace, params)
-        raise StageError(stage, reason, retryable=retryable, returncode=result.returncode)
-    skipped = was_skipped(stage, result.lines)
-    return StageOutcome(stage, skipped, result.seconds, 0, {} if skipped else parse_summary(result.lines))
+        raise StageTimeout(stage, f"timed out after {timeout_s:g} s (schedule.stages.{stage}.timeout_s)",
+                           retryable=True, kind="StageTimeout", returncode=result.returncode)
+    status = (record or {}).get("status")
+    if record is None:
+        if result.returncode == 0:
+            return StageOutcome(stage, True, result.seconds, 0, {})
+        why = "; ".join(stale[:10]) + (f" (+{len(stale) - 10} more)" if len(stale) > 10 else "") or "up to date"
+        raise StageError(stage, f"`dvc repro` exited with {result.returncode} before the stage started (DVC status: "
+                         f"{why}){_tail(result)}", retryable=False, kind="DvcError", returncode=result.returncode)
+    if status == "failed":
+        raise StageError(stage, str(record.get("message") or "failed"), retryable=bool(record.get("retryable")),
+                         kind=str(record.get("error_kind") or "StageFailed"), failing=record.get("failing") or [],
+                         returncode=result.returncode, exit_code=record.get("exit_code"))
+    if status != "succeeded":  # still "running": the process died without recording how it ended
+        raise StageError(stage, f"the stage process ended without recording a result (`dvc repro` exited with "
+                         f"{result.returncode}): killed, out of memory or crashed{_tail(result)}",
+                         retryable=True, kind="Killed", returncode=result.returncode)
+    if result.returncode != 0:  # the stage succeeded, DVC did not (e.g. a declared output is missing)
+        missing = [o.path for o in spec(stage).outs if not (Path(workspace) / o.path).exists()]
+        what = f"declared output(s) missing: {', '.join(missing)}" if missing else "see the log"
+        raise StageError(stage, f"the stage succeeded but `dvc repro` exited with {result.returncode} ({what})"
+                         f"{_tail(result)}", retryable=False, kind="DvcError", failing=missing,
+                         returncode=result.returncode)
+    return StageOutcome(stage, False, result.seconds, 0, dict(record.get("summary") or {}))
 
 
-def was_skipped(stage: str, lines: Iterable[str]) -> bool:
-    """True when DVC said the stage did not change (and did not run it)."""
-    ran = skipped = False
-    for line in lines:
-        if (m := _RUN_RE.search(line)) and m["stage"] == stage:
-            ran = True
-        if (m := _SKIP_RE.search(line)) and m["stage"] == stage:
-            skipped = True
-    return skipped and not ran
+def _tail(result: CommandResult, lines: int = 3) -> str:
+    """The last output lines, quoted for people (nothing is parsed from them)."""
+    last = [line.strip() for line in result.lines if line.strip()][-lines:]
+    return (" — last output: " + " | ".join(last)) if last else ""
 
 
-def parse_summary(lines: Sequence[str]) -> dict[str, Any]:
-    """The JSON summary `anomaly-ov stage` prints last (an indented object starting with a bare ``{`` line)."""
-    end = None
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i] == "}" and end is None:
-            end = i
-        elif lines[i] == "{" and end is not None:
-            try:
-                value = json.loads("\n".join(lines[i : end + 1]))
-            except json.JSONDecodeError:
-                return {}
-            return value if isinstance(value, dict) else {}
-    return {}
+def dvc_status(stage: str, workspace: str | Path) -> list[str]:
+    """Why DVC finds ``stage`` stale, from ``dvc status`` (DVC's Python API; empty list when up to date).
 
+    Each reason is one ``"changed deps: data/manifest.parquet (modified)"`` string built from DVC's JSON-shaped
+    status (``{"stage": [{"changed deps": {"path": "modified"}}, "always changed"]}``).
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
 
-def failure_reason(
-    stage: str, lines: Sequence[str], workspace: str | Path, params: Params | None = None
-) -> tuple[str, bool]:
-    """Why the stage failed, in one paragraph, and whether retrying could help."""
-    if stage == "validate" and params is not None:
-        report = Path(workspace) / params.validation.report_json
-        verdict = validation_failure(report)
-        if verdict:
-            return f"data validation failed: {verdict} (see {params.validation.report_md})", False
-    stage_msgs = []
-    for i, line in enumerate(lines):
-        if (m := _STAGE_FAILED_RE.match(line.strip())) and m["stage"] == stage:
-            listed = [item.strip() for item in itertools.takewhile(lambda x: x.startswith("- "), lines[i + 1 :])]
-            stage_msgs.append(" ".join([m["reason"], *listed[:20]]))  # a message may list the bad files below it
-    if stage_msgs:  # the stage raised StageFailed / a bad-input error: deterministic
-        return stage_msgs[-1], False
-    config = [line.strip() for line in lines if "invalid setting" in line or "unknown key" in line]
-    if config:
-        return "; ".join(config[:3]), False
-    errors = [line.strip() for line in lines if line.strip().startswith(("ERROR", "Error", "Traceback"))]
-    last = [line.strip() for line in lines if line.strip()][-3:]
-    text = " | ".join(dict.fromkeys(errors[-2:] + last))
-    return text or "the stage command failed with no output", True
-
-
-def validation_failure(report_json: str | Path) -> str | None:
-    """The failed critical checks of a validation report as one line; None when it passed or is missing."""
-    path = Path(report_json)
-    if not path.exists():
-        return None
     try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if report.get("ok", True):
-        return None
-    failed = [c for c in report.get("checks", []) if not c.get("passed", True) and c.get("severity") == "critical"]
-    if not failed:
-        return "the report says the data is not usable"
-    parts = [f"{c.get('name')}: {c.get('message', '')}".strip() for c in failed[:3]]
-    more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
-    return f"{len(failed)} critical check(s) failed — " + "; ".join(parts) + more
+        with Repo(str(workspace)) as repo:
+            status = repo.status(targets=[f"{Path(workspace).resolve() / 'dvc.yaml'}:{stage}"])
+    except DvcException as exc:  # e.g. an invalid dvc.yaml: `dvc repro` will fail and say so
+        return [f"dvc status failed: {exc}"]
+    reasons: list[str] = []
+    for entries in status.values():
+        for entry in entries:
+            if isinstance(entry, str):
+                reasons.append(entry)
+                continue
+            for kind, changes in entry.items():
+                if isinstance(changes, Mapping):
+                    reasons += [f"{kind}: {path} ({change})" for path, change in changes.items()]
+                else:
+                    reasons.append(f"{kind}: {changes}")
+    return reasons
 
 
 # --------------------------------------------------------------------------------------------- summaries
@@ -358,6 +397,8 @@ def summarize_stage(
     head = [f"# Stage `{stage}`", "", f"- status: **{status}**"]
     if outcome is not None:
         head.append(f"- seconds: {outcome.seconds:g}")
+        if outcome.attempts > 1:
+            head.append(f"- attempt: {outcome.attempts} (retried after {outcome.attempts - 1} failure(s))")
     head.append(f"- report: `{stage_reports(params)[stage]}`")
     rows: list[dict[str, Any]] = []
     body: list[str] = []
@@ -376,6 +417,30 @@ def summarize_stage(
         rows = _flat_rows(outcome.summary, max_rows)
     table_md = _markdown_table(rows) if rows else []
     return StageSummary("\n".join(head + [""] + body + ([""] if body else []) + table_md) + "\n", rows)
+
+
+def failure_markdown(error: StageError, attempt: int, attempts: int, will_retry: bool) -> str:
+    """The failure artifact: typed reason, failing files, retryable, and which attempt of how many this was."""
+    if will_retry:
+        retry = f"yes: attempt {attempt} of {attempts} failed, Prefect retries it"
+    elif error.retryable and attempt >= attempts:
+        retry = f"no more attempts ({attempt} of {attempts} used; schedule.stages.{error.stage}.retries)"
+    elif error.retryable:
+        retry = "no"
+    else:
+        retry = f"no: a {error.kind} gives the same result every time (attempt {attempt} of {attempts})"
+    lines = [f"# Stage `{error.stage}` failed", "", f"- kind: **{error.kind}**", f"- retryable: {error.retryable}",
+             f"- attempt: {attempt} of {attempts}", f"- retried: {retry}"]
+    if error.stage_exit_code is not None:
+        lines.append(f"- exit code: {error.stage_exit_code}")
+    lines += ["", error.reason.replace("\n", "  \n"), ""]
+    if error.failing:
+        lines += ["| failing |", "|---|", *[f"| {_cell(item)} |" for item in error.failing], ""]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _read(path: Path) -> Any:
@@ -546,18 +611,6 @@ def finish_parent_run(
         client.set_terminated(parent.run_id, status=status)
 
 
-def numeric_metrics(data: Any) -> dict[str, float]:
-    """Flat ``{"zero_shot.image_auroc": 0.91, ...}`` from a (nested or flat) metrics JSON; non-numbers dropped."""
-    if not isinstance(data, Mapping):
-        return {}
-    out = {}
-    for key, value in flatten(data).items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            continue
-        out[key] = float(value)
-    return out
-
-
 def _metric_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
 
@@ -612,19 +665,6 @@ def where_to_look(params: Params, workspace: str | Path, parent: ParentRun | Non
         elif isinstance(data, dict):
             lines.append(f"  Model:         not registered ({data.get('reason', 'see ' + params.registry.report)})")
     return "\n".join(lines)
-
-
-def start_tracking(params: Params, workspace: str | Path) -> str:
-    """Configure MLflow for ``workspace`` from ``params.tracking`` and return the URI to hand to stage processes.
-
-    In the flow (or CLI) process the workspace's params decide the store: ``MLFLOW_TRACKING_URI`` is dropped first,
-    because ``mlflow.set_tracking_uri`` itself exports it, so a process that has touched another workspace would
-    otherwise keep writing to that workspace's database. The variable then carries this URI to stage processes.
-    """
-    from anomaly_ov.tracking import configure
-
-    os.environ.pop(TRACKING_URI_ENV, None)
-    return configure(params, workspace, honour_env=False) or ""
 
 
 def read_register_report(params: Params, workspace: str | Path) -> dict[str, Any]:

@@ -601,8 +601,7 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
     """
     from anomaly_ov.fingerprint import dir_sha256
     from anomaly_ov.io import atomic_write_json, read_json
-    from anomaly_ov.orchestration import numeric_metrics
-    from anomaly_ov.tracking import configure, run_tags
+    from anomaly_ov.tracking import configure, numeric_metrics, run_tags
 
     workspace = Path(workspace)
     registry = params.registry
@@ -683,7 +682,7 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
 
 def _client_and_uri(params: Params, workspace: str | Path) -> tuple[str, MlflowClient]:
     """The tracking URI and a client on the workspace's registry (``params.tracking``)."""
-    from anomaly_ov.orchestration import start_tracking
+    from anomaly_ov.tracking import start_tracking
 
     if not params.tracking.enabled:
         raise ConfigError("tracking.enabled is false: there is no model registry to use")
@@ -692,7 +691,7 @@ def _client_and_uri(params: Params, workspace: str | Path) -> tuple[str, MlflowC
 
 
 def _client(params: Params, workspace: str | Path) -> MlflowClient:
-    """A client on the workspace's registry (``params.tracking``; see ``orchestration.start_tracking``)."""
+    """A client on the workspace's registry (``params.tracking``; see ``tracking.start_tracking``)."""
     return _client_and_uri(params, workspace)[1]
 
 

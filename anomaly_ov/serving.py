@@ -251,7 +251,7 @@ def load_predictor(model: str, params: Params | None = None, workspace: str | Pa
         import mlflow
 
         if params is not None:
-            from anomaly_ov.orchestration import start_tracking
+            from anomaly_ov.tracking import start_tracking
 
             start_tracking(params, workspace)
         loaded = mlflow.pyfunc.load_model(model)

@@ -42,8 +42,12 @@ __all__ = [
     "execute",
     "implementation",
     "launch_targets",
+    "new_record",
+    "finish_record",
     "read_result",
+    "write_result",
     "render_dvc_yaml",
+    "render_stage_table",
     "result_path",
     "run_stage",
     "spec",
@@ -62,6 +66,8 @@ INVOCATION_ENV = "ANOMALY_OV_STAGE_INVOCATION"
 #: machines (train.launch: node count, this node's rank, the rendezvous), never what a stage writes (the contract
 #: test exempts them).
 UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule", "train.launch")
+#: A result file larger than this is not read (a record is a few kB: the failing list is capped).
+MAX_RESULT_BYTES = 4 * 1024 * 1024
 
 
 # ----------------------------------------------------------------------------------------------- declarations
@@ -147,6 +153,7 @@ _CORE = ("anomaly_ov/__init__.py", "anomaly_ov/choices.py", "anomaly_ov/config.p
 _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
+_TRAIN = ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/plots.py")
 _INSTRUCT_FACTS = tuple(f"anomaly_ov/instruct/{name}" for name in (
     "__init__.py", "answers.py", "knowledge.py", "knowledge", "regions.py", "synthesize.py", "visual.py"))
 _INSTRUCT_CHECKS = ("anomaly_ov/instruct/validate.py", "anomaly_ov/validate/__init__.py", "anomaly_ov/validate/gx.py",
@@ -230,9 +237,8 @@ SPECS: tuple[StageSpec, ...] = (
                     "skip it.",
         params=("data.manifest", "model", "train.seed", "train.tower", "train.expert.val_fraction",
                 "train.expert.cache_mb"),
-        code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/train", "anomaly_ov/data/loaders.py",
-                                            "anomaly_ov/data/synthetic.py", "anomaly_ov/evaluate/__init__.py",
-                                            "anomaly_ov/evaluate/metrics.py")),
+        code=_code(_CORE, _IMAGES, _MODEL, _TRAIN, ("anomaly_ov/data/synthetic.py", "anomaly_ov/evaluate/__init__.py",
+                                                   "anomaly_ov/evaluate/metrics.py")),
         deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json"),
         outs=(Out("models/tower"),),
         metrics=("reports/pretrain_tower.json",),
@@ -244,14 +250,14 @@ SPECS: tuple[StageSpec, ...] = (
         description="Stage 1: train the LTFM anomaly expert (and, for the tiny preset, the vision tower).",
         params=("seed", "data.manifest", "model", "train.seed", "train.expert", "evaluate.resolution",
                 "train.tower.enabled", "train.tower.output_dir"),
-        code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/train", "anomaly_ov/data/loaders.py",
-                                            "anomaly_ov/data/synthetic.py", "anomaly_ov/evaluate/__init__.py",
-                                            "anomaly_ov/evaluate/metrics.py")),
+        code=_code(_CORE, _IMAGES, _MODEL, _TRAIN, ("anomaly_ov/data/synthetic.py", "anomaly_ov/evaluate/__init__.py",
+                                                   "anomaly_ov/evaluate/metrics.py")),
         deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json", "models/tower"),
         outs=(Out("models/expert"),),
         metrics=("reports/train_expert.json",),
-        plots=(Plot("reports/curves/train_expert_loss.csv", x="step", y="loss"),
-               Plot("reports/curves/train_expert_val.csv", x="epoch", y="val_image_auroc")),
+        # not under reports/curves/: evaluate replaces that folder as a whole
+        plots=(Plot("reports/training/train_expert_loss.csv", x="step", y="loss"),
+               Plot("reports/training/train_expert_val.csv", x="epoch", y="image_auroc")),
         report="{train.expert.report}",
         launchable=True,
     ),
@@ -259,17 +265,17 @@ SPECS: tuple[StageSpec, ...] = (
         name="train_instruct",
         implementation="anomaly_ov.train.instruct:run_train_instruct",
         description="Stage 2: instruction tuning of the projector and the LLM with the expert frozen.",
-        params=("seed", "model", "train.seed", "train.expert.output_dir", "train.expert.temperature", "train.instruct",
+        params=("seed", "model", "train.seed", "train.expert.output_dir", "train.instruct",
                 "instruct.train_json", "instruct.validation_json", "instruct.sources_root", "instruct.sources",
                 "instruct.use_synthesized", "instruct.dilate_px", "instruct.merge_distance_px",
                 "instruct.knowledge_path", "instruct.workers"),
-        code=_code(_CORE, _IMAGES, _MODEL, _INSTRUCT_FACTS, _INSTRUCT_CHECKS,
-                   ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/instruct/sources.py")),
+        code=_code(_CORE, _IMAGES, _MODEL, _TRAIN, _INSTRUCT_FACTS, _INSTRUCT_CHECKS,
+                   ("anomaly_ov/instruct/sources.py",)),
         # the released instruction sets of instruct.sources all lie in this folder (params.yaml), so DVC sees them
         deps=("data/instruct", *_TRAINING_IMAGES, "models/expert", "${instruct.sources_root}"),
         outs=(Out("models/anomaly_ov"),),
         metrics=("reports/train_instruct.json",),
-        plots=(Plot("reports/curves/train_instruct_loss.csv", x="step", y="loss"),),
+        plots=(Plot("reports/training/train_instruct_loss.csv", x="step", y="loss"),),
         report="{train.instruct.report}",
         launchable=True,
     ),
@@ -278,7 +284,7 @@ SPECS: tuple[StageSpec, ...] = (
         implementation="anomaly_ov.evaluate.run:run_evaluate",
         description="Zero-shot detection, localisation and reasoning on the held-out benchmark; metrics, figures, "
                     "predictions and evaluation.md.",
-        params=("model", "train.expert.temperature", "train.instruct.output_dir", "instruct.bench_dir", "evaluate",
+        params=("model", "train.instruct.output_dir", "instruct.bench_dir", "evaluate",
                 "validate.max_image_side"),
         code=_code(_CORE, ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py"), _MODEL, _EVALUATE),
         deps=("data/bench", "data/raw/synthetic", "models/anomaly_ov"),
@@ -293,7 +299,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="extend_medical",
         implementation="anomaly_ov.evaluate.extensions:run_extend_medical",
         description="The same model on a medical set (BMAD layout or the generated one).",
-        params=("seed", "model", "train.expert.temperature", "train.instruct.output_dir", "instruct", "evaluate",
+        params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.medical", "extensions.report_dir", "validate.max_image_side"),
         code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
@@ -308,7 +314,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="extend_3d",
         implementation="anomaly_ov.evaluate.extensions:run_extend_3d",
         description="The same model on multi-view renders of point clouds (MVTec 3D-AD, Real3D-AD, Anomaly-ShapeNet).",
-        params=("seed", "model", "train.expert.temperature", "train.instruct.output_dir", "instruct", "evaluate",
+        params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.threed", "extensions.report_dir", "validate.max_image_side"),
         code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
@@ -404,6 +410,22 @@ def render_dvc_yaml(specs: Sequence[StageSpec] = SPECS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_stage_table(specs: Sequence[StageSpec] = SPECS) -> str:
+    """The stage graph as a Markdown table (docs/architecture.md carries it; a test keeps it current)."""
+    rows = ["| stage | kind | what it does | params | data deps | outputs |", "| --- | --- | --- | --- | --- | --- |"]
+    for s in specs:
+        outs = [o.path for o in s.outs] + list(s.metrics) + [p.path for p in s.plots]
+        flags = " (always runs)" if s.always_changed else ""
+        kind = s.kind + (", launchable" if s.launchable else "")
+        rows.append(f"| `{s.name}` | {kind}{flags} | {s.description} | {_codes(s.params)} | {_codes(s.deps)} | "
+                    f"{_codes(outs)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _codes(items: Sequence[str]) -> str:
+    return ", ".join(f"`{item}`" for item in items) or "-"
+
+
 def _wrap(text: str, width: int) -> list[str]:
     import textwrap
 
@@ -438,8 +460,11 @@ def result_path(workspace: str | Path, name: str) -> Path:
 
 def read_result(workspace: str | Path, name: str) -> dict[str, Any] | None:
     """The stage's last result record, or None when there is none (or it is unreadable)."""
+    path = result_path(workspace, name)
     try:
-        data = json.loads(result_path(workspace, name).read_text())
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            return None
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -477,10 +502,45 @@ def _category(exc: BaseException) -> str:
     return "AnomalyOVError" if isinstance(exc, AnomalyOVError) else "Bug"
 
 
-def _write_result(workspace: Path, name: str, record: dict[str, Any]) -> None:
+def write_result(workspace: str | Path, name: str, record: dict[str, Any]) -> Path:
+    """Write a result record atomically (a reader never sees half a file)."""
     from anomaly_ov.io import atomic_write_json
 
-    atomic_write_json(result_path(workspace, name), record)
+    return atomic_write_json(result_path(workspace, name), record)
+
+
+def new_record(name: str) -> dict[str, Any]:
+    """The result record of a stage that is starting (``status: running``); see :func:`finish_record`."""
+    return {
+        "stage": name,
+        "status": "running",
+        "invocation": os.environ.get(INVOCATION_ENV),
+        "pid": os.getpid(),
+        "started_at": _now(),
+        "finished_at": None,
+        "seconds": None,
+        "exit_code": None,
+        "error_kind": None,
+        "error_category": None,
+        "message": None,
+        "retryable": None,
+        "failing": [],
+        "summary": {},
+    }
+
+
+def finish_record(
+    record: dict[str, Any], seconds: float, summary: Summary | None = None, error: BaseException | None = None
+) -> dict[str, Any]:
+    """``record`` completed: ``succeeded`` with ``summary``, or ``failed`` with the fields of ``error``."""
+    record.update(finished_at=_now(), seconds=round(seconds, 3))
+    if error is None:
+        record.update(status="succeeded", exit_code=0, summary=dict(summary or {}))
+    else:
+        record.update(describe_failure(error), status="failed")
+        if isinstance(error, StageFailed):
+            record["summary"] = error.summary
+    return record
 
 
 def execute(
@@ -504,44 +564,21 @@ def execute(
         load: returns the params (raises :class:`~anomaly_ov.errors.ConfigError` when they are invalid).
         echo, echo_error: where the summary (JSON) and the one-line error go.
     """
-    workspace = Path(workspace)
-    started = time.perf_counter()
-    record: dict[str, Any] = {
-        "stage": name,
-        "status": "running",
-        "invocation": os.environ.get(INVOCATION_ENV),
-        "pid": os.getpid(),
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "finished_at": None,
-        "seconds": None,
-        "exit_code": None,
-        "error_kind": None,
-        "error_category": None,
-        "message": None,
-        "retryable": None,
-        "failing": [],
-        "summary": {},
-    }
     if name not in _BY_NAME:  # no result file is named after an unknown word
         echo_error(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
         return ConfigError.exit_code
-    _write_result(workspace, name, record)
+    started = time.perf_counter()
+    record = new_record(name)
+    write_result(workspace, name, record)
     try:
-        params = load()
-        summary = run_stage(name, params, workspace)
+        summary = run_stage(name, load(), workspace)
     except BaseException as exc:
-        record.update(describe_failure(exc), status="failed", finished_at=_now(),
-                      seconds=round(time.perf_counter() - started, 3))
-        if isinstance(exc, StageFailed):
-            record["summary"] = exc.summary
-        _write_result(workspace, name, record)
+        write_result(workspace, name, finish_record(record, time.perf_counter() - started, error=exc))
         if isinstance(exc, AnomalyOVError):
             echo_error(str(exc) if str(exc).startswith(f"stage {name!r}") else f"stage {name!r}: {exc}")
-            return record["exit_code"]
+            return exc.exit_code
         raise
-    record.update(status="succeeded", exit_code=0, finished_at=_now(), seconds=summary.get("seconds"),
-                  summary=summary)
-    _write_result(workspace, name, record)
+    write_result(workspace, name, finish_record(record, time.perf_counter() - started, summary))
     echo(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -284,3 +285,26 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _metric_key(key: str) -> str:
     """MLflow metric names allow letters, digits, ``_ - . / space``; replace anything else."""
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
+
+
+def start_tracking(params: Params, workspace: str | Path) -> str:
+    """Configure MLflow for ``workspace`` from ``params.tracking`` and return the URI to hand to stage processes.
+
+    In the flow (or CLI) process the workspace's params decide the store: ``MLFLOW_TRACKING_URI`` is dropped first,
+    because ``mlflow.set_tracking_uri`` itself exports it, so a process that has touched another workspace would
+    otherwise keep writing to that workspace's database. The variable then carries this URI to stage processes.
+    """
+    os.environ.pop(TRACKING_URI_ENV, None)
+    return configure(params, workspace, honour_env=False) or ""
+
+
+def numeric_metrics(data: Any) -> dict[str, float]:
+    """Flat ``{"zero_shot.image_auroc": 0.91, ...}`` from a (nested or flat) metrics JSON; non-numbers dropped."""
+    if not isinstance(data, Mapping):
+        return {}
+    out = {}
+    for key, value in flatten(data).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        out[key] = float(value)
+    return out

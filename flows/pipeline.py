@@ -1,5 +1,6 @@
-"""The pipeline flow: sources -> prepare -> validate -> synthesize -> pretrain_tower -> train_expert -> train_instruct
--> evaluate -> [extend_medical] -> [extend_3d] -> register, one task per DVC stage, one MLflow parent run per flow run.
+"""The pipeline flow: every stage declared in anomaly_ov/stages.py, in order (sources -> prepare -> validate ->
+synthesize -> pretrain_tower -> train_expert -> train_instruct -> evaluate -> [extend_medical] -> [extend_3d] ->
+register), one task per DVC stage, one MLflow parent run per flow run.
 
 Run it with `anomaly-ov run` (or `python -m flows.pipeline`). DVC skips stages whose inputs did not change, so a
 re-run with nothing changed finishes in seconds and registers nothing new.
@@ -81,8 +82,9 @@ def run_with_parent(
 
 
 def outcome_markdown(outcomes: list[orch.StageOutcome], footer: str) -> str:
-    lines = ["| stage | status | seconds |", "|---|---|---|"]
-    lines += [f"| {o.stage} | {'skipped (up to date)' if o.skipped else 'ran'} | {o.seconds:g} |" for o in outcomes]
+    lines = ["| stage | status | seconds | attempts |", "|---|---|---|---|"]
+    lines += [f"| {o.stage} | {'skipped (up to date)' if o.skipped else 'ran'} | {o.seconds:g} | {o.attempts} |"
+              for o in outcomes]
     return "\n".join(["# Pipeline run", "", *lines, "", "```", footer.strip(), "```", ""])
 
 

@@ -1,10 +1,13 @@
 """Prefect tasks: one thin task per DVC stage, plus `dvc pull` / `dvc push` and the promotion report.
 
 A stage task runs ``dvc repro --single-item <stage>`` through :mod:`anomaly_ov.orchestration` (DVC decides whether
-the stage is stale; the stage itself is ``anomaly-ov stage <stage>`` = ``anomaly_ov.stages.<stage>``), streams its
-output into the Prefect run logger, and publishes a Markdown + table artifact built from the stage's report.
-Retries, retry delay and timeout come from ``params.schedule.stages[<stage>]`` via :func:`stage_task`.
-Deterministic failures (a failed validation, a ``StageFailed``, a bad param) are never retried.
+the stage is stale; the stage itself is ``anomaly-ov stage <stage>``, declared in ``anomaly_ov/stages.py``), streams
+its output into the Prefect run logger, and publishes a Markdown + table artifact built from the stage's report.
+Whether the stage ran, was skipped or failed, and whether a retry could help, come from the stage's result file and
+DVC's status (never from the text of the output). Retries, retry delay and timeout come from
+``params.schedule.stages[<stage>]`` via :func:`stage_task`; the retry policy reads the failure's ``retryable``, so
+deterministic failures (bad data, a failed validation, a bad param) are never retried. A failure is logged and
+published as the ``<stage>-failure`` artifact with its kind, the failing files and the attempt (n of m).
 
 Task caching is off (``NO_CACHE``): DVC alone decides whether a stage needs to run.
 """
@@ -23,7 +26,7 @@ from anomaly_ov.config import Params
 
 
 def _retryable(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only failures that could be transient (crash, kill, timeout), never data or config errors."""
+    """Retry only failures whose result says ``retryable`` (a kill, a timeout, a transient service error)."""
     try:
         state.result()
     except orch.StageError as exc:
@@ -43,8 +46,11 @@ def run_stage_task(
     force: bool = False,
 ) -> dict[str, Any]:
     """Reproduce one DVC stage; return its outcome (``skipped`` is True when DVC found it up to date)."""
+    from prefect.runtime import task_run
+
     logger = get_run_logger()
     settings = orch.stage_run_settings(params, stage)
+    attempt, attempts = max(task_run.run_count, 1), settings.retries + 1
     try:
         outcome = orch.run_dvc_stage(
             stage,
@@ -57,17 +63,20 @@ def run_stage_task(
             force=force,
         )
     except orch.StageError as exc:
-        logger.error("%s", exc)
-        create_markdown_artifact(
-            f"# Stage `{stage}` failed\n\n{exc.reason}\n\nretryable: {exc.retryable}\n",
-            key=orch.artifact_key(stage, "failure"),
-            description=f"why {stage} failed",
-        )
+        will_retry = exc.retryable and attempt < attempts
+        failing = f" | failing: {'; '.join(exc.failing[:10])}" if exc.failing else ""
+        then = "Prefect will retry it" if will_retry else "not retried"
+        logger.error("%s failed on attempt %d of %d: %s: %s%s | retryable: %s, %s", stage, attempt, attempts,
+                     exc.kind, exc.reason, failing, exc.retryable, then)
+        create_markdown_artifact(orch.failure_markdown(exc, attempt, attempts, will_retry),
+                                 key=orch.artifact_key(stage, "failure"), description=f"why {stage} failed")
         raise
+    outcome.attempts = attempt
     if outcome.skipped:
         logger.info("%s: skipped by DVC (inputs, params and outputs unchanged)", stage)
     else:
-        logger.info("%s: ran in %.1f s", stage, outcome.seconds)
+        retried = f" (attempt {attempt} of {attempts}, after {attempt - 1} failed)" if attempt > 1 else ""
+        logger.info("%s: ran in %.1f s%s", stage, outcome.seconds, retried)
     summary = orch.summarize_stage(stage, params, workspace, outcome)
     create_markdown_artifact(summary.markdown, key=orch.artifact_key(stage), description=f"{stage} summary")
     if summary.table:

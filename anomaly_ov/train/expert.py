@@ -423,6 +423,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.model.expert import load_expert_weights
     from anomaly_ov.model.presets import build_expert_model, save_expert_stage
     from anomaly_ov.paths import in_workspace
+    from anomaly_ov.plots import write_stage_plots
 
     cfg = params.train.expert
     workspace = Path(workspace)
@@ -518,6 +519,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         curves = common.plot_curves(result, report_path.with_name(report_path.stem + "_curves.png"),
                                     f"stage 1 (expert, {record['family']} recipe)", keys=("loss", "bce", "mask_loss",
                                                                                       "lr"))
+        write_stage_plots("train_expert", workspace, result.history, result.epoch_metrics)  # DVC plots
         atomic_write_json(report_path, {
             **summary, "seconds": round(seconds, 3), "recipe": record, "device": str(device),
             "num_processes": info.world_size, "strategy": cfg.strategy, "val": val,

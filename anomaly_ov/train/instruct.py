@@ -466,6 +466,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         save_pretrained,
     )
     from anomaly_ov.paths import in_workspace
+    from anomaly_ov.plots import write_stage_plots
 
     cfg = params.train.instruct
     workspace = Path(workspace)
@@ -595,6 +596,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         if warmup is not None:
             warmup_png = report_path.with_name(report_path.stem + "_text_warmup_curves.png")
             curves.append(common.plot_curves(warmup, warmup_png, "stage 2 (text warm-up)"))
+        write_stage_plots("train_instruct", workspace, result.history)  # DVC plots
         atomic_write_json(report_path, {
             **summary, "seconds": round(time.perf_counter() - started, 3), "recipe": recipe.model_dump(),
             "lora": cfg.lora.model_dump(), "device": str(device), "num_processes": info.world_size,

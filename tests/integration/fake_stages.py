@@ -2,7 +2,12 @@
 
 Copied into a temporary DVC repository; its dvc.yaml (see ``FAKE_DVC_YAML``) has the real stage names and report
 paths, so the flows, DVC skipping, artifacts and failure reasons are exercised without training anything.
-Each run also records the environment it saw (MLflow parent run id, tracking URI, the `anomaly-ov` on PATH).
+Like the real command it records its result in reports/stages/NAME.result.json with anomaly_ov.stages' own
+functions (same schema, same exit codes). Each run also records the environment it saw (MLflow parent run id,
+tracking URI, the `anomaly-ov` on PATH).
+
+Switches (environment): ``FAKE_CRASH_ONCE`` (train_expert SIGKILLs itself on its first run), ``FAKE_SLEEP_STAGE``
+(that stage sleeps 60 s), ``FAKE_BAD_INPUT_STAGE`` (that stage fails with an InputError naming two files).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -52,6 +58,28 @@ def _write(path: str, obj) -> None:
 
 
 def main(stage: str) -> int:
+    import time
+
+    from anomaly_ov.errors import AnomalyOVError
+    from anomaly_ov.stages import finish_record, new_record, write_result
+
+    started = time.perf_counter()
+    record = new_record(stage)
+    write_result(".", stage, record)
+    try:
+        summary = work(stage)
+    except AnomalyOVError as exc:
+        write_result(".", stage, finish_record(record, time.perf_counter() - started, error=exc))
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    write_result(".", stage, finish_record(record, time.perf_counter() - started, summary))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def work(stage: str) -> dict:
+    from anomaly_ov.errors import InputError, StageFailed
+
     params = yaml.safe_load(Path("params.yaml").read_text()) or {}
     Path("reports/env").mkdir(parents=True, exist_ok=True)
     _write(f"reports/env/{stage}.json", {
@@ -66,6 +94,9 @@ def main(stage: str) -> int:
 
         time.sleep(60)
     print(f"fake {stage}: working")
+    if os.environ.get("FAKE_BAD_INPUT_STAGE") == stage:
+        raise InputError("2 unusable file(s): fix or remove them", failing=["ds/widget/a.png: not an image",
+                                                                          "ds/widget/b.png: truncated"])
     if stage == "sources":
         _write("data/sources.fingerprint.json", {"sources": {}})
     elif stage == "prepare":
@@ -83,8 +114,8 @@ def main(stage: str) -> int:
         _write("reports/validation.json", {"ok": ok, "summary": {"checks": 1, "failed": int(not ok)},
                                            "checks": [check]})
         if not ok:
-            print(f"stage 'validate' failed: {check['message']}", file=sys.stderr)
-            return 1
+            raise StageFailed("validate", f"1 critical check(s) failed: images_per_category ({check['message']})",
+                              failing=["images_per_category: category s"])
     elif stage == "synthesize":
         _write("data/instruct/train.json", [{"id": 1}])
         _write("reports/instruct.json", {"records": 1, "yes_share": 0.5})
@@ -94,8 +125,8 @@ def main(stage: str) -> int:
     elif stage == "train_expert":
         if os.environ.get("FAKE_CRASH_ONCE") and not Path("crashed.flag").exists():
             Path("crashed.flag").write_text("1")
-            print("simulated crash", file=sys.stderr)
-            return 3
+            print("simulated crash", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # no result recorded: the record still says "running"
         _write("models/expert/weights.json", {"w": 1})
         _write("reports/train_expert.json", {"history": [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.5}]})
     elif stage == "train_instruct":
@@ -108,9 +139,7 @@ def main(stage: str) -> int:
         _write(f"reports/extensions/{name}.json", {"image_auroc": 0.7})
     elif stage == "register":
         _write("reports/register.json", {"model_name": "fake", "version": None, "reason": "fake stages"})
-    summary = {"stage": stage, "ok": True}
-    print(json.dumps(summary, indent=2))
-    return 0
+    return {"stage": stage, "ok": True}
 
 
 if __name__ == "__main__":

@@ -70,9 +70,9 @@ def test_validation_failure_stops_the_flow_without_retry(prefect_server, make_wo
                                  "schedule.stages={validate: {retries: 2, retry_delay_s: 0}}"])
     with pytest.raises(StageError) as info:
         pipeline(workspace=str(ws))
-    assert info.value.stage == "validate" and not info.value.retryable
-    assert "data validation failed" in info.value.reason
-    assert "images_per_category: category s has fewer than 5000 images" in info.value.reason
+    assert info.value.stage == "validate" and not info.value.retryable and info.value.kind == "StageFailed"
+    assert "images_per_category (category s has fewer than 5000 images)" in info.value.reason
+    assert info.value.failing == ["images_per_category: category s"]
     assert attempts(ws, "validate") == 1  # no retries for a data failure
     assert attempts(ws, "synthesize") == 0  # nothing after it ran
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
@@ -82,17 +82,68 @@ def test_validation_failure_stops_the_flow_without_retry(prefect_server, make_wo
     assert "fewer than 5000" in runs[0].data.tags["error"]
 
 
+def flow_logs(flow_run_id) -> list[str]:
+    """The flow run's log messages as the Prefect server stored them (its tasks' logs included)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # send what is queued (the worker sends in batches)
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        for _ in range(100):  # the log worker sends in batches: wait until the failure has arrived
+            messages = [log.message for log in client.read_logs(log_filter=log_filter, limit=200)]
+            if any("failed on attempt" in m for m in messages):
+                break
+            time.sleep(0.2)
+    return messages
+
+
 def test_crash_is_retried_and_timeout_reported(prefect_server, make_workspace, monkeypatch):
+    from prefect.artifacts import Artifact
+
     from flows.pipeline import pipeline
 
     ws = make_workspace("fake", ["schedule.stages={train_expert: {retries: 1, retry_delay_s: 0}, "
                                  "evaluate: {timeout_s: 2}}"])
-    monkeypatch.setenv("FAKE_CRASH_ONCE", "1")
+    monkeypatch.setenv("FAKE_CRASH_ONCE", "1")  # train_expert SIGKILLs itself on its first run
     monkeypatch.setenv("FAKE_SLEEP_STAGE", "evaluate")
-    with pytest.raises(StageError, match="timed out after 2 s"):
-        pipeline(workspace=str(ws))
-    assert attempts(ws, "train_expert") == 2  # crashed once, retried, succeeded
+    state = pipeline(workspace=str(ws), return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, StageError) and "timed out after 2 s" in error.reason and error.kind == "StageTimeout"
+    assert attempts(ws, "train_expert") == 2  # killed once, retried, succeeded
     assert (ws / "models/expert/weights.json").exists()
+    crash = Artifact.get("train-expert-failure").data
+    assert "kind: **Killed**" in crash and "attempt 1 of 2 failed, Prefect retries it" in crash
+    assert "- attempt: 2 (retried after 1 failure(s))" in Artifact.get("train-expert-summary").data
+    logs = flow_logs(state.state_details.flow_run_id)
+    assert any("train_expert failed on attempt 1 of 2: Killed" in m and "Prefect will retry it" in m for m in logs)
+    assert any("train_expert: ran in" in m and "attempt 2 of 2" in m for m in logs)
+
+
+def test_bad_input_in_a_flow_is_typed_names_the_files_and_is_not_retried(prefect_server, make_workspace,
+                                                                            monkeypatch):
+    from prefect.artifacts import Artifact
+
+    from flows.pipeline import pipeline
+
+    ws = make_workspace("fake", ["schedule.stages={prepare: {retries: 2, retry_delay_s: 0}}"])
+    monkeypatch.setenv("FAKE_BAD_INPUT_STAGE", "prepare")
+    state = pipeline(workspace=str(ws), return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, StageError) and (error.kind, error.retryable, error.stage_exit_code) == (
+        "InputError", False, 3)
+    assert error.failing == ["ds/widget/a.png: not an image", "ds/widget/b.png: truncated"]
+    assert attempts(ws, "prepare") == 1 and attempts(ws, "validate") == 0  # not retried; nothing after it ran
+    failure = Artifact.get("prepare-failure").data
+    assert "kind: **InputError**" in failure and "attempt: 1 of 3" in failure and "retryable: False" in failure
+    assert "| ds/widget/a.png: not an image |" in failure and "| ds/widget/b.png: truncated |" in failure
+    logs = flow_logs(state.state_details.flow_run_id)
+    line = next(m for m in logs if "prepare failed on attempt 1 of 3" in m)
+    assert "InputError: 2 unusable file(s)" in line and "ds/widget/a.png: not an image" in line
+    assert "retryable: False, not retried" in line
 
 
 def test_retrain_tolerates_an_empty_remote_and_pushes(prefect_server, fake_workspace):

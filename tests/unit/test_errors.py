@@ -35,3 +35,19 @@ def test_exit_codes_are_distinct_and_kinds_keep_their_builtin_bases():
     assert errors.TransientError.retryable and not errors.StageFailed.retryable
     failed = errors.StageFailed("validate", "3 critical checks failed", {"critical": 3})
     assert (failed.stage, failed.summary, failed.exit_code) == ("validate", {"critical": 3}, 4)
+
+
+def test_failing_items_come_from_the_error_or_the_per_file_issues_of_its_cause():
+    from anomaly_ov.data.sources import Issue, LayoutError
+
+    issues = [Issue("image_opens", "ds/a.png", "not an image"), Issue("image_opens", "ds/b.png", "truncated")]
+    try:
+        try:
+            raise LayoutError("2 unusable file(s)", failing=issues)
+        except LayoutError as exc:
+            raise errors.StageFailed("prepare", f"source 'mine': {exc}") from exc
+    except errors.StageFailed as outer:
+        assert errors.failing_items(outer) == ["ds/a.png: not an image", "ds/b.png: truncated"]
+    explicit = errors.InputError("bad rows", failing=[f"row {i}" for i in range(80)])
+    assert errors.failing_items(explicit) == [f"row {i}" for i in range(errors.MAX_FAILING)]
+    assert errors.failing_items(ValueError("a bug")) == []

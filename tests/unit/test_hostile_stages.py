@@ -1,6 +1,7 @@
-"""Bad input reaching a stage through the real CLI (what `dvc repro` runs): the error names every bad file and the
-orchestration classes it as not retryable. Before, PIL's DecompressionBombError (not an OSError) escaped as a
-traceback, which the Prefect flow took for a transient crash and retried."""
+"""Bad input reaching a stage through the real CLI (what `dvc repro` runs): the error names every bad file, and the
+stage's result file (what the orchestration reads) lists them and says it is not retryable. Before, PIL's
+DecompressionBombError (not an OSError) escaped as a traceback, which the Prefect flow took for a transient crash
+and retried."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import yaml
 from hostile import write_declared, write_mask, write_png, write_random
 
 from anomaly_ov import orchestration as orch
-from anomaly_ov.config import load_params
+from anomaly_ov.stages import read_result
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,9 +51,10 @@ def test_prepare_names_every_bad_file_and_is_not_retryable(tmp_path):
     assert result.returncode == 4, output  # StageFailed (anomaly_ov.errors)
     assert "Traceback" not in output and "DecompressionBomb" not in output.split("declares")[0]
     assert "bomb.png" in output and "random.png" in output and "2 unusable file(s)" in output
-    reason, retryable = orch.failure_reason("prepare", result.lines, workspace, load_params(workspace / "params.yaml"))
-    assert retryable is False
-    assert "bomb.png" in reason and "random.png" in reason
+    record = read_result(workspace, "prepare")  # what the orchestration reads: typed, not parsed from the output
+    assert (record["status"], record["error_kind"], record["retryable"]) == ("failed", "StageFailed", False)
+    assert [Path(f.split(":")[0]).name for f in record["failing"]] == ["bomb.png", "random.png"]
+    assert "bomb.png" in record["message"] and record["exit_code"] == 4
     assert not (workspace / "data" / "manifest.parquet").exists()
 
 
@@ -64,7 +66,8 @@ def test_the_size_limit_comes_from_validate_max_image_side(tmp_path):
     result = _stage(workspace, "prepare", "validate.max_image_side=50")  # the 60 x 40 anomaly is now too large
     output = "\n".join(result.lines)
     assert result.returncode == 4 and "0.png" in output and "limit of 50 px" in output, output
-    assert orch.failure_reason("prepare", result.lines, workspace)[1] is False
+    record = read_result(workspace, "prepare")
+    assert record["retryable"] is False and [Path(f.split(":")[0]).name for f in record["failing"]] == ["0.png"]
 
 
 def test_predict_refuses_oversized_and_broken_images_before_the_model(tmp_path, monkeypatch):

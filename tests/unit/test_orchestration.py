@@ -12,6 +12,7 @@ import pytest
 
 from anomaly_ov import orchestration as orch
 from anomaly_ov.config import load_params
+from anomaly_ov.errors import StageFailed
 from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV
 
 
@@ -28,18 +29,107 @@ def test_stage_command_runs_one_stage_with_venv_first_and_mlflow_env(tmp_path, m
     assert forced.argv[-1] == "--force" and PARENT_RUN_ENV not in forced.env
 
 
-def test_skip_detection_reads_dvc_messages():
-    skipped = ["Stage 'evaluate' didn't change, skipping", "Data and pipelines are up to date."]
-    ran = ["Running stage 'evaluate':", "> anomaly-ov stage evaluate", "Updating lock file 'dvc.lock'"]
-    assert orch.was_skipped("evaluate", skipped)
-    assert not orch.was_skipped("evaluate", ran)
-    assert not orch.was_skipped("prepare", skipped)
+def _result(returncode: int = 0, timed_out: bool = False, lines: tuple[str, ...] = ()) -> orch.CommandResult:
+    return orch.CommandResult(returncode, list(lines), 1.5, timed_out)
 
 
-def test_parse_summary_takes_the_printed_json_block():
-    lines = ["Running stage 'x':", "noise {", "{", '  "rows": 3,', '  "nested": {', '    "a": 1', "  }", "}", "done"]
-    assert orch.parse_summary(lines) == {"rows": 3, "nested": {"a": 1}}
-    assert orch.parse_summary(["no json here"]) == {}
+def _record(status: str, **fields) -> dict:
+    from anomaly_ov.stages import new_record
+
+    return {**new_record("prepare"), "status": status, **fields}
+
+
+def test_no_record_of_this_invocation_and_exit_0_is_a_skip(tmp_path):
+    outcome = orch.interpret_run("evaluate", tmp_path, _result(0), None)
+    assert outcome.skipped and outcome.summary == {}
+    # the English of DVC's output plays no part: a "Running stage" line changes nothing
+    assert orch.interpret_run("evaluate", tmp_path, _result(0, lines=("Running stage 'evaluate':",)), None).skipped
+
+
+def test_a_succeeded_record_gives_the_summary(tmp_path):
+    record = _record("succeeded", exit_code=0, summary={"rows": 3, "nested": {"a": 1}})
+    outcome = orch.interpret_run("prepare", tmp_path, _result(0), record)
+    assert not outcome.skipped and outcome.summary == {"rows": 3, "nested": {"a": 1}}
+
+
+def test_a_failed_record_gives_the_typed_reason_and_retryability(tmp_path):
+    record = _record("failed", exit_code=3, error_kind="LayoutError", message="2 unusable file(s)", retryable=False,
+                     failing=["ds/a.png: not an image", "ds/b.png: truncated"])
+    with pytest.raises(orch.StageError) as info:
+        orch.interpret_run("prepare", tmp_path, _result(1, lines=("Traceback (most recent call last):",)), record)
+    error = info.value
+    assert (error.kind, error.retryable, error.stage_exit_code) == ("LayoutError", False, 3)
+    assert error.failing == ["ds/a.png: not an image", "ds/b.png: truncated"]
+    assert error.reason == "2 unusable file(s)" and isinstance(error, StageFailed)
+    transient = _record("failed", exit_code=5, error_kind="JudgeError", message="endpoint down", retryable=True)
+    with pytest.raises(orch.StageError) as info:
+        orch.interpret_run("prepare", tmp_path, _result(5), transient)
+    assert info.value.retryable and info.value.kind == "JudgeError"
+
+
+def test_a_record_left_running_means_the_process_died_and_is_retryable(tmp_path):
+    with pytest.raises(orch.StageError) as info:
+        orch.interpret_run("prepare", tmp_path, _result(255, lines=("Killed",)), _record("running"))
+    assert info.value.kind == "Killed" and info.value.retryable and "Killed" in info.value.reason
+
+
+def test_dvc_failing_around_the_stage_is_not_retryable_and_names_the_missing_output(tmp_path):
+    deleted = ["changed deps: data/sources.fingerprint.json (deleted)"]
+    with pytest.raises(orch.StageError) as info:
+        orch.interpret_run("prepare", tmp_path, _result(1), None, deleted)
+    assert info.value.kind == "DvcError" and not info.value.retryable
+    assert "before the stage started" in info.value.reason and "fingerprint.json (deleted)" in info.value.reason
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.parquet").write_bytes(b"x")
+    with pytest.raises(orch.StageError) as info:  # the stage said it succeeded; DVC found an output missing
+        orch.interpret_run("prepare", tmp_path, _result(1), _record("succeeded", exit_code=0))
+    assert info.value.failing == ["data/raw/synthetic"] and info.value.kind == "DvcError"
+
+
+def test_a_timeout_is_retryable(tmp_path):
+    with pytest.raises(orch.StageTimeout) as info:
+        orch.interpret_run("evaluate", tmp_path, _result(-15, timed_out=True), None, timeout_s=2)
+    assert info.value.retryable and "timed out after 2 s" in info.value.reason and info.value.exit_code == 5
+
+
+def test_the_orchestration_reads_no_dvc_or_cli_text():
+    source = Path(orch.__file__).read_text()
+    for needle in ("didn't change", "Running stage", "parse_summary", "_SKIP_RE", "_STAGE_FAILED_RE"):
+        assert needle not in source
+
+
+def test_failure_markdown_says_kind_files_and_attempts():
+    error = orch.StageError("prepare", "2 unusable file(s)", retryable=False, kind="LayoutError",
+                            failing=["ds/a.png: not an image"], exit_code=3)
+    text = orch.failure_markdown(error, attempt=1, attempts=3, will_retry=False)
+    assert "kind: **LayoutError**" in text and "| ds/a.png: not an image |" in text and "attempt: 1 of 3" in text
+    assert "gives the same result every time" in text
+    crash = orch.StageError("train_expert", "killed", retryable=True, kind="Killed")
+    assert "attempt 1 of 2 failed, Prefect retries it" in orch.failure_markdown(crash, 1, 2, will_retry=True)
+
+
+def _dvc_repo(root: Path, dvc_yaml: str) -> Path:
+    import subprocess
+
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text(dvc_yaml)
+    return root
+
+
+def test_dvc_status_reasons_come_from_dvcs_api(tmp_path):
+    _dvc_repo(tmp_path, "stages:\n  a:\n    cmd: cp in.txt out.txt\n    deps: [in.txt]\n    outs: [out.txt]\n")
+    (tmp_path / "in.txt").write_text("1")
+    assert orch.dvc_status("a", tmp_path) == ["changed deps: in.txt (modified)", "changed outs: out.txt (deleted)"]
+
+
+def test_dvc_failing_before_the_stage_starts_is_explained_by_its_status(tmp_path):
+    _dvc_repo(tmp_path, "stages:\n  prepare:\n    cmd: touch out.txt\n    deps: [missing.txt]\n"
+                        "    outs: [out.txt]\n")
+    with pytest.raises(orch.StageError) as info:
+        orch.run_dvc_stage("prepare", tmp_path)
+    assert info.value.kind == "DvcError" and not info.value.retryable
+    assert "changed deps: missing.txt (deleted)" in info.value.reason
 
 
 def _validation_report(path: Path, ok: bool) -> None:
@@ -51,22 +141,6 @@ def _validation_report(path: Path, ok: bool) -> None:
     ]
     path.write_text(json.dumps({"ok": ok, "summary": {"checks": 2, "failed": 2 - ok}, "checks": checks}))
 
-
-def test_validation_failure_reason_comes_from_the_report_and_is_not_retryable(tmp_path):
-    params = load_params(None)
-    _validation_report(tmp_path / params.validation.report_json, ok=False)
-    lines = ["ERROR: failed to reproduce 'validate': failed to run: anomaly-ov stage validate, exited with 1"]
-    reason, retryable = orch.failure_reason("validate", lines, tmp_path, params)
-    assert not retryable
-    assert "files_exist: 3 image files missing: a.png" in reason and "sizes" not in reason
-    assert params.validation.report_md in reason
-
-
-def test_stage_failed_message_is_not_retryable_crash_is(tmp_path):
-    lines = ["Running stage 'evaluate':", "stage 'evaluate' failed: no model in models/anomaly_ov", "ERROR: failed"]
-    assert orch.failure_reason("evaluate", lines, tmp_path) == ("no model in models/anomaly_ov", False)
-    reason, retryable = orch.failure_reason("evaluate", ["Traceback (most recent call last):", "Killed"], tmp_path)
-    assert retryable and "Killed" in reason
 
 
 @pytest.mark.timeout(60)  # the child sleeps 600 s: only the kill ends it in time

@@ -13,6 +13,7 @@ Each check is also shown to fail when one dependency is removed from a declarati
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -48,6 +49,23 @@ def test_dvc_yaml_is_rendered_from_the_declarations():
         assert entry["cmd"] == f"anomaly-ov stage {spec.name}"
         assert entry.get("deps", []) == [*spec.code, *spec.deps]
         assert entry.get("params", []) == list(spec.params)
+
+
+def test_every_declared_param_exists_in_params_yaml():
+    """DVC refuses a stage whose params are missing from params.yaml ("Parameters ... are missing")."""
+    defaults = load_params(None).to_dict()
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def has(tree: Any, key: str) -> bool:
+        for part in key.split("."):
+            if not isinstance(tree, dict) or part not in tree:
+                return False
+            tree = tree[part]
+        return True
+
+    missing = [f"{s.name}: {p}" for s in stages.SPECS for p in s.params if not has(defaults, p)]
+    assert missing == []
+    assert [f"{s.name}: {p}" for s in stages.SPECS for p in s.params if not has(on_disk, p)] == []
 
 
 def test_dvc_yaml_check_fails_with_a_diff_when_stale_and_the_command_rewrites_it(tmp_path):
@@ -229,14 +247,19 @@ def _train_fixtures() -> Any:
 
 
 @pytest.fixture(scope="module")
-def train_expert_reads(tmp_path_factory) -> set[str]:
-    """The params stage 1 reads on a tiny workspace (one short epoch)."""
+def train_expert_run(tmp_path_factory) -> tuple[set[str], Path]:
+    """Stage 1 on a tiny workspace (one short epoch): the params it read, and the workspace."""
     fixtures = _train_fixtures()
     workspace = fixtures.make_workspace(tmp_path_factory.mktemp("contract"), per_label=2)
     params = fixtures.tiny_params("train.expert.tiny.epochs=1")
     with recording_reads(params) as reads:
         stages.implementation("train_expert")(params, workspace)
-    return set(reads)
+    return set(reads), workspace
+
+
+@pytest.fixture(scope="module")
+def train_expert_reads(train_expert_run) -> set[str]:
+    return train_expert_run[0]
 
 
 @pytest.mark.slow
@@ -247,10 +270,45 @@ def test_train_expert_declares_every_param_it_reads(train_expert_reads):
 
 
 @pytest.mark.slow
+def test_train_expert_writes_its_declared_plots(train_expert_run):
+    workspace = train_expert_run[1]
+    for plot in stages.spec("train_expert").plots:
+        lines = (workspace / plot.path).read_text().splitlines()
+        assert lines[0] == f"{plot.x},{plot.y}" and len(lines) >= 2, plot.path  # a header and at least one point
+
+
+@pytest.mark.slow
 def test_removing_a_param_from_a_declaration_breaks_the_contract(train_expert_reads):
     spec = stages.spec("train_expert")
     cut = dataclasses.replace(spec, params=tuple(p for p in spec.params if p != "evaluate.resolution"))
     assert undeclared_params(cut, train_expert_reads) == ["evaluate.resolution"]
+
+
+@pytest.fixture(scope="module")
+def data_stage_reads(tmp_path_factory) -> dict[str, set[str]]:
+    """prepare (tiny synthetic set) then validate on it: the params each read."""
+    workspace = tmp_path_factory.mktemp("contract-data")
+    params = load_params(None, [
+        "tracking.enabled=false", "data.synthetic.image_size=32", "data.synthetic.train_categories=[fabric]",
+        "data.synthetic.eval_categories=[pcb]", "data.synthetic.train_normal_per_category=2",
+        "data.synthetic.test_normal_per_category=1", "data.synthetic.test_anomaly_per_category=1",
+        "data.synthetic.training_normals_per_category=2", "data.synthetic.training_anomalies_per_category=2",
+        "validate.min_images_per_category=1",
+    ])
+    reads: dict[str, set[str]] = {}
+    for name in ("prepare", "validate"):
+        # a tiny set may fail a check; the params the stage read are what matters
+        with recording_reads(params) as seen, contextlib.suppress(stages.StageFailed):
+            stages.implementation(name)(params, workspace)
+        reads[name] = set(seen)
+    return reads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["prepare", "validate"])
+def test_data_stages_declare_every_param_they_read(data_stage_reads, name):
+    assert len(data_stage_reads[name]) >= 3  # the recorder saw the stage's reads
+    assert undeclared_params(stages.spec(name), data_stage_reads[name]) == []
 
 
 def test_the_recorder_follows_sub_sections_and_aliases():
@@ -279,3 +337,37 @@ def test_prepare_writes_every_declared_output_with_the_generator_off(tmp_path):
     stages.implementation("prepare")(params, tmp_path)
     missing = [o.path for o in stages.spec("prepare").outs if not (tmp_path / o.path).exists()]
     assert missing == []
+
+
+# ------------------------------------------------------------------------------------------------------- docs
+def test_the_architecture_page_shows_the_current_stage_table():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    shown = page.split("<!-- stage-table:begin -->\n")[1].split("<!-- stage-table:end -->")[0]
+    wanted = stages.render_stage_table()
+    assert shown == wanted, f"replace the table in docs/architecture.md with:\n{wanted}"
+
+
+# ------------------------------------------------------------------------------------------- dependency rule
+#: modules that may read the stage declarations (the plots a stage declares, its launchable stages)
+_READS_DECLARATIONS = {"anomaly_ov.plots", "anomaly_ov.train.launch"}
+_UPPER = {"anomaly_ov.stages", "anomaly_ov.orchestration", "anomaly_ov.cli", "anomaly_ov.commands"}
+
+
+def test_domain_modules_import_nothing_above_them():
+    """flows -> tasks -> stages/orchestration -> domain: a domain module imports none of those (lazily neither)."""
+    wrong = []
+    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        if any(module == upper or module.startswith(upper + ".") for upper in _UPPER):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                top = name.split(".")[0]
+                above = top in ("tasks", "flows", "prefect") or any(
+                    name == upper or name.startswith(upper + ".") for upper in _UPPER)
+                if above and not (name == "anomaly_ov.stages" and module in _READS_DECLARATIONS):
+                    wrong.append(f"{module} imports {name}")
+    assert wrong == []

@@ -78,12 +78,12 @@ def read_source(source: SourceParams, workspace: Path, issues: list[Issue] | Non
         except LayoutError as exc:  # e.g. every image of a category was unusable: keep the per-file reasons
             exc.issues = [*getattr(exc, "issues", []), *found.issues]
             if found.issues and issues is None:
-                raise LayoutError(f"{exc}\n{describe_issues(found.issues)}") from None
+                raise LayoutError(f"{exc}\n{describe_issues(found.issues)}", failing=exc.issues) from None
             raise
     if issues is not None:
         issues.extend(found.issues)
     elif found.issues:
-        raise LayoutError(describe_issues(found.issues))  # callers name the source
+        raise LayoutError(describe_issues(found.issues), failing=found.issues)  # callers name the source
     return frame
 
 
