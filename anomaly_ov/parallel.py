@@ -199,7 +199,7 @@ def fanout(settings: ParallelParams, stage: str = "") -> Iterator[FanOut]:
     if settings.address is None and settings.workers <= 1:
         yield FanOut(settings)
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     with contextlib.ExitStack() as stack:
         if settings.address is not None:
@@ -211,12 +211,20 @@ def fanout(settings: ParallelParams, stage: str = "") -> Iterator[FanOut]:
                 raise StageFailed(stage or "parallel", f"cannot reach the Dask scheduler at parallel.address="
                                   f"{settings.address!r} ({exc}); start it or set parallel.address: null") from None
         else:
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=settings.workers, threads_per_worker=settings.threads_per_worker, processes=True,
-                dashboard_address=None, memory_limit=settings.memory_limit, silence_logs=logging.WARNING,
-            ))
+            cluster = stack.enter_context(local_cluster(settings.workers, settings.threads_per_worker,
+                                                        settings.memory_limit))
             client = stack.enter_context(Client(cluster, set_as_default=False))
         yield FanOut(settings, client)
+
+
+def local_cluster(workers: int, threads_per_worker: int = 1, memory_limit: str = "auto") -> Any:
+    """A Dask ``LocalCluster`` of ``workers`` processes on this machine: listening on 127.0.0.1 only, no
+    dashboard (the scheduler's small HTTP endpoint takes a free local port), worker logs at WARNING."""
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                        host="127.0.0.1", dashboard_address=None, memory_limit=memory_limit,
+                        silence_logs=logging.WARNING, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
 
 def worker_index() -> int | None:

@@ -11,7 +11,6 @@ keys alone are left out of the comparisons.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys
@@ -23,7 +22,7 @@ import pytest
 
 from anomaly_ov.config import load_params
 from anomaly_ov.errors import StageFailed
-from anomaly_ov.parallel import ShardFailed, shard_bounds
+from anomaly_ov.parallel import ShardFailed, local_cluster, shard_bounds
 
 distributed = pytest.importorskip("distributed")
 
@@ -80,9 +79,7 @@ class FailShard(distributed.WorkerPlugin):
 @pytest.fixture(scope="module")
 def cluster():
     """A local Dask cluster of 2 worker processes (one thread each) and a client for plugins."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=logging.WARNING) as local, \
-            distributed.Client(local, set_as_default=False) as client:
+    with local_cluster(2) as local, distributed.Client(local, set_as_default=False) as client:
         yield local.scheduler_address, client
 
 
