@@ -317,14 +317,16 @@ class Scored:
 
 @dataclass(frozen=True)
 class PredictorSpec:
-    """How a worker process builds the predictor (a saved model directory and a device), loaded once per process."""
+    """How a worker process builds the predictor: a saved model directory and a device. A worker loads it once and
+    keeps it for the next shards while ``revision`` (e.g. the directory's content hash) is unchanged."""
 
     model: str
     device: str = "auto"
     one_gpu_per_worker: bool = True
+    revision: str = ""
 
     def load(self) -> PredictorLike:
-        return _load_predictor(self.model, self.worker_device())
+        return _load_predictor(self.model, self.worker_device(), self.revision)
 
     def worker_device(self) -> str:
         """The device in this process: on a multi-GPU machine, Dask worker ``i`` of a local cluster uses ``cuda:i``
@@ -341,8 +343,8 @@ class PredictorSpec:
         return f"cuda:{index % count}" if index is not None and count > 1 else device
 
 
-@functools.lru_cache(maxsize=2)
-def _load_predictor(model: str, device: str) -> PredictorLike:
+@functools.lru_cache(maxsize=1)
+def _load_predictor(model: str, device: str, revision: str) -> PredictorLike:
     from anomaly_ov.evaluate.run import load_predictor
 
     return load_predictor(model, device)

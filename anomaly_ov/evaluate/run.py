@@ -228,10 +228,11 @@ def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
 
     model_dir = in_workspace(workspace, params.train.instruct.output_dir)
     predictor = load_predictor(model_dir, cfg.device)
-    spec = PredictorSpec(str(model_dir.absolute()), cfg.device, params.parallel.one_gpu_per_worker)
+    model_sha256 = dir_sha256(model_dir)
+    spec = PredictorSpec(str(model_dir.absolute()), cfg.device, params.parallel.one_gpu_per_worker, model_sha256)
     info = {"dataset": cfg.test_data or f"{params.instruct.bench_dir}/{TEST_DATA}",
             "model": params.train.instruct.output_dir}
-    provenance = {"provenance.model_sha256": dir_sha256(model_dir),
+    provenance = {"provenance.model_sha256": model_sha256,
                   "provenance.benchmark_sha256": items_sha256({"test": test_items, "reasoning": reasoning_items})}
     flat = evaluate_dataset(predictor, test_items, reasoning_items, params, None, workspace, info,
                             provenance=provenance, predictor_spec=spec)
