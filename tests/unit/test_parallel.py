@@ -234,3 +234,29 @@ def test_expert_only_evaluation_is_the_same_on_two_workers(workspaces, cluster, 
             _same_report(outputs["one"] / name, outputs["two"] / name)
         else:
             assert fanned[name] == single[name], name
+
+
+def test_one_worker_runs_in_process_without_importing_dask():
+    import subprocess
+
+    code = ("import sys\nfrom anomaly_ov.config import ParallelParams\nfrom anomaly_ov.parallel import fanout\n"
+            "with fanout(ParallelParams()) as fan:\n"
+            "    out = [r for _, part in fan.map('s', lambda xs: [x * 2 for x in xs], [1, 2, 3]) for r in part]\n"
+            "assert not fan.distributed and out == [2, 4, 6], out\n"
+            "assert 'distributed' not in sys.modules and 'dask' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_an_unreachable_scheduler_is_a_stage_error_naming_the_address():
+    import socket
+
+    from anomaly_ov.config import ParallelParams
+    from anomaly_ov.parallel import fanout
+
+    with socket.socket() as s:  # a local port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = ParallelParams(address=f"tcp://127.0.0.1:{port}", connect_timeout_s=1)
+    expected = rf"stage 'validate' failed: cannot reach the Dask scheduler at parallel.address='tcp://127.0.0.1:{port}'"
+    with pytest.raises(StageFailed, match=expected), fanout(settings, "validate"):
+        pass
