@@ -7,9 +7,10 @@ and yields the results shard by shard, in shard order.
 - ``parallel.workers: 1`` (the default) and no ``address``: everything runs in this process, in one call over all
   items; no cluster is started and Dask is not imported.
 - ``workers: N`` (> 1): a local cluster of N worker processes (one thread each) lives for the stage.
-- ``address: tcp://host:8786``: the scheduler of an existing cluster is used (``workers`` is then only the hint for
-  the shard size); the cluster's workers must see the same files at the same paths (the workspace and the
-  datasets) and run the same version of this package.
+- ``address: tcp://host:8786``: the scheduler of an existing cluster is used (``workers`` is ignored; shard sizes
+  follow the cluster's worker count); the cluster's workers must see the same files at the same absolute paths
+  (the workspace and the datasets) and run the same version of this package. Each shard runs in the client's
+  working directory, so relative paths in the items and in the results mean the same as in one process.
 
 Results do not depend on the number of workers: shards are contiguous runs of the input in its order, every item's
 result depends only on the item (per-item seeds come from the item, never from the worker or the order), and
