@@ -46,11 +46,13 @@ SHARDS_PER_WORKER = 4
 
 
 class ShardFailed(StageFailed):
-    """A shard still failed after its retries; the message names the shard, its items and the last error."""
+    """A shard still failed after its retries; the message names the shard, its first and last items and the last
+    error, and :attr:`failing` lists every item of the shard."""
 
-    def __init__(self, stage: str, shard: Shard, attempts: int, error: BaseException) -> None:
+    def __init__(self, stage: str, shard: Shard, attempts: int, error: BaseException,
+                 items: Sequence[str] = ()) -> None:
         super().__init__(stage, f"{shard.describe()} failed after {attempts} attempt(s): "
-                                f"{type(error).__name__}: {error}")
+                                f"{type(error).__name__}: {error}", failing=items)
         self.shard = shard
         self.error = error
 
@@ -172,7 +174,8 @@ class FanOut:
                 try:
                     index, count, results = future.result()
                 except Exception as exc:
-                    raise ShardFailed(stage, shard, self.settings.retries + 1, exc) from exc
+                    named = [name(item) for item in items[shard.start:shard.stop]] if name else []
+                    raise ShardFailed(stage, shard, self.settings.retries + 1, exc, named) from exc
                 expected = shard.stop - shard.start
                 if index != shard.index or index in seen or count != expected or (
                         per_item and len(results) != expected):

@@ -59,9 +59,9 @@ RESULT_DIR = "reports/stages"
 #: the file was written by the run it started (DVC skipped the stage when no result carries it).
 INVOCATION_ENV = "ANOMALY_OV_STAGE_INVOCATION"
 #: Sections a stage may read without declaring them: they decide where runs are logged, when stages run and on which
-#: machines (train.launch: node count, this node's rank, the rendezvous), never what a stage writes (the contract
-#: test exempts them).
-UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule", "train.launch")
+#: machines (train.launch: node count, this node's rank, the rendezvous; ``parallel``: how many Dask workers, the
+#: outputs are the same bytes), never what a stage writes (the contract test exempts them).
+UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule", "train.launch", "parallel")
 
 
 # ----------------------------------------------------------------------------------------------- declarations

@@ -184,6 +184,7 @@ def test_a_shard_that_always_fails_is_named(workspaces, cluster, tmp_path):
     assert f"validate shard 3/{-(-len(manifest) // 10)} (rows 20-29: " in message
     assert first in message and last in message
     assert "after 2 attempt(s): OSError: injected fault in shard 2" in message
+    assert failed.value.failing == [f"{one / manifest.root[i]}/{manifest.image_path[i]}" for i in range(20, 30)]
     assert not (one / "reports/f.json").exists()
 
 
