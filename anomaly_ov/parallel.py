@@ -134,6 +134,7 @@ class FanOut:
         what: str = "items",
         multiple_of: int = 1,
         per_item: bool = True,
+        same: Callable[[T, R], bool] | None = None,
     ) -> Iterator[tuple[Shard, list[R]]]:
         """Yield ``(shard, fn(shard's items))`` for each shard of ``items``, in shard order.
 
@@ -146,6 +147,8 @@ class FanOut:
             what: what the items are, in errors ("rows", "records", "images").
             multiple_of: shard sizes are a multiple of this (a batch size).
             per_item: ``fn`` returns one result per item (checked on gather); False: any list (e.g. per batch).
+            same: ``same(item, result)`` says whether a gathered result belongs to its item (e.g. same row id);
+                checked on gather when given.
 
         Raises:
             ShardFailed: a shard still raised after ``parallel.retries`` retries.
@@ -181,6 +184,12 @@ class FanOut:
                         per_item and len(results) != expected):
                     raise StageFailed(stage, f"{shard.describe()}: gathered shard {index} with {len(results)} "
                                              f"result(s) for {count} item(s), expected {expected}; not merged")
+                if same is not None:
+                    strays = [i for i, (item, result) in enumerate(zip(items[shard.start:shard.stop], results,
+                                                                       strict=True)) if not same(item, result)]
+                    if strays:
+                        raise StageFailed(stage, f"{shard.describe()}: {len(strays)} gathered result(s) do not belong "
+                                                 f"to their item (first at item {shard.start + strays[0]}); not merged")
                 seen.add(index)
                 future.release()
                 yield shard, results

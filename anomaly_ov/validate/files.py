@@ -206,7 +206,9 @@ def inspect_files(
     tasks = _tasks(frame, Path(workspace), skip)
     if fan is not None and fan.distributed:
         job = functools.partial(inspect_tasks, hash_pixels=hash_pixels, max_side=max_side, workers=1)
-        return [r for _, part in fan.map("validate", job, tasks, name=lambda t: t["file"], what="rows") for r in part]
+        parts = fan.map("validate", job, tasks, name=lambda t: t["file"], what="rows",
+                        same=lambda task, result: task["row"] == result.row and task["file"] == result.file)
+        return [result for _, part in parts for result in part]
     return inspect_tasks(tasks, hash_pixels=hash_pixels, max_side=max_side, workers=workers)
 
 

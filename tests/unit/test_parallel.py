@@ -261,3 +261,24 @@ def test_an_unreachable_scheduler_is_a_stage_error_naming_the_address():
     expected = rf"stage 'validate' failed: cannot reach the Dask scheduler at parallel.address='tcp://127.0.0.1:{port}'"
     with pytest.raises(StageFailed, match=expected), fanout(settings, "validate"):
         pass
+
+
+def _drop_last(items: list[int]) -> list[int]:
+    return items[:-1] if 4 in items else items
+
+
+def _negate(items: list[int]) -> list[int]:
+    return [-x for x in items]
+
+
+def test_a_shard_returning_too_few_or_foreign_results_is_not_merged(cluster):
+    from anomaly_ov.config import ParallelParams
+    from anomaly_ov.parallel import FanOut
+
+    fan = FanOut(ParallelParams(shard_size=3), cluster[1])
+    assert [r for _, part in fan.map("t", _negate, range(7)) for r in part] == [0, -1, -2, -3, -4, -5, -6]
+    with pytest.raises(StageFailed, match=r"t shard 2/3 \(items 3-5\): gathered shard 1 with 2 result\(s\) for 3"):
+        list(fan.map("t", _drop_last, range(7)))
+    with pytest.raises(StageFailed, match=r"t shard 1/3 \(items 0-2\): 2 gathered result\(s\) do not belong to "
+                                          r"their item \(first at item 1\)"):
+        list(fan.map("t", _negate, range(7), same=lambda item, result: item == result))
