@@ -144,6 +144,8 @@ def _param(params: Any, dotted: str) -> Any:
 #: logging and progress).
 _CORE = ("anomaly_ov/__init__.py", "anomaly_ov/choices.py", "anomaly_ov/config.py", "anomaly_ov/console.py",
          "anomaly_ov/errors.py", "anomaly_ov/io.py", "anomaly_ov/paths.py")
+#: the Dask fan-out of the data stages (params.parallel).
+_FANOUT = ("anomaly_ov/parallel.py",)
 _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
@@ -181,7 +183,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="Hash every dataset listed in params (they may live outside the workspace, where DVC does not "
                     "look); runs on every repro and makes prepare stale when their content changed.",
         params=("data.sources", "data.synthetic.enabled", "data.synthetic.out_dir"),
-        code=_code(_CORE, ("anomaly_ov/data",)),
+        code=_code(_CORE, _FANOUT, ("anomaly_ov/data",)),
         outs=(Out("data/sources.fingerprint.json"),),
         report="data/sources.fingerprint.json",
         always_changed=True,
@@ -192,7 +194,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="Generate the synthetic datasets (when enabled) and read every source into data/manifest.parquet.",
         # the medical / 3D sets that join training (their own folders; the extension stages evaluate others)
         params=("seed", "data", *_TRAINING_EXTENSIONS),
-        code=_code(_CORE, ("anomaly_ov/data",)),
+        code=_code(_CORE, _FANOUT, ("anomaly_ov/data",)),
         deps=("data/sources.fingerprint.json",),
         outs=(Out("data/raw/synthetic"), *(Out(d) for d in _EXTENSION_TRAIN_DIRS), Out("data/manifest.parquet")),
         report="{data.manifest}",
@@ -203,7 +205,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="Check the manifest and every file it names (Great Expectations + per-file checks); a critical "
                     "failure stops the pipeline.",
         params=("data.manifest", "data.sources", "validate"),
-        code=_code(_CORE, _IMAGES, _READERS, ("anomaly_ov/validate",)),
+        code=_code(_CORE, _FANOUT, _IMAGES, _READERS, ("anomaly_ov/validate",)),
         deps=("data/manifest.parquet", *_TRAINING_IMAGES),
         outs=(Out("reports/validation.md", cache=False),),
         metrics=("reports/validation.json",),
@@ -215,8 +217,8 @@ SPECS: tuple[StageSpec, ...] = (
         description="Turn masks into region facts and LLaVA conversations (data/instruct) and build the VisA-D&R "
                     "style benchmark (data/bench).",
         params=("seed", "data.manifest", "instruct", "model.preset"),
-        code=_code(_CORE, _IMAGES, ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"),
-                   _INSTRUCT_CHECKS),
+        code=_code(_CORE, _FANOUT, _IMAGES,
+                   ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"), _INSTRUCT_CHECKS),
         deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json"),
         outs=(Out("data/instruct"), Out("data/bench")),
         metrics=("reports/instruct.json", "reports/instruct_validation.json"),
@@ -280,7 +282,7 @@ SPECS: tuple[StageSpec, ...] = (
                     "predictions and evaluation.md.",
         params=("model", "train.expert.temperature", "train.instruct.output_dir", "instruct.bench_dir", "evaluate",
                 "validate.max_image_side"),
-        code=_code(_CORE, ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py"), _MODEL, _EVALUATE),
+        code=_code(_CORE, _FANOUT, ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py"), _MODEL, _EVALUATE),
         deps=("data/bench", "data/raw/synthetic", "models/anomaly_ov"),
         outs=(Out("reports/predictions.parquet"), Out("reports/evaluation.md", cache=False),
               Out("reports/figures", cache=False)),
@@ -295,7 +297,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="The same model on a medical set (BMAD layout or the generated one).",
         params=("seed", "model", "train.expert.temperature", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.medical", "extensions.report_dir", "validate.max_image_side"),
-        code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
+        code=_code(_CORE, _FANOUT, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
         deps=("models/anomaly_ov",),
         outs=(Out("data/raw/medical"), Out("data/extensions/medical"),
@@ -310,7 +312,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="The same model on multi-view renders of point clouds (MVTec 3D-AD, Real3D-AD, Anomaly-ShapeNet).",
         params=("seed", "model", "train.expert.temperature", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.threed", "extensions.report_dir", "validate.max_image_side"),
-        code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
+        code=_code(_CORE, _FANOUT, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
         deps=("models/anomaly_ov",),
         outs=(Out("data/raw/3d"), Out("data/extensions/3d"), Out("reports/extensions/figures/3d", cache=False)),
