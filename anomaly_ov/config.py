@@ -517,6 +517,24 @@ class ScheduleParams(_Section):
     work_pool: WorkPoolParams = WorkPoolParams()
 
 
+# ----------------------------------------------------------------------------------------------- parallel
+class ParallelParams(_Section):
+    """Fan-out of prepare, validate, synthesize and evaluate over Dask (:mod:`anomaly_ov.parallel`).
+
+    Outputs are the same bytes whatever these settings, so no stage lists them as a DVC dependency."""
+
+    workers: int = Field(default=1, ge=1, description="1 = in-process, no cluster; N = a local cluster of N processes")
+    address: str | None = Field(default=None, description="scheduler of an existing Dask cluster, e.g. "
+                                "tcp://10.0.0.5:8786 (its workers must see the workspace at the same path)")
+    shard_size: int = Field(default=0, ge=0, description="items per shard; 0 = about 4 shards per worker")
+    retries: int = Field(default=2, ge=0, description="Dask retries of a failed shard before the stage stops")
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str = Field(default="auto", description="per local worker, Dask's syntax ('4GiB', 'auto')")
+    connect_timeout_s: float = Field(default=30.0, gt=0, description="waiting for parallel.address")
+    one_gpu_per_worker: bool = Field(default=True, description="evaluate: on a local cluster with several GPUs, "
+                                     "worker i scores its shards on cuda:i (and workers = GPU count)")
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -531,6 +549,7 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     tracking: TrackingParams = TrackingParams()
     schedule: ScheduleParams = ScheduleParams()
+    parallel: ParallelParams = ParallelParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
 

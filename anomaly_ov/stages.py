@@ -63,9 +63,9 @@ RESULT_DIR = "reports/stages"
 #: the file was written by the run it started (DVC skipped the stage when no result carries it).
 INVOCATION_ENV = "ANOMALY_OV_STAGE_INVOCATION"
 #: Sections a stage may read without declaring them: they decide where runs are logged, when stages run and on which
-#: machines (train.launch: node count, this node's rank, the rendezvous), never what a stage writes (the contract
-#: test exempts them).
-UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule", "train.launch")
+#: machines (train.launch: node count, this node's rank, the rendezvous; ``parallel``: how many Dask workers, the
+#: outputs are the same bytes), never what a stage writes (the contract test exempts them).
+UNTRACKED_PARAMS: tuple[str, ...] = ("tracking", "schedule", "train.launch", "parallel")
 #: A result file larger than this is not read (a record is a few kB: the failing list is capped).
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 
@@ -150,6 +150,8 @@ def _param(params: Any, dotted: str) -> Any:
 #: logging and progress).
 _CORE = ("anomaly_ov/__init__.py", "anomaly_ov/choices.py", "anomaly_ov/config.py", "anomaly_ov/console.py",
          "anomaly_ov/errors.py", "anomaly_ov/io.py", "anomaly_ov/paths.py")
+#: the Dask fan-out of the data stages (params.parallel).
+_FANOUT = ("anomaly_ov/parallel.py",)
 _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
@@ -188,7 +190,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="Hash every dataset listed in params (they may live outside the workspace, where DVC does not "
                     "look); runs on every repro and makes prepare stale when their content changed.",
         params=("data.sources", "data.synthetic.enabled", "data.synthetic.out_dir"),
-        code=_code(_CORE, ("anomaly_ov/data",)),
+        code=_code(_CORE, _FANOUT, ("anomaly_ov/data",)),
         outs=(Out("data/sources.fingerprint.json"),),
         report="data/sources.fingerprint.json",
         always_changed=True,
@@ -199,7 +201,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="Generate the synthetic datasets (when enabled) and read every source into data/manifest.parquet.",
         # the medical / 3D sets that join training (their own folders; the extension stages evaluate others)
         params=("seed", "data", *_TRAINING_EXTENSIONS),
-        code=_code(_CORE, ("anomaly_ov/data",)),
+        code=_code(_CORE, _FANOUT, ("anomaly_ov/data",)),
         deps=("data/sources.fingerprint.json",),
         outs=(Out("data/raw/synthetic"), *(Out(d) for d in _EXTENSION_TRAIN_DIRS), Out("data/manifest.parquet")),
         report="{data.manifest}",
@@ -210,7 +212,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="Check the manifest and every file it names (Great Expectations + per-file checks); a critical "
                     "failure stops the pipeline.",
         params=("data.manifest", "data.sources", "validate"),
-        code=_code(_CORE, _IMAGES, _READERS, ("anomaly_ov/validate",)),
+        code=_code(_CORE, _FANOUT, _IMAGES, _READERS, ("anomaly_ov/validate",)),
         deps=("data/manifest.parquet", *_TRAINING_IMAGES),
         outs=(Out("reports/validation.md", cache=False),),
         metrics=("reports/validation.json",),
@@ -222,8 +224,8 @@ SPECS: tuple[StageSpec, ...] = (
         description="Turn masks into region facts and LLaVA conversations (data/instruct) and build the VisA-D&R "
                     "style benchmark (data/bench).",
         params=("seed", "data.manifest", "instruct", "model.preset"),
-        code=_code(_CORE, _IMAGES, ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"),
-                   _INSTRUCT_CHECKS),
+        code=_code(_CORE, _FANOUT, _IMAGES,
+                   ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"), _INSTRUCT_CHECKS),
         deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json"),
         outs=(Out("data/instruct"), Out("data/bench")),
         metrics=("reports/instruct.json", "reports/instruct_validation.json"),
@@ -286,7 +288,7 @@ SPECS: tuple[StageSpec, ...] = (
                     "predictions and evaluation.md.",
         params=("model", "train.instruct.output_dir", "instruct.bench_dir", "evaluate",
                 "validate.max_image_side"),
-        code=_code(_CORE, ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py"), _MODEL, _EVALUATE),
+        code=_code(_CORE, _FANOUT, ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py"), _MODEL, _EVALUATE),
         deps=("data/bench", "data/raw/synthetic", "models/anomaly_ov"),
         outs=(Out("reports/predictions.parquet"), Out("reports/evaluation.md", cache=False),
               Out("reports/figures", cache=False)),
@@ -301,7 +303,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="The same model on a medical set (BMAD layout or the generated one).",
         params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.medical", "extensions.report_dir", "validate.max_image_side"),
-        code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
+        code=_code(_CORE, _FANOUT, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
         deps=("models/anomaly_ov",),
         outs=(Out("data/raw/medical"), Out("data/extensions/medical"),
@@ -316,7 +318,7 @@ SPECS: tuple[StageSpec, ...] = (
         description="The same model on multi-view renders of point clouds (MVTec 3D-AD, Real3D-AD, Anomaly-ShapeNet).",
         params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
                 "extensions.threed", "extensions.report_dir", "validate.max_image_side"),
-        code=_code(_CORE, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
+        code=_code(_CORE, _FANOUT, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
                    ("anomaly_ov/instruct/benchmark.py",)),
         deps=("models/anomaly_ov",),
         outs=(Out("data/raw/3d"), Out("data/extensions/3d"), Out("reports/extensions/figures/3d", cache=False)),

@@ -11,27 +11,105 @@ and 3D extensions add theirs there when they join training.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from anomaly_ov.config import Params, SourceParams
+from anomaly_ov.config import Params, SourceParams, SyntheticParams
 from anomaly_ov.errors import StageFailed
 from anomaly_ov.paths import in_workspace
+
+if TYPE_CHECKING:
+    from anomaly_ov.parallel import FanOut
 
 Summary = dict[str, Any]
 
 
 def generate_synthetic(params: Params, workspace: Path) -> Summary:
-    """Run the industrial generator when ``data.synthetic.enabled``; return its summary (empty when off)."""
+    """Run the industrial generator when ``data.synthetic.enabled``; return its summary (empty when off).
+
+    With ``params.parallel`` set to more than one worker (or a cluster address), the images are rendered on the
+    Dask workers in shards of the generator's images (:func:`prerendered`) and written here as today."""
     synthetic = params.data.synthetic
     if not synthetic.enabled:  # still a declared DVC output of prepare: present (empty), or `dvc repro` fails
         in_workspace(workspace, synthetic.out_dir).mkdir(parents=True, exist_ok=True)
         return {}
     from anomaly_ov.data.synthetic import generate_industrial
+    from anomaly_ov.parallel import fanout
 
-    return generate_industrial(synthetic, in_workspace(workspace, synthetic.out_dir), params.seed)
+    with fanout(params.parallel, "prepare") as fan, prerendered(synthetic, params.seed, fan):
+        return generate_industrial(synthetic, in_workspace(workspace, synthetic.out_dir), params.seed)
+
+
+SampleKey = tuple[str, int, int, str, int, "str | None"]
+
+
+def sample_plan(synthetic: SyntheticParams, seed: int) -> list[SampleKey]:
+    """Every image the industrial generator draws, as ``make_sample`` arguments ``(category, size, seed, part,
+    index, defect)``, in the order it writes them (training categories in MVTec layout, then evaluation ones)."""
+    from anomaly_ov.data.synthetic import defects_for
+
+    size = synthetic.image_size
+    keys: list[SampleKey] = []
+    for categories, normals, anomalies in (
+        (synthetic.train_categories, synthetic.training_normals_per_category or synthetic.train_normal_per_category,
+         synthetic.training_anomalies_per_category or synthetic.test_anomaly_per_category),
+        (synthetic.eval_categories, synthetic.train_normal_per_category, synthetic.test_anomaly_per_category),
+    ):
+        for category in categories:
+            defects = defects_for(synthetic, category)
+            keys += [(category, size, seed, "train_good", i, None) for i in range(normals)]
+            keys += [(category, size, seed, "test_good", i, None) for i in range(synthetic.test_normal_per_category)]
+            keys += [(category, size, seed, "test_anomaly", i, defects[i % len(defects)]) for i in range(anomalies)]
+    return keys
+
+
+def render_samples(keys: list[SampleKey]) -> list[Any]:
+    """Worker side: ``make_sample`` for each key (BLAS on one thread, as the generator runs it)."""
+    from anomaly_ov.data.synthetic import _single_threaded_blas, make_sample
+
+    with _single_threaded_blas():
+        return [make_sample(*key) for key in keys]
+
+
+@contextlib.contextmanager
+def prerendered(synthetic: SyntheticParams, seed: int, fan: FanOut) -> Iterator[None]:
+    """While open, the generator's ``make_sample`` takes its images from ``fan``'s workers.
+
+    Each image depends only on its key (seed, category, part, index, defect), so an image rendered on a worker is
+    the one the generator would draw itself; the generator still writes every file, in its order. The renders
+    are requested in :func:`sample_plan` order, which is the order the generator asks for them, and each is
+    dropped once used; an image the plan does not list is drawn in-process. In-process ``fan``: nothing changes.
+    """
+    if not fan.distributed:
+        yield
+        return
+    from unittest import mock
+
+    from anomaly_ov.data import synthetic as generator
+
+    keys = sample_plan(synthetic, seed)
+    shards = fan.map("prepare", render_samples, keys, name=lambda k: f"{k[0]}/{k[3]}/{k[4]}", what="images")
+    planned, ready = set(keys), {}
+    draw = generator.make_sample
+
+    def lookup(category: str, size: int, seed: int, part: str, index: int, defect: str | None = None) -> Any:
+        key = (category, size, seed, part, index, defect)
+        if key not in planned:
+            return draw(*key)
+        while key not in ready:
+            shard, results = next(shards)
+            ready.update(zip(keys[shard.start:shard.stop], results, strict=True))
+        planned.discard(key)
+        return ready.pop(key)
+
+    with mock.patch.object(generator, "make_sample", lookup):
+        try:
+            yield
+        finally:
+            shards.close()
 
 
 #: name -> generator run (in order) before the sources are read.

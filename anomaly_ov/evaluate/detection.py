@@ -9,6 +9,7 @@ per class: exact, in memory bounded by ``params.evaluate.exact_pixel_limit`` dis
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from anomaly_ov.config import EvaluateParams
+    from anomaly_ov.parallel import FanOut
 
 DETECTION_PROMPT = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
 REQUIRED_TEST_KEYS = ("anomaly",)
@@ -296,6 +298,178 @@ def _predict(predictor: PredictorLike, images: list[Any], cfg: EvaluateParams) -
     return out
 
 
+@dataclass
+class Scored:
+    """One image scored (the worker's side of :func:`run_detection`): its record and arrays at the evaluation
+    resolution, to be added to the :class:`DetectionResult` in item order by :func:`_accumulate`."""
+
+    record: dict[str, Any]
+    kind: str
+    answer: str | None
+    amap: np.ndarray | None  #: resized map added to the class's pixel table (None: no pixel statistics)
+    mask: np.ndarray | None
+    problems: list[str]  #: mask decoding problems of the pixel statistics
+    thumb: np.ndarray | None = None  #: figure sample parts, only for an image that may be kept as a figure
+    sample_amap: np.ndarray | None = None
+    sample_mask: np.ndarray | None = None
+    sample_problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """How a worker process builds the predictor: a saved model directory and a device. A worker loads it once and
+    keeps it for the next shards while ``revision`` (e.g. the directory's content hash) is unchanged."""
+
+    model: str
+    device: str = "auto"
+    one_gpu_per_worker: bool = True
+    revision: str = ""
+
+    def load(self) -> PredictorLike:
+        return _load_predictor(self.model, self.worker_device(), self.revision)
+
+    def worker_device(self) -> str:
+        """The device in this process: on a multi-GPU machine, Dask worker ``i`` of a local cluster uses ``cuda:i``
+        (modulo the GPU count), so the shards are scored one per GPU."""
+        from anomaly_ov.evaluate.run import resolve_device
+        from anomaly_ov.parallel import worker_index
+
+        device = resolve_device(self.device)
+        if device != "cuda" or not self.one_gpu_per_worker:
+            return device
+        import torch
+
+        index, count = worker_index(), torch.cuda.device_count()
+        return f"cuda:{index % count}" if index is not None and count > 1 else device
+
+
+@functools.lru_cache(maxsize=1)
+def _load_predictor(model: str, device: str, revision: str) -> PredictorLike:
+    from anomaly_ov.evaluate.run import load_predictor
+
+    return load_predictor(model, device)
+
+
+def _score_batch(
+    predictor: PredictorLike,
+    items: list[dict[str, Any]],
+    cfg: EvaluateParams,
+    workspace: str | Path,
+    max_side: int | None,
+    want_sample: Callable[[str, str], bool],
+) -> tuple[list[Scored], list[str]]:
+    """Decode one batch, predict, resize maps and masks; returns the scored images and the images' decoding
+    problems (an image that fails is left out). ``want_sample(category, kind)`` says whether to prepare figure
+    parts for an image."""
+    from anomaly_ov.data.images import ImageError
+
+    res = cfg.resolution
+    problems: list[str] = []
+    batch, images = [], []
+    for item in items:
+        try:
+            images.append(load_image(item["file"], workspace, max_side))
+        except ImageError as exc:
+            problems.append(str(exc))
+            continue
+        batch.append(item)
+    if not batch:
+        return [], problems
+
+    def mask_at_res(item: dict[str, Any], found: list[str]) -> np.ndarray:
+        try:
+            return load_mask(item["mask"], res, workspace, max_side)
+        except ImageError as exc:  # e.g. truncated: reported with the others after the loop
+            found.append(str(exc))
+            return np.zeros((res, res), dtype=bool)
+
+    scored = []
+    for item, image, pred in zip(batch, images, _predict(predictor, images, cfg), strict=True):
+        score = float(pred.score)
+        expert = score >= cfg.threshold
+        answer = getattr(pred, "answer", None)
+        said_yes = parse_yes_no(answer)
+        record = {
+            "file": str(item["file"]),
+            "image": str(item.get("image", item["file"])),
+            "category": item["category"],
+            "label": "anomaly" if item["anomaly"] else "normal",
+            "anomaly": item["anomaly"],
+            "score": score,
+            "expert_label": "anomaly" if expert else "normal",
+            "answer": answer if answer is not None else "",
+            "parsed": "" if said_yes is None else ("yes" if said_yes else "no"),
+            "mask": item["mask"],
+        }
+        kind = decision_kind(said_yes if said_yes is not None else expert, item["anomaly"])
+        out = Scored(record, kind, answer, None, None, [])
+        amap = getattr(pred, "anomaly_map", None)
+        if not (amap is None or (item["anomaly"] and not item["mask"])):
+            out.amap = resize_map(amap, res)
+            out.mask = mask_at_res(item, out.problems)
+        if kind in KINDS and want_sample(item["category"], kind):
+            out.thumb = np.asarray(image.resize((res, res)), dtype=np.uint8)
+            out.sample_amap = out.amap if out.amap is not None or amap is None else resize_map(amap, res)
+            out.sample_mask = out.mask if out.mask is not None else mask_at_res(item, out.sample_problems)
+        scored.append(out)
+    return scored, problems
+
+
+def _accumulate(result: DetectionResult, scored: Scored, kept: dict[tuple[str, str], int], cfg: EvaluateParams,
+                problems: list[str]) -> None:
+    """Add one scored image to ``result`` (records, pixel table, figure samples), in item order."""
+    record, res = scored.record, cfg.resolution
+    cat = record["category"]
+    result.records.append(record)
+    problems += scored.problems
+    if scored.amap is None:
+        result.skipped_pixel_images += 1  # no map, or an anomaly whose pixels are unknown
+    else:
+        if cat not in result.pixel:
+            result.pixel[cat] = M.PixelScoreTable(cfg.exact_pixel_limit)
+        result.pixel[cat].add(scored.amap, scored.mask)
+    if scored.kind in KINDS and kept.get((cat, scored.kind), 0) < cfg.figures_per_kind:
+        kept[(cat, scored.kind)] = kept.get((cat, scored.kind), 0) + 1
+        problems += scored.sample_problems
+        amap = scored.sample_amap if scored.sample_amap is not None else np.zeros((res, res), np.float32)
+        result.samples.append(Sample(cat, scored.kind, record["file"], scored.thumb, amap, scored.sample_mask,
+                                     record["score"], scored.answer))
+
+
+def _usable(items: list[dict[str, Any]], workspace: str | Path, max_side: int | None) -> tuple[list, list[str]]:
+    """The items whose files pass the header checks, and the problems of the others (never decoded)."""
+    problems, usable = [], []
+    for item in items:
+        found = check_inputs([item], workspace, max_side)
+        problems += found
+        if not found:
+            usable.append(item)
+    return usable, problems
+
+
+def score_shard(
+    items: list[dict[str, Any]], *, spec: PredictorSpec, cfg: EvaluateParams, workspace: str, max_side: int | None,
+) -> list[tuple[list[Scored], list[str], list[str]]]:
+    """Worker side of a sharded :func:`run_detection`: header checks, then batches of ``cfg.batch_size``.
+
+    Returns ``(scored images, header problems, decoding problems)`` for the header checks, then one per batch;
+    figure parts are prepared for the first
+    ``figures_per_kind`` images of each (class, kind) of the shard, a superset of those the whole run keeps."""
+    predictor = spec.load()
+    usable, header = _usable(items, workspace, max_side)
+    local: dict[tuple[str, str], int] = {}
+
+    def want(cat: str, kind: str) -> bool:
+        local[(cat, kind)] = local.get((cat, kind), 0) + 1
+        return local[(cat, kind)] <= cfg.figures_per_kind
+
+    out: list[tuple[list[Scored], list[str], list[str]]] = [([], header, [])]
+    for start in range(0, len(usable), cfg.batch_size):
+        scored, found = _score_batch(predictor, usable[start:start + cfg.batch_size], cfg, workspace, max_side, want)
+        out.append((scored, [], found))
+    return out
+
+
 def run_detection(
     predictor: PredictorLike,
     items: list[dict[str, Any]],
@@ -303,90 +477,50 @@ def run_detection(
     workspace: str | Path = ".",
     progress: Callable[[int, int], None] | None = None,
     max_side: int | None = None,
+    *,
+    fan: FanOut | None = None,
+    spec: PredictorSpec | None = None,
 ) -> DetectionResult:
     """Ask the detection prompt for every item and keep scores, answers, pixel statistics and figure samples.
 
     Every item's files are checked from their headers first (:func:`check_inputs`); an image or mask that
     fails, then or while decoding, is left out and collected, the others go on, and all the problems are raised
     together as :class:`EvaluationInputError` once the loop is done (no metrics from a partial set).
-    """
-    from anomaly_ov.data.images import ImageError
 
-    problems = []
-    usable = []
-    for item in items:  # header checks first; the items that fail are not decoded
-        found = check_inputs([item], workspace, max_side)
-        problems += found
-        if not found:
-            usable.append(item)
-    items = usable
-    res = cfg.resolution
+    With a distributed ``fan`` and a ``spec``, the items are sharded over the workers (shards are whole batches;
+    each worker loads the predictor from ``spec`` once); the results are added here in item order, so the
+    outcome is the same as in one process.
+    """
     result = DetectionResult()
     kept: dict[tuple[str, str], int] = {}
-    for start in range(0, len(items), cfg.batch_size):
-        batch, images = [], []
-        for item in items[start : start + cfg.batch_size]:
-            try:
-                images.append(load_image(item["file"], workspace, max_side))
-            except ImageError as exc:
-                problems.append(str(exc))
-                continue
-            batch.append(item)
-        if not batch:
-            continue
+    if fan is not None and fan.distributed and spec is not None:
+        header: list[str] = []
+        later: list[str] = []
+        job = functools.partial(score_shard, spec=spec, cfg=cfg, workspace=str(workspace), max_side=max_side)
+        for shard, part in fan.map("evaluate", job, items, name=lambda it: str(it["file"]), what="images",
+                                   multiple_of=cfg.batch_size, per_item=False):
+            for scored, header_problems, found in part:
+                header += header_problems
+                later += found
+                for one in scored:
+                    _accumulate(result, one, kept, cfg, later)
+            if progress is not None:
+                progress(shard.stop, len(items))
+        problems = header + later
+    else:
+        items, problems = _usable(items, workspace, max_side)
 
-        def mask_at_res(item: dict[str, Any]) -> np.ndarray:
-            try:
-                return load_mask(item["mask"], res, workspace, max_side)
-            except ImageError as exc:  # e.g. truncated: reported with the others after the loop
-                problems.append(str(exc))
-                return np.zeros((res, res), dtype=bool)
+        def want(cat: str, kind: str) -> bool:
+            return kept.get((cat, kind), 0) < cfg.figures_per_kind
 
-        for item, image, pred in zip(batch, images, _predict(predictor, images, cfg), strict=True):
-            score = float(pred.score)
-            expert = score >= cfg.threshold
-            answer = getattr(pred, "answer", None)
-            said_yes = parse_yes_no(answer)
-            cat = item["category"]
-            result.records.append(
-                {
-                    "file": str(item["file"]),
-                    "image": str(item.get("image", item["file"])),
-                    "category": cat,
-                    "label": "anomaly" if item["anomaly"] else "normal",
-                    "anomaly": item["anomaly"],
-                    "score": score,
-                    "expert_label": "anomaly" if expert else "normal",
-                    "answer": answer if answer is not None else "",
-                    "parsed": "" if said_yes is None else ("yes" if said_yes else "no"),
-                    "mask": item["mask"],
-                }
-            )
-            amap = getattr(pred, "anomaly_map", None)
-            if amap is None or (item["anomaly"] and not item["mask"]):
-                result.skipped_pixel_images += 1  # no map, or an anomaly whose pixels are unknown
-                amap_res, mask_res = None, None
-            else:
-                amap_res = resize_map(amap, res)
-                mask_res = mask_at_res(item)
-                if cat not in result.pixel:
-                    result.pixel[cat] = M.PixelScoreTable(cfg.exact_pixel_limit)
-                result.pixel[cat].add(amap_res, mask_res)
-            kind = decision_kind(said_yes if said_yes is not None else expert, item["anomaly"])
-            if kind in KINDS and kept.get((cat, kind), 0) < cfg.figures_per_kind:
-                kept[(cat, kind)] = kept.get((cat, kind), 0) + 1
-                thumb = np.asarray(image.resize((res, res)), dtype=np.uint8)
-                if amap_res is None and amap is not None:
-                    amap_res = resize_map(amap, res)
-                if mask_res is None:
-                    mask_res = mask_at_res(item)
-                result.samples.append(
-                    Sample(cat, kind, str(item["file"]), thumb,
-                           amap_res if amap_res is not None else np.zeros((res, res), np.float32),
-                           mask_res, score, answer)
-                )
-        if progress is not None:
-            progress(min(start + cfg.batch_size, len(items)), len(items))
+        for start in range(0, len(items), cfg.batch_size):
+            scored, found = _score_batch(predictor, items[start:start + cfg.batch_size], cfg, workspace, max_side,
+                                         want)
+            problems += found
+            for one in scored:
+                _accumulate(result, one, kept, cfg, problems)
+            if progress is not None:
+                progress(min(start + cfg.batch_size, len(items)), len(items))
     if problems:
         raise EvaluationInputError(problems)
     return result

@@ -20,8 +20,8 @@ from anomaly_ov.io import MissingFile
 from anomaly_ov.paths import in_workspace
 
 if TYPE_CHECKING:
-    from anomaly_ov.config import Params
-    from anomaly_ov.evaluate.detection import PredictorLike
+    from anomaly_ov.config import ParallelParams, Params
+    from anomaly_ov.evaluate.detection import PredictorLike, PredictorSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def evaluate_dataset(
     similarity: Any | None = None,
     log_to_mlflow: bool = True,
     provenance: dict[str, str] | None = None,
+    predictor_spec: PredictorSpec | None = None,
 ) -> dict[str, Any]:
     """Run detection (and reasoning when items are given) and write every report; return the flat metrics.
 
@@ -100,7 +101,9 @@ def evaluate_dataset(
     ``reasoning_items`` follow ``visa_dr.json``. Paths inside items are absolute or workspace-relative.
     ``out_dir`` None writes to the paths in ``params.evaluate``. ``similarity`` (tests) replaces Sentence-BERT.
     ``provenance`` (string keys such as ``provenance.model_sha256``) is written into metrics.json beside the numbers
-    so that the registry gate can tell which model and benchmark they describe.
+    so that the registry gate can tell which model and benchmark they describe. ``predictor_spec`` (the saved
+    model and device) lets ``params.parallel`` shard the detection over Dask workers, each loading the model once
+    (:func:`parallel_settings`); without it, or with ``parallel.workers: 1``, ``predictor`` scores in this process.
     """
     from anomaly_ov import tracking
     from anomaly_ov.evaluate import detection, figures, reasoning, report
@@ -113,9 +116,13 @@ def evaluate_dataset(
         raise InputError("no test items to evaluate (the benchmark file or the dataset is empty)")
     test_items = [detection.normalise_test_item(item, i) for i, item in enumerate(test_items)]
     started = time.perf_counter()
-    with ProgressBar("evaluate: detection", len(test_items), unit="images") as bar:
+    from anomaly_ov.parallel import fanout
+
+    settings = parallel_settings(params, predictor_spec)
+    with fanout(settings, "evaluate") as fan, \
+            ProgressBar("evaluate: detection", len(test_items), unit="images") as bar:
         det = detection.run_detection(predictor, test_items, cfg, workspace, bar.update,
-                                      max_side=params.validation.max_image_side)
+                                      max_side=params.validation.max_image_side, fan=fan, spec=predictor_spec)
     detect_seconds = time.perf_counter() - started
     overall, per_class = detection.detection_metrics(det, cfg)
 
@@ -170,6 +177,21 @@ def evaluate_dataset(
     return flat
 
 
+def parallel_settings(params: Params, spec: PredictorSpec | None) -> ParallelParams:
+    """``params.parallel`` for the detection: no fan-out without a ``spec`` (nothing for workers to load); on a
+    local cluster with several GPUs and ``one_gpu_per_worker``, one worker per GPU (each scores on its own)."""
+    settings = params.parallel
+    if spec is None:
+        return settings.model_copy(update={"workers": 1, "address": None})
+    if settings.address is None and settings.workers > 1 and settings.one_gpu_per_worker \
+            and resolve_device(spec.device) == "cuda":
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            return settings.model_copy(update={"workers": torch.cuda.device_count()})
+    return settings
+
+
 def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
     """Stage ``evaluate``: the trained model on the zero-shot benchmark files; returns the headline numbers."""
     from anomaly_ov.evaluate.detection import load_test_items
@@ -202,14 +224,18 @@ def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
                                                    cfg.allow_external_paths)
         except ValueError as exc:
             raise StageFailed("evaluate", str(exc)) from None
+    from anomaly_ov.evaluate.detection import PredictorSpec
+
     model_dir = in_workspace(workspace, params.train.instruct.output_dir)
     predictor = load_predictor(model_dir, cfg.device)
+    model_sha256 = dir_sha256(model_dir)
+    spec = PredictorSpec(str(model_dir.absolute()), cfg.device, params.parallel.one_gpu_per_worker, model_sha256)
     info = {"dataset": cfg.test_data or f"{params.instruct.bench_dir}/{TEST_DATA}",
             "model": params.train.instruct.output_dir}
-    provenance = {"provenance.model_sha256": dir_sha256(model_dir),
+    provenance = {"provenance.model_sha256": model_sha256,
                   "provenance.benchmark_sha256": items_sha256({"test": test_items, "reasoning": reasoning_items})}
     flat = evaluate_dataset(predictor, test_items, reasoning_items, params, None, workspace, info,
-                            provenance=provenance)
+                            provenance=provenance, predictor_spec=spec)
     summary = {k: flat[k] for k in HEADLINE if flat.get(k) is not None}
     summary["images"] = flat["counts.images"]
     for key in ("reasoning.low_level.rouge_l", "reasoning.low_level.sbert", "reasoning.complex.sbert"):

@@ -43,6 +43,8 @@ from anomaly_ov.instruct.synthesize import Item, collect_subjects, record_id_for
 if TYPE_CHECKING:
     import pandas as pd
 
+    from anomaly_ov.parallel import FanOut
+
 TEST_DATA = "test_data.json"
 VISA_DR = "visa_dr.json"
 DETECTION_PROMPT = f"<image>\n{A.CANONICAL_DETECTION}"
@@ -95,11 +97,12 @@ def reasoning_item(item: Item, seed: int) -> dict[str, Any] | None:
 
 
 def benchmark_entries(
-    frame: pd.DataFrame, params: Params, workspace: str | Path, *, domain: str | None = None
+    frame: pd.DataFrame, params: Params, workspace: str | Path, *, domain: str | None = None, fan: FanOut | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(test_data entries, visa_dr entries) for the rows of ``frame`` (pass the role == "eval" rows)."""
+    """(test_data entries, visa_dr entries) for the rows of ``frame`` (pass the role == "eval" rows); ``fan``
+    shards the region facts (:mod:`anomaly_ov.parallel`)."""
     workspace = Path(workspace)
-    items = collect_subjects(frame, params, workspace, domain=domain, group_views=False)
+    items = collect_subjects(frame, params, workspace, domain=domain, group_views=False, fan=fan)
     by_id = {record_id_for(row["source"], row["image_path"]): row for row in frame.to_dict("records")}
     detection, reasoning = [], []
     for item in items:
@@ -120,7 +123,8 @@ def benchmark_entries(
 
 
 def build_benchmark(
-    frame: pd.DataFrame, params: Params, workspace: str | Path, out_dir: str | Path, *, domain: str | None = None
+    frame: pd.DataFrame, params: Params, workspace: str | Path, out_dir: str | Path, *, domain: str | None = None,
+    fan: FanOut | None = None,
 ) -> dict[str, Any]:
     """Write ``test_data.json`` and ``visa_dr.json`` into ``out_dir`` (workspace-relative or absolute)."""
     from anomaly_ov.io import atomic_write_json
@@ -128,7 +132,7 @@ def build_benchmark(
     workspace = Path(workspace)
     out = Path(out_dir)
     out = out if out.is_absolute() else workspace / out
-    detection, reasoning = benchmark_entries(frame, params, workspace, domain=domain)
+    detection, reasoning = benchmark_entries(frame, params, workspace, domain=domain, fan=fan)
     atomic_write_json(out / TEST_DATA, detection)
     atomic_write_json(out / VISA_DR, reasoning)
     categories = sorted({d["category"] for d in detection})

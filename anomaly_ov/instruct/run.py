@@ -16,6 +16,7 @@ Outputs (all paths from ``params.instruct``, relative to the workspace, written 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,13 @@ from anomaly_ov.errors import StageFailed
 
 
 def run_synthesize(params: Params, workspace: Path) -> dict[str, Any]:
-    """Stage entry point (``anomaly-ov stage synthesize``)."""
+    """Stage entry point (``anomaly-ov stage synthesize``); ``params.parallel`` shards the work (the outputs do not
+    depend on it)."""
+    with contextlib.ExitStack() as stack:
+        return _synthesize(params, workspace, stack)
+
+
+def _synthesize(params: Params, workspace: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
     from anomaly_ov import tracking
     from anomaly_ov.data.manifest import read_manifest
     from anomaly_ov.instruct.benchmark import build_benchmark
@@ -33,6 +40,7 @@ def run_synthesize(params: Params, workspace: Path) -> dict[str, Any]:
     from anomaly_ov.instruct.synthesize import summarize_records, synthesize_records, workspace_relative
     from anomaly_ov.instruct.validate import validate_records
     from anomaly_ov.io import atomic_dir, atomic_write_json
+    from anomaly_ov.parallel import fanout
     from anomaly_ov.paths import in_workspace
     from anomaly_ov.validate.report import write_report
 
@@ -47,16 +55,17 @@ def run_synthesize(params: Params, workspace: Path) -> dict[str, Any]:
                                         "source in data.sources (role: train)")
 
     rewriter = make_rewriter(cfg.rewriter, cfg.max_answer_chars)
+    fan = stack.enter_context(fanout(params.parallel, "synthesize"))
     if cfg.red_boxes:
         final_dir = in_workspace(workspace, cfg.red_box_dir)
         with atomic_dir(final_dir) as tmp:
-            records = synthesize_records(train, params, workspace, rewriter=rewriter, red_box_dir=tmp)
+            records = synthesize_records(train, params, workspace, rewriter=rewriter, red_box_dir=tmp, fan=fan)
             tmp_rel, final_rel = workspace_relative(tmp, workspace), workspace_relative(final_dir, workspace)
             for record in records:
                 if record.get("red_box"):
                     record["red_box"] = final_rel + record["red_box"][len(tmp_rel):]
     else:
-        records = synthesize_records(train, params, workspace, rewriter=rewriter)
+        records = synthesize_records(train, params, workspace, rewriter=rewriter, fan=fan)
     synth_seconds = time.perf_counter() - started
 
     report = validate_records(records, cfg, workspace, subject=cfg.train_json)
@@ -69,7 +78,8 @@ def run_synthesize(params: Params, workspace: Path) -> dict[str, Any]:
                                         f"{cfg.validation_md}", summary)
 
     atomic_write_json(in_workspace(workspace, cfg.train_json), records, indent=None)
-    bench = build_benchmark(evaluation, params, workspace, cfg.bench_dir)
+    bench = build_benchmark(evaluation, params, workspace, cfg.bench_dir, fan=fan)
+    stack.close()  # the cluster (if any) is no longer needed
     seconds = time.perf_counter() - started
     full = {
         "train_json": cfg.train_json,

@@ -22,6 +22,7 @@ does not change when other rows are added. The functions are reusable by the med
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter, defaultdict
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from anomaly_ov.instruct.llm import Rewriter
+    from anomaly_ov.parallel import FanOut
 
 IMAGE_TOKEN = "<image>"
 
@@ -96,12 +98,16 @@ def _facts_job(args: tuple[str, str, bool, int, int]) -> tuple[MaskFacts | None,
         return None, str(exc)
 
 
-def compute_facts(keys: list[FactsKey], dilate_px: int, merge_distance_px: int, workers: int = 1) -> list[Any]:
-    """Region facts for (mask, image, texture) keys, in order; ``workers`` > 1 fans out over processes.
-    Each result is ``(facts | None, error message)``."""
+def compute_facts(keys: list[FactsKey], dilate_px: int, merge_distance_px: int, workers: int = 1,
+                  fan: FanOut | None = None) -> list[Any]:
+    """Region facts for (mask, image, texture) keys, in order; a distributed ``fan`` shards them over its workers,
+    else ``workers`` > 1 fans out over local processes. Each result is ``(facts | None, error message)``."""
     jobs = [(m, i, t, dilate_px, merge_distance_px) for m, i, t in keys]
+    if fan is not None and fan.distributed:
+        return [r for _, part in fan.map("synthesize", _facts_jobs, jobs, name=lambda job: job[0], what="masks")
+                for r in part]
     if workers <= 1 or len(jobs) < 64:
-        return [_facts_job(job) for job in jobs]
+        return _facts_jobs(jobs)
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -111,6 +117,10 @@ def compute_facts(keys: list[FactsKey], dilate_px: int, merge_distance_px: int, 
 def _fraction(facts: MaskFacts | None) -> float:
     """The defect's share of the image; -1 for a view without mask facts (never the best view)."""
     return facts.image_fraction if facts is not None else -1.0
+
+
+def _facts_jobs(jobs: list[tuple[str, str, bool, int, int]]) -> list[tuple[MaskFacts | None, str]]:
+    return [_facts_job(job) for job in jobs]
 
 
 def _facts_key(row: Any, workspace: Path, texture: bool) -> FactsKey | None:
@@ -128,12 +138,14 @@ def collect_subjects(
     kb: KnowledgeBase | None = None,
     group_views: bool = True,
     workers: int | None = None,
+    fan: FanOut | None = None,
 ) -> list[Item]:
     """Turn manifest rows into :class:`Item` s with region facts and knowledge (sorted by id, deterministic).
 
     Rows of modality ``3d`` sharing a non-empty ``group`` become one multi-view item (``group_views``).
     ``domain`` forces the knowledge domain; by default it follows each row's ``modality``. ``workers``
-    (default ``params.instruct.workers``) processes compute the region facts."""
+    (default ``params.instruct.workers``) processes compute the region facts, or the workers of a distributed
+    ``fan`` (:mod:`anomaly_ov.parallel`)."""
     workspace = Path(workspace)
     kb = kb or load_knowledge(params.instruct.knowledge_path and str(workspace / params.instruct.knowledge_path))
     singles: list[Any] = []
@@ -151,7 +163,7 @@ def collect_subjects(
         if key is not None:
             keys[key] = row
     results = compute_facts(list(keys), params.instruct.dilate_px, params.instruct.merge_distance_px,
-                            workers if workers is not None else params.instruct.workers)
+                            workers if workers is not None else params.instruct.workers, fan=fan)
     facts_by_key: dict[FactsKey, MaskFacts] = {}
     for (key, row), (facts, error) in zip(keys.items(), results, strict=True):
         if facts is None:
@@ -333,33 +345,64 @@ def synthesize_records(
     rewriter: Rewriter | None = None,
     red_box_dir: str | Path | None = None,
     items: list[Item] | None = None,
+    fan: FanOut | None = None,
 ) -> list[dict[str, Any]]:
     """LLaVA records for every row of ``frame`` (pass the role == "train" rows for the training set).
 
     ``params.instruct.conversations_per_image`` passes are made; each pass balances the detection turns.
-    ``red_box_dir`` (absolute or workspace-relative) renders the red-box visual prompts there."""
+    ``red_box_dir`` (absolute or workspace-relative) renders the red-box visual prompts there. A distributed
+    ``fan`` (:mod:`anomaly_ov.parallel`) shards the region facts and, without a rewriter, the conversations: which
+    records get a detection or a multi-turn conversation is drawn here for the whole set first, and each record
+    draws from its own id's seed, so the records are the same for any number of workers."""
     workspace = Path(workspace)
     cfg = params.instruct
-    items = items if items is not None else collect_subjects(frame, params, workspace, domain=domain)
+    items = items if items is not None else collect_subjects(frame, params, workspace, domain=domain, fan=fan)
     red: dict[str, str] = {}
     if red_box_dir is not None:
         out = Path(red_box_dir)
         red = render_red_boxes(items, out if out.is_absolute() else workspace / out, workspace)
-    from anomaly_ov.console import track
-
-    records: list[dict[str, Any]] = []
+    plan: list[RecordPlan] = []
     for pass_index in range(cfg.conversations_per_image):
         detect_ids = _detection_plan(items, cfg.seed, pass_index)
         multi_rng = random.Random(f"{cfg.seed}:multi:{pass_index}")
-        for item in track(items, f"synthesize: pass {pass_index + 1}/{cfg.conversations_per_image}", unit="images"):
+        for item in items:
             multi = multi_rng.random() < cfg.multi_turn_fraction
-            detect = item.id in detect_ids
-            if detect and not multi:  # the one-word detection record, beside the content record below
-                records.append(conversation_for(item, cfg.seed, detect=True, multi=False, pass_index=pass_index,
-                                                plan=[(A.DETECTION, "")], suffix="/detect"))
-            records.append(conversation_for(item, cfg.seed, detect=detect and multi, multi=multi,
-                                            pass_index=pass_index, rewriter=rewriter, red_box=red.get(item.id)))
-    return records
+            plan.append(RecordPlan(item, pass_index, item.id in detect_ids, multi, red.get(item.id)))
+    job = functools.partial(records_for, seed=cfg.seed)
+    if fan is not None and fan.distributed and rewriter is None:
+        parts = [part for _, part in fan.map("synthesize", job, plan, name=lambda p: p.item.id, what="records")]
+    else:
+        from anomaly_ov.console import track
+
+        parts = [records_for(track(plan, "synthesize: conversations", total=len(plan), unit="records"), cfg.seed,
+                             rewriter)]
+    return [record for part in parts for records in part for record in records]
+
+
+@dataclass
+class RecordPlan:
+    """What one item's pass turns into: its detection and multi-turn draws (made for the whole set at once)."""
+
+    item: Item
+    pass_index: int
+    detect: bool
+    multi: bool
+    red_box: str | None = None
+
+
+def records_for(plan: Iterable[RecordPlan], seed: int, rewriter: Rewriter | None = None) -> list[list[dict[str, Any]]]:
+    """The records of each planned item pass: the one-word detection record (a detection turn on a single-turn
+    pass) beside the content record."""
+    out = []
+    for p in plan:
+        records = []
+        if p.detect and not p.multi:
+            records.append(conversation_for(p.item, seed, detect=True, multi=False, pass_index=p.pass_index,
+                                            plan=[(A.DETECTION, "")], suffix="/detect"))
+        records.append(conversation_for(p.item, seed, detect=p.detect and p.multi, multi=p.multi,
+                                        pass_index=p.pass_index, rewriter=rewriter, red_box=p.red_box))
+        out.append(records)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- summary

@@ -21,6 +21,7 @@ A file that cannot be read is a finding in the report, never an exception. Decis
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import Counter, defaultdict
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from anomaly_ov.config import ValidateParams
+    from anomaly_ov.parallel import FanOut
 
 #: Kept for callers of this module: the image helpers live in :mod:`anomaly_ov.data.images`.
 ImageReadError = ImageError
@@ -194,15 +196,27 @@ def _int(value: Any) -> int:
 
 def inspect_files(
     frame: pd.DataFrame, workspace: str | Path = ".", *, hash_pixels: bool = True, workers: int | None = None,
-    max_side: int | None = None, skip: Collection[int] = (),
+    max_side: int | None = None, skip: Collection[int] = (), fan: FanOut | None = None,
 ) -> list[RowResult]:
-    """Inspect every row's files with a thread pool (PIL decodes outside the GIL); results in row order.
+    """Inspect every row's files; results in row order.
 
-    Images whose header declares a side above ``max_side`` are refused before decoding; rows in ``skip`` are
-    not opened."""
+    In-process (``fan`` None or not distributed) a thread pool of ``workers`` threads decodes (PIL decodes outside
+    the GIL); with a distributed ``fan`` the rows are sharded over its workers. Images whose header declares a
+    side above ``max_side`` are refused before decoding; rows in ``skip`` are not opened."""
+    tasks = _tasks(frame, Path(workspace), skip)
+    if fan is not None and fan.distributed:
+        job = functools.partial(inspect_tasks, hash_pixels=hash_pixels, max_side=max_side, workers=1)
+        parts = fan.map("validate", job, tasks, name=lambda t: t["file"], what="rows",
+                        same=lambda task, result: task["row"] == result.row and task["file"] == result.file)
+        return [result for _, part in parts for result in part]
+    return inspect_tasks(tasks, hash_pixels=hash_pixels, max_side=max_side, workers=workers)
+
+
+def inspect_tasks(tasks: Sequence[dict[str, Any]], *, hash_pixels: bool = True, max_side: int | None = None,
+                  workers: int | None = None) -> list[RowResult]:
+    """:func:`inspect_row` over ``tasks`` (from :func:`_tasks`) with a thread pool of ``workers``; in order."""
     from anomaly_ov.console import track
 
-    tasks = _tasks(frame, Path(workspace), skip)
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
     if len(tasks) < 8 or workers == 1:
         return list(track((inspect_row(t, hash_pixels, max_side) for t in tasks), "validate: file checks",
@@ -213,11 +227,13 @@ def inspect_files(
 
 
 def file_checks(
-    frame: pd.DataFrame, settings: ValidateParams, workspace: str | Path = ".", skip: Collection[int] = ()
+    frame: pd.DataFrame, settings: ValidateParams, workspace: str | Path = ".", skip: Collection[int] = (),
+    fan: FanOut | None = None,
 ) -> tuple[list[Check], list[str], int]:
-    """All per-file checks; returns (checks, notes for the report, number of rows whose files were opened)."""
+    """All per-file checks; returns (checks, notes for the report, number of rows whose files were opened).
+    ``fan`` shards the file inspection (:mod:`anomaly_ov.parallel`); the checks are computed here, in row order."""
     results = inspect_files(frame, workspace, hash_pixels=settings.check_duplicates,
-                            max_side=settings.max_image_side, skip=skip)
+                            max_side=settings.max_image_side, skip=skip, fan=fan)
     return checks_from_results(results, settings), conversion_notes(results), len(results)
 
 

@@ -37,7 +37,8 @@ def validate_manifest(
     ``sources`` are the declared datasets whose presence is checked (default: ``params.data.sources``);
     ``check_files`` overrides ``params.validation.check_files``. ``issues`` are the per-file problems the
     reader found (``read_source(..., issues=[])``); they and the manifest's paths that leave their dataset
-    (unless the source sets ``allow_external_paths``) become critical findings.
+    (unless the source sets ``allow_external_paths``) become critical findings. The file checks are sharded
+    over ``params.parallel`` (:mod:`anomaly_ov.parallel`); the report is the same for any number of workers.
     """
     from anomaly_ov.validate.files import file_checks, issue_checks, outside_paths
     from anomaly_ov.validate.table import table_checks
@@ -53,7 +54,10 @@ def validate_manifest(
     files_checked = 0
     do_files = settings.check_files if check_files is None else check_files
     if do_files and {"image_path", "root"} <= set(frame.columns):
-        more, notes, files_checked = file_checks(frame, settings, workspace, skip=outside_rows)
+        from anomaly_ov.parallel import fanout
+
+        with fanout(params.parallel, "validate") as fan:
+            more, notes, files_checked = file_checks(frame, settings, workspace, skip=outside_rows, fan=fan)
         checks += more
     return ValidationReport.build(
         checks,
