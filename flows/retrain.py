@@ -112,6 +112,9 @@ def retrain_deployment(params: Params, workspace: str, params_file: str = "param
         parameters={"workspace": str(Path(workspace).resolve()), "params_file": params_file},
         description=RETRAIN_DESCRIPTION if chosen is retrain else (chosen.description or "").strip().split("\n")[0],
         tags=["anomaly-ov", "retrain"],
+        # one run at a time: a run that outlasts the cron interval would otherwise share the workspace with the next
+        # one, which then fails on DVC's lock; the next scheduled run waits for a slot instead
+        concurrency_limit=1,
         **options,
     )
 

@@ -181,3 +181,4 @@ def test_retrain_deployment_has_the_cron_from_params(make_workspace):
     assert (schedule.cron, schedule.timezone) == ("15 4 * * 2", "Europe/Paris")
     assert deployment.parameters == {"workspace": str(ws.resolve()), "params_file": "params.yaml"}
     assert json.dumps(deployment.parameters)
+    assert deployment.concurrency_limit == 1  # a long run never overlaps the next scheduled one in one workspace
