@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 #: Environment variable carrying the log level (a level name) to subprocesses.
 LOG_LEVEL_ENV = "ANOMALY_OV_LOG_LEVEL"
@@ -110,7 +111,7 @@ class _StderrHandler(logging.StreamHandler):
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # noqa: ANN201 - the stream logging writes to
         return sys.stderr
 
@@ -180,8 +181,8 @@ class ProgressBar:
         self._log = logger or logging.getLogger("anomaly_ov.progress")
         self._every = max((total or 0) // 10, 1)
         self._next_log = self._every
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> ProgressBar:
         if not is_quiet():
@@ -210,7 +211,7 @@ class ProgressBar:
             self.total = total
             self._every = max(total // 10, 1)
             self._next_log = (self.done // self._every + 1) * self._every
-            if self._bar is not None:
+            if self._bar is not None and self._task is not None:
                 self._bar.update(self._task, total=total)
         self.advance(done - self.done)
 
@@ -219,7 +220,7 @@ class ProgressBar:
         if n <= 0:
             return
         self.done += n
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, advance=n)
         elif self.done >= self._next_log or (self.total is not None and self.done >= self.total):
             of = f" / {self.total}" if self.total is not None else ""

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -135,7 +135,7 @@ class FanOut:
         multiple_of: int = 1,
         per_item: bool = True,
         same: Callable[[T, R], bool] | None = None,
-    ) -> Iterator[tuple[Shard, list[R]]]:
+    ) -> Generator[tuple[Shard, list[R]], None, None]:
         """Yield ``(shard, fn(shard's items))`` for each shard of ``items``, in shard order.
 
         Args:

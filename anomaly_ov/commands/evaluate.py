@@ -16,7 +16,7 @@ Heavy imports stay inside the functions so the CLI starts fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -86,7 +86,7 @@ def model_dir_from_uri(uri: str, params: Params, workspace: str | Path, dst: str
 def evaluate_command(
     path: Annotated[Path, typer.Argument(help="dataset root (or meta.json folder)")],
     fmt: Annotated[DatasetFormat, typer.Option("--format", "-f", help="dataset layout")  # type: ignore
-                   ] = DatasetFormat.mvtec,
+                   ] = DatasetFormat("mvtec"),
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="model directory or MLflow URI (models:/NAME@ALIAS)")
     ] = None,
@@ -119,7 +119,7 @@ def evaluate_command(
     allow_external = allow_external or params.evaluate.allow_external_paths
     source = SourceParams(
         name=path.resolve().name or "dataset",
-        format=fmt.value,
+        format=cast(SourceFormat, str(fmt)),
         path=str(path.resolve()),
         role="eval",
         categories=[c.strip() for c in categories.split(",") if c.strip()] if categories else None,

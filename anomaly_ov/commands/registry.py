@@ -69,7 +69,7 @@ def promote(
     from anomaly_ov.registry import promote as do_promote
 
     params = _load(in_workspace_file(workspace, params_file), None)
-    result = do_promote(params, version, to.value, workspace, force=force, reason=reason)
+    result = do_promote(params, version, str(to), workspace, force=force, reason=reason)
     if as_json:
         echo_json(result)
         return

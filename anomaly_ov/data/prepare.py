@@ -92,7 +92,7 @@ def prerendered(synthetic: SyntheticParams, seed: int, fan: FanOut) -> Iterator[
 
     keys = sample_plan(synthetic, seed)
     shards = fan.map("prepare", render_samples, keys, name=lambda k: f"{k[0]}/{k[3]}/{k[4]}", what="images")
-    planned, ready = set(keys), {}
+    planned, ready = set(keys), dict[tuple[Any, ...], Any]()
     draw = generator.make_sample
 
     def lookup(category: str, size: int, seed: int, part: str, index: int, defect: str | None = None) -> Any:

@@ -422,13 +422,15 @@ def _accumulate(result: DetectionResult, scored: Scored, kept: dict[tuple[str, s
     cat = record["category"]
     result.records.append(record)
     problems += scored.problems
-    if scored.amap is None:
+    if scored.amap is None or scored.mask is None:
         result.skipped_pixel_images += 1  # no map, or an anomaly whose pixels are unknown
     else:
         if cat not in result.pixel:
             result.pixel[cat] = M.PixelScoreTable(cfg.exact_pixel_limit)
         result.pixel[cat].add(scored.amap, scored.mask)
-    if scored.kind in KINDS and kept.get((cat, scored.kind), 0) < cfg.figures_per_kind:
+    # thumb and sample_mask are set for every image whose kind may be kept as a figure
+    if (scored.kind in KINDS and scored.thumb is not None and scored.sample_mask is not None
+            and kept.get((cat, scored.kind), 0) < cfg.figures_per_kind):
         kept[(cat, scored.kind)] = kept.get((cat, scored.kind), 0) + 1
         problems += scored.sample_problems
         amap = scored.sample_amap if scored.sample_amap is not None else np.zeros((res, res), np.float32)

@@ -100,7 +100,7 @@ def score_histogram_figure(records: Sequence[dict[str, Any]], path: Path, title:
     edges = np.linspace(0.0, 1.0, bins + 1)
     for anomalous, colour, name in ((False, "tab:blue", "normal"), (True, "tab:red", "anomalous")):
         scores = np.clip([float(r["score"]) for r in records if bool(r["anomaly"]) is anomalous], 0.0, 1.0)
-        ax.hist(scores, bins=edges, alpha=0.55, color=colour, label=f"{name} ({len(scores)})")
+        ax.hist(scores, bins=edges.tolist(), alpha=0.55, color=colour, label=f"{name} ({len(scores)})")
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("image score")
