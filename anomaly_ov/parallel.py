@@ -235,9 +235,17 @@ def local_cluster(workers: int, threads_per_worker: int = 1, memory_limit: str =
     dashboard (the scheduler's small HTTP endpoint takes a free local port), worker logs at WARNING."""
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                        host="127.0.0.1", dashboard_address=None, memory_limit=memory_limit,
-                        silence_logs=logging.WARNING, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    # Dask's nannies write their workers' environment (OMP/MKL/OPENBLAS_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_) into
+    # this process's os.environ and leave it there; every later subprocess of the stage would inherit one BLAS
+    # thread (and compute differently from this process). The workers get it at spawn time regardless.
+    environ = dict(os.environ)
+    try:
+        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                            host="127.0.0.1", dashboard_address=None, memory_limit=memory_limit,
+                            silence_logs=logging.WARNING, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def worker_index() -> int | None:

@@ -20,9 +20,12 @@ def _normalise(name: str) -> str:
 
 
 def declared_distributions(pyproject: Path) -> set[str]:
-    """The distribution names of ``[project] dependencies`` (normalised as PEP 503 does)."""
+    """The distribution names of ``[project] dependencies`` and of the optional extras a user installs for a feature
+    (e.g. ``deepspeed``; not ``dev``, which the package never imports), normalised as PEP 503 does."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
-    return {_normalise(Requirement(text).name) for text in project["dependencies"]}
+    extras = [text for name, group in project.get("optional-dependencies", {}).items() if name != "dev"
+              for text in group]
+    return {_normalise(Requirement(text).name) for text in [*project["dependencies"], *extras]}
 
 
 def imported_modules(root: Path) -> dict[str, set[str]]:
@@ -51,7 +54,8 @@ def undeclared_imports(root: Path) -> list[str]:
     providers = packages_distributions()
     problems = []
     for module, files in sorted(imported_modules(root).items()):
-        distributions = {_normalise(d) for d in providers.get(module, [])}
+        # an optional extra that is not installed here is known by its module's name only (deepspeed)
+        distributions = {_normalise(d) for d in providers.get(module, [])} or {_normalise(module)}
         if not distributions & declared:
             where = ", ".join(sorted(files)[:3])
             problems.append(f"{module} (distribution {sorted(distributions) or 'not installed'}) imported by {where}")

@@ -81,6 +81,8 @@ def test_dvc_failing_around_the_stage_is_not_retryable_and_names_the_missing_out
     assert "before the stage started" in info.value.reason and "fingerprint.json (deleted)" in info.value.reason
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.parquet").write_bytes(b"x")
+    for out in ("data/raw/medical_train", "data/raw/3d_train"):  # prepare's other declared outputs are there
+        (tmp_path / out).mkdir(parents=True)
     with pytest.raises(orch.StageError) as info:  # the stage said it succeeded; DVC found an output missing
         orch.interpret_run("prepare", tmp_path, _result(1), _record("succeeded", exit_code=0))
     assert info.value.failing == ["data/raw/synthetic"] and info.value.kind == "DvcError"

@@ -287,3 +287,20 @@ def test_a_shard_returning_too_few_or_foreign_results_is_not_merged(cluster):
     with pytest.raises(StageFailed, match=r"t shard 1/3 \(items 0-2\): 2 gathered result\(s\) do not belong to "
                                           r"their item \(first at item 1\)"):
         list(fan.map("t", _negate, range(7), same=lambda item, result: item == result))
+
+
+def test_a_local_cluster_leaves_this_process_environment_alone(monkeypatch):
+    """Dask's nannies write OMP/MKL/OPENBLAS_NUM_THREADS=1 into the parent's os.environ; every later subprocess of
+    the stage (and of a test run) would then compute with one BLAS thread."""
+    import os
+
+    from anomaly_ov.parallel import local_cluster
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    cluster = local_cluster(1)
+    try:
+        assert dict(os.environ) == before
+    finally:
+        cluster.close()

@@ -111,7 +111,8 @@ def sigkill_stage_at(stage: str, workspace: Path, params, loop: str, step: int) 
     paused = workspace / "paused"
     paused.unlink(missing_ok=True)
     log = workspace / f"{stage}.killed.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    threads = str(torch.get_num_threads())  # BLAS too: an earlier test's library may have left them in os.environ
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     runner = Path(__file__).with_name("paused_stage.py")
     with log.open("w") as out:
