@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from workspaces import BIN, write_params
+from workspaces import BIN, stop_process, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +26,6 @@ def pool_workspace(root: Path, overrides: list[str]) -> Path:
     root.mkdir(parents=True)
     write_params(root, overrides)
     return root
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End the worker's process group (it started its flow run's process in it) if it is still running."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_retrain_deployment_targets_the_pool_in_params(tmp_path):
@@ -110,7 +98,7 @@ def test_deployment_runs_on_a_process_work_pool_through_a_real_worker(prefect_se
     try:
         worker.wait(timeout=240)  # --run-once: takes the scheduled run, waits for its process, exits
     finally:
-        stop(worker)
+        stop_process(worker)  # the worker's group holds its flow run's process too
         print("worker.log (tail):\n" + log.read_text()[-3000:])
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(run.id).state
