@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from anomaly_ov.console import ProgressBar
 from anomaly_ov.errors import AnomalyOVError, ConfigError, InputError, StageFailed
 
 log = logging.getLogger(__name__)
@@ -814,12 +815,13 @@ def run_loop(
                 prune_sharded(ckpt_dir, keep=state["sharded"])
         barrier()
 
-    progress = _Progress(settings.desc, total_steps, step, enabled=settings.progress and info.is_main)
+    progress = ProgressBar(settings.desc, total_steps, unit="steps", done=step,
+                           enabled=settings.progress and info.is_main)
     started = time.perf_counter()
     items_done = 0
     window_items, window_t = 0, time.perf_counter()
     model.train()
-    try:
+    with progress:
         while epoch < settings.epochs:
             batches = epoch_batches(n, settings.batch_size, settings.seed, epoch, drop_last=settings.drop_last,
                                     rank=info.rank, world_size=info.world_size, lengths=settings.lengths)
@@ -859,7 +861,7 @@ def run_loop(
                 if info.is_main and (step % settings.log_every == 0 or step == total_steps):
                     tracking.log_metrics({k: v for k, v in record.items() if k != "step"}, step=step,
                                          prefix=settings.log_prefix)
-                progress.advance(record["loss"])
+                progress.advance(loss=record["loss"])
                 if end_of_epoch:
                     model.eval()
                     with torch.no_grad():
@@ -877,64 +879,9 @@ def run_loop(
                     on_step_end(step, record)
             if next_batch != 0:  # the loader ended early (can only happen when batches were skipped oddly)
                 epoch, next_batch = epoch + 1, 0
-    finally:
-        progress.close()
     return LoopResult(step=step, history=history, epoch_metrics=epoch_metrics,
                       seconds=time.perf_counter() - started, items=items_done, resumed_from_step=resumed_from,
                       model=model)
-
-
-class _Progress:
-    """A rich progress bar with ETA on a terminal; without one (a DVC stage inside a Prefect flow, CI logs) a plain
-    line about every 10 % of the steps, so a long training stage is never silent in the flow's log."""
-
-    def __init__(self, desc: str, total: int, done: int, enabled: bool) -> None:
-        import sys
-        import time
-
-        self._bar = None
-        self._plain = enabled and not sys.stdout.isatty()
-        self._desc, self._total, self._done = desc, max(int(total), 1), int(done)
-        self._every = max(self._total // 10, 1)
-        self._started, self._start_step = time.perf_counter(), int(done)
-        if not enabled or self._plain:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                             TimeRemainingColumn(), transient=False)
-        self._task = self._bar.add_task(desc, total=total, completed=done, loss="-")
-        self._bar.start()
-
-    def advance(self, loss: float) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, loss=f"{loss:.4f}")
-        elif self._plain:
-            self._done += 1
-            if self._done % self._every == 0 or self._done == self._total:
-                print(self._line(loss), flush=True)
-
-    def _line(self, loss: float) -> str:
-        import time
-
-        elapsed = time.perf_counter() - self._started
-        rate = (self._done - self._start_step) / elapsed if elapsed > 0 else 0.0
-        eta = (self._total - self._done) / rate if rate > 0 else float("nan")
-        return (f"{self._desc}: step {self._done}/{self._total} loss {loss:.4f} "
-                f"elapsed {elapsed:.0f}s ETA {eta:.0f}s")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
 
 # ------------------------------------------------------------------------------------------------ reporting

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,4 +140,6 @@ def test_progress_without_a_terminal_logs_about_every_tenth(caplog: pytest.LogCa
         for done in range(4, 41, 4):
             bar.update(done, 40)
     lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_ov.progress"]
-    assert lines == [f"evaluate: detection: {n} / 40 images" for n in range(4, 41, 4)]
+    assert [line.split(" elapsed ")[0] for line in lines] == [f"evaluate: detection: {n} / 40 images"
+                                                              for n in range(4, 41, 4)]
+    assert all(re.search(r" elapsed \d+s ETA \d+s$", line) for line in lines), lines
