@@ -183,6 +183,26 @@ def _code(*groups: Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in paths if not any(p != f and p.startswith(f + "/") for f in folders))
 
 
+def _extension(section: str, name: str, data_dir: str, description: str) -> StageSpec:
+    """An extension stage: the trained model evaluated on the ``extensions.<section>`` set it converts into
+    ``data_dir``; its benchmark, figures and report are named after the stage's suffix (``extend_3d`` -> ``3d``)."""
+    short = name.removeprefix("extend_")
+    return StageSpec(
+        name=name,
+        implementation=f"anomaly_ov.evaluate.extensions:run_{name}",
+        description=description,
+        params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
+                f"extensions.{section}", "extensions.report_dir", "validate.max_image_side"),
+        code=_code(_CORE, _FANOUT, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
+                   ("anomaly_ov/instruct/benchmark.py",)),
+        deps=("models/anomaly_ov",),
+        outs=(Out(data_dir), Out(f"data/extensions/{short}"), Out(f"reports/extensions/figures/{short}", cache=False)),
+        metrics=(f"reports/extensions/{short}.json",),
+        report=f"{{extensions.report_dir}}/{short}.json",
+        kind="extension",
+    )
+
+
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="sources",
@@ -297,35 +317,11 @@ SPECS: tuple[StageSpec, ...] = (
                Plot("reports/curves/pr.csv", x="recall", y="precision")),
         report="{evaluate.metrics}",
     ),
-    StageSpec(
-        name="extend_medical",
-        implementation="anomaly_ov.evaluate.extensions:run_extend_medical",
-        description="The same model on a medical set (BMAD layout or the generated one).",
-        params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
-                "extensions.medical", "extensions.report_dir", "validate.max_image_side"),
-        code=_code(_CORE, _FANOUT, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
-                   ("anomaly_ov/instruct/benchmark.py",)),
-        deps=("models/anomaly_ov",),
-        outs=(Out("data/raw/medical"), Out("data/extensions/medical"),
-              Out("reports/extensions/figures/medical", cache=False)),
-        metrics=("reports/extensions/medical.json",),
-        report="{extensions.report_dir}/medical.json",
-        kind="extension",
-    ),
-    StageSpec(
-        name="extend_3d",
-        implementation="anomaly_ov.evaluate.extensions:run_extend_3d",
-        description="The same model on multi-view renders of point clouds (MVTec 3D-AD, Real3D-AD, Anomaly-ShapeNet).",
-        params=("seed", "model", "train.instruct.output_dir", "instruct", "evaluate",
-                "extensions.threed", "extensions.report_dir", "validate.max_image_side"),
-        code=_code(_CORE, _FANOUT, _IMAGES, _MODEL, _EVALUATE, _READERS, _EXTENSION_DATA, _INSTRUCT_FACTS,
-                   ("anomaly_ov/instruct/benchmark.py",)),
-        deps=("models/anomaly_ov",),
-        outs=(Out("data/raw/3d"), Out("data/extensions/3d"), Out("reports/extensions/figures/3d", cache=False)),
-        metrics=("reports/extensions/3d.json",),
-        report="{extensions.report_dir}/3d.json",
-        kind="extension",
-    ),
+    _extension("medical", "extend_medical", data_dir="data/raw/medical",
+               description="The same model on a medical set (BMAD layout or the generated one)."),
+    _extension("threed", "extend_3d", data_dir="data/raw/3d",
+               description="The same model on multi-view renders of point clouds (MVTec 3D-AD, Real3D-AD, "
+                           "Anomaly-ShapeNet)."),
     StageSpec(
         name="register",
         implementation="anomaly_ov.registry:run_register",
