@@ -63,6 +63,41 @@ def build_inputs(model, batch: int, image_size: int, width: int | None = None):
     return inputs, layout, proc
 
 
+def stage2_training_step(model, batch: dict, *, lr: float, cuda: bool, checkpointing: bool,
+                         loss_reduction: str = "token"):
+    """Stage 2's training step on ``batch``, set up as the stage does it: the projector and the LLM train with fp32
+    master weights (the frozen tower and expert stay as built), AdamW, bf16 autocast on CUDA, gradient checkpointing
+    when ``checkpointing``. Returns the step (forward, backward, optimiser step) as a callable to time or measure,
+    and its optimiser (whose state a memory measurement counts)."""
+    from anomaly_ov.train.instruct import conversation_loss, fp32_master_weights
+
+    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.train()
+    fp32_master_weights(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = conversation_loss(model, batch, loss_reduction)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, opt
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` (``--image-size``) as two ints."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must be HEIGHTxWIDTH, e.g. 1000x1500, got {text!r}") from None
+    return h, w
+
+
 def describe(inputs, layout, cfg) -> None:
     ids = inputs["input_ids"][0]
     names = {cfg.image_token_id: "visual", cfg.adverb_token_index: "<adv>", cfg.anomaly_token_index: "anomaly"}

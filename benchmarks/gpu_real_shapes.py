@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from full_size_forward import build_inputs  # noqa: E402  (the shapes-only model's prompt, reused)
+from full_size_forward import build_inputs, parse_size, stage2_training_step  # noqa: E402  (shared with memory_plan)
 
 PRESETS = {"0.5b": "llava-onevision-0.5b", "7b": "llava-onevision-7b"}
 #: bf16 dense peak (no sparsity) in TFLOP/s by a substring of torch.cuda.get_device_name(); first match wins.
@@ -228,26 +228,15 @@ def run_stage1(model, params, args, device, peak) -> None:
 
 
 def run_stage2(model, params, args, device, peak) -> None:
-    from anomaly_ov.train.instruct import answer_positions, conversation_loss, fp32_master_weights
+    from anomaly_ov.train.instruct import answer_positions
 
     recipe = params.instruct_recipe
     inputs, layout, _ = build_inputs(model, args.batch, args.height, args.width)
     batch = {k: v.to(device) for k, v in inputs.items()}
-    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
-    if device.type == "cuda" and params.train.instruct.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    model.train()
-    fp32_master_weights(model)  # as stage 2: what trains is updated in float32, the frozen parts stay bf16
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
-
-    def step() -> None:  # as stage 2's loop: bf16 autocast on CUDA
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = conversation_loss(model, batch, recipe.loss_reduction)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    cuda = device.type == "cuda"
+    # as stage 2: what trains is updated in float32, the frozen parts stay bf16
+    step, _ = stage2_training_step(model, batch, lr=recipe.lr, cuda=cuda, loss_reduction=recipe.loss_reduction,
+                                   checkpointing=cuda and params.train.instruct.gradient_checkpointing)
     seconds = timed_steps(step, args.steps, device)
     seq_len = batch["input_ids"].shape[1]
     keep = int(answer_positions(batch["labels"]).numel())
@@ -283,14 +272,6 @@ def print_estimate(model, preset: str, seq_len: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- main
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HEIGHTxWIDTH, e.g. 1000x1500, got {text!r}") from None
-    return h, w
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="0.5b")

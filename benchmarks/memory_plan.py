@@ -42,6 +42,8 @@ from torch.utils._pytree import tree_flatten
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from full_size_forward import parse_size  # noqa: E402  (shared with gpu_real_shapes)
+
 from anomaly_ov import memory_plan as mp  # noqa: E402
 
 PRESETS = {"0.5b": "llava-onevision-0.5b", "7b": "llava-onevision-7b"}
@@ -272,11 +274,11 @@ def shapes_check(device: torch.device, height: int, width: int, shrink: bool = F
     GPU: ``torch.cuda.max_memory_allocated`` over the step; CPU (float32, ``shrink`` for a smoke run):
     :class:`LiveTensorBytes`.
     """
-    from full_size_forward import build_inputs
+    from full_size_forward import build_inputs, stage2_training_step
 
     from anomaly_ov.config import Params
     from anomaly_ov.model.presets import build_shapes_only
-    from anomaly_ov.train.instruct import answer_positions, conversation_loss, fp32_master_weights
+    from anomaly_ov.train.instruct import answer_positions
 
     cuda = device.type == "cuda"
     overrides = {"text_overrides": SHRINK_TEXT, "vision_overrides": SHRINK_VISION} if shrink else {}
@@ -289,19 +291,7 @@ def shapes_check(device: torch.device, height: int, width: int, shrink: bool = F
         torch.set_default_dtype(previous)
     inputs, layout, _ = build_inputs(model, 1, height, width)
     batch = {k: v.to(device) for k, v in inputs.items()}
-    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
-    model.gradient_checkpointing_enable()
-    model.enable_input_require_grads()
-    model.train()
-    fp32_master_weights(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = conversation_loss(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step, opt = stage2_training_step(model, batch, lr=1e-5, cuda=cuda, checkpointing=True)
 
     if cuda:
         step()
@@ -321,14 +311,6 @@ def shapes_check(device: torch.device, height: int, width: int, shrink: bool = F
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HEIGHTxWIDTH, e.g. 1000x1500, got {text!r}") from None
-    return h, w
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=[*PRESETS, "all"], default="all")

@@ -6,13 +6,17 @@ print what changed (JSON with ``--json``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from anomaly_ov.choices import RegistryAlias, choices
 from anomaly_ov.cli import JsonOpt, ParamsOpt, WorkspaceOpt, _load, echo_json, in_workspace_file, model_app
+
+if TYPE_CHECKING:
+    from anomaly_ov.config import Params
 
 Alias = choices("Alias", RegistryAlias)
 
@@ -68,14 +72,13 @@ def promote(
     """
     from anomaly_ov.registry import promote as do_promote
 
-    params = _load(in_workspace_file(workspace, params_file), None)
-    result = do_promote(params, version, str(to), workspace, force=force, reason=reason)
-    if as_json:
-        echo_json(result)
-        return
-    forced = " (forced past the gate)" if result["forced"] else ""
-    was = f"; it was on version {result['previous']}" if result["previous"] else ""
-    typer.echo(f"{result['model_name']}@{result['alias']} -> version {result['version']}{forced}{was}")
+    def line(result: dict[str, Any]) -> str:
+        forced = " (forced past the gate)" if result["forced"] else ""
+        was = f"; it was on version {result['previous']}" if result["previous"] else ""
+        return f"{result['model_name']}@{result['alias']} -> version {result['version']}{forced}{was}"
+
+    _change(lambda params: do_promote(params, version, str(to), workspace, force=force, reason=reason), line,
+            as_json, params_file, workspace)
 
 
 @model_app.command()
@@ -84,10 +87,17 @@ def rollback(as_json: JsonOpt = False, params_file: ParamsOpt = Path("params.yam
     """Give `production` back to the version that held it before the current one."""
     from anomaly_ov.registry import rollback as do_rollback
 
-    params = _load(in_workspace_file(workspace, params_file), None)
-    result = do_rollback(params, workspace)
+    _change(lambda params: do_rollback(params, workspace),
+            lambda result: f"{result['model_name']}@production -> version {result['production']} "
+                           f"(was version {result['rolled_back']})",
+            as_json, params_file, workspace)
+
+
+def _change(action: Callable[[Params], dict[str, Any]], line: Callable[[dict[str, Any]], str], as_json: bool,
+            params_file: Path, workspace: Path) -> None:
+    """Run one registry change with the workspace's params and print its result: JSON with ``--json``, else ``line``."""
+    result = action(_load(in_workspace_file(workspace, params_file), None))
     if as_json:
         echo_json(result)
-        return
-    typer.echo(f"{result['model_name']}@production -> version {result['production']} "
-               f"(was version {result['rolled_back']})")
+    else:
+        typer.echo(line(result))
