@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from anomaly_ov import orchestration as orch
 from anomaly_ov.config import Params, load_params
-from anomaly_ov.tracking import Terminated, sigterm_raises
+from anomaly_ov.tracking import Terminated, sigterm_raises, start_tracking
 from tasks.stages import stage_task
 
 
@@ -65,7 +65,7 @@ def run_with_parent(
 ) -> tuple[list[orch.StageOutcome], orch.ParentRun | None]:
     """Open (or join) the MLflow parent run, run the stages, close the run with their outcome."""
     if parent_run_id:
-        parent = orch.ParentRun(parent_run_id, orch.start_tracking(params, workspace), "", owned=False)
+        parent = orch.ParentRun(parent_run_id, start_tracking(params, workspace), "", owned=False)
     else:
         parent = orch.start_parent_run(params, workspace, flow_name, flow_tags())
     outcomes: list[orch.StageOutcome] = []

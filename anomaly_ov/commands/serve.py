@@ -94,7 +94,7 @@ def serve(
         os.environ["ANOMALY_OV_SERVE_MAX_BODY_BYTES"] = str(int(max_body_mb * 1024 * 1024))
     limits = ServeLimits.from_env()  # ConfigError naming the variable
     if model.startswith(MODEL_URI_PREFIXES):
-        from anomaly_ov.orchestration import start_tracking
+        from anomaly_ov.tracking import start_tracking
 
         start_tracking(_load(in_workspace_file(workspace, params_file), None), workspace)
     import uvicorn

@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from workspaces import BIN, make_real_workspace, read_json
 
-from anomaly_ov.orchestration import numeric_metrics
+from anomaly_ov.tracking import numeric_metrics
 
 pytestmark = pytest.mark.integration
 

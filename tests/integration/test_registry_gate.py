@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from anomaly_ov import registry
 from anomaly_ov.config import load_params
-from anomaly_ov.orchestration import start_tracking
+from anomaly_ov.tracking import start_tracking
 
 pytestmark = pytest.mark.integration
 

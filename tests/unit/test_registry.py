@@ -78,7 +78,7 @@ def test_a_version_without_the_primary_metric_never_reaches_production():
 
 
 def test_a_null_metric_named_in_the_thresholds_fails_the_gate():
-    from anomaly_ov.orchestration import numeric_metrics
+    from anomaly_ov.tracking import numeric_metrics
 
     raw = {"zero_shot.image_auroc": 0.9, "detection.macro_f1": None, "counts.images": 100}
     decision = decide(numeric_metrics(raw), REG, None, BENCH)

@@ -371,3 +371,62 @@ def test_domain_modules_import_nothing_above_them():
                 if above and not (name == "anomaly_ov.stages" and module in _READS_DECLARATIONS):
                     wrong.append(f"{module} imports {name}")
     assert wrong == []
+
+
+def _module_file(module: str) -> Path | None:
+    base = REPO.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _defined_and_imported(path: Path) -> tuple[set[str], set[str]]:
+    """Names a module defines (functions, classes, assignments) and names it only imports."""
+    defined, imported = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            imported.update(a.asname or a.name.split(".")[0] for a in node.names)
+    return defined, imported - defined
+
+
+def relayed_imports(roots: list[Path]) -> list[str]:
+    """``from M import name`` where module M (not a package's ``__init__``, which may be its package's face) only
+    imports ``name`` from its owner: the importer should name the owner."""
+    wrong: list[str] = []
+    seen: dict[Path, set[str]] = {}
+    for path in sorted(p for root in roots for p in root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and not node.level
+                    and node.module.split(".")[0] in ("anomaly_ov", "flows", "tasks")):
+                continue
+            source = _module_file(node.module)
+            if source is None or source.name == "__init__.py":
+                continue
+            if source not in seen:
+                seen[source] = _defined_and_imported(source)[1]
+            where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+            wrong += [f"{where}:{node.lineno} takes {alias.name} from {node.module}"
+                      for alias in node.names if alias.name in seen[source]]
+    return wrong
+
+
+def test_project_code_imports_names_from_their_owners():
+    """flows, tasks and anomaly_ov import a name from the module that defines it, not from one that relays it
+    (``orchestration.start_tracking`` is ``tracking``'s)."""
+    assert relayed_imports([REPO / "anomaly_ov", REPO / "flows", REPO / "tasks"]) == []
+
+
+def test_the_owner_scan_catches_a_relayed_import(tmp_path):
+    caller = REPO / "anomaly_ov" / "commands" / "serve.py"
+    text = caller.read_text()
+    assert "from anomaly_ov.tracking import start_tracking" in text
+    relayed = tmp_path / "serve.py"
+    relayed.write_text(text.replace("from anomaly_ov.tracking import start_tracking",
+                                    "from anomaly_ov.orchestration import start_tracking"))
+    assert any("takes start_tracking from anomaly_ov.orchestration" in w for w in relayed_imports([tmp_path]))
