@@ -446,9 +446,11 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         raise ConfigError("the stage-1 recipe has epochs: 0 (use the expert as released) but model.expert_checkpoint "
                           "is not set; point it to the official pretrained_expert_*.pth or give the recipe epochs")
     model = build_expert_model(params)
-    from anomaly_ov.train.pretrain_tower import load_pretrained_tower
+    from anomaly_ov.train.pretrain_tower import load_pretrained_tower, tower_file
 
-    load_pretrained_tower(model, params, workspace)  # the tiny preset starts from stage pretrain_tower's tower
+    # the tiny preset starts from stage pretrain_tower's tower: its weights are an input of the resume fingerprint
+    tower = (common.file_signature(tower_file(params, workspace)) if load_pretrained_tower(model, params, workspace)
+             else None)
     model = model.to(device)
     expert_checkpoint = params.model.expert_checkpoint
     loaded = (load_expert_weights(model.anomaly_expert, expert_checkpoint, strict=True)
@@ -479,6 +481,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         params.to_dict()["model"], params.to_dict()["train"]["expert"], params.train.seed, mask_size,
         common.file_signature(in_workspace(workspace, params.data.manifest)), info.world_size,
         common.data_fingerprint([*train_set.files, *(val_set.files if val_set is not None else [])], workspace),
+        tower,
     )
     if official:
         result = common.LoopResult(step=0, history=[], epoch_metrics=[], seconds=0.0, items=0, resumed_from_step=None)

@@ -330,6 +330,13 @@ def run_pretrain_tower(params: Params, workspace: Path) -> dict[str, Any]:
     return summary
 
 
+def tower_file(params: Params, workspace: Path) -> Path:
+    """The pretrained tower's weights file in the workspace (``train.tower.output_dir``)."""
+    from anomaly_ov.paths import in_workspace
+
+    return in_workspace(Path(workspace), params.train.tower.output_dir) / TOWER_FILE
+
+
 def load_pretrained_tower(model: Any, params: Params, workspace: Path) -> bool:
     """Load the ``pretrain_tower`` stage's tower into ``model.expert_tower`` when that stage trained one.
 
@@ -350,6 +357,6 @@ def load_pretrained_tower(model: Any, params: Params, workspace: Path) -> bool:
                          "train.tower.enabled: false to start stage 1 from a random tower)")
     if not json.loads(info_file.read_text()).get("trained"):
         return False
-    model.expert_tower.load_state_dict(load_file(str(directory / TOWER_FILE)), strict=True)
+    model.expert_tower.load_state_dict(load_file(str(tower_file(params, workspace))), strict=True)
     log.info("stage 1 starts from the pretrained tower in %s", directory)
     return True

@@ -86,3 +86,46 @@ def test_disabled_stage_writes_an_untrained_output_and_stage_one_keeps_its_tower
     assert json.loads((ws / "models/tower/tower.json").read_text())["trained"] is False
     assert not (ws / "models/tower/vision_tower.safetensors").exists()
     assert not pt.load_pretrained_tower(build_expert_model(params), params, ws)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stage_one_until(step: int, params, ws, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Run stage 1 and stop it once ``step`` is checkpointed; the steps it ran (a resumed run starts later)."""
+    from anomaly_ov.train import common
+
+    real_loop, ran = common.run_loop, []
+
+    def stop_at(*args, **kwargs):
+        def hook(done, record):
+            ran.append(done)
+            if done == step:
+                raise _Stop()
+        kwargs["on_step_end"] = hook
+        return real_loop(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(common, "run_loop", stop_at)
+        with pytest.raises(_Stop):
+            run_train_expert(params, ws)
+    return ran
+
+
+@pytest.mark.slow
+def test_stage_one_does_not_resume_a_checkpoint_trained_on_another_tower(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    ws = make_workspace(tmp_path / "ws", per_label=2)
+    params = tiny_params(*TOWER, "train.expert.checkpoint_every=1", "train.expert.tiny.batch_size=2")
+    pt.run_pretrain_tower(params, ws)
+    assert _stage_one_until(1, params, ws, monkeypatch) == [1]
+    assert _stage_one_until(2, params, ws, monkeypatch) == [2]  # same tower: resumed after step 1
+
+    weights_file = pt.tower_file(params, ws)  # pretrain_tower re-ran with other params: other weights
+    weights = load_file(str(weights_file))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, str(weights_file))
+    summary = run_train_expert(params, ws)
+    assert summary["resumed_from_step"] is None  # the step-2 checkpoint belongs to the old tower
+    assert summary["steps"] > 2
