@@ -11,7 +11,8 @@
 - :func:`run_register` (the ``register`` stage): log + register the model with ``reports/metrics.json``, alias
   ``candidate``, run the gate, write ``params.registry.report``.
 - The gate (:func:`decide` is the pure rule, :func:`apply_gate` applies it): a new version becomes ``candidate``;
-  ``staging`` when every metric in ``registry.thresholds`` is met; ``production`` when it also beats the current
+  ``staging`` when every metric in ``registry.thresholds`` is met (``extensions.<name>.<key>`` names a metric of
+  an extension stage's report, :func:`extension_metrics`); ``production`` when it also beats the current
   production on ``registry.primary_metric`` by at least ``registry.margin`` (and strictly), or when there is no
   production yet. A worse model never replaces production automatically. Every decision is written as tags on
   the version (``metric.*``, ``gate.*``), and every change of production is appended to the registered model's
@@ -52,6 +53,8 @@ MODEL_ARTIFACT = "model"
 HISTORY_TAG = "production_history"
 PREVIOUS_TAG = "previous_production"
 PENDING_TAG = "register.pending"
+#: thresholds named ``extensions.<name>.<key>`` read the extension stage's report (:func:`extension_metrics`)
+EXTENSION_PREFIX = "extensions."
 _log = logging.getLogger(__name__)
 
 
@@ -590,6 +593,45 @@ def _pending_version(client: MlflowClient, name: str, evidence: Evidence) -> str
     return None
 
 
+def extension_metrics(params: Params, workspace: str | Path, model_sha256: str
+                      ) -> tuple[dict[str, float], dict[str, str]]:
+    """The extension metrics the gate's params name, and a note per extension report on why it was (not) read.
+
+    A threshold (or the primary metric) ``extensions.<name>.<key>`` is ``<key>`` of the extension stage's report
+    ``<extensions.report_dir>/<name>.json`` (``extensions.medical.zero_shot.image_auroc``,
+    ``extensions.3d.object.max.image_auroc``). It is read only when the report measured this model (its
+    ``provenance.model_sha256``); otherwise the metric stays missing, which fails the threshold safe, and the note
+    says why (no report: the extension stage did not run; another model: re-run it).
+    """
+    from anomaly_ov.io import read_json
+    from anomaly_ov.paths import in_workspace
+    from anomaly_ov.tracking import numeric_metrics
+
+    registry = params.registry
+    named = [key for key in (*registry.thresholds, registry.primary_metric) if key.startswith(EXTENSION_PREFIX)]
+    wanted: dict[str, list[str]] = {}
+    for key in named:
+        extension, _, metric = key.removeprefix(EXTENSION_PREFIX).partition(".")
+        wanted.setdefault(extension, []).append(metric)
+    values: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    for extension, keys in sorted(wanted.items()):
+        path = in_workspace(Path(workspace), params.extensions.report_dir) / f"{extension}.json"
+        if not path.is_file():
+            notes[extension] = f"{path} not found: run `anomaly-ov stage extend_{extension}` (or drop the threshold)"
+            continue
+        raw = read_json(path)
+        measured = raw.get("provenance.model_sha256") if isinstance(raw, Mapping) else None
+        if measured != model_sha256:
+            notes[extension] = (f"{path} measured {'another model' if measured else 'an unknown model'}: re-run "
+                                f"`anomaly-ov stage extend_{extension}` for this one")
+            continue
+        report = numeric_metrics(raw)
+        values.update({f"{EXTENSION_PREFIX}{extension}.{key}": report[key] for key in keys if key in report})
+        notes[extension] = f"read from {path}"
+    return values, notes
+
+
 def run_register(params: Params, workspace: Path) -> dict[str, Any]:
     """Register ``models/anomaly_ov`` with its evaluation metrics, alias it ``candidate``, run the gate.
 
@@ -615,6 +657,8 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
     metrics = numeric_metrics(raw)
     evidence = Evidence.from_metrics(raw if isinstance(raw, Mapping) else {})
     model_sha = dir_sha256(model_dir)
+    extension_values, extension_notes = extension_metrics(params, workspace, model_sha)
+    metrics.update(extension_values)
     if evidence.model_sha256 is None:
         raise StageFailed("register", f"{metrics_file} does not say which model it measured "
                           "(no provenance.model_sha256): re-run `anomaly-ov stage evaluate`")
@@ -623,7 +667,8 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
                           f"is now {model_sha[:12]}: re-run `anomaly-ov stage evaluate` before registering")
     if not params.tracking.enabled:
         report = {"model_name": registry.model_name, "version": None, "verdict": None, "aliases": [],
-                  "reason": "tracking.enabled is false: nothing registered", "metrics": metrics}
+                  "reason": "tracking.enabled is false: nothing registered", "metrics": metrics,
+                  "extension_metrics": extension_notes}
         atomic_write_json(report_path, report)
         return {"registered": 0}
     uri = configure(params, workspace)
@@ -668,6 +713,7 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
         "production_primary": decision.production_primary,
         "production": alias_version(client, registry.model_name, "production"),
         "thresholds": registry.thresholds,
+        "extension_metrics": extension_notes,
         "evidence": asdict(evidence),
         "metrics": metrics,
         "tracking_uri": uri,

@@ -327,7 +327,8 @@ SPECS: tuple[StageSpec, ...] = (
         implementation="anomaly_ov.registry:run_register",
         description="Log the model to MLflow as a new version with alias `candidate`; the promotion gate moves it "
                     "to staging or production.",
-        params=("registry", "tracking", "train.instruct.output_dir", "evaluate.metrics"),
+        # extensions.report_dir: a threshold on an extension metric reads that stage's report
+        params=("registry", "tracking", "train.instruct.output_dir", "evaluate.metrics", "extensions.report_dir"),
         code=_code(_CORE, _IMAGES, _MODEL, ("anomaly_ov/data", "anomaly_ov/registry.py", "anomaly_ov/serving.py",
                                             "anomaly_ov/fingerprint.py", "anomaly_ov/orchestration.py")),
         deps=("models/anomaly_ov", "reports/metrics.json"),

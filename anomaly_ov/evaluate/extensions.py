@@ -96,8 +96,14 @@ def _reasoning_items(bench: Path, params: Params) -> list[dict[str, Any]] | None
 
 
 def _finish(name: str, report: dict[str, Any], params: Params, workspace: Path, figures: Path) -> dict[str, Any]:
+    """Write the extension's report (with the hash of the model it measured, which the registry gate checks before
+    it reads an ``extensions.<name>.*`` threshold from it) and log it to MLflow."""
     from anomaly_ov import tracking
+    from anomaly_ov.fingerprint import dir_sha256
 
+    model_dir = in_workspace(workspace, params.train.instruct.output_dir)
+    if model_dir.is_dir():  # (a test's stand-in predictor has no saved model)
+        report = {**report, "provenance.model_sha256": dir_sha256(model_dir)}
     path = report_path(params, workspace, name)
     atomic_write_json(path, report)
     tracking.log_metrics({k: v for k, v in report.items() if not k.startswith("per_class.")}, prefix=name)

@@ -106,3 +106,63 @@ def test_decode_image_accepts_base64_and_data_uris_but_no_paths_by_default(tmp_p
 def test_decode_image_error_names_the_row():
     with pytest.raises(ValueError, match="row 0: not an image"):
         decode_image(base64.b64encode(b"plain text").decode())
+
+
+# ------------------------------------------------------------------------------------- extension thresholds
+def _registered_workspace(tmp_path, extension_report: dict | None):
+    """A workspace with a saved model (any files), its evaluation and, optionally, the medical extension's report."""
+    import json
+
+    from anomaly_ov.config import load_params
+    from anomaly_ov.fingerprint import dir_sha256
+
+    model = tmp_path / "models/anomaly_ov"
+    model.mkdir(parents=True)
+    (model / "weights.bin").write_bytes(b"weights")
+    sha = dir_sha256(model)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/metrics.json").write_text(json.dumps({
+        "zero_shot.image_auroc": 0.9, "detection.macro_f1": 0.8, "provenance.model_sha256": sha,
+        "provenance.benchmark_sha256": "b" * 64, "counts.images": 100, "counts.anomalous": 40, "counts.normal": 60}))
+    if extension_report is not None:
+        (tmp_path / "reports/extensions").mkdir()
+        report = {key: (sha if value == "this model" else value) for key, value in extension_report.items()}
+        (tmp_path / "reports/extensions/medical.json").write_text(json.dumps(report))
+    params = load_params(None, ["tracking.enabled=false", "extensions.report_dir=reports/extensions",
+                                "registry.thresholds={zero_shot.image_auroc: 0.7, "
+                                "extensions.medical.zero_shot.image_auroc: 0.75}"])
+    return params, sha
+
+
+def test_a_threshold_on_an_extension_metric_reads_the_extension_report(tmp_path):
+    import json
+
+    from anomaly_ov.registry import extension_metrics, run_register
+
+    params, sha = _registered_workspace(tmp_path, {"zero_shot.image_auroc": 0.8, "detection.macro_f1": 0.3,
+                                                   "provenance.model_sha256": "this model"})
+    values, notes = extension_metrics(params, tmp_path, sha)
+    assert values == {"extensions.medical.zero_shot.image_auroc": 0.8}  # only what the params name
+    assert notes["medical"].startswith("read from")
+    decision = decide({"zero_shot.image_auroc": 0.9, **values}, params.registry, None, BENCH)
+    assert decision.verdict == "production", decision.reason
+    # the register stage passes it to the gate with the evaluation's metrics
+    run_register(params, tmp_path)
+    report = json.loads((tmp_path / params.registry.report).read_text())
+    assert report["metrics"]["extensions.medical.zero_shot.image_auroc"] == 0.8
+
+
+@pytest.mark.parametrize(("report", "why"), [
+    (None, "not found: run `anomaly-ov stage extend_medical`"),
+    ({"zero_shot.image_auroc": 0.8, "provenance.model_sha256": "0" * 64}, "measured another model"),
+    ({"zero_shot.image_auroc": 0.8}, "measured an unknown model"),
+])
+def test_a_missing_or_stale_extension_report_fails_the_threshold_safe(tmp_path, report, why):
+    from anomaly_ov.registry import extension_metrics
+
+    params, sha = _registered_workspace(tmp_path, report)
+    values, notes = extension_metrics(params, tmp_path, sha)
+    assert values == {} and why in notes["medical"]
+    decision = decide({"zero_shot.image_auroc": 0.9, **values}, params.registry, None, BENCH)
+    assert decision.verdict == "candidate"
+    assert "extensions.medical.zero_shot.image_auroc missing" in decision.reason
