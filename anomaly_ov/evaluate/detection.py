@@ -472,8 +472,14 @@ def score_shard(
     return out
 
 
+def scores_in_workers(fan: FanOut | None, spec: PredictorSpec | None) -> bool:
+    """Whether :func:`run_detection` scores in Dask workers (a distributed ``fan`` and a ``spec`` they load the
+    model from) rather than with a predictor in this process."""
+    return fan is not None and fan.distributed and spec is not None
+
+
 def run_detection(
-    predictor: PredictorLike,
+    predictor: PredictorLike | None,
     items: list[dict[str, Any]],
     cfg: EvaluateParams,
     workspace: str | Path = ".",
@@ -491,11 +497,11 @@ def run_detection(
 
     With a distributed ``fan`` and a ``spec``, the items are sharded over the workers (shards are whole batches;
     each worker loads the predictor from ``spec`` once); the results are added here in item order, so the
-    outcome is the same as in one process.
+    outcome is the same as in one process; ``predictor`` is not used then (None: this process holds no model).
     """
     result = DetectionResult()
     kept: dict[tuple[str, str], int] = {}
-    if fan is not None and fan.distributed and spec is not None:
+    if scores_in_workers(fan, spec) and fan is not None and spec is not None:  # (the last two narrow the types)
         header: list[str] = []
         later: list[str] = []
         job = functools.partial(score_shard, spec=spec, cfg=cfg, workspace=str(workspace), max_side=max_side)
@@ -510,6 +516,8 @@ def run_detection(
                 progress(shard.stop, len(items))
         problems = header + later
     else:
+        if predictor is None:
+            raise ValueError("run_detection scores in this process and needs a predictor")
         items, problems = _usable(items, workspace, max_side)
 
         def want(cat: str, kind: str) -> bool:

@@ -70,20 +70,24 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def existing_model_dir(path: Path) -> Path:
+    """``path`` when it exists; else :class:`~anomaly_ov.io.MissingFile` naming the stage that writes it."""
+    if not path.exists():
+        raise MissingFile(f"{path}: model directory not found; run `anomaly-ov stage train_instruct` first")
+    return path
+
+
 def load_predictor(model: str | Path | Any, device: str = "auto") -> PredictorLike:
     """The real model behind the evaluation: ``anomaly_ov.model.predict.Predictor`` from a saved directory."""
     from anomaly_ov.model.predict import Predictor
 
     if isinstance(model, str | Path):
-        path = Path(model)
-        if not path.exists():
-            raise MissingFile(f"{path}: model directory not found; run `anomaly-ov stage train_instruct` first")
-        model = str(path)
+        model = str(existing_model_dir(Path(model)))
     return Predictor.from_pretrained(model, device=resolve_device(device))
 
 
 def evaluate_dataset(
-    predictor: PredictorLike,
+    predictor: PredictorLike | None,
     test_items: list[dict[str, Any]],
     reasoning_items: list[dict[str, Any]] | None,
     params: Params,
@@ -104,6 +108,8 @@ def evaluate_dataset(
     so that the registry gate can tell which model and benchmark they describe. ``predictor_spec`` (the saved
     model and device) lets ``params.parallel`` shard the detection over Dask workers, each loading the model once
     (:func:`parallel_settings`); without it, or with ``parallel.workers: 1``, ``predictor`` scores in this process.
+    ``predictor`` None: this process loads the model from ``predictor_spec`` only when it scores itself (detection
+    in process, reasoning), so a fanned-out detection does not keep a copy here beside the workers' copies.
     """
     from anomaly_ov import tracking
     from anomaly_ov.evaluate import detection, figures, reasoning, report
@@ -115,13 +121,23 @@ def evaluate_dataset(
     if not test_items:
         raise InputError("no test items to evaluate (the benchmark file or the dataset is empty)")
     test_items = [detection.normalise_test_item(item, i) for i, item in enumerate(test_items)]
-    started = time.perf_counter()
     from anomaly_ov.parallel import fanout
+
+    def here() -> PredictorLike:
+        """The predictor of this process, loaded from ``predictor_spec`` the first time it is needed."""
+        nonlocal predictor
+        if predictor is None:
+            if predictor_spec is None:
+                raise ValueError("evaluate_dataset needs a predictor or a predictor_spec to load one from")
+            predictor = predictor_spec.load()
+        return predictor
 
     settings = parallel_settings(params, predictor_spec)
     with fanout(settings, "evaluate") as fan, \
             ProgressBar("evaluate: detection", len(test_items), unit="images") as bar:
-        det = detection.run_detection(predictor, test_items, cfg, workspace, bar.update,
+        scorer = None if detection.scores_in_workers(fan, predictor_spec) else here()
+        started = time.perf_counter()  # the detection itself (not loading the model in this process)
+        det = detection.run_detection(scorer, test_items, cfg, workspace, bar.update,
                                       max_side=params.validation.max_image_side, fan=fan, spec=predictor_spec)
     detect_seconds = time.perf_counter() - started
     overall, per_class = detection.detection_metrics(det, cfg)
@@ -130,7 +146,7 @@ def evaluate_dataset(
     if reasoning_items:
         reasoning_items = [reasoning.normalise_reasoning_item(item, i) for i, item in enumerate(reasoning_items)]
         with ProgressBar("evaluate: reasoning", len(reasoning_items), unit="images") as bar:
-            reason = reasoning.run_reasoning(predictor, reasoning_items, cfg, workspace, similarity, bar.update)
+            reason = reasoning.run_reasoning(here(), reasoning_items, cfg, workspace, similarity, bar.update)
         r_overall, r_classes = reasoning.reasoning_metrics(reason, cfg.judge.enabled)
         overall["reasoning"] = r_overall
         for cls, values in r_classes.items():
@@ -226,15 +242,15 @@ def run_evaluate(params: Params, workspace: Path) -> dict[str, Any]:
             raise StageFailed("evaluate", str(exc)) from None
     from anomaly_ov.evaluate.detection import PredictorSpec
 
-    model_dir = in_workspace(workspace, params.train.instruct.output_dir)
-    predictor = load_predictor(model_dir, cfg.device)
+    model_dir = existing_model_dir(in_workspace(workspace, params.train.instruct.output_dir))
     model_sha256 = dir_sha256(model_dir)
     spec = PredictorSpec(str(model_dir.absolute()), cfg.device, params.parallel.one_gpu_per_worker, model_sha256)
     info = {"dataset": cfg.test_data or f"{params.instruct.bench_dir}/{TEST_DATA}",
             "model": params.train.instruct.output_dir}
     provenance = {"provenance.model_sha256": model_sha256,
                   "provenance.benchmark_sha256": items_sha256({"test": test_items, "reasoning": reasoning_items})}
-    flat = evaluate_dataset(predictor, test_items, reasoning_items, params, None, workspace, info,
+    # the model is loaded from spec where it scores: here, or only in the workers when the detection fans out
+    flat = evaluate_dataset(None, test_items, reasoning_items, params, None, workspace, info,
                             provenance=provenance, predictor_spec=spec)
     summary = {k: flat[k] for k in HEADLINE if flat.get(k) is not None}
     summary["images"] = flat["counts.images"]

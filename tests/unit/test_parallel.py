@@ -242,6 +242,37 @@ def test_expert_only_evaluation_is_the_same_on_two_workers(workspaces, cluster, 
             assert fanned[name] == single[name], name
 
 
+def test_the_evaluate_stage_loads_the_model_in_the_workers_only_when_it_fans_out(workspaces, cluster, tmp_path,
+                                                                                  monkeypatch):
+    """A fanned-out detection holds no copy of the model in the stage process (on a multi-GPU machine it would sit
+    on GPU 0 beside worker 0's); in process the stage loads it once. A spy on the loader counts this process's
+    loads (the cluster's workers are other processes)."""
+    import torch
+
+    from anomaly_ov.evaluate import run
+    from anomaly_ov.instruct.run import run_synthesize
+    from anomaly_ov.model.presets import build_model, build_processor, save_pretrained
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    one, _ = workspaces
+    if not (one / "data/bench/test_data.json").exists():
+        run_synthesize(_params(), one)
+    ws = tmp_path / "ws"
+    shutil.copytree(one, ws, symlinks=True)
+    torch.manual_seed(0)
+    expert_only = ("evaluate.generate_answers=false", "evaluate.reasoning=false")
+    tokenizer = train_tokenizer(["Yes, there is a scratch.", "No, the object looks normal."] * 5)
+    save_pretrained(build_model(_params(*expert_only), tokenizer).eval(),
+                    build_processor(_params(*expert_only), tokenizer), ws / "models/anomaly_ov")
+    real, loads = run.load_predictor, []
+    monkeypatch.setattr(run, "load_predictor", lambda model, device="auto": loads.append(model) or real(model, device))
+
+    fanned = run.run_evaluate(_params(*expert_only, f"parallel.address={cluster[0]}"), ws)
+    assert loads == [] and fanned["images"] > 0
+    single = run.run_evaluate(_params(*expert_only), ws)
+    assert len(loads) == 1 and single["images"] == fanned["images"]
+
+
 def test_one_worker_runs_in_process_without_importing_dask():
     import subprocess
 

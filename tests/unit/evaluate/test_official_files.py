@@ -124,6 +124,7 @@ def test_evaluate_stage_reads_the_official_files_from_params(tmp_path, monkeypat
     from anomaly_ov.stages import StageFailed
 
     _official(tmp_path / "visa_dr")
+    (tmp_path / "models/anomaly_ov").mkdir(parents=True)  # the stage checks the model folder before loading it
     monkeypatch.setattr(run, "load_predictor", lambda path, device="auto": fake_predictor)
     monkeypatch.setattr(R, "SentenceSimilarity", lambda name: word_overlap)
     evaluate = {"resolution": 16, "figures_per_kind": 0, "test_data": "visa_dr/VisA/test_data.json",

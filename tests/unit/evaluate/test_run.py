@@ -105,12 +105,14 @@ def test_run_evaluate_stage_uses_params_paths(benchmark, fake_predictor, word_ov
 
     workspace, test, dr = benchmark
     _stage_workspace(workspace, test, dr)
+    (workspace / "models/anomaly_ov").mkdir(parents=True)  # the stage checks the folder before loading from it
+    (workspace / "models/anomaly_ov/config.json").write_text("{}")
     seen = []
     monkeypatch.setattr(run, "load_predictor", lambda path, device="auto": seen.append(path) or fake_predictor)
     monkeypatch.setattr(reasoning, "SentenceSimilarity", lambda name: word_overlap)
     params = _params(max_reasoning_items=1, max_images=8)
     summary = run.run_evaluate(params, workspace)
-    assert seen == [workspace / "models/anomaly_ov"]
+    assert seen == [str((workspace / "models/anomaly_ov").absolute())]  # once, for detection and reasoning
     assert summary["images"] == 8 and "zero_shot.image_auroc" in summary
     metrics = json.loads((workspace / "reports/metrics.json").read_text())
     assert metrics["reasoning.count.items"] == 1 and metrics["counts.images"] == 8
