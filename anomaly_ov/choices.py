@@ -37,5 +37,9 @@ def values(vocabulary: object) -> tuple[str, ...]:
 
 
 def choices(name: str, vocabulary: object) -> type[StrEnum]:
-    """A ``StrEnum`` named ``name`` whose members are the vocabulary's values (``member.value == member``)."""
+    """A ``StrEnum`` named ``name`` whose members are the vocabulary's values (``member.value == member``).
+
+    A type checker cannot see a class built at runtime: an annotation that uses it carries
+    ``# type: ignore[valid-type]``, a default is written ``Choice("value")`` and a member is read with ``str()``.
+    """
     return StrEnum(name, [(value, value) for value in values(vocabulary)])  # type: ignore[return-value]

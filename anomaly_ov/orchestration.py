@@ -547,21 +547,21 @@ def start_parent_run(
         return None
     from mlflow import MlflowClient
 
-    from anomaly_ov.tracking import end_stale_runs, owner_tags, run_tags
+    from anomaly_ov.tracking import end_stale_runs, experiment_id, owner_tags, run_tags
 
     uri = start_tracking(params, workspace)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(params.tracking.experiment)
-    end_stale_runs(client, experiment.experiment_id, workspace)  # runs of flows/stages killed before they ended
+    experiment = experiment_id(client, params.tracking.experiment)
+    end_stale_runs(client, experiment, workspace)  # runs of flows/stages killed before they ended
     all_tags = {**run_tags(params, workspace), **owner_tags(workspace), "flow": flow_name,
                 **{k: str(v) for k, v in (tags or {}).items()}}
-    run = client.create_run(experiment.experiment_id, tags=all_tags, run_name=flow_name)
+    run = client.create_run(experiment, tags=all_tags, run_name=flow_name)
     flat = [(k, str(v)[:6000]) for k, v in flatten(params.to_dict()).items()]
     from mlflow.entities import Param
 
     for i in range(0, len(flat), 100):
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
-    return ParentRun(run.info.run_id, uri, experiment.experiment_id)
+    return ParentRun(run.info.run_id, uri, experiment)
 
 
 def finish_parent_run(

@@ -43,6 +43,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+from mlflow.pyfunc.model import PythonModel
 
 from anomaly_ov.choices import RegistryAlias, values
 from anomaly_ov.config import Params, RegistryParams
@@ -71,7 +72,7 @@ def encode_image(path: str | Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-class AnomalyOVPyfunc(mlflow.pyfunc.PythonModel):
+class AnomalyOVPyfunc(PythonModel):
     """Anomaly-OV as a pyfunc: DataFrame(image[, question]) -> DataFrame(score, label, answer[, anomaly_map]).
 
     A request the client got wrong (bad image, over a limit, a path where none is allowed) raises an
@@ -502,7 +503,8 @@ def promote(
             raise ConfigError(f"model {name!r} has no version {version}; see `anomaly-ov model list`") from None
         verdict = found.tags.get("gate.verdict")
         gated = alias in PASSED and verdict not in PASSED[alias]
-        if gated and not (force and reason and reason.strip()):
+        why = (reason or "").strip()
+        if gated and not (force and why):
             said = (f"the gate rejected it ({found.tags.get('gate.reason', '')})" if verdict
                     else "the gate never judged it")
             raise ConfigError(f"version {version} cannot go to {alias}: {said}. To override, pass --force and "
@@ -515,7 +517,7 @@ def promote(
         client.set_model_version_tag(name, version, f"promoted.{alias}", _now())
         if gated:
             client.set_model_version_tag(name, version, f"promoted.{alias}.forced", "true")
-            client.set_model_version_tag(name, version, f"promoted.{alias}.reason", reason.strip())
+            client.set_model_version_tag(name, version, f"promoted.{alias}.reason", why)
             client.set_model_version_tag(name, version, f"promoted.{alias}.by", _user())
     return {"model_name": name, "version": version, "alias": alias, "previous": previous, "forced": gated}
 
@@ -559,7 +561,7 @@ def describe(params: Params, workspace: str | Path = ".") -> dict[str, Any]:
         client.get_registered_model(name)
     except MlflowException:
         return {"model_name": name, "versions": []}
-    versions = []
+    versions: list[dict[str, Any]] = []
     for item in client.search_model_versions(f"name='{name}'"):
         full = client.get_model_version(name, item.version)  # search_model_versions has no aliases on SQLite
         verdict = full.tags.get("gate.verdict")
@@ -665,22 +667,23 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
     if evidence.model_sha256 != model_sha:
         raise StageFailed("register", f"{metrics_file} measured model {evidence.model_sha256[:12]}, but {model_dir} "
                           f"is now {model_sha[:12]}: re-run `anomaly-ov stage evaluate` before registering")
-    if not params.tracking.enabled:
-        report = {"model_name": registry.model_name, "version": None, "verdict": None, "aliases": [],
-                  "reason": "tracking.enabled is false: nothing registered", "metrics": metrics,
-                  "extension_metrics": extension_notes}
-        atomic_write_json(report_path, report)
-        return {"registered": 0}
     uri = configure(params, workspace)
+    if uri is None:  # tracking.enabled is false
+        atomic_write_json(report_path, {
+            "model_name": registry.model_name, "version": None, "verdict": None, "aliases": [],
+            "reason": "tracking.enabled is false: nothing registered", "metrics": metrics,
+            "extension_metrics": extension_notes})
+        return {"registered": 0}
     client = MlflowClient(uri)
-    own_run = mlflow.active_run() is None
-    if own_run:
-        mlflow.start_run(run_name="register", tags={**run_tags(params, workspace), "stage": "register"})
+    active = mlflow.active_run()
+    own_run = active is None
+    run = active or mlflow.start_run(run_name="register", tags={**run_tags(params, workspace), "stage": "register"})
     try:
-        run_id = mlflow.active_run().info.run_id
-        version = _pending_version(client, registry.model_name, evidence)
-        resumed = version is not None
-        if resumed:
+        run_id = run.info.run_id
+        pending = _pending_version(client, registry.model_name, evidence)
+        resumed = pending is not None
+        if pending is not None:
+            version = pending
             logged_uri = client.get_model_version(registry.model_name, version).source
         else:
             info = log_model(model_dir)
@@ -697,7 +700,7 @@ def run_register(params: Params, workspace: Path) -> dict[str, Any]:
     finally:
         if own_run:
             mlflow.end_run()
-    report = {
+    report: dict[str, Any] = {
         "model_name": registry.model_name,
         "version": version,
         "resumed_pending_version": resumed,

@@ -106,6 +106,7 @@ def check_request(images: Sequence[Any], questions: Sequence[str | None], limits
 
 def decode_row_image(value: str | bytes, limits: ServeLimits, row: int = 0):
     """The PIL RGB image of one request row: base64 bytes (``data:`` URI allowed) or, if enabled, an allowed path."""
+    data: bytes | None
     if isinstance(value, bytes | bytearray):
         data = bytes(value)
     else:

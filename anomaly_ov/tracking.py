@@ -134,6 +134,17 @@ def _owner_is_gone(tags: Mapping[str, str]) -> bool:
     return not started or (bool(tags.get(STARTED_TAG)) and started != tags.get(STARTED_TAG))
 
 
+def experiment_id(client: Any, name: str) -> str:
+    """The id of MLflow experiment ``name`` (``client``: an ``MlflowClient``), which :func:`configure` creates."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        from anomaly_ov.errors import ConfigError
+
+        raise ConfigError(f"MLflow experiment {name!r} not found in {client.tracking_uri}: check tracking.experiment "
+                          "and tracking.tracking_uri (the pipeline creates the experiment on its first run)")
+    return str(experiment.experiment_id)
+
+
 def end_stale_runs(client: Any, experiment_id: str, workspace: str | Path) -> list[str]:
     """Mark KILLED the RUNNING runs of ``workspace`` whose process on this host is gone (SIGKILL, OOM, power loss
     leave a run RUNNING forever); returns their ids. Runs owned by another host, or by a process that is still
@@ -186,8 +197,8 @@ def stage_run(params: Params, stage: str, workspace: str | Path = ".") -> Iterat
     import mlflow
 
     configure(params, workspace)
-    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
-    end_stale_runs(mlflow.MlflowClient(), experiment.experiment_id, workspace)
+    client = mlflow.MlflowClient()
+    end_stale_runs(client, experiment_id(client, params.tracking.experiment), workspace)
     parent = os.environ.get(PARENT_RUN_ENV)
     tags = {**run_tags(params, workspace), **owner_tags(workspace), "stage": stage}
     if parent:
@@ -267,7 +278,8 @@ def current_run_id() -> str | None:
         return None
     import mlflow
 
-    return mlflow.active_run().info.run_id
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

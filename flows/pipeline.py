@@ -64,6 +64,7 @@ def run_with_parent(
     force: bool,
 ) -> tuple[list[orch.StageOutcome], orch.ParentRun | None]:
     """Open (or join) the MLflow parent run, run the stages, close the run with their outcome."""
+    parent: orch.ParentRun | None
     if parent_run_id:
         parent = orch.ParentRun(parent_run_id, start_tracking(params, workspace), "", owned=False)
     else:

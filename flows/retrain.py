@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import Flow, flow
 
@@ -106,7 +106,9 @@ def retrain_deployment(params: Params, workspace: str, params_file: str = "param
     if pool.name:
         options = {"work_pool_name": pool.name, "job_variables": dict(pool.job_variables),
                    "entrypoint_type": EntrypointType.MODULE_PATH}
-    return chosen.to_deployment(
+    # Prefect's async_dispatch types the result as "RunnerDeployment or its coroutine": called outside an event loop
+    # (the CLI, the tests) it runs the synchronous implementation and returns the deployment itself
+    return cast("RunnerDeployment", chosen.to_deployment(
         name=params.schedule.deployment_name,
         schedules=[Cron(params.schedule.cron, timezone=params.schedule.timezone)] if scheduled else None,
         parameters={"workspace": str(Path(workspace).resolve()), "params_file": params_file},
@@ -116,7 +118,7 @@ def retrain_deployment(params: Params, workspace: str, params_file: str = "param
         # one, which then fails on DVC's lock; the next scheduled run waits for a slot instead
         concurrency_limit=1,
         **options,
-    )
+    ))
 
 
 def ensure_work_pool(params: Params) -> bool:
@@ -157,7 +159,8 @@ def deploy_retrain(params: Params, workspace: str, params_file: str = "params.ya
         raise ConfigError("schedule.work_pool.name is empty: name the Prefect work pool to deploy to (or run "
                           "`anomaly-ov schedule`, which serves the deployment itself)")
     ensure_work_pool(params)
-    return retrain_deployment(params, workspace, params_file, flow, scheduled).apply()
+    # outside an event loop apply() is synchronous (see retrain_deployment)
+    return cast("UUID", retrain_deployment(params, workspace, params_file, flow, scheduled).apply())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,7 +85,7 @@ def model_dir_from_uri(uri: str, params: Params, workspace: str | Path, dst: str
 @model_app.command("evaluate")
 def evaluate_command(
     path: Annotated[Path, typer.Argument(help="dataset root (or meta.json folder)")],
-    fmt: Annotated[DatasetFormat, typer.Option("--format", "-f", help="dataset layout")  # type: ignore
+    fmt: Annotated[DatasetFormat, typer.Option("--format", "-f", help="dataset layout")  # type: ignore[valid-type]
                    ] = DatasetFormat("mvtec"),
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="model directory or MLflow URI (models:/NAME@ALIAS)")

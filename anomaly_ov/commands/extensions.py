@@ -34,7 +34,8 @@ def convert_medical(
                                              "percentile | CENTER,WIDTH")] = "auto",
     axis: Annotated[int, typer.Option(min=0, max=2, help="NIfTI slicing axis")] = 2,
     step: Annotated[int, typer.Option(min=1, help="NIfTI: keep every n-th slice")] = 1,
-    split: Annotated[SplitChoice, typer.Option(help="split the slices go to")] = SplitChoice.test,  # type: ignore
+    split: Annotated[SplitChoice, typer.Option(help="split the slices go to")  # type: ignore[valid-type]
+                     ] = SplitChoice("test"),
     size: Annotated[int | None, typer.Option(help="resize slices to SIZE x SIZE")] = None,
     source: Annotated[str, typer.Option(help="source name written to the manifest")] = "medical",
     workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("."),
@@ -58,11 +59,11 @@ def convert_medical(
         if len(nifti) != len(files):
             raise ConfigError("mix of NIfTI and other files: convert them in separate calls")
         pairs = [(f, (masks / f.name) if masks and (masks / f.name).exists() else None) for f in nifti]
-        frame = convert_nifti(pairs, out, category, split.value, axis, parsed if window != "auto" else "percentile",
+        frame = convert_nifti(pairs, out, category, str(split), axis, parsed if window != "auto" else "percentile",
                               step, size, source, workspace=workspace)
     else:
         mask_map = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"} if masks else None
-        frame = convert_dicom(files, out, category, split.value, parsed, mask_map, size, source, workspace=workspace)
+        frame = convert_dicom(files, out, category, str(split), parsed, mask_map, size, source, workspace=workspace)
     anomalous = int((frame["label"] == "anomaly").sum())
     typer.echo(f"{len(frame)} images ({anomalous} with lesion masks) written to {out}; manifest {out}/manifest.parquet")
 
@@ -90,12 +91,13 @@ def _window(window: str) -> str | tuple[float, float]:
 @data_app.command("render-3d")
 def render_3d(
     path: Annotated[Path, typer.Argument(help="dataset root")],
-    fmt: Annotated[PointCloudChoice, typer.Option("--format", "-f", help="point-cloud layout")],  # type: ignore
+    fmt: Annotated[PointCloudChoice,  # type: ignore[valid-type]
+                   typer.Option("--format", "-f", help="point-cloud layout")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the rendered views")],
     views: Annotated[int, typer.Option(help="views per object (camera ring)")] = 4,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
-    role: Annotated[RoleChoice, typer.Option(help="what the rendered views may be used for")  # type: ignore
-                    ] = RoleChoice.eval,
+    role: Annotated[RoleChoice, typer.Option(help="what the rendered views may be used for")  # type: ignore[valid-type]
+                    ] = RoleChoice("eval"),
     workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("."),
 ) -> None:
     """Render a point-cloud dataset into multi-view images + masks (manifest.parquet beside them)."""
@@ -103,8 +105,8 @@ def render_3d(
     from anomaly_ov.data.pointcloud import RenderSettings
     from anomaly_ov.data.sources import reader_for
 
-    source = SourceParams(name=path.name, format=fmt.value, path=str(path.resolve()), role=role.value,
-                          modality="3d")
-    frame = reader_for(fmt.value)(source, workspace, settings=RenderSettings(views=views, image_size=size),
+    source = SourceParams.model_validate({"name": path.name, "format": str(fmt), "path": str(path.resolve()),
+                                          "role": str(role), "modality": "3d"})
+    frame = reader_for(str(fmt))(source, workspace, settings=RenderSettings(views=views, image_size=size),
                                   out_dir=out.resolve())
     typer.echo(f"{frame['group'].nunique()} objects, {len(frame)} views written to {out}")

@@ -66,7 +66,8 @@ def instruct_check(
 def instruct_preview(
     path: Annotated[Path | None, typer.Argument(help="instruction JSON (default: params instruct.train_json)")] = None,
     n: Annotated[int, typer.Option("--n", "-n", help="number of records to show")] = 5,
-    label: Annotated[LabelChoice | None, typer.Option(help="only records with this label")] = None,  # type: ignore
+    label: Annotated[LabelChoice | None,  # type: ignore[valid-type]
+                     typer.Option(help="only records with this label")] = None,
     seed: Annotated[int, typer.Option(help="which records: a seeded sample")] = 0,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -50,13 +51,14 @@ def run_flow(
     """
     prepare_environment()
     from anomaly_ov.orchestration import StageError
+    from flows.extensions import extensions
+    from flows.pipeline import pipeline
+    from flows.retrain import retrain
 
-    if flow is FlowName.pipeline:
-        from flows.pipeline import pipeline as chosen
-    elif flow is FlowName.retrain:
-        from flows.retrain import retrain as chosen
-    else:
-        from flows.extensions import extensions as chosen
+    # the three flows share these parameters (pipeline also takes a parent run id, which the CLI never passes)
+    flows: dict[FlowName, Callable[..., object]] = {
+        FlowName.pipeline: pipeline, FlowName.retrain: retrain, FlowName.extensions: extensions}
+    chosen = flows[flow]
     try:
         chosen(workspace=str(workspace.resolve()), params_file=str(params_file), force=force)
     except StageError as exc:  # a project error: say which flow stopped, keep the error's exit code

@@ -38,17 +38,19 @@ ModalityChoice = choices("ModalityChoice", Modality)
 @data_app.command("validate")
 def validate_dataset(
     path: Annotated[Path, typer.Argument(help="dataset root folder")],
-    fmt: Annotated[DatasetFormat, typer.Option("--format", "-f", help="dataset layout")],  # type: ignore
+    fmt: Annotated[DatasetFormat, typer.Option("--format", "-f", help="dataset layout")],  # type: ignore[valid-type]
     report: Annotated[Path, typer.Option("--report", "-r", help="JSON report (Markdown is written beside it)")] = Path(
         "reports/validation.json"
     ),
-    role: Annotated[RoleChoice, typer.Option(help="eval (zero-shot evaluation: needs anomalies) or train")  # type: ignore
-                    ] = RoleChoice.eval,
+    role: Annotated[RoleChoice,  # type: ignore[valid-type]
+                    typer.Option(help="eval (zero-shot evaluation: needs anomalies) or train")
+                    ] = RoleChoice("eval"),
     name: Annotated[str | None, typer.Option(help="source name (default: the folder name)")] = None,
     categories: Annotated[
         list[str] | None, typer.Option("--category", "-c", help="only these categories (repeatable)")
     ] = None,
-    modality: Annotated[ModalityChoice, typer.Option(help="kind of images")] = ModalityChoice.industrial,  # type: ignore
+    modality: Annotated[ModalityChoice,  # type: ignore[valid-type]
+                        typer.Option(help="kind of images")] = ModalityChoice("industrial"),
     files: Annotated[bool, typer.Option("--files/--no-files", help="open and check every image and mask")] = True,
     allow_external: Annotated[
         bool, typer.Option("--allow-external-paths", help="accept paths that leave the dataset folder")
@@ -70,10 +72,10 @@ def validate_dataset(
                    workspace_needed=False)  # a dataset folder can be checked with the default thresholds
     root = path if path.is_absolute() else Path.cwd() / path
     try:
-        source = SourceParams(
-            name=name or root.resolve().name, format=fmt.value, path=str(root), role=role.value,
-            categories=categories or None, modality=modality.value, allow_external_paths=allow_external,
-        )
+        source = SourceParams.model_validate({  # the choices are checked here (a ValidationError names the option)
+            "name": name or root.resolve().name, "format": str(fmt), "path": str(root), "role": str(role),
+            "categories": categories or None, "modality": str(modality), "allow_external_paths": allow_external,
+        })
     except ValidationError as exc:
         problems = "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid option(s): {problems}") from None
@@ -82,11 +84,11 @@ def validate_dataset(
     try:
         frame = read_source(source, workspace, issues)
     except (LayoutError, OSError) as exc:
-        result = _layout_report(f"{path}: cannot read as {fmt.value!r}: {exc}",
+        result = _layout_report(f"{path}: cannot read as {str(fmt)!r}: {exc}",
                                 [*issues, *getattr(exc, "issues", [])], params, str(path))
         write_report(result, report, md_path)
         _print_summary(result, report, md_path, as_json)
-        _fail(f"{path}: cannot read as {fmt.value!r}: {exc}", 2)
+        _fail(f"{path}: cannot read as {str(fmt)!r}: {exc}", 2)
     result = validate_manifest(
         frame, params, workspace, sources=[source], subject=str(path), check_files=files, issues=issues
     )

@@ -149,9 +149,8 @@ class SentenceSimilarity:
     def pairs(self, references: Sequence[str], candidates: Sequence[str]) -> list[float]:
         if not references:
             return []
-        opts = {"normalize_embeddings": True, "convert_to_numpy": True, "show_progress_bar": False}
-        emb_r = self.model.encode(list(references), **opts)
-        emb_c = self.model.encode(list(candidates), **opts)
+        emb_r, emb_c = (self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
+                                          show_progress_bar=False) for texts in (references, candidates))
         return [float(v) for v in np.sum(emb_r * emb_c, axis=1)]
 
 

@@ -86,7 +86,7 @@ def record_flags(record: Any, workspace: Path, max_chars: int, allow_external: b
     first_tokens = texts[0].count(IMAGE_TOKEN) if texts else 0
     text_only = isinstance(record, dict) and "image" not in record
     placeholders_ok = n_tokens == len(images) == first_tokens and (bool(images) or text_only)
-    exist = all((p if Path(p).is_absolute() else workspace / p).exists() for p in images)
+    exist = all((Path(p) if Path(p).is_absolute() else workspace / p).exists() for p in images)
     inside = allow_external or all(_inside(workspace, p) for p in images)
     kinds = record.get("kinds") if isinstance(record, dict) else None
     kinds_ok = True
@@ -124,15 +124,18 @@ def record_table(records: Sequence[Any], workspace: str | Path, max_chars: int =
 def record_expectations(settings: InstructParams) -> list[Any]:
     """The GX expectations over :func:`record_table`."""
     import great_expectations.expectations as gxe
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
+    critical = FailureSeverity.CRITICAL
 
     def flag(name: str, column: str, what: str, hint: str) -> Any:
-        return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[1], severity="critical", description=what,
+        return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[1], severity=critical, description=what,
                                                meta={"check": name, "what": what, "hint": hint})
 
     return [
-        gxe.ExpectColumnValuesToNotBeNull(column="id", severity="critical", description="every record has an id",
+        gxe.ExpectColumnValuesToNotBeNull(column="id", severity=critical, description="every record has an id",
                                           meta={"check": "id_present", "what": "every record has a non-empty id"}),
-        gxe.ExpectColumnValuesToBeUnique(column="id", severity="critical", description="record ids are unique",
+        gxe.ExpectColumnValuesToBeUnique(column="id", severity=critical, description="record ids are unique",
                                          meta={"check": "unique_ids", "what": "record ids are unique",
                                                "hint": "give repeated conversations a suffix (id#1)"}),
         flag("images_exist", "images_exist", "every image of every record exists",
@@ -145,10 +148,10 @@ def record_expectations(settings: InstructParams) -> list[Any]:
         flag("image_placeholders", "placeholders_ok",
              "exactly one <image> per image, all in the first human turn", "one '<image>\\n' line per view"),
         gxe.ExpectColumnValuesToBeBetween(
-            column="min_answer_chars", min_value=1, severity="critical", description="no gpt answer is empty",
+            column="min_answer_chars", min_value=1, severity=critical, description="no gpt answer is empty",
             meta={"check": "answers_not_empty", "what": "no gpt answer is empty"}),
         gxe.ExpectColumnValuesToBeBetween(
-            column="max_answer_chars", max_value=settings.max_answer_chars, severity="critical",
+            column="max_answer_chars", max_value=settings.max_answer_chars, severity=critical,
             description=f"every answer has at most {settings.max_answer_chars} characters (instruct.max_answer_chars)",
             meta={"check": "answer_length", "what": f"answers are at most {settings.max_answer_chars} characters",
                   "hint": "shorten the templates or raise instruct.max_answer_chars"}),

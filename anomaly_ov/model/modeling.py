@@ -39,12 +39,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedConfig
 from transformers import initialization as init
 from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionCausalLMOutputWithPast,
@@ -59,6 +59,25 @@ logger = logging.getLogger(__name__)
 ADVERBS = ("slightly", "moderately", "highly")
 DEFAULT_THRESHOLDS = (0.3, 0.7)
 _LEGACY_EXPERT_FIELDS = ("embed_dim", "predictor_dim", "temperature", "eps")
+
+
+T = TypeVar("T")
+
+
+def filled(value: T | None, name: str) -> T:
+    """A config field that is Optional in a config.json but always set once the config is built (its
+    ``__post_init__`` fills it); ``None`` here means a config built some other way, named in the error."""
+    if value is None:
+        raise ValueError(f"config.{name} is not set: build the config through its class (it fills the default)")
+    return value
+
+
+def sub_config(value: dict[str, Any] | PreTrainedConfig | None, name: str = "vision_config") -> PreTrainedConfig:
+    """A LLaVA-OneVision sub-config (``vision_config`` / ``text_config``) as the config object its
+    ``__post_init__`` builds from a dict or the default; typed ``dict | config | None`` only before that."""
+    if not isinstance(value, PreTrainedConfig):
+        raise TypeError(f"config.{name} is a {type(value).__name__}, not a built config")
+    return value
 
 
 def default_expert_layers(llm_layer: int) -> list[int]:
@@ -107,12 +126,13 @@ class AnomalyOVConfig(LlavaOnevisionConfig):
         layer = self.vision_feature_layer
         if not isinstance(layer, int):
             raise ValueError("the anomaly expert needs a single vision_feature_layer (an int), got a list")
-        n = self.vision_config.num_hidden_layers
+        n = sub_config(self.vision_config).num_hidden_layers
         return layer if layer >= 0 else n + 1 + layer
 
     @property
     def grid_size(self) -> int:
-        return self.vision_config.image_size // self.vision_config.patch_size
+        vision = sub_config(self.vision_config)
+        return vision.image_size // vision.patch_size
 
     @classmethod
     def from_llava_config(cls, base: LlavaOnevisionConfig, **settings: Any) -> AnomalyOVConfig:
@@ -166,6 +186,13 @@ class ExpertPathMixin:
     """Stage 1's path, shared by the whole model and :class:`AnomalyExpertModel`: the vision tower
     (``self.expert_tower``) once per batch of crops -> the expert (``self.anomaly_expert``); needs ``self.config``."""
 
+    if TYPE_CHECKING:  # what the model classes that mix it in provide
+        config: AnomalyOVConfig
+        anomaly_expert: AnomalyExpert
+
+        @property
+        def expert_tower(self) -> nn.Module: ...
+
     def crops_per_image(self, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None = None) -> list[int]:
         """Number of crops (base view included) of each image, as LLaVA-OV counts them."""
         if batch_num_images is None:
@@ -178,7 +205,7 @@ class ExpertPathMixin:
             image_size_to_num_patches(
                 image_size=size,
                 grid_pinpoints=self.config.image_grid_pinpoints,
-                patch_size=self.config.vision_config.image_size,
+                patch_size=sub_config(self.config.vision_config).image_size,
             )
             if patch
             else 1
@@ -204,10 +231,11 @@ class ExpertPathMixin:
     def tower_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Vision tower on flat crops -> (LLM-layer features [N,T,C], multi-level features list of [N,T,C])."""
         llm_layer = self.config.llm_layer_index
-        layers = list(self.config.expert_layers)
+        layers = list(filled(self.config.expert_layers, "expert_layers"))
         wanted = sorted({llm_layer, *layers})
         tower = self.expert_tower
-        out = tower(pixel_values.to(tower.dtype), output_hidden_states=wanted, return_dict=True)
+        dtype = next(tower.parameters()).dtype  # the tower's weights (bf16 on a GPU)
+        out = tower(pixel_values.to(dtype), output_hidden_states=wanted, return_dict=True)
         hidden = out.hidden_states
         features = hidden[llm_layer]
         levels = [hidden[i] for i in layers]
@@ -246,13 +274,14 @@ class AnomalyOVForConditionalGeneration(ExpertPathMixin, LlavaOnevisionForCondit
     @staticmethod
     def _new_expert(config: AnomalyOVConfig) -> AnomalyExpert:
         expert = AnomalyExpert(
-            hidden_size=config.vision_config.hidden_size,
+            hidden_size=sub_config(config.vision_config).hidden_size,
             grid_size=config.grid_size,
-            num_levels=len(config.expert_layers),
+            num_levels=len(filled(config.expert_layers, "expert_layers")),
             **(config.expert_config or {}),
         )
         for module in expert.modules():
-            module._anomaly_expert_part = True
+            # nn.Module's stubs type every attribute as Tensor | Module; this one is a plain flag
+            module._anomaly_expert_part = True  # type: ignore[assignment]
         return expert
 
     def reset_expert(self) -> None:
@@ -281,7 +310,7 @@ class AnomalyOVForConditionalGeneration(ExpertPathMixin, LlavaOnevisionForCondit
 
     def adverb_index(self, scores: torch.Tensor) -> torch.Tensor:
         """0 / 1 / 2 (slightly / moderately / highly) for image scores [B] or [B,1]."""
-        low, high = self.config.suspicious_thresholds
+        low, high = filled(self.config.suspicious_thresholds, "suspicious_thresholds")
         thresholds = torch.tensor([low, high], dtype=scores.dtype, device=scores.device)
         return torch.bucketize(scores.reshape(-1).detach(), thresholds, right=True)
 
@@ -314,7 +343,7 @@ class AnomalyOVForConditionalGeneration(ExpertPathMixin, LlavaOnevisionForCondit
             parts = [globals_[b], tokens[start]]
             if count > 1:
                 h, w = get_anyres_image_grid_shape(
-                    image_sizes[b], self.config.image_grid_pinpoints, self.config.vision_config.image_size
+                    image_sizes[b], self.config.image_grid_pinpoints, sub_config(self.config.vision_config).image_size
                 )
                 if h * w != count - 1:
                     raise ValueError(f"image {b}: {count - 1} crops do not form the {h}x{w} grid of its size")
@@ -360,7 +389,7 @@ class AnomalyOVForConditionalGeneration(ExpertPathMixin, LlavaOnevisionForCondit
         if not ids or len(ids) != 3:
             raise ValueError("config.adverb_token_ids must hold the token ids of the 3 adverbs (set by the preset)")
         embed = self.get_input_embeddings()
-        device = embed.weight.device
+        device = next(embed.parameters()).device  # (its one parameter, the embedding matrix)
         return torch.stack([embed(torch.tensor(i, device=device)).mean(0) for i in ids])
 
     def _scatter(self, embeds: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, what: str) -> torch.Tensor:

@@ -57,7 +57,7 @@ TINY_IMAGE_SIZE = 128
 #: AUROC 0.70 against 0.83 at patch 8, same data and recipe); width and depth shrink to keep stage 1 CPU-sized.
 TINY_PATCH = 8
 TINY_PINPOINTS = [[128, 128], [128, 256], [256, 128], [256, 256], [256, 384], [384, 256]]
-TINY_VISION = {
+TINY_VISION: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 192,
     "num_hidden_layers": 4,
@@ -66,7 +66,7 @@ TINY_VISION = {
     "patch_size": TINY_PATCH,
     "vision_use_head": False,
 }
-TINY_TEXT = {
+TINY_TEXT: dict[str, Any] = {
     "hidden_size": 128,
     "intermediate_size": 352,
     "num_hidden_layers": 4,
@@ -83,7 +83,7 @@ TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6
 PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0}
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
-QWEN2_TEXT = {
+QWEN2_TEXT: dict[str, dict[str, Any]] = {
     "llava-onevision-0.5b": {
         "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
         "num_key_value_heads": 2, "vocab_size": 152000, "max_position_embeddings": 32768,
@@ -220,7 +220,7 @@ def _load_pretrained_base(params: Params):
         ) from exc
     config = AnomalyOVConfig.from_llava_config(base_cfg, **token_settings(tokenizer), **model_settings(params))
     model = AnomalyOVForConditionalGeneration.from_pretrained(source, config=config, dtype="auto")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    if len(tokenizer) > next(model.get_input_embeddings().parameters()).shape[0]:  # (the embedding matrix's rows)
         model.resize_token_embeddings(len(tokenizer))
     model.reset_expert()
     if params.model.expert_checkpoint:
@@ -358,14 +358,14 @@ def build_shapes_only(
     from transformers import Qwen2Config, SiglipVisionConfig
 
     from anomaly_ov.config import Params
-    from anomaly_ov.model.modeling import AnomalyOVConfig, AnomalyOVForConditionalGeneration
+    from anomaly_ov.model.modeling import AnomalyOVConfig, AnomalyOVForConditionalGeneration, sub_config
 
     if preset not in QWEN2_TEXT:
         raise ValueError(f"no shapes-only build for preset {preset!r}; choose one of {sorted(QWEN2_TEXT)}")
-    params = params or Params(model={"preset": preset})
+    params = params or Params.model_validate({"model": {"preset": preset}})
     vision = None
     if vision_overrides:
-        vision = SiglipVisionConfig(**{**AnomalyOVConfig().vision_config.to_dict(), **vision_overrides})
+        vision = SiglipVisionConfig(**{**sub_config(AnomalyOVConfig().vision_config).to_dict(), **vision_overrides})
     config = AnomalyOVConfig(
         text_config=Qwen2Config(**{**QWEN2_TEXT[preset], **(text_overrides or {})}),
         vision_config=vision,
@@ -456,7 +456,7 @@ def processor_for(model: AnomalyOVForConditionalGeneration, tokenizer: Any, imag
 
 def build_processor(params: Params, tokenizer: Any = None) -> AnomalyOVProcessor:
     """The processor for ``params.model.preset`` (tiny: needs the tokenizer the model was built with)."""
-    from anomaly_ov.model.modeling import default_expert_layers  # noqa: F401  (keeps import errors early)
+    from anomaly_ov.model.modeling import sub_config
     from anomaly_ov.model.processing import AnomalyOVProcessor
 
     if params.model.preset == "tiny":
@@ -470,7 +470,8 @@ def build_processor(params: Params, tokenizer: Any = None) -> AnomalyOVProcessor
     tokenizer = prepare_tokenizer(tokenizer or AutoTokenizer.from_pretrained(source))
     image_processor = image_processor_for(params)
     cfg = LlavaOnevisionConfig.from_pretrained(source)
-    grid = cfg.vision_config.image_size // cfg.vision_config.patch_size
+    vision = sub_config(cfg.vision_config)
+    grid = vision.image_size // vision.patch_size
     return AnomalyOVProcessor(
         tokenizer, image_processor, num_image_tokens=grid * grid, vision_aspect_ratio=cfg.vision_aspect_ratio,
         max_image_side=RELEASE_MAX_IMAGE_SIDE,
@@ -497,7 +498,9 @@ def load_pretrained(directory, device: str = "cpu", dtype: Any = None):
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} has no config.json: not a saved Anomaly-OV model directory")
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AnomalyOVForConditionalGeneration.from_pretrained(directory, **kwargs).to(device)
+    model = AnomalyOVForConditionalGeneration.from_pretrained(directory, **kwargs)
+    # transformers wraps PreTrainedModel.to in a decorator whose stub mypy reads as taking the model twice
+    model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, AnomalyOVProcessor.from_pretrained(directory)
 

@@ -39,7 +39,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -224,7 +224,7 @@ class AnomalyOVProcessor:
         """(h, w) AnyRes crop grid LLaVA-OV picks for an image of this size."""
         from transformers.image_processing_utils import select_best_resolution
 
-        best_h, best_w = select_best_resolution([height, width], self.image_processor.image_grid_pinpoints)
+        best_h, best_w = select_best_resolution((height, width), self.image_processor.image_grid_pinpoints)
         return best_h // self.crop_size, best_w // self.crop_size
 
     def layout(self, height: int, width: int, cropped: bool = True) -> ImageLayout:
@@ -360,7 +360,9 @@ class AnomalyOVProcessor:
         if conversation is None:
             raise ValueError("a conversation is required")
         batched = len(conversation) > 0 and isinstance(conversation[0], (list, tuple))
-        convs = list(conversation) if batched else [conversation]
+        # a batch is a sequence of conversations (each a sequence of turns), else one conversation
+        convs = (cast(list[Sequence[Mapping[str, Any]]], list(conversation)) if batched
+                 else [cast(Sequence[Mapping[str, Any]], conversation)])
         if images is None:
             groups: list[list[Any]] = [[] for _ in convs]
         elif batched:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
     import torch
+    from torch import nn
 
     from anomaly_ov.config import Params
 
@@ -224,14 +225,16 @@ def held_out_accuracy(tower: Any, heads: Any, dataset: Any, frame: pd.DataFrame,
 
 
 # ---------------------------------------------------------------------------------------------------- stage
-def _write_output(out_dir: Path, tower: Any | None, heads: Any | None, info: dict[str, Any]) -> None:
+def _write_output(out_dir: Path, trained: tuple[nn.Module, nn.Module] | None, info: dict[str, Any]) -> None:
+    """The stage's output folder: ``info`` and, when it trained, the (tower, heads) weights."""
     import torch
     from safetensors.torch import save_file
 
     from anomaly_ov.io import atomic_dir
 
     with atomic_dir(out_dir) as tmp:
-        if tower is not None:
+        if trained is not None:
+            tower, heads = trained
             state = {k: v.detach().cpu().contiguous() for k, v in tower.state_dict().items()}
             save_file(state, str(tmp / TOWER_FILE))
             torch.save({k: v.detach().cpu() for k, v in heads.state_dict().items()}, tmp / HEADS_FILE)
@@ -257,7 +260,7 @@ def run_pretrain_tower(params: Params, workspace: Path) -> dict[str, Any]:
     if params.is_pretrained or not cfg.enabled:
         why = "pretrained preset: its tower is the checkpoint's" if params.is_pretrained else "train.tower.enabled"
         info = {"trained": False, "reason": why}
-        _write_output(out_dir, None, None, info)
+        _write_output(out_dir, None, info)
         atomic_write_json(report_path, {**info, "seconds": round(time.perf_counter() - started, 3)})
         return info
 
@@ -320,7 +323,7 @@ def run_pretrain_tower(params: Params, workspace: Path) -> dict[str, Any]:
     }
     info = {"trained": True, "vision_config": tower.config.to_dict(), "embed_dim": cfg.embed_dim,
             "vocabulary": vocab, "example_captions": sorted(distinct)[:20]}
-    _write_output(out_dir, tower, heads, info)
+    _write_output(out_dir, (tower, heads), info)
     atomic_write_json(report_path, {**summary, "seconds": round(seconds, 3), "held_out": held_out,
                                     "loss_per_epoch": [
                                         round(sum(h["loss"] for h in history if h["epoch"] == e)

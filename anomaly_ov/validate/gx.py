@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from anomaly_ov.validate.report import Check, describe_examples
+from anomaly_ov.validate.report import Check, Severity, describe_examples
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,8 +110,8 @@ def result_to_check(result: Any, max_examples: int = 20) -> Check:
     """Convert one ``ExpectationValidationResult`` to a :class:`Check` (failing rows named by the key columns)."""
     config = result.expectation_config
     name = check_name(config)
-    severity = str(getattr(config.severity, "value", config.severity) or "critical")
-    severity = "critical" if severity == "critical" else "warning"
+    declared = str(getattr(config.severity, "value", config.severity) or "critical")
+    severity: Severity = "critical" if declared == "critical" else "warning"
     meta = config.meta or {}
     what = config.description or meta.get("what") or name
     origin = f"great_expectations:{config.type}"
