@@ -160,3 +160,30 @@ def llava_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from real_layout import write_real_layout_checkpoint
 
     return write_real_layout_checkpoint(tmp_path_factory.mktemp("llava") / "hub", layout="hub", dtype="bfloat16")
+
+
+class StopTraining(Exception):
+    pass
+
+
+def stage_one_until(step: int, params, ws, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Run stage 1 and stop it at the end of step ``step`` (after that step's checkpoint, if it writes one); returns
+    the steps it ran (a resumed run starts after its checkpoint's step)."""
+    from anomaly_ov.train import common
+    from anomaly_ov.train.expert import run_train_expert
+
+    real_loop, ran = common.run_loop, []
+
+    def stop_at(*args, **kwargs):
+        def hook(done, record):
+            ran.append(done)
+            if done == step:
+                raise StopTraining()
+        kwargs["on_step_end"] = hook
+        return real_loop(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(common, "run_loop", stop_at)
+        with pytest.raises(StopTraining):
+            run_train_expert(params, ws)
+    return ran

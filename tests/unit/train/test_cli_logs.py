@@ -10,14 +10,8 @@ from typer.testing import CliRunner
 from anomaly_ov.cli import app
 from anomaly_ov.config import dump_params
 from anomaly_ov.console import LOG_LEVEL_ENV
-from anomaly_ov.train import common
-from anomaly_ov.train import expert as stage1
 
-from .conftest import make_workspace, tiny_params  # noqa: TID252
-
-
-class _Stop(Exception):
-    pass
+from .conftest import make_workspace, stage_one_until, tiny_params  # noqa: TID252
 
 
 @pytest.mark.slow
@@ -27,19 +21,7 @@ def test_resume_notice_is_printed_with_v(tmp_path: Path, monkeypatch: pytest.Mon
     params = tiny_params("train.expert.checkpoint_every=1", "train.expert.tiny.epochs=1",
                          "train.expert.tiny.batch_size=2")
     dump_params(params, ws / "params.yaml")
-    real_loop = common.run_loop
-
-    def stop_after_two(*args, **kwargs):
-        def hook(step, record):
-            if step == 1:
-                raise _Stop()
-        kwargs["on_step_end"] = hook
-        return real_loop(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(common, "run_loop", stop_after_two)
-        with pytest.raises(_Stop):
-            stage1.run_train_expert(params, ws)
+    assert stage_one_until(1, params, ws, monkeypatch) == [1]
     result = CliRunner().invoke(app, ["-v", "stage", "train_expert", "--workspace", str(ws)])
     assert result.exit_code == 0, result.output
     assert "resuming from step 1" in result.stderr, result.stderr

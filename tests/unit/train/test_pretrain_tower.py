@@ -13,7 +13,7 @@ from anomaly_ov.errors import InputError
 from anomaly_ov.model.presets import build_expert_model
 from anomaly_ov.train import pretrain_tower as pt
 from anomaly_ov.train.expert import run_train_expert
-from tests.unit.train.conftest import make_workspace, tiny_params
+from tests.unit.train.conftest import make_workspace, stage_one_until, tiny_params
 
 TOWER = ["train.tower.enabled=true", "train.tower.epochs=2", "train.tower.batch_size=4"]
 
@@ -88,30 +88,6 @@ def test_disabled_stage_writes_an_untrained_output_and_stage_one_keeps_its_tower
     assert not pt.load_pretrained_tower(build_expert_model(params), params, ws)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stage_one_until(step: int, params, ws, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Run stage 1 and stop it once ``step`` is checkpointed; the steps it ran (a resumed run starts later)."""
-    from anomaly_ov.train import common
-
-    real_loop, ran = common.run_loop, []
-
-    def stop_at(*args, **kwargs):
-        def hook(done, record):
-            ran.append(done)
-            if done == step:
-                raise _Stop()
-        kwargs["on_step_end"] = hook
-        return real_loop(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(common, "run_loop", stop_at)
-        with pytest.raises(_Stop):
-            run_train_expert(params, ws)
-    return ran
-
 
 @pytest.mark.slow
 def test_stage_one_does_not_resume_a_checkpoint_trained_on_another_tower(tmp_path, monkeypatch):
@@ -120,8 +96,8 @@ def test_stage_one_does_not_resume_a_checkpoint_trained_on_another_tower(tmp_pat
     ws = make_workspace(tmp_path / "ws", per_label=2)
     params = tiny_params(*TOWER, "train.expert.checkpoint_every=1", "train.expert.tiny.batch_size=2")
     pt.run_pretrain_tower(params, ws)
-    assert _stage_one_until(1, params, ws, monkeypatch) == [1]
-    assert _stage_one_until(2, params, ws, monkeypatch) == [2]  # same tower: resumed after step 1
+    assert stage_one_until(1, params, ws, monkeypatch) == [1]
+    assert stage_one_until(2, params, ws, monkeypatch) == [2]  # same tower: resumed after step 1
 
     weights_file = pt.tower_file(params, ws)  # pretrain_tower re-ran with other params: other weights
     weights = load_file(str(weights_file))
