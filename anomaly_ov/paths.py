@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from anomaly_ov.errors import InputError
@@ -45,3 +46,37 @@ def inside_root(root: str | Path, relative: str | Path, *, allow_external: bool 
             candidate, f"{how} out of the dataset {root} (to {candidate.resolve()}); {hint}"
         ) from None
     return candidate
+
+
+class RootGuard:
+    """:func:`inside_root` for many paths under few roots (a manifest's rows): the same decisions and errors, with
+    each root's and each folder's real path resolved once per guard.
+
+    ``realpath(folder / name)`` is ``realpath(folder) / name`` when ``name`` is not a symlink, so a plain file
+    costs one ``lstat``; a path with ``..``, an absolute path or a symlinked file goes through :func:`inside_root`.
+    A guard caches what the file system said when it was asked: make one per validation, not one per process.
+    """
+
+    def __init__(self) -> None:
+        self._real: dict[str, str] = {}
+
+    def _realpath(self, folder: str) -> str:
+        real = self._real.get(folder)
+        if real is None:
+            real = self._real[folder] = os.path.realpath(folder)
+        return real
+
+    def check(self, root: str | Path, relative: str | Path) -> None:
+        """Raise :class:`OutsideRootError` exactly when ``inside_root(root, relative)`` would."""
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            inside_root(root, relative)
+            return
+        candidate = Path(root) / rel
+        if os.path.islink(candidate):
+            inside_root(root, relative)
+            return
+        real_root = self._realpath(str(Path(root)))
+        real = os.path.join(self._realpath(str(candidate.parent)), candidate.name)
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            inside_root(root, relative)  # raises with the reference message

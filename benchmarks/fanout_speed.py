@@ -27,11 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,43 +54,96 @@ def _with(params, **parallel):
     return params.model_copy(update={"parallel": params.parallel.model_copy(update=parallel)})
 
 
-def _row(name: str, seconds: dict[str, float], base: str = "in-process") -> dict[str, float]:
+def _runs(params, addresses: dict[int, str]) -> list[tuple[str, object]]:
+    """(name, params) of each timed run: in this process, then on each cluster by its address."""
+    return [("in-process", params), *((f"{w} worker(s)", _with(params, address=a)) for w, a in addresses.items())]
+
+
+def _progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPU(s)"
+
+
+def _row(name: str, seconds: dict[str, float], base: str = "in-process", per: int = 0,
+         unit: str = "item") -> dict[str, object]:
     ratios = {k: round(seconds[base] / v, 2) for k, v in seconds.items()}
-    print(f"{name}: " + ", ".join(f"{k} {v:.1f} s (x{ratios[k]})" for k, v in seconds.items()), flush=True)
+    each = (lambda v: f", {1000 * v / per:.2f} ms/{unit}") if per else (lambda v: "")
+    print(f"{name}: " + ", ".join(f"{k} {v:.1f} s{each(v)} (x{ratios[k]})" for k, v in seconds.items()),
+          flush=True)
     return {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "ratio_to_in_process": ratios}
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def validation(params, args, addresses: dict[int, str]) -> dict:
+def validation_workspace(rows: int, files: int, side: int = 64) -> tuple[Path, Any]:
+    """A workspace whose manifest of ``rows`` rows (unique paths, 50 categories, a third anomalies with masks)
+    names ``rows`` files: hard links to a pool of ``files`` distinct ``side`` px PNGs per role (and 4 masks).
+
+    Every row's image and mask is a file of its own name, opened, verified and decoded by the file checks;
+    hard links only share the bytes, so the pool's pixels repeat: ``duplicate_content`` (a warning) lists the
+    repeats, and a pool per role keeps ``duplicate_across_roles`` (critical) clean."""
+    import os
+
     from PIL import Image
     from validate_speed import synthetic_manifest
 
+    workspace = Path(tempfile.mkdtemp(prefix="anomaly-ov-fanout-validate-"))
+    frame = synthetic_manifest(rows, categories=50).assign(root="data/raw/bench", width=side, height=side)
+    rng = np.random.default_rng(0)
+    pool = workspace / "pool"
+    pool.mkdir()
+    for role in ("train", "eval"):
+        for k in range(files):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(pool / f"{role}_{k}.png")
+    for k in range(4):
+        mask = np.zeros((side, side), np.uint8)
+        mask[side // 4:side // 2, k * side // 8:k * side // 8 + side // 4] = 255
+        Image.fromarray(mask).save(pool / f"mask_{k}.png")
+    root = workspace / "data/raw/bench"
+    made: set[Path] = set()
+    started = time.perf_counter()
+    for i, (image, mask, role) in enumerate(zip(frame["image_path"], frame["mask_path"], frame["role"],
+                                                strict=True)):
+        target = root / image
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        os.link(pool / f"{role}_{i % files}.png", target)
+        if mask:
+            os.link(pool / f"mask_{i % 4}.png", root / mask)
+        if (i + 1) % 20000 == 0:
+            _progress(f"  linked {i + 1}/{rows} rows ({time.perf_counter() - started:.0f} s)")
+    return workspace, frame
+
+
+def validation(params, args, addresses: dict[int, str]) -> dict:
+    from anomaly_ov.validate.gx import gx_context
     from anomaly_ov.validate.run import validate_manifest
 
-    workspace = Path(tempfile.mkdtemp(prefix="anomaly-ov-fanout-validate-"))
-    files = synthetic_manifest(args.files, categories=50).assign(root="data/raw/bench", width=64, height=64)
-    rng = np.random.default_rng(0)
-    for item in files.itertuples(index=False):
-        (workspace / item.root / item.image_path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(workspace / item.root / item.image_path)
-        if item.mask_path:
-            mask = np.zeros((64, 64), np.uint8)
-            mask[16:32, 16:32] = 255
-            Image.fromarray(mask).save(workspace / item.root / item.mask_path)
-    frame = files.iloc[np.arange(args.rows) % len(files)].reset_index(drop=True)
-    from anomaly_ov.validate.gx import gx_context
-
+    _progress(f"validation: writing {2 * args.files} pool images and linking {args.rows} rows")
+    workspace, frame = validation_workspace(args.rows, args.files)
     gx_context()  # Great Expectations' import and context (seconds), paid before the clock
     seconds, reports = {}, {}
-    for name, p in (("in-process", params), *((f"{w} worker(s)", _with(params, address=a))
-                                               for w, a in addresses.items())):
+    for name, p in _runs(params, addresses):
+        _progress(f"validation of {args.rows} rows: {name} ...")
         started = time.perf_counter()
         report = validate_manifest(frame, p, workspace, sources=[], subject="bench")
         seconds[name] = time.perf_counter() - started
-        reports[name] = [(c.name, c.passed, c.failing) for c in report.checks]
+        _progress(f"  {name}: {seconds[name]:.1f} s ({1000 * seconds[name] / args.rows:.2f} ms/row)")
+        reports[name] = [c.to_dict() for c in report.checks]
     assert all(r == reports["in-process"] for r in reports.values()), "reports differ"
+    failed = sorted(c["name"] for c in reports["in-process"] if not c["passed"])
+    assert report.summary["files_checked"] == args.rows and set(failed) <= {"duplicate_content"}, (failed,
+                                                                                                 report.summary)
     shutil.rmtree(workspace)
-    return {"rows": args.rows, "files": args.files, **_row(f"validation of {args.rows} rows", seconds)}
+    print(f"validation input: {args.rows} rows, each with its own image file (a third with a mask file), hard "
+          f"links to {args.files} distinct 64 px PNGs per role: every file is opened and decoded; the only "
+          "failing check is duplicate_content (the pool's repeated pixels) when rows > files, as expected", flush=True)
+    return {"rows": args.rows, "files": args.files, "failed_checks": failed, "load_after": _load(),
+            **_row(f"validation of {args.rows} rows", seconds, per=args.rows, unit="row")}
 
 
 # ------------------------------------------------------------------------------------------------- synthesis
@@ -104,9 +160,11 @@ def synthesis(params, args, addresses: dict[int, str]) -> dict:
     from anomaly_ov.instruct.synthesize import synthesize_records
 
     workspace = Path(tempfile.mkdtemp(prefix="anomaly-ov-fanout-synth-"))
+    _progress("synthesis: preparing a small generated training set")
     run_prepare(load_params(None, SMALL_SET), workspace)
     train = read_manifest(workspace / params.data.manifest).query("role == 'train'")
     per_copy = len(synthesize_records(train, params, workspace))
+    _progress(f"synthesis: {len(train)} training rows give {per_copy} records; replicating to {args.records}")
     links = Path(tempfile.mkdtemp(prefix="anomaly-ov-fanout-links-"))
     parts = []
     for k in range(max(1, math.ceil(args.records / per_copy))):
@@ -118,19 +176,21 @@ def synthesis(params, args, addresses: dict[int, str]) -> dict:
         parts.append(train.assign(source=train["source"] + f"_copy{k}", root=train["root"].map(roots)))
     big = pd.concat(parts, ignore_index=True)
     seconds, outputs = {}, {}
-    for name, p in (("in-process", params), *((f"{w} worker(s)", _with(params, address=a))
-                                               for w, a in addresses.items())):
+    for name, p in _runs(params, addresses):
         from anomaly_ov.parallel import fanout
 
+        _progress(f"synthesis of {len(big)} rows: {name} ...")
         started = time.perf_counter()
         with fanout(p.parallel, "synthesize") as fan:
             records = synthesize_records(big, p, workspace, fan=fan)
         seconds[name] = time.perf_counter() - started
+        _progress(f"  {name}: {seconds[name]:.1f} s, {len(records)} records")
         outputs[name] = json.dumps(records)
     assert all(o == outputs["in-process"] for o in outputs.values()), "records differ"
     shutil.rmtree(links)
     shutil.rmtree(workspace)
-    return {"rows": len(big), "records": len(records), **_row(f"synthesis of {len(records)} records", seconds)}
+    return {"rows": len(big), "records": len(records), "load_after": _load(),
+            **_row(f"synthesis of {len(records)} records", seconds, per=len(records), unit="record")}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -166,8 +226,8 @@ def evaluation(params, args, addresses: dict[int, str]) -> dict:
     predictor = load_predictor(model_dir, "cpu")
     spec = PredictorSpec(str(model_dir), "cpu")
     seconds, cold, records = {}, {}, {}
-    for name, p in (("in-process", params), *((f"{w} worker(s)", _with(params, address=a))
-                                               for w, a in addresses.items())):
+    for name, p in _runs(params, addresses):
+        _progress(f"expert-only evaluation of {args.images} images: {name} ...")
         with fanout(p.parallel, "evaluate") as fan:
             started = time.perf_counter()
             run_detection(predictor, items, cfg, workspace, fan=fan, spec=spec)  # warms the workers' model
@@ -175,12 +235,13 @@ def evaluation(params, args, addresses: dict[int, str]) -> dict:
             started = time.perf_counter()
             result = run_detection(predictor, items, cfg, workspace, fan=fan, spec=spec)
             seconds[name] = time.perf_counter() - started
+        _progress(f"  {name}: {seconds[name]:.1f} s (cold {cold[name]:.1f} s)")
         records[name] = result.records
     assert all(r == records["in-process"] for r in records.values()), "records differ"
     print("  cold (first run, workers load the model): " + ", ".join(f"{k} {v:.1f} s" for k, v in cold.items()))
     shutil.rmtree(workspace)
-    return {"images": args.images, "cold_seconds": {k: round(v, 2) for k, v in cold.items()},
-            **_row(f"expert-only evaluation of {args.images} images", seconds)}
+    return {"images": args.images, "cold_seconds": {k: round(v, 2) for k, v in cold.items()}, "load_after": _load(),
+            **_row(f"expert-only evaluation of {args.images} images", seconds, per=args.images, unit="image")}
 
 
 def main() -> None:
@@ -200,15 +261,21 @@ def main() -> None:
 
     torch.set_num_threads(1)  # as in each single-threaded Dask worker
     params = load_params(None)
-    results: dict = {}
+    load_start = _load()
+    print(f"load average at start: {load_start}", flush=True)
+    results: dict = {"load_start": load_start, "args": vars(args)}
+    started = time.perf_counter()
     with ExitStack() as stack:
         addresses = {}
         for workers in args.workers:
-            addresses[workers], started = _cluster(workers, stack)
-            print(f"local cluster of {workers} worker(s) up in {started:.1f} s", flush=True)
+            addresses[workers], took = _cluster(workers, stack)
+            print(f"local cluster of {workers} worker(s) up in {took:.1f} s", flush=True)
         parts = {"validate": validation, "synthesize": synthesis, "evaluate": evaluation}
         for name in args.only:
             results[name] = parts[name](params, args, addresses)
+    results["load_end"] = _load()
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    print(f"load average at end: {results['load_end']}; wall {results['wall_seconds']:.0f} s", flush=True)
     print(json.dumps(results))
 
 

@@ -140,12 +140,13 @@ def outside_paths(
 ) -> tuple[list[Issue], set[int]]:
     """Rows whose image or mask path leaves its ``root`` (absolute, ``..``, a symlink out), as ``path_inside_dataset``
     issues, and their positions; rows of the sources named in ``allow_external`` are accepted."""
-    from anomaly_ov.paths import OutsideRootError, inside_root
+    from anomaly_ov.paths import OutsideRootError, RootGuard
 
     issues: list[Issue] = []
     rows: set[int] = set()
     if not {"image_path", "root"} <= set(frame.columns):
         return issues, rows
+    guard = RootGuard()  # each root's and folder's real path resolved once, not once per row
     for position, row in enumerate(frame.to_dict("records")):
         root = row.get("root")
         if not isinstance(root, str) or not root or str(row.get("source", "")) in allow_external:
@@ -156,7 +157,7 @@ def outside_paths(
             if not isinstance(value, str) or not value:
                 continue
             try:
-                inside_root(base, value)
+                guard.check(base, value)
             except OutsideRootError as exc:
                 where = f"manifest row {position}, {column}"
                 issues.append(Issue("path_inside_dataset", exc.path, f"{where}: {exc.reason}"))
