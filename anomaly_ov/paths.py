@@ -53,8 +53,9 @@ class RootGuard:
     each root's and each folder's real path resolved once per guard.
 
     ``realpath(folder / name)`` is ``realpath(folder) / name`` when ``name`` is not a symlink, so a plain file
-    costs one ``lstat``; a path with ``..``, an absolute path or a symlinked file goes through :func:`inside_root`.
-    A guard caches what the file system said when it was asked: make one per validation, not one per process.
+    costs one ``lstat`` and a few string operations; a path with ``..`` or ``.`` parts, an absolute path, a
+    symlinked file and every refusal go through :func:`inside_root` (which words the error). A guard caches what
+    the file system said when it was asked: make one per validation, not one per process.
     """
 
     def __init__(self) -> None:
@@ -68,15 +69,17 @@ class RootGuard:
 
     def check(self, root: str | Path, relative: str | Path) -> None:
         """Raise :class:`OutsideRootError` exactly when ``inside_root(root, relative)`` would."""
-        rel = Path(relative)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            inside_root(root, relative)
+        rel = os.fspath(relative)
+        parts = rel.split(os.sep)
+        if not rel or rel.startswith(os.sep) or ".." in parts or "." in parts or "" in parts:
+            inside_root(root, relative)  # absolute, climbing, or spelled unusually: the reference decides
             return
-        candidate = Path(root) / rel
+        base = os.fspath(root) or "."
+        candidate = os.path.join(base, rel)
         if os.path.islink(candidate):
             inside_root(root, relative)
             return
-        real_root = self._realpath(str(Path(root)))
-        real = os.path.join(self._realpath(str(candidate.parent)), candidate.name)
-        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        real_root = self._realpath(base)
+        real = os.path.join(self._realpath(os.path.dirname(candidate)), parts[-1])
+        if not real.startswith(real_root.rstrip(os.sep) + os.sep):
             inside_root(root, relative)  # raises with the reference message

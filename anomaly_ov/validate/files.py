@@ -147,11 +147,14 @@ def outside_paths(
     if not {"image_path", "root"} <= set(frame.columns):
         return issues, rows
     guard = RootGuard()  # each root's and folder's real path resolved once, not once per row
+    bases: dict[str, Path] = {}
     for position, row in enumerate(frame.to_dict("records")):
         root = row.get("root")
         if not isinstance(root, str) or not root or str(row.get("source", "")) in allow_external:
             continue
-        base = Path(root) if Path(root).is_absolute() else Path(workspace) / root
+        base = bases.get(root)
+        if base is None:
+            base = bases[root] = Path(root) if Path(root).is_absolute() else Path(workspace) / root
         for column in ("image_path", "mask_path"):
             value = row.get(column)
             if not isinstance(value, str) or not value:
