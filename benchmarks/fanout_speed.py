@@ -73,6 +73,35 @@ def _runs(params, addresses: dict[int, str]) -> list[tuple[str, object]]:
     return [("in-process", params), *((f"{w} worker(s)", _with(params, address=a)) for w, a in addresses.items())]
 
 
+def _cpu(address: str | None) -> float:
+    """CPU seconds used so far by this process (all its threads) or, given an address, by the cluster's workers."""
+    if address is None:
+        return time.process_time()
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        return sum(client.run(time.process_time).values())
+
+
+class Clock:
+    """Wall seconds of a run, and the CPU seconds it cost (this process + the cluster's workers, if any): on a
+    shared machine the wall-clock ratios follow the other load, the CPU seconds say what the work itself cost."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+
+    def __enter__(self) -> Clock:
+        self.workers0 = _cpu(self.address) if self.address else 0.0
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+        if self.address:
+            self.cpu += _cpu(self.address) - self.workers0
+
+
 def _progress(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -82,13 +111,15 @@ def _load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPU(s)"
 
 
-def _row(name: str, seconds: dict[str, float], base: str = "in-process", per: int = 0,
+def _row(name: str, seconds: dict[str, float], cpu: dict[str, float], base: str = "in-process", per: int = 0,
          unit: str = "item") -> dict[str, object]:
+    """Print and return one part's wall seconds, ratios to the in-process run (> 1 = faster) and CPU seconds."""
     ratios = {k: round(seconds[base] / v, 2) for k, v in seconds.items()}
     each = (lambda v: f", {1000 * v / per:.2f} ms/{unit}") if per else (lambda v: "")
-    print(f"{name}: " + ", ".join(f"{k} {v:.1f} s{each(v)} (x{ratios[k]})" for k, v in seconds.items()),
-          flush=True)
-    return {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "ratio_to_in_process": ratios}
+    print(f"{name}: " + ", ".join(f"{k} {v:.1f} s{each(v)} (x{ratios[k]}; cpu {cpu[k]:.1f} s)"
+                                  for k, v in seconds.items()), flush=True)
+    return {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "ratio_to_in_process": ratios,
+            "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()}}
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -141,13 +172,13 @@ def validation(params, args, addresses: dict[int, str]) -> dict:
     _progress(f"validation: writing {2 * args.files} pool images and linking {args.rows} rows")
     workspace, frame = validation_workspace(args.rows, args.files)
     gx_context()  # Great Expectations' import and context (seconds), paid before the clock
-    seconds, reports = {}, {}
+    seconds, cpu, reports = {}, {}, {}
     for name, p in _runs(params, addresses):
         _progress(f"validation of {args.rows} rows: {name} ...")
-        started = time.perf_counter()
-        report = validate_manifest(frame, p, workspace, sources=[], subject="bench")
-        seconds[name] = time.perf_counter() - started
-        _progress(f"  {name}: {seconds[name]:.1f} s ({1000 * seconds[name] / args.rows:.2f} ms/row)")
+        with Clock(p.parallel.address) as clock:
+            report = validate_manifest(frame, p, workspace, sources=[], subject="bench")
+        seconds[name], cpu[name] = clock.wall, clock.cpu
+        _progress(f"  {name}: {clock.wall:.1f} s ({1000 * clock.wall / args.rows:.2f} ms/row), cpu {clock.cpu:.1f} s")
         reports[name] = [c.to_dict() for c in report.checks]
     assert all(r == reports["in-process"] for r in reports.values()), "reports differ"
     failed = sorted(c["name"] for c in reports["in-process"] if not c["passed"])
@@ -158,7 +189,7 @@ def validation(params, args, addresses: dict[int, str]) -> dict:
           f"links to {args.files} distinct 64 px PNGs per role: every file is opened and decoded; the only "
           "failing check is duplicate_content (the pool's repeated pixels) when rows > files, as expected", flush=True)
     return {"rows": args.rows, "files": args.files, "failed_checks": failed, "load_after": _load(),
-            **_row(f"validation of {args.rows} rows", seconds, per=args.rows, unit="row")}
+            **_row(f"validation of {args.rows} rows", seconds, cpu, per=args.rows, unit="row")}
 
 
 # ------------------------------------------------------------------------------------------------- synthesis
@@ -192,22 +223,21 @@ def synthesis(params, args, addresses: dict[int, str]) -> dict:
             roots[root] = str(link)
         parts.append(train.assign(source=train["source"] + f"_copy{k}", root=train["root"].map(roots)))
     big = pd.concat(parts, ignore_index=True)
-    seconds, outputs = {}, {}
+    seconds, cpu, outputs = {}, {}, {}
     for name, p in _runs(params, addresses):
         from anomaly_ov.parallel import fanout
 
         _progress(f"synthesis of {len(big)} rows: {name} ...")
-        started = time.perf_counter()
-        with fanout(p.parallel, "synthesize") as fan:
+        with Clock(p.parallel.address) as clock, fanout(p.parallel, "synthesize") as fan:
             records = synthesize_records(big, p, workspace, fan=fan)
-        seconds[name] = time.perf_counter() - started
-        _progress(f"  {name}: {seconds[name]:.1f} s, {len(records)} records")
+        seconds[name], cpu[name] = clock.wall, clock.cpu
+        _progress(f"  {name}: {clock.wall:.1f} s, cpu {clock.cpu:.1f} s, {len(records)} records")
         outputs[name] = json.dumps(records)
     assert all(o == outputs["in-process"] for o in outputs.values()), "records differ"
     shutil.rmtree(links)
     shutil.rmtree(workspace)
     return {"rows": len(big), "records": len(records), "load_after": _load(),
-            **_row(f"synthesis of {len(records)} records", seconds, per=len(records), unit="record")}
+            **_row(f"synthesis of {len(records)} records", seconds, cpu, per=len(records), unit="record")}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -243,23 +273,23 @@ def evaluation(params, args, addresses: dict[int, str]) -> dict:
     cfg = params.evaluate.model_copy(update={"generate_answers": False})
     predictor = load_predictor(model_dir, "cpu")
     spec = PredictorSpec(str(model_dir), "cpu")
-    seconds, cold, records = {}, {}, {}
+    seconds, cpu, cold, records = {}, {}, {}, {}
     for name, p in _runs(params, addresses):
         _progress(f"expert-only evaluation of {args.images} images: {name} ...")
         with fanout(p.parallel, "evaluate") as fan:
             started = time.perf_counter()
             run_detection(predictor, items, cfg, workspace, fan=fan, spec=spec)  # warms the workers' model
             cold[name] = time.perf_counter() - started
-            started = time.perf_counter()
-            result = run_detection(predictor, items, cfg, workspace, fan=fan, spec=spec)
-            seconds[name] = time.perf_counter() - started
-        _progress(f"  {name}: {seconds[name]:.1f} s (cold {cold[name]:.1f} s)")
+            with Clock(p.parallel.address) as clock:
+                result = run_detection(predictor, items, cfg, workspace, fan=fan, spec=spec)
+            seconds[name], cpu[name] = clock.wall, clock.cpu
+        _progress(f"  {name}: {clock.wall:.1f} s, cpu {clock.cpu:.1f} s (cold {cold[name]:.1f} s)")
         records[name] = result.records
     assert all(r == records["in-process"] for r in records.values()), "records differ"
     print("  cold (first run, workers load the model): " + ", ".join(f"{k} {v:.1f} s" for k, v in cold.items()))
     shutil.rmtree(workspace)
     return {"images": args.images, "cold_seconds": {k: round(v, 2) for k, v in cold.items()}, "load_after": _load(),
-            **_row(f"expert-only evaluation of {args.images} images", seconds, per=args.images, unit="image")}
+            **_row(f"expert-only evaluation of {args.images} images", seconds, cpu, per=args.images, unit="image")}
 
 
 def main() -> None:

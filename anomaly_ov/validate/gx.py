@@ -81,15 +81,20 @@ def run_suite(
     suite = gx.ExpectationSuite(name=suite_name)
     for expectation in expectations:
         suite.add_expectation(expectation)
+    if not frame.index.is_unique:
+        frame = frame.reset_index(drop=True)  # failing rows are looked up by index label
     batch = definition.get_batch(batch_parameters={"dataframe": frame})
+    # Without ``unexpected_index_column_names`` GX lists the failing rows' index labels; with them it builds a
+    # dict per failing row through two column-name lookups and a ``.at`` per key (about 1 ms a row, for every
+    # failing row, of which only ``max_examples`` are kept). The key dicts of the kept ones are built here instead
+    # (:func:`index_to_keys`), the same as GX's.
     result_format = {
         "result_format": "SUMMARY",
-        "unexpected_index_column_names": keys,
         "partial_unexpected_count": max_examples,
         "include_unexpected_rows": False,
     }
     results = batch.validate(suite, result_format=result_format)
-    checks = [result_to_check(r, max_examples=max_examples) for r in results.results]
+    checks = [result_to_check(r, max_examples=max_examples, frame=frame, keys=keys) for r in results.results]
     order = {check_name(e): i for i, e in enumerate(expectations)}  # GX groups results by column; keep ours
     return sorted(checks, key=lambda c: order.get(c.name, len(order)))
 
@@ -106,8 +111,30 @@ def check_name(config: Any) -> str:
     return f"{config.type}:{column}" if column else str(config.type)
 
 
-def result_to_check(result: Any, max_examples: int = 20) -> Check:
-    """Convert one ``ExpectationValidationResult`` to a :class:`Check` (failing rows named by the key columns)."""
+def index_to_keys(frame: pd.DataFrame, label: Any, domain: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:
+    """The failing row ``label`` of ``frame`` as GX's ``unexpected_index_column_names`` names it: each domain
+    column's value and, after the first, the ``keys`` columns (GX's own insertion order)."""
+    item: dict[str, Any] = {}
+    for column in domain:
+        item[column] = frame.at[label, column]
+        for key in keys:
+            item[key] = frame.at[label, key]
+    return item
+
+
+def _domain_columns(config: Any) -> list[str]:
+    kwargs = config.kwargs or {}
+    if kwargs.get("column"):
+        return [str(kwargs["column"])]
+    return [str(c) for c in kwargs.get("column_list") or []]
+
+
+def result_to_check(result: Any, max_examples: int = 20, *, frame: pd.DataFrame | None = None,
+                    keys: Sequence[str] = ()) -> Check:
+    """Convert one ``ExpectationValidationResult`` to a :class:`Check` (failing rows named by the key columns).
+
+    With ``frame`` (the validated frame) and ``keys``, failing rows given by index label (a result format without
+    ``unexpected_index_column_names``) are named by ``keys`` as GX would (:func:`index_to_keys`)."""
     config = result.expectation_config
     name = check_name(config)
     declared = str(getattr(config.severity, "value", config.severity) or "critical")
@@ -122,7 +149,11 @@ def result_to_check(result: Any, max_examples: int = 20) -> Check:
     data = dict(result.result or {})
     if result.success:
         return Check(name, severity, True, f"{what}: ok", [], 0, origin)
-    failing = [_clean_row(item) for item in data.get("partial_unexpected_index_list") or []][:max_examples]
+    found = list(data.get("partial_unexpected_index_list") or [])[:max_examples]
+    if frame is not None and keys:
+        domain = _domain_columns(config)
+        found = [index_to_keys(frame, item, domain, keys) if not isinstance(item, dict) else item for item in found]
+    failing = [_clean_row(item) for item in found]
     count = int(data.get("unexpected_count") or len(failing) or 1)
     if "element_count" in data and "unexpected_count" in data:
         message = f"{what}: {count} of {data['element_count']} row(s) fail"
