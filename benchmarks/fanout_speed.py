@@ -3,23 +3,36 @@
     .venv/bin/python benchmarks/fanout_speed.py [--rows 100000] [--files 2000] [--records 100000] [--images 64]
                                                 [--workers 1 2] [--only validate synthesize evaluate]
 
-Each part runs in one process (``parallel.workers: 1``, today's path) and then on a local Dask cluster of each
-``--workers`` size, reached by address (the cluster is started before the clock, its start-up time printed apart),
-and prints seconds and the ratio to the in-process run (> 1 = faster); the outputs are checked to be equal.
+The issue's sizes are the defaults; on an idle 2-core machine run them with
 
-1. Validation: a manifest of ``--rows`` rows (GX table checks + the per-file checks, which are what is sharded);
-   the rows name ``--files`` distinct small PNGs in turn (a third anomalies with masks), so every row's files are
-   opened and decoded.
-2. Synthesis: a small generated training set (64 px, 40 images per category), its rows replicated under new
-   source names (roots are symlinks to the real folders, so every anomalous row's region facts are recomputed) up
-   to about ``--records`` records; times ``synthesize_records`` (region facts + conversations).
+    nice -n 10 .venv/bin/python benchmarks/fanout_speed.py > fanout.out 2> fanout.log
+
+ESTIMATE_LINE
+
+Each part runs in one process (``parallel.workers: 1``, today's path) and then on a local Dask cluster of each
+``--workers`` size, reached by address (the clusters are started, and their workers import the shards' modules,
+before the clock; both printed apart), and prints wall seconds, the ratio to the in-process run (> 1 = faster) and
+the CPU seconds of the run (this process plus the cluster's workers: on a shared machine the wall-clock ratios
+follow the other load, the CPU seconds what the work cost). The outputs of every run are checked to be equal.
+Progress goes to stderr; the last line of stdout is the JSON of every figure, with the load average (1/5/15 min)
+at the start, after each part and at the end.
+
+1. Validation: a manifest of ``--rows`` rows, each naming its own image file (a third anomalies with their own
+   mask file): GX table checks, path containment and the per-file checks (which are what is sharded). The files
+   are hard links to a pool of ``--files`` distinct 64 px PNGs per role (and 4 masks), so each row's file is
+   opened, verified and decoded by its own path while the input costs seconds to make; the pool's repeated
+   pixels make ``duplicate_content`` (a warning) the one failing check, said so in the output.
+2. Synthesis: a small generated training set (64 px, 20 + 20 images per category), its rows replicated under
+   new source names (roots are symlinks to the real folders, so every anomalous row's region facts are
+   recomputed) up to about ``--records`` records; times ``synthesize_records`` (region facts + conversations).
 3. Expert-only evaluation: the tiny preset (random init, saved and loaded as the stage does) scores ``--images``
    synthetic 128 px images (score + anomaly map, no answers) with ``run_detection``; each worker loads the model
    once (a first, untimed run warms them up; its time is printed as "cold").
 
-The in-process path already uses the machine in places (validation's thread pool decodes images on every core),
-so on a 2-core machine the ratios say what the fan-out costs or gains there; a cluster of more machines is what
-it is for.
+Shards are coarse (about 4 per worker, each one task carrying its items: ~150 B a validation row, ~600 B a
+synthesis record); the in-process path already uses the machine in places (validation's thread pool decodes
+images on every core), so on a 2-core machine the ratios say what the fan-out costs or gains there; a cluster of
+more machines is what it is for.
 """
 
 from __future__ import annotations
