@@ -35,13 +35,38 @@ DEFAULT_SPLITS = ("pcb,round_part", "wood,tiles", "pill,metal")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def zero_shot(workspace: Path, params) -> dict:
-    """Per-category image / pixel AUROC of the workspace's trained expert on its evaluation-role images."""
+#: image scores compared on the same trained expert (see :func:`score_variants`)
+VARIANTS = ("predictor", "map_max", "map_top1", "map_top5", "map_mean", "fusion")
+
+
+def score_variants(predictor, base_maps) -> dict:
+    """Candidate image scores from the expert's predictor probabilities [B] and base-view maps [B, G, G].
+
+    ``map_topK``: mean of the map's top K % cells; ``fusion``: mean of the predictor's probability and the map max.
+    """
+    import numpy as np
+
+    predictor = np.asarray(predictor, dtype=np.float64)
+    flat = np.asarray(base_maps, dtype=np.float64).reshape(len(predictor), -1)
+    ordered = -np.sort(-flat, axis=1)
+
+    def top(fraction: float):
+        k = max(1, int(round(fraction * flat.shape[1])))
+        return ordered[:, :k].mean(axis=1)
+
+    return {"predictor": predictor, "map_max": ordered[:, 0], "map_top1": top(0.01), "map_top5": top(0.05),
+            "map_mean": flat.mean(axis=1), "fusion": 0.5 * (predictor + ordered[:, 0])}
+
+
+def score_rows(workspace: Path, params, rows) -> dict:
+    """Per-category image AUROC of every score variant, pixel AUROC of the base-view map, and for each category
+    how many normal images the expert's score puts at or above its median anomaly, on manifest ``rows``."""
     import numpy as np
     import torch
+    import torch.nn.functional as F
 
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
-    from anomaly_ov.data.manifest import read_manifest
+    from anomaly_ov.evaluate import metrics as M
     from anomaly_ov.model.presets import build_model, load_expert_stage, processor_for
     from anomaly_ov.model.processing import ImagePreprocessor
     from anomaly_ov.model.tokenizer import train_tokenizer
@@ -51,32 +76,59 @@ def zero_shot(workspace: Path, params) -> dict:
     model = build_model(params, tokenizer=tokenizer)
     load_expert_stage(model, workspace / params.train.expert.output_dir)
     preprocess = ImagePreprocessor(processor_for(model, tokenizer).image_processor)
-    frame = read_manifest(workspace / params.data.manifest)
-    rows = frame[frame["role"] == "eval"]
     dataset = ExpertDataset(rows, workspace, preprocess, int(model.config.grid_size), params.evaluate.resolution)
     module = stage1.ExpertStage(model, True)
     forward = stage1.stage_forward(torch.device("cpu"))
-    result = stage1.evaluate_expert(forward, module, dataset, collate_expert, 32)
-    # normal images scored above the median anomaly of their category: the ones the expert mistakes for defects
-    scores, labels, cats = [], [], []
+    predictor, grids, labels, cats, maps, masks = [], [], [], [], [], []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(dataset), 32):
             batch = collate_expert([dataset[i] for i in range(start, min(start + 32, len(dataset)))])
-            scores += forward(module, batch).scores.reshape(-1).tolist()
+            out = forward(module, batch)
+            predictor += out.scores.reshape(-1).tolist()
+            grids += list(out.base_maps[:, 0].numpy())
             labels += batch["labels"].tolist()
             cats += list(batch["categories"])
-    scores, labels, cats = np.array(scores), np.array(labels), np.array(cats)
-    for cat, metrics in result["per_class"].items():
-        own = cats == cat
-        median_anomaly = np.median(scores[own & (labels == 1)])
-        normals = scores[own & (labels == 0)]
-        metrics["normals_above_median_anomaly"] = f"{int((normals >= median_anomaly).sum())}/{normals.size}"
-    return result
+            up = F.interpolate(out.base_maps.float(), size=batch["masks"].shape[-2:], mode="bilinear",
+                               align_corners=False)
+            maps += list(up[:, 0].numpy())
+            masks += list(batch["masks"][:, 0].numpy() > 0)
+    variants = score_variants(predictor, np.stack(grids))
+    labels, cats = np.array(labels), np.array(cats)
+    per_class: dict = {}
+    for cat in sorted(set(cats.tolist())):
+        own = np.flatnonzero(cats == cat)
+        px = [i for i in own if labels[i] == 0 or masks[i].any()]
+        entry = {name: M.image_auroc(v[own].tolist(), labels[own].tolist()) for name, v in variants.items()}
+        entry["pixel_auroc"] = M.pixel_auroc([maps[i] for i in px], [masks[i] for i in px]) if px else None
+        scores = variants["predictor"]
+        median_anomaly = np.median(scores[own][labels[own] == 1])
+        normals = scores[own][labels[own] == 0]
+        entry["normals_above_median_anomaly"] = f"{int((normals >= median_anomaly).sum())}/{normals.size}"
+        per_class[cat] = entry
+    means = {name: M.mean_of(per_class[c][name] for c in per_class) for name in (*VARIANTS, "pixel_auroc")}
+    return {**means, "image_auroc": means["predictor"], "images": len(labels), "per_class": per_class}
+
+
+def zero_shot(workspace: Path, params) -> dict:
+    """Per-category image / pixel AUROC of the workspace's trained expert on its evaluation-role images."""
+    from anomaly_ov.data.manifest import read_manifest
+
+    frame = read_manifest(workspace / params.data.manifest)
+    return score_rows(workspace, params, frame[frame["role"] == "eval"])
+
+
+def in_distribution(workspace: Path, params) -> dict:
+    """The same figures on stage 1's held-out rows of the training categories (no stage trained on them)."""
+    from anomaly_ov.train.expert import split_training_rows
+
+    return score_rows(workspace, params, split_training_rows(params, workspace)[1])
 
 
 def run_split(held_out: list[str], base_params: Path, root: Path, train: list[str] | None = None,
-              overrides: list[str] | None = None) -> dict:
+              overrides: list[str] | None = None, tower: str = "pretrained", rescore: bool = False) -> dict:
+    """Train (prepare, pretrain_tower when ``tower`` is "pretrained", train_expert) in ``root``/<split>, or with
+    ``rescore`` only score the expert already trained there; then score the held-out and in-distribution rows."""
     from anomaly_ov.config import load_params
     from anomaly_ov.data.synthetic import CATEGORIES
     from anomaly_ov.stages import implementation
@@ -86,21 +138,28 @@ def run_split(held_out: list[str], base_params: Path, root: Path, train: list[st
         raise SystemExit(f"unknown synthetic categories {unknown}; known: {sorted(CATEGORIES)}")
     train = [c for c in (train or CATEGORIES) if c not in held_out]
     workspace = root / "_".join(held_out)
-    workspace.mkdir(parents=True)
     params = load_params(base_params, [
         "tracking.enabled=false",
         f"data.synthetic.train_categories=[{','.join(train)}]",
         f"data.synthetic.eval_categories=[{','.join(held_out)}]",
+        f"train.tower.enabled={'true' if tower == 'pretrained' else 'false'}",
         *(overrides or []),
     ])
     started = time.perf_counter()
-    implementation("prepare")(params, workspace)
-    report = implementation("train_expert")(params, workspace)
+    if not rescore:
+        workspace.mkdir(parents=True)
+        implementation("prepare")(params, workspace)
+        if tower == "pretrained":
+            implementation("pretrain_tower")(params, workspace)
+        implementation("train_expert")(params, workspace)
     result = zero_shot(workspace, params)
+    seen = in_distribution(workspace, params)
     return {
-        "held_out": held_out, "trained_on": train, "image_auroc": result["image_auroc"],
-        "pixel_auroc": result["pixel_auroc"], "per_class": result["per_class"],
-        "in_distribution_image_auroc": report["val_image_auroc"], "seconds": round(time.perf_counter() - started, 1),
+        "held_out": held_out, "trained_on": train, "tower": tower, "image_auroc": result["image_auroc"],
+        "pixel_auroc": result["pixel_auroc"], "variants": {v: result[v] for v in VARIANTS},
+        "per_class": result["per_class"], "in_distribution_image_auroc": seen["image_auroc"],
+        "in_distribution_variants": {v: seen[v] for v in VARIANTS}, "in_distribution_per_class": seen["per_class"],
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -113,9 +172,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workspaces here (default: a temp dir)")
     parser.add_argument("--train", default=None, help="comma-separated training categories (default: every other "
                         "synthetic category)")
+    parser.add_argument("--tower", choices=("pretrained", "random"), default="pretrained",
+                        help="stage 1 starts from the pretrain_tower stage's tower (default) or a random one")
+    parser.add_argument("--rescore", action="store_true", help="train nothing: score the experts already in "
+                        "--workdir")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="a params override for every split (repeatable), e.g. train.expert.tiny.epochs=4")
     args = parser.parse_args()
+    if args.rescore and args.workdir is None:
+        parser.error("--rescore needs --workdir")
 
     import torch
 
@@ -124,14 +189,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zero_shot_splits_") as tmp:
         root = args.workdir or Path(tmp)
         train = [c.strip() for c in args.train.split(",")] if args.train else None
-        results = [run_split(held_out, args.params, root, train, args.overrides) for held_out in splits]
+        results = [run_split(held_out, args.params, root, train, args.overrides, args.tower, args.rescore)
+                   for held_out in splits]
     print(f"\n{'held out':<22} {'image AUROC':>11} {'pixel AUROC':>11} {'in-dist. image':>14}  per category "
           "(image / pixel / normals >= median anomaly)")
     for r in results:
-        per = "; ".join(f"{c} {m['image_auroc']:.3f} / {m['pixel_auroc']:.3f} / {m['normals_above_median_anomaly']}"
+        per = "; ".join(f"{c} {m['predictor']:.3f} / {m['pixel_auroc']:.3f} / {m['normals_above_median_anomaly']}"
                         for c, m in r["per_class"].items())
         print(f"{', '.join(r['held_out']):<22} {r['image_auroc']:>11.3f} {r['pixel_auroc']:>11.3f} "
               f"{r['in_distribution_image_auroc']:>14.3f}  {per}")
+    print(f"\nimage score variants (zero-shot / in-distribution held-out rows), tower {args.tower}:")
+    print(f"{'held out':<22} " + " ".join(f"{v:>13}" for v in VARIANTS))
+    for r in results:
+        cells = [f"{r['variants'][v]:.3f}/{r['in_distribution_variants'][v]:.3f}" for v in VARIANTS]
+        print(f"{', '.join(r['held_out']):<22} " + " ".join(f"{c:>13}" for c in cells))
     print(json.dumps({"zero_shot_splits": results}))
 
 
