@@ -169,6 +169,11 @@ class ExpertParams(_Section):
         default=None, ge=0, description="added to the expert's two divisions by the pooled map; null = the preset's "
         "(pretrained: 0, the release maths; tiny: 1e-6, which its from-scratch training needs). An exactly-0 "
         "denominator is guarded either way")
+    image_score: Literal["predictor", "map_max", "fusion"] | None = Field(
+        default=None, description="what the expert's image score is (evaluation, predict, serving and stage 2's "
+        "verdict read it): predictor = sigmoid(final_predictor(global token)), the release; map_max = the highest "
+        "cell of the base view's anomaly map; fusion = their mean. null = the preset's (pretrained: predictor; "
+        "tiny: see anomaly_ov.model.presets.TINY_EXPERT)")
 
 
 class ModelParams(_Section):

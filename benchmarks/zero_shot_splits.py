@@ -100,13 +100,17 @@ def score_rows(workspace: Path, params, rows) -> dict:
         own = np.flatnonzero(cats == cat)
         px = [i for i in own if labels[i] == 0 or masks[i].any()]
         entry = {name: M.image_auroc(v[own].tolist(), labels[own].tolist()) for name, v in variants.items()}
+        # F1 of the verdict "score >= 0.5" (evaluate.threshold, stage 2's phrase): a rank is not a calibration
+        entry.update({f"{name}_f1": M.binary_metrics((v[own] >= 0.5).tolist(), labels[own].tolist())["f1"]
+                      for name, v in variants.items()})
         entry["pixel_auroc"] = M.pixel_auroc([maps[i] for i in px], [masks[i] for i in px]) if px else None
         scores = variants["predictor"]
         median_anomaly = np.median(scores[own][labels[own] == 1])
         normals = scores[own][labels[own] == 0]
         entry["normals_above_median_anomaly"] = f"{int((normals >= median_anomaly).sum())}/{normals.size}"
         per_class[cat] = entry
-    means = {name: M.mean_of(per_class[c][name] for c in per_class) for name in (*VARIANTS, "pixel_auroc")}
+    names = (*VARIANTS, *(f"{v}_f1" for v in VARIANTS), "pixel_auroc")
+    means = {name: M.mean_of(per_class[c][name] for c in per_class) for name in names}
     return {**means, "image_auroc": means["predictor"], "images": len(labels), "per_class": per_class}
 
 
@@ -157,8 +161,11 @@ def run_split(held_out: list[str], base_params: Path, root: Path, train: list[st
     return {
         "held_out": held_out, "trained_on": train, "tower": tower, "image_auroc": result["image_auroc"],
         "pixel_auroc": result["pixel_auroc"], "variants": {v: result[v] for v in VARIANTS},
+        "variants_f1": {v: result[f"{v}_f1"] for v in VARIANTS},
         "per_class": result["per_class"], "in_distribution_image_auroc": seen["image_auroc"],
-        "in_distribution_variants": {v: seen[v] for v in VARIANTS}, "in_distribution_per_class": seen["per_class"],
+        "in_distribution_variants": {v: seen[v] for v in VARIANTS},
+        "in_distribution_variants_f1": {v: seen[f"{v}_f1"] for v in VARIANTS},
+        "in_distribution_per_class": seen["per_class"],
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -203,6 +210,8 @@ def main() -> None:
     for r in results:
         cells = [f"{r['variants'][v]:.3f}/{r['in_distribution_variants'][v]:.3f}" for v in VARIANTS]
         print(f"{', '.join(r['held_out']):<22} " + " ".join(f"{c:>13}" for c in cells))
+        cells = [f"{r['variants_f1'][v]:.3f}/{r['in_distribution_variants_f1'][v]:.3f}" for v in VARIANTS]
+        print(f"{'  F1 at 0.5':<22} " + " ".join(f"{c:>13}" for c in cells))
     print(json.dumps({"zero_shot_splits": results}))
 
 

@@ -20,6 +20,9 @@ significance divisions (release 0). With ``eps=0`` and ``temperature=100`` the o
 0 (0 / 0 = NaN), gives a 0 query / global token instead. Pretrained presets use ``eps=0``: an eps is not small next
 to the pooled map of a confidently normal crop (mean map 3e-4 -> global weight ~4e-7, so eps 1e-6 shrinks the
 global token to 0.26x). The tiny preset, trained from scratch, keeps an eps (its maps collapse early in training).
+``image_score`` says what ``scores`` is: the release's ``sigmoid(final_predictor(r))`` (``"predictor"``, every
+pretrained preset), or read from the base view's anomaly map (``"map_max"``, or ``"fusion"``: the mean of the two);
+``score_logits`` stays the predictor's either way (docs/model.md, 'Settings that differ from the release').
 ``predictor_dim`` is the hidden width of
 ``final_predictor`` (release: 512); it defaults to ``embed_dim`` so the full-size expert (E = 512) is the release.
 
@@ -64,6 +67,11 @@ logger = logging.getLogger(__name__)
 _KNOWN_PREFIXES = ("module.", "anomaly_expert.", "expert.", "model.anomaly_expert.", "model.expert.")
 #: the parameter that names an expert inside a larger state dict: ``<prefix>positive_embedding``
 _ANCHOR_KEY = "positive_embedding"
+
+
+#: what the expert's image score ``scores`` is read from: ``predictor`` (the release: ``sigmoid(final_predictor(r))``
+#: of the global token), ``map_max`` (the highest cell of the image's base-view map) or ``fusion`` (their mean)
+IMAGE_SCORES = ("predictor", "map_max", "fusion")
 
 
 class ExpertWeightsError(InputError):
@@ -130,6 +138,8 @@ class AnomalyExpert(nn.Module):
         eps: added to the two significance divisions (release 0; an exactly-0 denominator is guarded either way).
         predictor_dim: hidden width of ``final_predictor`` (release 512); ``None`` = ``embed_dim``.
         num_pooling_tokens: quadrant grid side of the selector (release 2 -> 4 tokens per crop).
+        image_score: what ``scores`` is (see :data:`IMAGE_SCORES`); release ``"predictor"``:
+            ``sigmoid(final_predictor(r))``. ``score_logits`` is always the predictor's (stage 1's BCE trains it).
     """
 
     def __init__(
@@ -142,8 +152,11 @@ class AnomalyExpert(nn.Module):
         eps: float = 0.0,
         predictor_dim: int | None = None,
         num_pooling_tokens: int = 2,
+        image_score: str = "predictor",
     ) -> None:
         super().__init__()
+        if image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {list(IMAGE_SCORES)}, got {image_score!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if eps < 0:
@@ -156,6 +169,7 @@ class AnomalyExpert(nn.Module):
         self.eps = float(eps)
         self.predictor_dim = predictor_dim or embed_dim
         self.num_pooling_tokens = num_pooling_tokens
+        self.image_score = image_score
         num_patches = grid_size * grid_size
 
         self.positive_embedding = nn.Parameter(torch.randn(1, embed_dim))
@@ -182,6 +196,7 @@ class AnomalyExpert(nn.Module):
             "eps": self.eps,
             "predictor_dim": self.predictor_dim,
             "num_pooling_tokens": self.num_pooling_tokens,
+            "image_score": self.image_score,
         }
 
     # ------------------------------------------------------------------------------------------ maths
@@ -225,6 +240,14 @@ class AnomalyExpert(nn.Module):
         maps = torch.stack(level_maps, 0).mean(0)  # [N,1,G,G]
         significance = torch.stack([m.mean(dim=(1, 2, 3)) for m in level_maps], 0).mean(0)  # [N]
         return maps, significance, level_maps
+
+    def image_scores(self, score_logits: torch.Tensor, base_maps: torch.Tensor) -> torch.Tensor:
+        """[B,1] image scores from the predictor's logits [B,1] and the base views' maps [B,1,G,G] (``image_score``)."""
+        predictor = torch.sigmoid(score_logits)
+        if self.image_score == "predictor":
+            return predictor
+        peak = base_maps.flatten(1).amax(dim=1, keepdim=True)  # [B,1]
+        return peak if self.image_score == "map_max" else 0.5 * (predictor + peak)
 
     def _denominator(self, pooled: torch.Tensor) -> torch.Tensor:
         """``pooled + eps``, with an exactly-0 entry replaced by 1: its numerator is 0 too (all its weights are 0),
@@ -278,7 +301,7 @@ class AnomalyExpert(nn.Module):
             maps=maps,
             crop_tokens=crop_tokens,
             global_tokens=global_tokens,
-            scores=torch.sigmoid(score_logits),
+            scores=self.image_scores(score_logits, maps.index_select(0, base_index)),
             score_logits=score_logits,
             significance=significance,
             level_maps=level_maps,

@@ -79,8 +79,8 @@ TINY_TEXT: dict[str, Any] = {
 #: Pretrained presets: the release (E = 512, temperature 100, no eps; an exactly-0 pooled map is guarded in the
 #: expert). Tiny: E = 64; temperature 10 (a tower trained from scratch saturates the 2-way softmax at 100, and the
 #: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it).
-TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6}
-PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0}
+TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor"}
+PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor"}
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
 QWEN2_TEXT: dict[str, dict[str, Any]] = {

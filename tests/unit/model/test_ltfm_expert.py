@@ -263,3 +263,36 @@ def test_bad_crop_counts_are_refused():
         expert(v, levels, [3])
     with pytest.raises(ValueError, match="at least one crop"):
         expert(v, levels, [2, 0])
+
+
+@pytest.mark.parametrize("image_score", ["predictor", "map_max", "fusion"])
+def test_image_score_reads_the_predictor_or_the_base_view_map(image_score):
+    """``image_score`` changes what ``scores`` is, nothing else: the predictor's logits (stage 1's BCE trains them),
+    the maps and the tokens stay the release's numbers, and the map is read from each image's base view only."""
+    torch.manual_seed(0)
+    counts = [3, 1, 2]
+    release = AnomalyExpert(hidden_size=24, embed_dim=16, grid_size=5, temperature=10.0).double()
+    expert = AnomalyExpert(hidden_size=24, embed_dim=16, grid_size=5, temperature=10.0, image_score=image_score)
+    expert = expert.double()
+    expert.load_state_dict(release.state_dict())
+    v, levels = _inputs(counts, 5, 24, seed=2)
+    v, levels = v.double(), [f.double() for f in levels]
+    with torch.no_grad():
+        ref, out = release(v, levels, counts), expert(v, levels, counts)
+    torch.testing.assert_close(out.score_logits, ref.score_logits, atol=0, rtol=0)
+    torch.testing.assert_close(out.global_tokens, ref.global_tokens, atol=0, rtol=0)
+    peak = torch.stack([ref.maps[i].max() for i in (0, 3, 4)]).reshape(3, 1)  # base views: rows 0, 3, 4
+    expected = {"predictor": ref.scores, "map_max": peak, "fusion": (ref.scores + peak) / 2}[image_score]
+    torch.testing.assert_close(out.scores, expected, atol=1e-12, rtol=0)
+    assert expert.config_dict()["image_score"] == image_score
+
+
+def test_image_score_settings_resolve_per_preset_and_refuse_unknown_names():
+    from anomaly_ov.config import Params
+    from anomaly_ov.model.presets import TINY_EXPERT, expert_config
+
+    assert expert_config(Params(model={"preset": "llava-onevision-7b"}))["image_score"] == "predictor"  # the release
+    assert expert_config(Params())["image_score"] == TINY_EXPERT["image_score"]
+    assert expert_config(Params(model={"expert": {"image_score": "map_max"}}))["image_score"] == "map_max"
+    with pytest.raises(ValueError, match="image_score must be one of"):
+        AnomalyExpert(hidden_size=8, embed_dim=4, grid_size=3, image_score="top_k")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from anomaly_ov.config import Params
 from anomaly_ov.model.expert import AnomalyExpert, count_parameters
 from anomaly_ov.model.presets import (
+    TINY_EXPERT,
     TINY_PINPOINTS,
     TINY_TEXT,
     TINY_VISION,
@@ -133,7 +134,8 @@ def test_model_expert_params_are_the_expert_constructor_arguments():
     arguments = set(inspect.signature(AnomalyExpert).parameters)
     assert set(Params().model.expert.model_dump()) <= arguments
     params = Params(model={"expert": {"embed_dim": 32, "temperature": 7.0}})
-    assert expert_config(params) == {"embed_dim": 32, "temperature": 7.0, "eps": 1e-6}
+    assert expert_config(params) == {"embed_dim": 32, "temperature": 7.0, "eps": 1e-6,
+                                     "image_score": TINY_EXPERT["image_score"]}
     assert expert_config(Params())["temperature"] == 10.0
     assert expert_config(Params(model={"preset": "llava-onevision-7b"}))["temperature"] == 100.0
     with torch.device("meta"):
