@@ -24,6 +24,9 @@ from anomaly_ov.config import load_params
 from anomaly_ov.errors import StageFailed
 from anomaly_ov.parallel import ShardFailed, local_cluster, shard_bounds
 
+# one Dask cluster and workspace per module: keep its tests on one xdist worker
+pytestmark = pytest.mark.xdist_group("dask_cluster")
+
 distributed = pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[2]

@@ -30,6 +30,9 @@ from typer.testing import CliRunner
 from anomaly_ov import stages
 from anomaly_ov.config import Params, _Section, load_params
 
+# the stage runs behind the params checks are built once: keep the module on one xdist worker
+pytestmark = pytest.mark.xdist_group("stage_contract")
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "anomaly_ov"
 #: the module that declares and runs the stages is not a stage's code: editing a declaration changes dvc.yaml,
