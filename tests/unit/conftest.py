@@ -3,6 +3,9 @@
 ``xdist_group``: a module whose tests share an expensive module-scoped fixture (a trained workspace, a Dask
 cluster, two-process runs) marks itself ``pytestmark = pytest.mark.xdist_group(NAME)``, so that with
 ``-n 2 --dist loadgroup`` its tests run on one worker and the fixture is built once, not once per worker.
+With pytest 9.2 and pytest-xdist 3.8.0 the mark has no effect: xdist tags the group onto ``item._nodeid``, which
+pytest 9.2 no longer reads (the id lives in ``item._id``), so ``loadgroup`` spreads a module's tests like ``load``.
+``--dist loadfile`` keeps each module on one worker, which is what every group here asks for.
 
 ``mlflow_store``: a new MLflow SQLite store costs seconds (MLflow creates its tables and runs its schema migrations
 on first open). One blank store is made by MLflow once per test process; a test whose subject is what a stage logs,
