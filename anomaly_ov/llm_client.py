@@ -125,7 +125,7 @@ class ChatClient:
                 while True:
                     if time.monotonic() > deadline:
                         raise LLMClientError("timeout", f"{self.url} took more than {self.timeout_s:g} s")
-                    chunk = response.read(64 * 1024)
+                    chunk = response.read1(64 * 1024)  # what has arrived: read() would wait for 64 KiB or the end
                     if not chunk:
                         return b"".join(chunks)
                     size += len(chunk)

@@ -30,6 +30,7 @@ class Recorder(BaseHTTPRequestHandler):
     mode = "ok"
     target = ""
     seen: list
+    dripped_out = False  # the "drip" reply was sent to its end
 
     def log_message(self, *args):
         pass
@@ -66,6 +67,7 @@ class Recorder(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(0.05)
                 self.wfile.write(REPLY)
+                type(self).dripped_out = True
             else:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(REPLY)))
@@ -77,7 +79,8 @@ def serve(host: str):
     handler = type("Handler", (Recorder,), {"seen": []})
     httpd = ThreadingHTTPServer((host, 0), handler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # a short poll: shutdown() waits up to one poll interval (0.5 s by default) for the loop to notice
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     return httpd, handler, f"http://{host}:{httpd.server_address[1]}"
 
@@ -145,3 +148,5 @@ def test_a_reply_dripping_in_slower_than_the_timeout_is_cut(servers):
     rewriter = Rewriter(RewriterParams(enabled=True, base_url=front_url, model="m", timeout_s=0.5))
     assert rewriter.rewrite("Template.", "hint") == "Template."
     assert rewriter.stats["failures_by_reason"] == {"timeout": 1}
+    # cut while the reply was still coming: a read that waits for a full buffer returned only at the reply's end
+    assert not front.dripped_out

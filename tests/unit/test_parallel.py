@@ -24,6 +24,9 @@ from anomaly_ov.config import load_params
 from anomaly_ov.errors import StageFailed
 from anomaly_ov.parallel import ShardFailed, local_cluster, shard_bounds
 
+# one Dask cluster and workspace per module: keep its tests on one xdist worker
+pytestmark = pytest.mark.xdist_group("dask_cluster")
+
 distributed = pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +40,15 @@ SMALL = [
     "data.synthetic.training_normals_per_category=4",
     "data.synthetic.training_anomalies_per_category=6",
     "tracking.enabled=false",
+    # the extensions that join training run in-process (not fanned out): at their smallest
+    "extensions.medical.image_size=32",
+    "extensions.medical.train_normal_per_modality=2",
+    "extensions.medical.train_anomaly_per_modality=2",
+    "extensions.threed.image_size=32",
+    "extensions.threed.views=2",
+    "extensions.threed.points_per_object=500",
+    "extensions.threed.train_normal_per_shape=1",
+    "extensions.threed.train_anomaly_per_shape=1",
 ]
 TIMING = {"created_at", "seconds", "synthesis_seconds", "records_per_s", "speed.detection_images_per_s"}
 
@@ -220,7 +232,9 @@ def test_expert_only_evaluation_is_the_same_on_two_workers(workspaces, cluster, 
     if not (one / "data/bench/test_data.json").exists():
         run_synthesize(_params(), one)
     torch.manual_seed(0)
-    params = _params("evaluate.generate_answers=false")
+    # one sample figure per (class, kind): the shards still each pick theirs and the merge keeps the run's first
+    fast = ("evaluate.generate_answers=false", "evaluate.figures_per_kind=1")
+    params = _params(*fast)
     tokenizer = train_tokenizer(["Yes, there is a scratch.", "No, the object looks normal."] * 5)
     model_dir = save_pretrained(build_model(params, tokenizer).eval(), build_processor(params, tokenizer),
                                 tmp_path / "model")
@@ -230,7 +244,7 @@ def test_expert_only_evaluation_is_the_same_on_two_workers(workspaces, cluster, 
     outputs = {}
     for name, more in (("one", []), ("two", [f"parallel.address={cluster[0]}"])):
         outputs[name] = tmp_path / name
-        flat = evaluate_dataset(predictor, items, None, _params("evaluate.generate_answers=false", *more),
+        flat = evaluate_dataset(predictor, items, None, _params(*fast, *more),
                                 outputs[name], one, log_to_mlflow=False, predictor_spec=spec)
         assert flat["counts.images"] == len(items)
     single, fanned = _files(outputs["one"]), _files(outputs["two"])

@@ -30,6 +30,9 @@ from typer.testing import CliRunner
 from anomaly_ov import stages
 from anomaly_ov.config import Params, _Section, load_params
 
+# the stage runs behind the params checks are built once: keep the module on one xdist worker
+pytestmark = pytest.mark.xdist_group("stage_contract")
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "anomaly_ov"
 #: the module that declares and runs the stages is not a stage's code: editing a declaration changes dvc.yaml,
@@ -294,6 +297,11 @@ def data_stage_reads(tmp_path_factory) -> dict[str, set[str]]:
         "data.synthetic.test_normal_per_category=1", "data.synthetic.test_anomaly_per_category=1",
         "data.synthetic.training_normals_per_category=2", "data.synthetic.training_anomalies_per_category=2",
         "validate.min_images_per_category=1",
+        # the extensions that join training, at their smallest (their code paths and params are the same)
+        "extensions.medical.image_size=32", "extensions.medical.train_normal_per_modality=1",
+        "extensions.medical.train_anomaly_per_modality=1", "extensions.threed.image_size=32",
+        "extensions.threed.views=2", "extensions.threed.points_per_object=500",
+        "extensions.threed.train_normal_per_shape=1", "extensions.threed.train_anomaly_per_shape=1",
     ])
     reads: dict[str, set[str]] = {}
     for name in ("prepare", "validate"):
@@ -323,7 +331,8 @@ def test_the_recorder_follows_sub_sections_and_aliases():
 
 # ---------------------------------------------------------------------------------------------------- outputs
 def test_prepare_writes_every_declared_output_with_the_generator_off(tmp_path):
-    """data/raw/synthetic is a declared output of prepare: DVC fails a stage that leaves one missing."""
+    """data/raw/synthetic and the extensions' training folders are declared outputs of prepare: DVC fails a stage
+    that leaves one missing, so a switched-off generator still leaves its (empty) folder."""
     from hostile import write_mask, write_png
 
     category = tmp_path / "ds" / "widget"
@@ -333,6 +342,7 @@ def test_prepare_writes_every_declared_output_with_the_generator_off(tmp_path):
     write_png(category / "test" / "crack" / "0.png")
     write_mask(category / "ground_truth" / "crack" / "0_mask.png")
     params = load_params(None, ["data.synthetic.enabled=false", "tracking.enabled=false",
+                                "extensions.medical.join_training=false", "extensions.threed.join_training=false",
                                 "data.sources=[{name: mine, format: mvtec, path: ds, role: eval}]"])
     stages.implementation("prepare")(params, tmp_path)
     missing = [o.path for o in stages.spec("prepare").outs if not (tmp_path / o.path).exists()]

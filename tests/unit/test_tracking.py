@@ -16,9 +16,10 @@ def params(tmp_path: Path):
     return load_params(None, [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=t"])
 
 
-def test_stage_run_nests_under_parent_and_tags_lineage(tmp_path: Path, params, monkeypatch) -> None:
+def test_stage_run_nests_under_parent_and_tags_lineage(tmp_path: Path, params, monkeypatch, mlflow_store) -> None:
     import mlflow
 
+    mlflow_store(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "init"], cwd=tmp_path, check=True)
     (tmp_path / "dvc.lock").write_text(
@@ -88,7 +89,7 @@ with tracking.stage_run(params, stage, ws) as run:
 """
 
 
-def test_killed_stage_runs_do_not_stay_running(tmp_path: Path, params) -> None:
+def test_killed_stage_runs_do_not_stay_running(tmp_path: Path, params, mlflow_store) -> None:
     """Two real stage processes hold MLflow runs: SIGTERM ends its run as KILLED at once; SIGKILL leaves the run
     RUNNING until the next stage started in the workspace finds its process gone and marks it KILLED. A run whose
     process is alive is left alone."""
@@ -99,7 +100,8 @@ def test_killed_stage_runs_do_not_stay_running(tmp_path: Path, params) -> None:
 
     import mlflow
 
-    tracking.configure(params, tmp_path)  # create the store before two processes open it at once
+    mlflow_store(tmp_path)  # the store and its experiment exist before two processes open them at once
+    tracking.configure(params, tmp_path)
     env = {k: v for k, v in os.environ.items() if k != tracking.TRACKING_URI_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       env.get("PYTHONPATH")]))

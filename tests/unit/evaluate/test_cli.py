@@ -80,7 +80,7 @@ def test_manifest_to_test_items_prefers_test_split(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_dir_from_registry_uri(tmp_path, monkeypatch):
+def test_model_dir_from_registry_uri(tmp_path, monkeypatch, mlflow_store):
     import mlflow
 
     monkeypatch.chdir(tmp_path)
@@ -90,6 +90,7 @@ def test_model_dir_from_registry_uri(tmp_path, monkeypatch):
     params = Params()
     from anomaly_ov.tracking import configure
 
+    mlflow_store(tmp_path)
     configure(params, tmp_path)
 
     class Echo(mlflow.pyfunc.PythonModel):

@@ -53,7 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     _Handler.received = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)  # quick shutdown
     thread.start()
     yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     httpd.shutdown()

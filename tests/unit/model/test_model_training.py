@@ -93,7 +93,7 @@ def test_training_lowers_loss_then_generate_answers(tiny_parts):
     model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(12):  # "Yes" is the greedy answer from about step 10 on
         loss = model(**batch).loss
         opt.zero_grad()
         loss.backward()

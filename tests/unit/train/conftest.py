@@ -153,10 +153,10 @@ def pretrained_params(checkpoint: Path, *extra: str):
     return load_params(None, [*PRETRAINED_OVERRIDES, f"model.checkpoint={checkpoint}", *extra])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def llava_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shrunk hub-layout llava-onevision-qwen2-0.5b-ov-hf directory (tests/real_layout.py) stored in bf16 (the
-    release trains in bf16; a bf16 weight rounds lr 1e-5 updates away), module-wide, read-only."""
+    release trains in bf16; a bf16 weight rounds lr 1e-5 updates away), session-wide, read-only."""
     from real_layout import write_real_layout_checkpoint
 
     return write_real_layout_checkpoint(tmp_path_factory.mktemp("llava") / "hub", layout="hub", dtype="bfloat16")

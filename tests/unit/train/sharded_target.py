@@ -1,8 +1,9 @@
 """Launch targets for the sharded-training tests (imported by path inside the torchrun child processes).
 
 ``both``: stage 1 then stage 2 in the same processes (one torchrun start for the two stages). ``paused``: stage 1
-that parks every rank after optimiser step ``ANOMALY_OV_TEST_PAUSE_STEP`` (rank 0 writes ``WORKSPACE/paused``), so
-the test can SIGKILL the whole run at a known point between two checkpoints.
+that parks every rank after optimiser step ``ANOMALY_OV_TEST_PAUSE_STEP`` (each rank writes its process id to
+``WORKSPACE/paused.rank<R>``), so the test can SIGKILL the whole run at a known point between two checkpoints:
+torchrun starts each rank in a session of its own, so killing torchrun's process group does not reach them.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def paused(params: Any, workspace: Path) -> dict:
             if inner is not None:
                 inner(step, record)
             if step == pause_step:
-                if common.dist_info().is_main:
-                    (Path(workspace) / "paused").write_text(str(step))
+                marker = Path(workspace) / f"paused.rank{common.dist_info().rank}"
+                partial = marker.with_name(marker.name + ".tmp")
+                partial.write_text(str(os.getpid()))
+                partial.replace(marker)  # whole: the test reads the id as soon as the file exists
                 while True:  # wait for SIGKILL
                     time.sleep(3600)
 

@@ -94,11 +94,14 @@ def test_stage1_mask_fixed_in_place_is_not_trained_on_stale_checkpoint(tmp_path:
     from PIL import Image
 
     ws = make_workspace(tmp_path / "ws")
-    params = tiny_params("train.expert.checkpoint_every=1")
+    # one epoch of 4 steps (batch 2), a checkpoint every step, killed at step 2 (mid-epoch)
+    params = tiny_params("train.expert.checkpoint_every=1", "train.expert.tiny.epochs=1",
+                         "train.expert.tiny.batch_size=2")
     _kill_at(2, monkeypatch)
     with pytest.raises(_Killed):
         stage1.run_train_expert(params, ws)
     monkeypatch.undo()
+    assert (ws / "checkpoints/expert/last.pt").exists(), "the killed run left a checkpoint to resume"
     mask = next((ws / "data/raw").rglob("*_mask.png"))
     stat = mask.stat()
     fixed = np.asarray(Image.open(mask)).copy()

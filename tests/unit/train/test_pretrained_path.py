@@ -13,7 +13,8 @@ import torch
 
 from .conftest import make_workspace, pretrained_params  # noqa: TID252
 
-pytestmark = pytest.mark.slow
+# the module's shrunk checkpoint is written once: keep its tests on one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pretrained_path")]
 
 
 def _write_official_expert(path: Path, hidden: int, grid: int, seed: int = 5) -> dict[str, torch.Tensor]:
@@ -92,12 +93,13 @@ def test_stage1_loads_the_tower_and_expert_never_the_language_model(
     torch.testing.assert_close(a.maps, b.maps)
 
 
-def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path) -> None:
+def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path, mlflow_store) -> None:
     import mlflow
 
     from anomaly_ov.stages import run_stage
 
     ws = make_workspace(tmp_path / "ws")
+    mlflow_store(ws)
     official = _write_official_expert(tmp_path / "pretrained_expert_05b.pth", hidden=32, grid=27)
     params = pretrained_params(llava_checkpoint, "tracking.enabled=true", "train.expert.pretrained.epochs=0",
                                f"model.expert_checkpoint={tmp_path / 'pretrained_expert_05b.pth'}")
@@ -127,9 +129,13 @@ def _keep_resume_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(common, "remove_checkpoints", lambda *args, **kwargs: None, raising=False)
 
 
-def test_stage2_cuts_a_conversation_too_long_for_max_length_and_keeps_fp32_master_weights(
+def test_stage2_cuts_a_too_long_conversation_and_updates_fp32_master_weights_that_bf16_would_round_away(
     llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One stage-2 run (two steps of batch 2) on the bf16 checkpoint at the release's lr 1e-5: a conversation longer
+    than max_length is cut, not a reason to stop; the optimiser's weights (the resume checkpoint holds them) are fp32
+    and moved almost everywhere, while rounded to bf16 most of the moves vanish, which is what updating the bf16
+    weights in place did; the saved model is in the checkpoint's dtype again."""
     from safetensors.torch import load_file
 
     from anomaly_ov.model.presets import build_model, save_expert_stage
@@ -143,27 +149,26 @@ def test_stage2_cuts_a_conversation_too_long_for_max_length_and_keeps_fp32_maste
     long = dict(records[0], id="long")
     long["conversations"] = [{"from": "human", "value": "Look closely. " * 300 + "\n<image>\nAny defect?"},
                              {"from": "gpt", "value": "No"}]
-    (ws / "data/instruct/train.json").write_text(json.dumps([*records, long]))
+    (ws / "data/instruct/train.json").write_text(json.dumps([*records[2:5], long]))  # normal and anomalous
     params = pretrained_params(llava_checkpoint, "train.instruct.pretrained.max_length=2000",
                                "train.instruct.pretrained.lr=1e-5", "train.instruct.pretrained.warmup_ratio=0.0",
                                "train.instruct.checkpoint_every=1000")
     save_expert_stage(build_model(params), ws / "models/expert")  # a stage-1 artifact (untrained expert)
     _keep_resume_state(monkeypatch)
     summary = run_train_instruct(params, ws)
-    assert summary["steps"] == 7 and summary["truncated_records"] == 1 and summary["max_length"] == 2000
+    assert summary["steps"] == 2 and summary["truncated_records"] == 1 and summary["max_length"] == 2000
     assert summary["longest_record_tokens"] > 2000
     report = json.loads((ws / "reports/train_instruct.json").read_text())
     assert report["truncated_records"] == 1
 
-    # the trained weights were fp32 master weights (the resume checkpoint holds them), moved by lr 1e-5 updates
-    # that bf16 weights mostly round away; the saved model is in the checkpoint's dtype again
     state = load_checkpoint(ws / "checkpoints/instruct")["model"]
     hub = load_file(str(llava_checkpoint / "model.safetensors"))
-    trained = state["model.multi_modal_projector.linear_1.weight"]
-    before = hub["multi_modal_projector.linear_1.weight"]
-    assert trained.dtype == torch.float32 and before.dtype == torch.bfloat16
-    moved = (trained != before.float()).float().mean()
-    assert moved > 0.9, float(moved)
+    for name in ("multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_2.weight"):
+        trained, before = state["model." + name], hub[name]
+        assert trained.dtype == torch.float32 and before.dtype == torch.bfloat16
+        moved = float((trained != before.float()).float().mean())
+        in_bf16 = float((trained.to(torch.bfloat16) != before).float().mean())
+        assert moved > 0.9 and in_bf16 < 0.3, (name, moved, in_bf16)
     saved = load_file(str(ws / "models/anomaly_ov/model.safetensors"))
     (key,) = [k for k in saved if k.endswith("multi_modal_projector.linear_1.weight")]
     assert saved[key].dtype == torch.bfloat16
@@ -217,33 +222,3 @@ def test_real_layout_model_uses_the_release_maths_and_lays_out_uncropped_images_
     assert encoded.expert.scores.shape == (2, 1) and torch.isfinite(out.logits).all()
     for last in (anomaly_at[5], anomaly_at[11]):
         torch.testing.assert_close(embeds[0, last], model.model.image_newline.to(embeds.dtype))
-
-
-def test_stage2_updates_fp32_master_weights_that_bf16_would_round_away(
-    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The checkpoint is bf16; stage 2 at the release's lr 1e-5 must move what trains. The optimiser's weights (the
-    resume checkpoint holds them) are fp32 and moved almost everywhere; rounded to bf16, most of the moves vanish,
-    which is what updating the bf16 weights in place did."""
-    from safetensors.torch import load_file
-
-    from anomaly_ov.model.presets import build_model, save_expert_stage
-    from anomaly_ov.train.common import load_checkpoint
-    from anomaly_ov.train.instruct import run_train_instruct
-
-    ws = make_workspace(tmp_path / "ws")
-    params = pretrained_params(llava_checkpoint, "train.instruct.pretrained.lr=1e-5",
-                               "train.instruct.pretrained.warmup_ratio=0.0", "train.instruct.max_records=4",
-                               "train.instruct.checkpoint_every=1000")
-    save_expert_stage(build_model(params), ws / "models/expert")  # a stage-1 artifact (untrained expert)
-    _keep_resume_state(monkeypatch)
-    summary = run_train_instruct(params, ws)
-    assert summary["steps"] == 2
-    state = load_checkpoint(ws / "checkpoints/instruct")["model"]
-    hub = load_file(str(llava_checkpoint / "model.safetensors"))
-    for name in ("multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_2.weight"):
-        trained, before = state["model." + name], hub[name]
-        assert trained.dtype == torch.float32 and before.dtype == torch.bfloat16
-        moved = float((trained != before.float()).float().mean())
-        in_bf16 = float((trained.to(torch.bfloat16) != before).float().mean())
-        assert moved > 0.9 and in_bf16 < 0.3, (name, moved, in_bf16)

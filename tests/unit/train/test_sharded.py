@@ -10,6 +10,7 @@ batch), stage 2 averaging per conversation (``sample``) with length grouping off
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,9 @@ from safetensors.torch import load_file
 from anomaly_ov.train import launch
 
 from .conftest import REPO_ROOT, make_workspace, tiny_params  # noqa: TID252
+
+# the module's two-process runs are built once: keep its tests on one xdist worker
+pytestmark = pytest.mark.xdist_group("sharded")
 
 TARGET = Path(__file__).with_name("sharded_target.py")
 COMMON = [
@@ -110,10 +114,26 @@ def test_stage2_fsdp_two_processes_match_one(runs: dict[str, Path]) -> None:
     assert not list((runs["fsdp"] / "checkpoints/instruct").rglob("*shards-*"))
 
 
+def _kill_and_wait_gone(pid: int) -> None:
+    """SIGKILL ``pid`` (not a child of this process: init reaps it) and wait until it no longer exists."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while Path(f"/proc/{pid}").exists() and "State:\tZ" not in _status(pid):  # pytest-timeout bounds the wait
+        time.sleep(0.05)
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""
+
+
 @pytest.mark.slow
 def test_stage1_fsdp_sigkill_between_sharded_checkpoints_resumes_to_the_same_weights(
         runs: dict[str, Path], tmp_path: Path) -> None:
-    """torchrun with 2 processes, SIGKILLed (the whole process group) after step 3; checkpoints at steps 2 and 4."""
+    """torchrun with 2 processes, SIGKILLed after step 3 (the agent's process group and both ranks, which torchrun
+    starts in sessions of their own); checkpoints at steps 2 and 4."""
     ws = make_workspace(tmp_path / "ws")
     params = tiny_params(*COMMON, *TWO_PROCESSES)
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,17 +146,24 @@ def test_stage1_fsdp_sigkill_between_sharded_checkpoints_resumes_to_the_same_wei
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         log = (tmp_path / "killed.log").open("w")
         proc = subprocess.Popen(cmd, env=env, cwd=ws, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        markers = [ws / f"paused.rank{rank}" for rank in range(2)]
+        ranks: list[int] = []
         try:
-            while not (ws / "paused").exists():  # pytest-timeout ends a run that never gets there
+            while not all(m.exists() for m in markers):  # pytest-timeout ends a run that never gets there
                 if proc.poll() is not None:
                     raise AssertionError(f"the run ended before step 3:\n{(tmp_path / 'killed.log').read_text()}")
                 time.sleep(0.1)
+            ranks = [int(m.read_text()) for m in markers]
             os.killpg(proc.pid, signal.SIGKILL)
+            for pid in ranks:
+                os.kill(pid, signal.SIGKILL)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             log.close()
+            for pid in ranks:
+                _kill_and_wait_gone(pid)
     ckpt = ws / "checkpoints/expert"
     assert [p.name for p in ckpt.glob("*shards-*")] == ["shards-000000002"]
     assert len(list((ckpt / "shards-000000002").glob("*.distcp"))) == 2, "each rank wrote its own shard"

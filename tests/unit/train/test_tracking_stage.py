@@ -11,11 +11,12 @@ from .conftest import tiny_params  # noqa: TID252
 
 
 @pytest.mark.slow
-def test_stage1_logs_into_the_stage_run(tiny_workspace: Path) -> None:
+def test_stage1_logs_into_the_stage_run(tiny_workspace: Path, mlflow_store) -> None:
     import mlflow
 
     from anomaly_ov.stages import run_stage
 
+    mlflow_store(tiny_workspace)
     params = tiny_params("tracking.enabled=true", "train.expert.tiny.epochs=1")
     summary = run_stage("train_expert", params, tiny_workspace)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tiny_workspace / 'mlflow.db'}")

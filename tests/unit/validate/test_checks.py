@@ -18,6 +18,9 @@ from anomaly_ov.data.manifest import from_rows
 from anomaly_ov.validate.report import ValidationReport
 from anomaly_ov.validate.run import validate_manifest
 
+# the clean and bad workspaces are validated once: keep the module on one xdist worker
+pytestmark = pytest.mark.xdist_group("validate_checks")
+
 ROOT = "ds"
 SIDE = 32  # the side of the images written by conftest.noise_image
 

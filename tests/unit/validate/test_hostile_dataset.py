@@ -26,6 +26,9 @@ from typer.testing import CliRunner
 
 from anomaly_ov.validate.report import read_report
 
+# the 15000 px PNG is written once: keep the module on one xdist worker
+pytestmark = pytest.mark.xdist_group("hostile_dataset")
+
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes: not a valid UTF-8 file name
 
 
