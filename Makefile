@@ -7,6 +7,11 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist: TEST_WORKERS processes share the tests (0 = one process, no xdist). loadgroup keeps the tests of a
+# module with a module-scoped fixture on one worker (tests/conftest.py marks them); --no-loadscope-reorder keeps
+# collection order, so the long integration modules start first and the short unit tests fill in at the end.
+TEST_WORKERS ?= 2
+XDIST_ARGS := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -35,11 +40,11 @@ pipeline: setup
 
 ## The whole test suite (unit + integration with the real Prefect server, MLflow store and DVC).
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(XDIST_ARGS) $(PYTEST_ARGS)
 
 ## Unit tests only.
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(XDIST_ARGS) -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -34,6 +34,15 @@ for _key, _value in _OFFLINE_ENV.items():
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="anomaly-ov-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Under pytest-xdist (`make test` runs `-n 2`), each worker gets its share of the cores for torch's intra-op threads
+# (two workers x two BLAS threads on two cores would fight). Set before any test module imports torch, and
+# inherited by every subprocess a test starts, so a stage run in a child computes with the same thread count as
+# the same code in the worker (tests compare weights bit for bit). An explicit OMP_NUM_THREADS wins.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +76,29 @@ def real_layout_checkpoints(tmp_path_factory, real_layout_checkpoint, qwen2_toke
     root = tmp_path_factory.mktemp("real_layout_sp")
     saved = write_real_layout_checkpoint(root / "save_pretrained", layout="save_pretrained", tokenizer=qwen2_tokenizer)
     return {"hub": real_layout_checkpoint, "save_pretrained": saved}
+
+
+# ------------------------------------------------------------------ pytest-xdist: shared fixtures stay on one worker
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a module- or class-scoped fixture with ``xdist_group(<its module>)``.
+
+    With ``--dist loadgroup`` (``make test``), the tests of such a module then run on one worker, one after the
+    other, and the fixture (a whole tiny pipeline run, live servers, a trained model) is built once instead of once
+    per worker that happens to get one of its tests. Tests without such a fixture are spread one by one.
+    Session fixtures (the Prefect server, the real-layout checkpoints) are built once per worker that needs them.
+    An explicit ``xdist_group`` mark is left as it is. Without xdist the mark does nothing.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        shared = any(defs and defs[-1].scope in ("module", "class")
+                     for defs in (info.name2fixturedefs.get(name) for name in info.names_closure))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 # ------------------------------------------------------------------ per-file durations (--durations-per-file N)
