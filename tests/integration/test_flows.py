@@ -2,8 +2,9 @@
 
 The stand-in stages (fake_stages.py) have the real names and report paths, so these tests cover the
 orchestration itself: ordering, DVC skipping, environment hand-over, retries, timeouts, failure reasons,
-artifacts, the MLflow parent run, dvc pull/push and the deployment definition. The real stages are covered by
-test_pipeline_real.py.
+artifacts, the MLflow parent run and the deployment definition. The real stages are covered by
+test_pipeline_real.py; the retrain flow (dvc pull from an empty remote, the stages, dvc push) runs from its real
+schedule in test_schedule.py.
 """
 
 from __future__ import annotations
@@ -144,17 +145,6 @@ def test_bad_input_in_a_flow_is_typed_names_the_files_and_is_not_retried(prefect
     line = next(m for m in logs if "prepare failed on attempt 1 of 3" in m)
     assert "InputError: 2 unusable file(s)" in line and "ds/widget/a.png: not an image" in line
     assert "retryable: False, not retried" in line
-
-
-def test_retrain_tolerates_an_empty_remote_and_pushes(prefect_server, fake_workspace):
-    from flows.retrain import retrain
-
-    remote = fake_workspace.parent / f"{fake_workspace.name}-remote"
-    assert not remote.exists()
-    result = retrain(workspace=str(fake_workspace))
-    assert result["register"]["reason"] == "fake stages"
-    pushed = [p for p in remote.rglob("*") if p.is_file()]
-    assert pushed, "dvc push sent nothing to the remote"
 
 
 def test_extensions_flow_runs_only_enabled_extensions(prefect_server, make_workspace):
