@@ -4,23 +4,23 @@ The module fixture copies the project's dvc.yaml, params.yaml (+ a tiny override
 extensions) and the `anomaly_ov` sources into a temporary git repository and runs the pipeline flow once; the
 tests inspect what that run left: the registered version, its aliases and tags, the nested MLflow runs, the
 pyfunc, the CLI, and a re-run that DVC skips entirely.
+
+`mlflow models serve -m models:/NAME@production` over HTTP (the README's command) is test_serving_http.py's: there
+the model is logged and registered by the same ``registry.log_model`` as the register stage, and the loading of
+this pipeline's registered model by that URI is test_registered_pyfunc_loads_and_predicts here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
 
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from workspaces import BIN, make_real_workspace, read_json
+from workspaces import make_real_workspace, read_json
 
 from anomaly_ov.tracking import numeric_metrics
 
@@ -112,42 +112,3 @@ def test_unchanged_rerun_is_skipped_and_registers_nothing(real_run):
     name = first["register"]["model_name"]
     versions = [str(v.version) for v in client.search_model_versions(f"name='{name}'")]
     assert versions == [str(first["register"]["version"])]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(240)  # server start-up (about a minute on 2 cores) and one request
-def test_mlflow_models_serve_answers_invocations(real_run):
-    ws, _, _, uri = real_run
-    name = read_json(ws / "reports/register.json")["model_name"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": uri}
-    log = ws.parent / "serve.log"
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@production", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ws, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while True:  # the test's timeout mark ends a server that never comes up (its log is printed below)
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
-                break
-            except OSError:
-                time.sleep(2)
-        from anomaly_ov.registry import encode_image
-
-        body = {"dataframe_records": [{"image": encode_image(eval_image(ws))}], "params": {"threshold": 0.5}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            predictions = json.loads(response.read())["predictions"]
-        assert 0.0 <= predictions[0]["score"] <= 1.0 and predictions[0]["label"] in ("anomaly", "normal")
-    finally:
-        print("mlflow models serve log (tail):\n" + log.read_text()[-3000:])
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)

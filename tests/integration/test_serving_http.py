@@ -1,13 +1,16 @@
 """The served model over real HTTP: `mlflow models serve` on 127.0.0.1 with the tiny model, friendly and hostile.
 
-One server per module (it takes a while to start on a busy machine), started with an allowed folder for paths and
-small limits so that the limit cases stay cheap. Every request has a timeout and every test a pytest timeout, so a
-hung worker fails the test instead of the suite.
+The model is logged and registered as the register stage does (``registry.log_model``), and both servers load it
+by the README's URI, ``models:/NAME@production``, from an MLflow SQLite store. One server per module (it takes a
+while to start on a busy machine), started with an allowed folder for paths and small limits so that the limit
+cases stay cheap. Every request has a timeout and every test a pytest timeout, so a hung worker fails the test
+instead of the suite.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -36,6 +39,7 @@ MAX_REQUEST_BYTES = 400_000
 MAX_PIXELS = 1_000_000
 MAX_BODY_MB = 1
 SERVERS = ("mlflow", "anomaly-ov")
+MODEL_NAME = "serve-test"
 
 
 def png_bytes(seed: int = 0, size: tuple[int, int] = (48, 40)) -> bytes:
@@ -66,7 +70,7 @@ def served(tmp_path_factory):
     """({kind: base URL}, in-process pyfunc, allowed folder, outside folder, {kind: log}) for both live servers."""
     import torch
 
-    from anomaly_ov.config import Params
+    from anomaly_ov.config import Params, dump_params
     from anomaly_ov.model.presets import build_model, build_processor, save_pretrained
     from anomaly_ov.model.tokenizer import train_tokenizer
 
@@ -75,9 +79,16 @@ def served(tmp_path_factory):
     tok = train_tokenizer(["Yes, there is a scratch on the left.", "No, the object looks normal."] * 5)
     params = Params()
     save_pretrained(build_model(params, tok).eval(), build_processor(params, tok), root / "weights")
-    model_path = root / "pyfunc"
-    mlflow.pyfunc.save_model(path=str(model_path), python_model=registry.AnomalyOVPyfunc(),
-                             artifacts={"model_dir": str(root / "weights")}, signature=registry._signature())
+    # logged and registered as the register stage does (registry.log_model), served by the README's URI; root is a
+    # workspace with the default params, whose store is root/mlflow.db (`anomaly-ov model serve` reads it there)
+    dump_params(params, root / "params.yaml")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run():
+        info = registry.log_model(root / "weights", registered_model_name=MODEL_NAME, validate_example=False)
+    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(MODEL_NAME, "production",
+                                                                 info.registered_model_version)
+    model_uri = f"models:/{MODEL_NAME}@production"
     allowed, outside = root / "allowed", root / "outside"
     allowed.mkdir()
     outside.mkdir()
@@ -89,16 +100,16 @@ def served(tmp_path_factory):
            "ANOMALY_OV_SERVE_ALLOWED_ROOTS": str(allowed), "ANOMALY_OV_SERVE_MAX_ROWS": str(MAX_ROWS),
            "ANOMALY_OV_SERVE_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
            "ANOMALY_OV_SERVE_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "ANOMALY_OV_SERVE_BATCH_SIZE": "2",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_uri}
     ports = {}
     for kind in ("mlflow", "anomaly-ov"):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             ports[kind] = sock.getsockname()[1]
     commands = {  # the README's `mlflow models serve`, and `anomaly-ov model serve` with its body limit
-        "mlflow": [str(BIN / "mlflow"), "models", "serve", "-m", str(model_path), "--env-manager", "local",
+        "mlflow": [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
                    "-h", "127.0.0.1", "-p", str(ports["mlflow"]), "-t", "60"],
-        "anomaly-ov": [str(BIN / "anomaly-ov"), "model", "serve", "-m", str(model_path),
+        "anomaly-ov": [str(BIN / "anomaly-ov"), "model", "serve", "-m", model_uri,
                        "--port", str(ports["anomaly-ov"]), "--max-body-mb", str(MAX_BODY_MB)],
     }
     procs, logs = {}, {}
@@ -121,14 +132,15 @@ def served(tmp_path_factory):
         old = {k: os.environ.get(k) for k in ("ANOMALY_OV_SERVE_ALLOWED_ROOTS",)}
         os.environ["ANOMALY_OV_SERVE_ALLOWED_ROOTS"] = str(allowed)
         try:
-            local = mlflow.pyfunc.load_model(str(model_path))
+            local = mlflow.pyfunc.load_model(model_uri)
         finally:
             for key, value in old.items():
                 os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         yield urls, local, allowed, outside, logs
     finally:
         for proc in procs.values():
-            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # a server that failed to start has no group left
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs.values():
             try:
                 proc.wait(timeout=30)
