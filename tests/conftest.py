@@ -40,7 +40,8 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # the same code in the worker (tests compare weights bit for bit). An explicit OMP_NUM_THREADS wins.
 _XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _XDIST_WORKERS > 1:
-    _threads = str(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _threads = str(max(1, _cores // _XDIST_WORKERS))
     os.environ.setdefault("OMP_NUM_THREADS", _threads)
     os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
