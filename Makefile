@@ -7,11 +7,12 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# pytest-xdist: TEST_WORKERS processes share the tests (0 = one process, no xdist). loadgroup keeps the tests of a
-# module with a module-scoped fixture on one worker (tests/conftest.py marks them); --no-loadscope-reorder keeps
-# collection order, so the long integration modules start first and the short unit tests fill in at the end.
+# pytest-xdist: TEST_WORKERS processes share the tests (0 = one process, no xdist), a whole test file at a time
+# (loadfile), so a module-scoped fixture (a tiny pipeline run, live servers) is built once; --no-loadscope-reorder
+# keeps collection order, so the long integration files start first and the short unit files fill in at the end.
+# (loadgroup would spread single tests, but with pytest 9.2 xdist 3.8's xdist_group marks have no effect.)
 TEST_WORKERS ?= 2
-XDIST_ARGS := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+XDIST_ARGS := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true

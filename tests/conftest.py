@@ -79,29 +79,6 @@ def real_layout_checkpoints(tmp_path_factory, real_layout_checkpoint, qwen2_toke
     return {"hub": real_layout_checkpoint, "save_pretrained": saved}
 
 
-# ------------------------------------------------------------------ pytest-xdist: shared fixtures stay on one worker
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that uses a module- or class-scoped fixture with ``xdist_group(<its module>)``.
-
-    With ``--dist loadgroup`` (``make test``), the tests of such a module then run on one worker, one after the
-    other, and the fixture (a whole tiny pipeline run, live servers, a trained model) is built once instead of once
-    per worker that happens to get one of its tests. Tests without such a fixture are spread one by one.
-    Session fixtures (the Prefect server, the real-layout checkpoints) are built once per worker that needs them.
-    An explicit ``xdist_group`` mark is left as it is. Without xdist the mark does nothing.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        shared = any(defs and defs[-1].scope in ("module", "class")
-                     for defs in (info.name2fixturedefs.get(name) for name in info.names_closure))
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-
-
 # ------------------------------------------------------------------ per-file durations (--durations-per-file N)
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
