@@ -84,7 +84,9 @@ def served(tmp_path_factory):
     dump_params(params, root / "params.yaml")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run():
+    # an explicit experiment in this store: the active one an earlier test left behind belongs to another store
+    experiment_id = mlflow.MlflowClient(tracking_uri).create_experiment("serving")
+    with mlflow.start_run(experiment_id=experiment_id):
         info = registry.log_model(root / "weights", registered_model_name=MODEL_NAME, validate_example=False)
     mlflow.MlflowClient(tracking_uri).set_registered_model_alias(MODEL_NAME, "production",
                                                                  info.registered_model_version)
