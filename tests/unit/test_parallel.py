@@ -88,11 +88,23 @@ class FailShard(distributed.WorkerPlugin):
         parallel._call = self.original
 
 
+#: what Dask's nannies write into their parent's os.environ (and local_cluster must take back)
+NANNY_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Dask cluster of 2 worker processes (one thread each) and a client for plugins."""
-    with local_cluster(2) as local, distributed.Client(local, set_as_default=False) as client:
-        yield local.scheduler_address, client
+    """A local Dask cluster of 2 worker processes (one thread each), a client for plugins, and this process's
+    environment just before and just after ``local_cluster`` started it (started once per module: a cluster's
+    start and close take seconds, so the environment test looks at this one instead of starting its own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in NANNY_ENV:
+            patch.delenv(name, raising=False)
+        before = dict(os.environ)
+        local = local_cluster(2)
+        after = dict(os.environ)
+    with local, distributed.Client(local, set_as_default=False) as client:
+        yield local.scheduler_address, client, (before, after)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +180,7 @@ def test_validate_report_is_the_same_on_two_workers(workspaces, cluster):
 def test_a_shard_failing_once_is_retried_and_the_report_unchanged(workspaces, cluster, tmp_path):
     from anomaly_ov.validate.run import run_validate
 
-    address, client = cluster
+    address, client, _ = cluster
     one, _ = workspaces
     marker = tmp_path / "fault-fired"
     run_validate(_params("validate.report_json=reports/r1.json", "validate.report_md=reports/r1.md"), one)
@@ -185,7 +197,7 @@ def test_a_shard_failing_once_is_retried_and_the_report_unchanged(workspaces, cl
 def test_a_shard_that_always_fails_is_named(workspaces, cluster, tmp_path):
     from anomaly_ov.validate.run import run_validate
 
-    address, client = cluster
+    address, client, _ = cluster
     one, _ = workspaces
     client.register_plugin(FailShard("validate", 2, str(tmp_path / "fired"), always=True), name="fail-always")
     try:
@@ -334,18 +346,12 @@ def test_a_shard_returning_too_few_or_foreign_results_is_not_merged(cluster):
         list(fan.map("t", _negate, range(7), same=lambda item, result: item == result))
 
 
-def test_a_local_cluster_leaves_this_process_environment_alone(monkeypatch):
+def test_a_local_cluster_leaves_this_process_environment_alone(cluster):
     """Dask's nannies write OMP/MKL/OPENBLAS_NUM_THREADS=1 into the parent's os.environ; every later subprocess of
-    the stage (and of a test run) would then compute with one BLAS thread."""
-    import os
-
-    from anomaly_ov.parallel import local_cluster
-
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
-        monkeypatch.delenv(name, raising=False)
-    before = dict(os.environ)
-    cluster = local_cluster(1)
-    try:
-        assert dict(os.environ) == before
-    finally:
-        cluster.close()
+    the stage (and of a test run) would then compute with one BLAS thread. The module's cluster was started with
+    those variables unset."""
+    _, client, (before, after) = cluster
+    assert not set(NANNY_ENV) & before.keys()
+    assert after == before
+    # the workers did get the nannies' settings: there was something to leak
+    assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"1"}
