@@ -111,14 +111,30 @@ def test_text_warmup_trains_the_llm_and_leaves_the_projector(tiny_workspace: Pat
     assert all(p.requires_grad for p in model.model.multi_modal_projector.parameters()), "projector unfrozen again"
 
 
-def test_stage2_with_text_warmup_reports_both_phases_and_resumes(trained_expert_workspace: Path) -> None:
-    ws = trained_expert_workspace
-    params = tiny_params("train.instruct.tiny.text_warmup_epochs=2", "train.instruct.tiny.text_warmup_batch_size=6",
-                         "train.instruct.tiny.epochs=1", "train.instruct.output_dir=models/warm",
-                         "train.instruct.report=reports/warm.json", "train.instruct.checkpoint_dir=checkpoints/warm")
-    summary = stage2.run_train_instruct(params, ws)
+#: stage 2 with the text warm-up: 2 warm-up epochs of 2 steps (12 records, batch 6), then one visual epoch of 6 steps
+#: (batch 2), a checkpoint every 2 steps: the visual phase has steps between two checkpoints to be killed at
+WARMUP = ("train.instruct.tiny.text_warmup_epochs=2", "train.instruct.tiny.text_warmup_batch_size=6",
+          "train.instruct.tiny.epochs=1", "train.instruct.tiny.batch_size=2", "train.instruct.checkpoint_every=2")
+
+
+def _warmup_params(name: str):
+    return tiny_params(*WARMUP, f"train.instruct.output_dir=models/{name}",
+                       f"train.instruct.report=reports/{name}.json",
+                       f"train.instruct.checkpoint_dir=checkpoints/{name}")
+
+
+@pytest.fixture(scope="module")
+def warm_run(trained_expert_workspace: Path) -> dict:
+    """One uninterrupted stage-2 run with the text warm-up (outputs under models/warm): what the report test reads
+    and the reference the SIGKILLed run must reproduce (read only)."""
+    return stage2.run_train_instruct(_warmup_params("warm"), trained_expert_workspace)
+
+
+def test_stage2_with_text_warmup_reports_both_phases_and_resumes(trained_expert_workspace: Path,
+                                                                 warm_run: dict) -> None:
+    ws, summary = trained_expert_workspace, warm_run
     assert summary["text_warmup"]["records"] == 12 and summary["text_warmup"]["steps"] == 2 * 2
-    assert summary["steps"] == 3
+    assert summary["steps"] == 6
     report = json.loads((ws / "reports/warm.json").read_text())
     assert [s for s, _ in report["text_warmup_loss_curve"]] == [1, 2, 3, 4]
     assert (ws / "reports/warm_text_warmup_curves.png").exists()
@@ -137,21 +153,15 @@ def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.integration
-def test_stage2_sigkill_in_visual_phase_resumes_to_identical_weights(trained_expert_workspace: Path) -> None:
+def test_stage2_sigkill_in_visual_phase_resumes_to_identical_weights(trained_expert_workspace: Path,
+                                                                      warm_run: dict) -> None:
     """A real SIGKILL of `anomaly-ov stage train_instruct` at visual step 3 (checkpoints at 2 and 4), after the
     text warm-up finished: the re-run takes the warm-up's checkpoint, resumes the visual phase from step 2
-    (mid-epoch) and saves the uninterrupted run's model, bit for bit (vision tower and expert included)."""
+    (mid-epoch) and saves the uninterrupted run's model (the module's ``warm_run``), bit for bit (vision tower and
+    expert included)."""
     ws = trained_expert_workspace
-    common = ("train.instruct.tiny.text_warmup_epochs=1", "train.instruct.tiny.text_warmup_batch_size=6",
-              "train.instruct.checkpoint_every=2")
-    straight_params = tiny_params(*common, "train.instruct.output_dir=models/straight",
-                                  "train.instruct.report=reports/straight.json",
-                                  "train.instruct.checkpoint_dir=checkpoints/straight")
-    killed_params = tiny_params(*common, "train.instruct.output_dir=models/killed",
-                                "train.instruct.report=reports/killed.json",
-                                "train.instruct.checkpoint_dir=checkpoints/killed")
-    reference = stage2.run_train_instruct(straight_params, ws)
-    assert reference["steps"] == 6 and reference["text_warmup"]["steps"] == 2
+    killed_params = _warmup_params("killed")
+    assert warm_run["steps"] == 6 and warm_run["text_warmup"]["steps"] == 4
     torch.manual_seed(123)  # the re-run must not depend on this process's RNG state
 
     sigkill_stage_at("train_instruct", ws, killed_params, "train", 3)
@@ -159,8 +169,8 @@ def test_stage2_sigkill_in_visual_phase_resumes_to_identical_weights(trained_exp
     assert (ckpt["step"], ckpt["epoch"], ckpt["next_batch"]) == (2, 0, 2)
     assert not (ws / "models/killed").exists(), "no output before the stage completes"
     summary = stage2.run_train_instruct(killed_params, ws)
-    assert summary["text_warmup"]["resumed_from_step"] == 2 and summary["resumed_from_step"] == 2
-    a, b = _safetensors(ws / "models/straight"), _safetensors(ws / "models/killed")
+    assert summary["text_warmup"]["resumed_from_step"] == 4 and summary["resumed_from_step"] == 2
+    a, b = _safetensors(ws / "models/warm"), _safetensors(ws / "models/killed")
     assert a.keys() == b.keys()
     assert any("vision_tower" in k for k in a) and any("anomaly_expert" in k for k in a)
     for key in a:
