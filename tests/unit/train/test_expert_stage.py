@@ -13,20 +13,32 @@ from anomaly_ov.train import expert as stage1
 
 from .conftest import make_workspace, sigkill_stage_at, tiny_params  # noqa: TID252
 
+#: stage 1 with a checkpoint every 3 steps: 8 training images, batch 2, 2 epochs = 8 steps (4 per epoch), so a kill
+#: after step 4 lies between two checkpoints and mid-epoch
+STRAIGHT = ("train.expert.checkpoint_every=3", "train.expert.tiny.epochs=2", "train.expert.tiny.batch_size=2")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted stage-1 run: the workspace and its summary (read only). The output test reads it and the
+    SIGKILL test takes it as the reference its killed run must reproduce."""
+    ws = make_workspace(tmp_path_factory.mktemp("straight") / "ws")
+    return ws, stage1.run_train_expert(tiny_params(*STRAIGHT), ws)
+
 
 @pytest.mark.slow
-def test_stage1_writes_expert_and_report(tiny_workspace: Path) -> None:
-    summary = stage1.run_train_expert(tiny_params(), tiny_workspace)
-    assert summary["steps"] == 2 * 2  # 8 training images, batch 4, 2 epochs
+def test_stage1_writes_expert_and_report(straight_run: tuple[Path, dict]) -> None:
+    workspace, summary = straight_run
+    assert summary["steps"] == 2 * 4  # 8 training images, batch 2, 2 epochs
     assert summary["val_images"] == 4
     assert summary["val_image_auroc"] is not None and 0 <= summary["val_image_auroc"] <= 1
     assert summary["loss_last"] > 0 and summary["images_per_s"] > 0
-    out = tiny_workspace / "models/expert"
+    out = workspace / "models/expert"
     assert {"pretrained_expert.pth", "expert.json", "vision_tower.safetensors"} <= {p.name for p in out.iterdir()}
-    report = json.loads((tiny_workspace / "reports/train_expert.json").read_text())
+    report = json.loads((workspace / "reports/train_expert.json").read_text())
     assert report["recipe"]["mask_loss"] is True and report["recipe"]["temperature"] == 10.0
     assert len(report["epoch_metrics"]) == 2 and "pixel_auroc" in report["epoch_metrics"][0]
-    assert (tiny_workspace / "reports/train_expert_curves.png").exists()
+    assert (workspace / "reports/train_expert_curves.png").exists()
 
 
 class _Killed(Exception):
@@ -46,13 +58,13 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_stage1_sigkill_between_checkpoints_resumes_to_identical_weights(tmp_path: Path) -> None:
+def test_stage1_sigkill_between_checkpoints_resumes_to_identical_weights(straight_run: tuple[Path, dict],
+                                                                         tmp_path: Path) -> None:
     """A real SIGKILL of the `anomaly-ov stage train_expert` process after step 4 (checkpoints at 3 and 6): the
-    re-run resumes from step 3, mid-epoch, and ends with the uninterrupted run's weights, tower included."""
-    params = tiny_params("train.expert.checkpoint_every=3", "train.expert.tiny.epochs=2",
-                         "train.expert.tiny.batch_size=2")
-    straight = make_workspace(tmp_path / "a")
-    reference = stage1.run_train_expert(params, straight)
+    re-run resumes from step 3, mid-epoch, and ends with the uninterrupted run's (``straight_run``) weights, tower
+    included."""
+    params = tiny_params(*STRAIGHT)
+    straight, reference = straight_run
     assert reference["steps"] == 8
 
     killed = make_workspace(tmp_path / "b")
