@@ -10,8 +10,8 @@ pytest 9.2 no longer reads (the id lives in ``item._id``), so ``loadgroup`` spre
 ``mlflow_store``: a new MLflow SQLite store costs seconds (MLflow creates its tables and runs its schema migrations
 on first open). One blank store is made by MLflow once per test process; a test whose subject is what a stage logs,
 not how the store comes to exist, copies it into its workspace, as a workspace holds one after its first stage.
-Tests of the store's creation (tests/unit/test_tracking.py::test_consecutive_workspaces_log_to_their_own_store)
-leave the workspace bare.
+The test of the store's creation (tests/unit/test_tracking.py::test_consecutive_workspaces_log_to_their_own_store)
+leaves its first workspace bare.
 """
 
 from __future__ import annotations
