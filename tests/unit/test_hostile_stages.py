@@ -58,14 +58,24 @@ def test_prepare_names_every_bad_file_and_is_not_retryable(tmp_path):
     assert not (workspace / "data" / "manifest.parquet").exists()
 
 
+def _stage_in_process(workspace: Path, name: str, *overrides: str) -> tuple[int, str]:
+    """The same ``anomaly-ov stage`` command run in this process (for properties that are not about processes)."""
+    from typer.testing import CliRunner
+
+    from anomaly_ov.cli import app
+
+    result = CliRunner().invoke(app, ["stage", name, "--workspace", str(workspace),
+                                      *[a for o in overrides for a in ("--set", o)]])
+    return result.exit_code, result.output
+
+
 def test_the_size_limit_comes_from_validate_max_image_side(tmp_path):
     workspace = _workspace(tmp_path)
     (workspace / "ds" / "widget" / "train" / "good" / "bomb.png").unlink()
     (workspace / "ds" / "widget" / "test" / "good" / "random.png").unlink()
-    assert _stage(workspace, "prepare").returncode == 0
-    result = _stage(workspace, "prepare", "validate.max_image_side=50")  # the 60 x 40 anomaly is now too large
-    output = "\n".join(result.lines)
-    assert result.returncode == 4 and "0.png" in output and "limit of 50 px" in output, output
+    assert _stage_in_process(workspace, "prepare")[0] == 0
+    code, output = _stage_in_process(workspace, "prepare", "validate.max_image_side=50")  # the 60 x 40 anomaly
+    assert code == 4 and "0.png" in output and "limit of 50 px" in output, output
     record = read_result(workspace, "prepare")
     assert record["retryable"] is False and [Path(f.split(":")[0]).name for f in record["failing"]] == ["0.png"]
 
