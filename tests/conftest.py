@@ -6,8 +6,10 @@ The variables and why they are needed: docs/architecture.md, 'Offline, hermetic 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,35 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     for path, seconds in shown:
         terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}%  {path}")
     terminalreporter.write_line(f"{total:8.1f}s total test time in {len(ranked)} files")
+
+
+# ------------------------------------------------------------------ blank MLflow stores
+# ``mlflow_store``: a new MLflow SQLite store costs seconds (MLflow creates its tables and runs its schema migrations
+# on first open). One blank store is made by MLflow once per test process; a test whose subject is what a stage logs,
+# not how the store comes to exist, copies it into its workspace, as a workspace holds one after its first stage.
+# The test of the store's creation (tests/unit/test_tracking.py::test_consecutive_workspaces_log_to_their_own_store)
+# leaves its first workspace bare.
+
+
+@pytest.fixture(scope="session")
+def blank_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    assert path.stat().st_size > 0
+    return path
+
+
+@pytest.fixture
+def mlflow_store(blank_mlflow_db: Path) -> Callable[[Path], Path]:
+    """``mlflow_store(workspace)`` puts a blank, current-schema MLflow store at ``workspace/mlflow.db``."""
+
+    def place(workspace: Path) -> Path:
+        target = Path(workspace) / "mlflow.db"
+        assert not target.exists(), f"{target} exists already"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(blank_mlflow_db, target)
+        return target
+
+    return place

@@ -6,7 +6,9 @@
   server covers both; the flow heartbeat is off (each flow call costs ~0.2 s instead of ~1.1 s). It yields the
   API URL.
 - ``fake_workspace`` / ``make_workspace(kind, overrides)``: see workspaces.py (``kind="fake"``: the tiny stand-in
-  stages of fake_stages.py; ``kind="real"``: the project's dvc.yaml and stages with a tiny params override).
+  stages of fake_stages.py; ``kind="real"``: the project's dvc.yaml and stages with a tiny params override), each
+  with a blank MLflow store in place (``mlflow_store``, tests/conftest.py); the real pipeline's own workspace
+  (test_pipeline_real.py) is left bare, so that run creates its store as a first ``make pipeline`` does.
 """
 
 from __future__ import annotations
@@ -95,15 +97,19 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def fake_workspace(tmp_path: Path) -> Path:
-    return make_fake_workspace(tmp_path / "ws")
+def fake_workspace(tmp_path: Path, mlflow_store: Callable[[Path], Path]) -> Path:
+    ws = make_fake_workspace(tmp_path / "ws")
+    mlflow_store(ws)
+    return ws
 
 
 @pytest.fixture
-def make_workspace(tmp_path: Path) -> Callable[..., Path]:
+def make_workspace(tmp_path: Path, mlflow_store: Callable[[Path], Path]) -> Callable[..., Path]:
     def build(kind: str = "fake", overrides: list[str] = (), name: str = "ws") -> Path:
         maker = make_fake_workspace if kind == "fake" else make_real_workspace
-        return maker(tmp_path / name, list(overrides))
+        ws = maker(tmp_path / name, list(overrides))
+        mlflow_store(ws)
+        return ws
 
     return build
 

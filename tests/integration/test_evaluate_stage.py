@@ -43,7 +43,7 @@ def _bench(ws: Path, size: int = 48) -> None:
     (ws / "data/bench/visa_dr.json").write_text(json.dumps(dr))
 
 
-def test_evaluate_stage_with_the_real_tiny_model(tmp_path, monkeypatch):
+def test_evaluate_stage_with_the_real_tiny_model(tmp_path, monkeypatch, mlflow_store):
     import mlflow
     import torch
 
@@ -55,6 +55,7 @@ def test_evaluate_stage_with_the_real_tiny_model(tmp_path, monkeypatch):
     torch.manual_seed(0)
     ws = tmp_path / "ws"
     ws.mkdir()
+    mlflow_store(ws)
     monkeypatch.chdir(ws)
     params = load_params(None, ["evaluate.resolution=32", "evaluate.max_new_tokens=4",
                                 "evaluate.reasoning_max_new_tokens=6", "evaluate.figures_per_kind=1",

@@ -8,6 +8,7 @@ Predictor on single images and on multi-view conversations, Sentence-BERT scorin
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory, blank_mlflow_db: Path) -> Path:
     """A workspace holding a tiny random model at train.instruct.output_dir."""
     import torch
 
@@ -36,6 +37,7 @@ def workspace(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     ws = tmp_path_factory.mktemp("ext")
+    shutil.copyfile(blank_mlflow_db, ws / "mlflow.db")  # a blank store (tests/conftest.py)
     params = load_params(None, TINY)
     tokenizer = train_tokenizer(())
     save_pretrained(build_model(params, tokenizer), build_processor(params, tokenizer),

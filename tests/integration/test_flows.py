@@ -13,7 +13,7 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from workspaces import read_json
+from workspaces import FAKE_OVERRIDES, read_json, write_params
 
 from anomaly_ov.orchestration import StageError
 
@@ -25,9 +25,10 @@ def attempts(ws, stage: str) -> int:
     return len(path.read_text().split()) if path.exists() else 0
 
 
-def test_pipeline_runs_every_stage_then_dvc_skips_them(prefect_server, fake_workspace):
+def test_pipeline_runs_every_stage_then_dvc_skips_them_then_extensions_run_alone(prefect_server, fake_workspace):
     from prefect.artifacts import Artifact
 
+    from flows.extensions import extensions
     from flows.pipeline import pipeline
 
     first = pipeline(workspace=str(fake_workspace))
@@ -62,6 +63,12 @@ def test_pipeline_runs_every_stage_then_dvc_skips_them(prefect_server, fake_work
     assert attempts(fake_workspace, "train_expert") == 1
     assert "skipped (DVC: up to date)" in Artifact.get("train-expert-summary").data
     assert client.get_run(second["mlflow_run_id"]).data.metrics["stage.evaluate.skipped"] == 1.0
+
+    # the extensions flow on the same workspace, 3D now switched off: only the enabled extension runs (forced)
+    write_params(fake_workspace, [*FAKE_OVERRIDES, "extensions.threed.enabled=false"])
+    result = extensions(workspace=str(fake_workspace), force=True)
+    assert [s["stage"] for s in result["stages"]] == ["extend_medical"]
+    assert attempts(fake_workspace, "extend_medical") == 2 and attempts(fake_workspace, "extend_3d") == 1
 
 
 def test_validation_failure_stops_the_flow_without_retry(prefect_server, make_workspace):
@@ -145,17 +152,6 @@ def test_bad_input_in_a_flow_is_typed_names_the_files_and_is_not_retried(prefect
     line = next(m for m in logs if "prepare failed on attempt 1 of 3" in m)
     assert "InputError: 2 unusable file(s)" in line and "ds/widget/a.png: not an image" in line
     assert "retryable: False, not retried" in line
-
-
-def test_extensions_flow_runs_only_enabled_extensions(prefect_server, make_workspace):
-    from flows.extensions import extensions
-    from flows.pipeline import pipeline
-
-    ws = make_workspace("fake", ["extensions.threed.enabled=false"])
-    pipeline(workspace=str(ws))
-    result = extensions(workspace=str(ws), force=True)
-    assert [s["stage"] for s in result["stages"]] == ["extend_medical"]
-    assert attempts(ws, "extend_medical") == 2 and attempts(ws, "extend_3d") == 0
 
 
 def test_retrain_deployment_has_the_cron_from_params(make_workspace):

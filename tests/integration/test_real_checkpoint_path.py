@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from workspaces import SMALL_JOINED_EXTENSIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,7 +93,8 @@ def real_path_run(tmp_path_factory, real_layout_checkpoint):
         "evaluate.reasoning_max_new_tokens=4", "evaluate.figures_per_kind=0",
         "evaluate.test_data=visa_dr/VisA/test_data.json", "evaluate.reasoning_data=visa_dr/VisA/visa_dr.json",
         "evaluate.data_root=visa_dr",
-        "extensions.medical.enabled=false", "extensions.threed.enabled=false", "registry.thresholds={}",
+        "extensions.medical.enabled=false", "extensions.threed.enabled=false", *SMALL_JOINED_EXTENSIONS,
+        "registry.thresholds={}",
         "registry.min_images=1", "registry.min_per_label=1",  # a 2-image benchmark may pass the gate here
     ]
     summaries = {}

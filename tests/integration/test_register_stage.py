@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def workspace(tmp_path):
+def workspace(tmp_path, mlflow_store):
     import torch
 
     from anomaly_ov.model.presets import build_model, build_processor, save_pretrained
@@ -34,6 +34,7 @@ def workspace(tmp_path):
     save_pretrained(build_model(params, tok).eval(), build_processor(params, tok),
                     tmp_path / params.train.instruct.output_dir)
     dump_params(params, tmp_path / "params.yaml")
+    mlflow_store(tmp_path)
     return params, tmp_path
 
 

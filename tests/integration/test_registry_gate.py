@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
+def setup(tmp_path, monkeypatch, mlflow_store):
     monkeypatch.chdir(tmp_path)
+    mlflow_store(tmp_path)
     params = load_params(None, [
         "registry.model_name=gate-test",
         "registry.margin=0.01",

@@ -47,12 +47,13 @@ def wait_for(predicate, what: str, proc: subprocess.Popen | None = None, log: Pa
             value = None
         if value:
             return value
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 @pytest.mark.timeout(480)  # server start-up (when first), the next 10-second slot, one run of the stand-in stages
-def test_scheduled_retrain_runs_on_a_real_prefect_server(prefect_server, tmp_path):
+def test_scheduled_retrain_runs_on_a_real_prefect_server(prefect_server, tmp_path, mlflow_store):
     ws = make_fake_workspace(tmp_path / "ws", [f"schedule.cron='{EVERY_10_S}'", "schedule.deployment_name=every-10s"])
+    mlflow_store(ws)
     api = prefect_server
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_API_URL": api}

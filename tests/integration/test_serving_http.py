@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,7 +67,7 @@ def bomb_png(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, blank_mlflow_db):
     """({kind: base URL}, in-process pyfunc, allowed folder, outside folder, {kind: log}) for both live servers."""
     import torch
 
@@ -75,6 +76,7 @@ def served(tmp_path_factory):
     from anomaly_ov.model.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("serve")
+    shutil.copyfile(blank_mlflow_db, root / "mlflow.db")  # a blank store (tests/conftest.py)
     torch.manual_seed(0)
     tok = train_tokenizer(["Yes, there is a scratch on the left.", "No, the object looks normal."] * 5)
     params = Params()

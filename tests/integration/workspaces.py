@@ -16,6 +16,18 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
+#: The medical / 3D sets that join training by default (``join_training``), as small as they go.
+SMALL_JOINED_EXTENSIONS = [
+    "extensions.medical.image_size=64",
+    "extensions.medical.train_normal_per_modality=2",
+    "extensions.medical.train_anomaly_per_modality=2",
+    "extensions.threed.image_size=64",
+    "extensions.threed.views=2",
+    "extensions.threed.train_normal_per_shape=1",
+    "extensions.threed.train_anomaly_per_shape=1",
+    "extensions.threed.points_per_object=2000",
+]
+
 #: The smallest configuration the real stages accept: few images, one epoch, no extensions. Every image count
 #: is set here, the training categories' own counts included (params.yaml draws 100 + 120 images for each of those,
 #: which made a "tiny" workspace generate 454 images instead of 30).
@@ -40,15 +52,7 @@ TINY_OVERRIDES = [
     "evaluate.figures_per_kind=1",
     "extensions.medical.enabled=false",
     "extensions.threed.enabled=false",
-    # the medical / 3D sets that join training, as small as they go
-    "extensions.medical.image_size=64",
-    "extensions.medical.train_normal_per_modality=2",
-    "extensions.medical.train_anomaly_per_modality=2",
-    "extensions.threed.image_size=64",
-    "extensions.threed.views=2",
-    "extensions.threed.train_normal_per_shape=1",
-    "extensions.threed.train_anomaly_per_shape=1",
-    "extensions.threed.points_per_object=2000",
+    *SMALL_JOINED_EXTENSIONS,
     "registry.thresholds={}",
     "registry.min_images=1",  # the tiny benchmark above: 6 images
     "registry.min_per_label=1",
@@ -99,13 +103,17 @@ def write_params(root: Path, overrides: list[str], base: Path | None = None) -> 
     dump_params(load_params(base, overrides), root / "params.yaml")
 
 
+#: The stand-in workspace's settings on top of the built-in defaults.
+FAKE_OVERRIDES = ["train.expert.tiny.epochs=1", "registry.model_name=fake"]
+
+
 def make_fake_workspace(root: Path, overrides: list[str] = ()) -> Path:
     from fake_stages import FAKE_DVC_YAML
 
     init_repo(root)
     shutil.copy(Path(__file__).with_name("fake_stages.py"), root / "fake_stages.py")
     (root / "dvc.yaml").write_text(yaml.safe_dump(FAKE_DVC_YAML, sort_keys=False))
-    write_params(root, ["train.expert.tiny.epochs=1", "registry.model_name=fake", *overrides])
+    write_params(root, [*FAKE_OVERRIDES, *overrides])
     (root / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/reports/\ncrashed.flag\n")
     commit_all(root, "fake workspace")
     return root
