@@ -1,10 +1,13 @@
 """Benchmark: table validation (GX suite + pandas group checks, no file checks) of a synthetic manifest.
 
-    .venv/bin/python benchmarks/validate_speed.py [--rows 100000] [--files 0]
+    .venv/bin/python benchmarks/validate_speed.py [--rows 100000] [--files 0] [--thread-sizes]
 
 Prints the seconds for Great Expectations' import + context, the first validation and a second one; the target
 is under 30 s for 100k rows on the 2-core development machine. ``--files N`` also writes N small PNG images
 (a third of them anomalies with masks) to a temporary folder and times the per-file checks (images/s).
+``--thread-sizes`` (alone) times the per-file checks of images from 64 px to 1500 x 1000 (PNG, JPEG) in one thread
+and in a thread pool, alternated twice, with the process's CPU time: where the pool pays off, which is what
+``anomaly_ov.validate.files.THREADS_FROM_PIXELS`` (one thread below it) is set from.
 """
 
 from __future__ import annotations
@@ -48,7 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=0, help="also time the file checks on N written images")
+    parser.add_argument("--thread-sizes", action="store_true",
+                        help="only time the file checks in one thread vs a thread pool, per image size")
     args = parser.parse_args()
+    if args.thread_sizes:
+        time_threads_per_size()
+        return
 
     from anomaly_ov.config import params_from_dict
     from anomaly_ov.validate.gx import gx_context
@@ -98,6 +106,59 @@ def time_file_checks(count: int, params) -> None:
         seconds = time.perf_counter() - started
         failed = [c.name for c in checks if not c.passed]
         print(f"file checks over {opened} images: {seconds:.2f} s ({opened / seconds:.0f} images/s), failed={failed}")
+
+
+#: (files, height, width, format) for --thread-sizes: about the same seconds of work each
+THREAD_SIZES = [(3000, 64, 64, "png"), (2000, 128, 128, "png"), (1000, 180, 180, "png"), (600, 256, 256, "png"),
+                (100, 1000, 1500, "png"), (200, 1000, 1500, "jpeg")]
+
+
+def time_threads_per_size() -> None:
+    """ms per file of :func:`inspect_tasks` in one thread and in the default pool, per image size."""
+    import os
+    import resource
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from anomaly_ov.validate.files import THREADS_FROM_PIXELS, default_workers, inspect_tasks
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    pool = min(8, (os.cpu_count() or 1) + 2)
+    print(f"one thread vs a pool of {pool} on {os.cpu_count()} CPU(s); load average {os.getloadavg()}")
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="validate-threads-") as tmp:
+        for count, height, width, fmt in THREAD_SIZES:
+            folder = Path(tmp) / f"{width}x{height}-{fmt}"
+            folder.mkdir()
+            base = (rng.random((height, width, 3)) * 60 + 90).astype(np.uint8)
+            tasks = []
+            for i in range(count):  # distinct pixels per file (one bright row), as a real dataset's
+                pixels = base.copy()
+                pixels[i % height] = 255
+                path = folder / f"{i}.{fmt}"
+                Image.fromarray(pixels).save(path)
+                tasks.append({"row": i, "file": str(path), "mask": "", "label": "normal", "role": "train",
+                              "manifest_size": (width, height)})
+            kb = np.mean([os.path.getsize(t["file"]) for t in tasks[:20]]) / 1024
+            ms: dict[int, list[float]] = {1: [], pool: []}
+            cpu_ms: dict[int, list[float]] = {1: [], pool: []}
+            for workers in (1, pool, 1, pool):
+                started, cpu_started = time.perf_counter(), cpu()
+                inspect_tasks(tasks, workers=workers)
+                ms[workers].append(1000 * (time.perf_counter() - started) / count)
+                cpu_ms[workers].append(1000 * (cpu() - cpu_started) / count)
+            one, many = min(ms[1]), min(ms[pool])
+            chosen = default_workers(tasks)
+            print(f"{width} x {height} {fmt} ({kb:.0f} KB) x {count}: one thread {one:.2f} ms/file "
+                  f"(cpu {min(cpu_ms[1]):.2f}), pool {many:.2f} ms/file (cpu {min(cpu_ms[pool]):.2f}), "
+                  f"pool x{one / many:.2f}; default: {'pool' if chosen > 1 else 'one thread'} "
+                  f"(threshold {THREADS_FROM_PIXELS} px)")
 
 
 if __name__ == "__main__":

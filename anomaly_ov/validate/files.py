@@ -205,8 +205,9 @@ def inspect_files(
     """Inspect every row's files; results in row order.
 
     In-process (``fan`` None or not distributed) a thread pool of ``workers`` threads decodes (PIL decodes outside
-    the GIL); with a distributed ``fan`` the rows are sharded over its workers. Images whose header declares a
-    side above ``max_side`` are refused before decoding; rows in ``skip`` are not opened."""
+    the GIL; by default one thread for small images, :func:`default_workers`); with a distributed ``fan`` the rows
+    are sharded over its workers. Images whose header declares a side above ``max_side`` are refused before
+    decoding; rows in ``skip`` are not opened."""
     tasks = _tasks(frame, Path(workspace), skip)
     if fan is not None and fan.distributed:
         job = functools.partial(inspect_tasks, hash_pixels=hash_pixels, max_side=max_side, workers=1)
@@ -216,12 +217,29 @@ def inspect_files(
     return inspect_tasks(tasks, hash_pixels=hash_pixels, max_side=max_side, workers=workers)
 
 
+#: Median image area (pixels, from the manifest's width x height) from which a thread pool decodes faster than one
+#: thread. PIL decodes outside the GIL, but a small image's open / verify / hash is mostly Python: on 2 cores a pool
+#: of 4 threads was x0.42 of one thread's speed on 64 px PNGs, x0.9 at 128 px, x1.0-1.2 at 180 px, x1.3 at 256 px
+#: and x1.7 (PNG) to x2.8 (JPEG) at 1500 x 1000 (``benchmarks/validate_speed.py --thread-sizes``).
+THREADS_FROM_PIXELS = 160 * 160
+
+
+def default_workers(tasks: Sequence[dict[str, Any]]) -> int:
+    """Threads for :func:`inspect_tasks`: one for small images (see :data:`THREADS_FROM_PIXELS`), else the cores + 2
+    (at most 8). Rows whose manifest has no size count as large: real datasets' images are."""
+    areas = sorted(w * h if w > 0 and h > 0 else THREADS_FROM_PIXELS for w, h in (t["manifest_size"] for t in tasks))
+    if areas and areas[len(areas) // 2] < THREADS_FROM_PIXELS:
+        return 1
+    return min(8, (os.cpu_count() or 1) + 2)
+
+
 def inspect_tasks(tasks: Sequence[dict[str, Any]], *, hash_pixels: bool = True, max_side: int | None = None,
                   workers: int | None = None) -> list[RowResult]:
-    """:func:`inspect_row` over ``tasks`` (from :func:`_tasks`) with a thread pool of ``workers``; in order."""
+    """:func:`inspect_row` over ``tasks`` (from :func:`_tasks`) with a thread pool of ``workers`` (default:
+    :func:`default_workers`); in order."""
     from anomaly_ov.console import track
 
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    workers = workers or default_workers(tasks)
     if len(tasks) < 8 or workers == 1:
         return list(track((inspect_row(t, hash_pixels, max_side) for t in tasks), "validate: file checks",
                           total=len(tasks), unit="files"))
