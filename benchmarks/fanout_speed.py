@@ -7,11 +7,8 @@ The issue's sizes are the defaults; on an idle 2-core machine run them with
 
     nice -n 10 .venv/bin/python benchmarks/fanout_speed.py > fanout.out 2> fanout.log
 
-Estimate (not measured at full size): a 10k run (``--rows 10000 --records 10000``) took 155 s of wall time at a
-load average of 6-8 from other jobs (509 s at 8-13), of which the timed parts took 19 s (validation, three runs)
-and 33 s (synthesis); both scale with rows and records, so the full size takes about 9 min in its timed parts
-plus 2-3 min of set-up (the pool and 100k links, a generated training set, the model, the clusters and the
-evaluation's cold runs): ~12 min at that load, less on an idle machine.
+At these sizes it took 477 s on the idle 2-core development machine (2026-12-03; the figures are in the README's
+"Scaling out"); at a load of 6-8 from other jobs a tenth of them took 155 s.
 
 Each part runs in one process (``parallel.workers: 1``, today's path) and then on a local Dask cluster of each
 ``--workers`` size, reached by address (the clusters are started, and their workers import the shards' modules,
