@@ -156,8 +156,10 @@ _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
 _TRAIN = ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/plots.py")
+#: the conversations' special tokens (``<image>``) are the model tokenizer's
+_TOKENS = ("anomaly_ov/model/__init__.py", "anomaly_ov/model/tokenizer.py")
 _INSTRUCT_FACTS = tuple(f"anomaly_ov/instruct/{name}" for name in (
-    "__init__.py", "answers.py", "knowledge.py", "knowledge", "regions.py", "synthesize.py", "visual.py"))
+    "__init__.py", "answers.py", "knowledge.py", "knowledge", "regions.py", "synthesize.py", "visual.py")) + _TOKENS
 _INSTRUCT_CHECKS = ("anomaly_ov/instruct/validate.py", "anomaly_ov/validate/__init__.py", "anomaly_ov/validate/gx.py",
                     "anomaly_ov/validate/report.py")
 _EVALUATE = ("anomaly_ov/evaluate", "anomaly_ov/fingerprint.py", "anomaly_ov/llm_client.py")
@@ -245,7 +247,8 @@ SPECS: tuple[StageSpec, ...] = (
                     "style benchmark (data/bench).",
         params=("seed", "data.manifest", "instruct", "model.preset"),
         code=_code(_CORE, _FANOUT, _IMAGES,
-                   ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"), _INSTRUCT_CHECKS),
+                   ("anomaly_ov/instruct", "anomaly_ov/llm_client.py", "anomaly_ov/tracking.py"), _INSTRUCT_CHECKS,
+                   _TOKENS),
         deps=("data/manifest.parquet", *_TRAINING_IMAGES, "reports/validation.json"),
         outs=(Out("data/instruct"), Out("data/bench")),
         metrics=("reports/instruct.json", "reports/instruct_validation.json"),

@@ -36,6 +36,7 @@ from anomaly_ov.data.manifest import NORMAL_DEFECT, resolve
 from anomaly_ov.instruct import answers as A
 from anomaly_ov.instruct.knowledge import KnowledgeBase, domain_of, load_knowledge
 from anomaly_ov.instruct.regions import MaskFacts, facts_from_files
+from anomaly_ov.model.tokenizer import IMAGE_TOKEN
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from anomaly_ov.instruct.llm import Rewriter
     from anomaly_ov.parallel import FanOut
 
-IMAGE_TOKEN = "<image>"
 
 
 @dataclass

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.instruct.answers import DETECTION, KINDS
-from anomaly_ov.instruct.synthesize import IMAGE_TOKEN
+from anomaly_ov.model.tokenizer import IMAGE_TOKEN
 from anomaly_ov.validate.report import Check, ValidationReport
 
 if TYPE_CHECKING:
