@@ -123,13 +123,13 @@ def time_threads_per_size() -> None:
     import numpy as np
     from PIL import Image
 
-    from anomaly_ov.validate.files import THREADS_FROM_PIXELS, default_workers, inspect_tasks
+    from anomaly_ov.validate.files import THREADS_FROM_PIXELS, default_workers, inspect_tasks, pool_threads
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    pool = min(8, (os.cpu_count() or 1) + 2)
+    pool = pool_threads()
     print(f"one thread vs a pool of {pool} on {os.cpu_count()} CPU(s); load average {os.getloadavg()}")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="validate-threads-") as tmp:

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from anomaly_ov.parallel import FanOut
 
 
-
 @dataclass
 class Item:
     """One record subject: a single image, or the views of one multi-view object (in view order)."""

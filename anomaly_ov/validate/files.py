@@ -224,13 +224,18 @@ def inspect_files(
 THREADS_FROM_PIXELS = 160 * 160
 
 
+def pool_threads() -> int:
+    """The thread pool's size for large images: the cores + 2, at most 8 (decoding waits on I/O now and then)."""
+    return min(8, (os.cpu_count() or 1) + 2)
+
+
 def default_workers(tasks: Sequence[dict[str, Any]]) -> int:
-    """Threads for :func:`inspect_tasks`: one for small images (see :data:`THREADS_FROM_PIXELS`), else the cores + 2
-    (at most 8). Rows whose manifest has no size count as large: real datasets' images are."""
+    """Threads for :func:`inspect_tasks`: one for small images (see :data:`THREADS_FROM_PIXELS`), else
+    :func:`pool_threads`. Rows whose manifest has no size count as large: real datasets' images are."""
     areas = sorted(w * h if w > 0 and h > 0 else THREADS_FROM_PIXELS for w, h in (t["manifest_size"] for t in tasks))
     if areas and areas[len(areas) // 2] < THREADS_FROM_PIXELS:
         return 1
-    return min(8, (os.cpu_count() or 1) + 2)
+    return pool_threads()
 
 
 def inspect_tasks(tasks: Sequence[dict[str, Any]], *, hash_pixels: bool = True, max_side: int | None = None,
