@@ -155,7 +155,7 @@ _FANOUT = ("anomaly_ov/parallel.py",)
 _IMAGES = ("anomaly_ov/data/__init__.py", "anomaly_ov/data/images.py", "anomaly_ov/data/manifest.py")
 _READERS = ("anomaly_ov/data/sources", "anomaly_ov/data/medical.py", "anomaly_ov/data/pointcloud.py")
 _MODEL = ("anomaly_ov/model", "anomaly_ov/tracking.py")
-_TRAIN = ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/plots.py")
+_TRAIN = ("anomaly_ov/train", "anomaly_ov/data/loaders.py", "anomaly_ov/plots.py", "anomaly_ov/shutdown.py")
 #: the conversations' special tokens (``<image>``) are the model tokenizer's
 _TOKENS = ("anomaly_ov/model/__init__.py", "anomaly_ov/model/tokenizer.py")
 _INSTRUCT_FACTS = tuple(f"anomaly_ov/instruct/{name}" for name in (

@@ -155,4 +155,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anomaly_ov.shutdown import exit_process
+
+    exit_process(main())  # a rank's process ends without the interpreter's 2-3 s teardown of torch's modules
