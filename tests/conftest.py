@@ -51,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ real-layout checkpoints (tests/real_layout.py)
-sys.path.insert(0, str(Path(__file__).parent))  # helper modules beside this file: `real_layout`, `hostile`
+sys.path.insert(0, str(Path(__file__).parent))  # helpers beside this file: `real_layout`, `hostile`, `session_servers`
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +79,21 @@ def real_layout_checkpoints(tmp_path_factory, real_layout_checkpoint, qwen2_toke
     root = tmp_path_factory.mktemp("real_layout_sp")
     saved = write_real_layout_checkpoint(root / "save_pretrained", layout="save_pretrained", tokenizer=qwen2_tokenizer)
     return {"hub": real_layout_checkpoint, "save_pretrained": saved}
+
+
+# ------------------------------------------------------------------ servers shared by the run's processes
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the main process (xdist workers inherit its environment)
+        from session_servers import open_run
+
+        open_run()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # after every worker has finished
+        from session_servers import close_run
+
+        close_run()
 
 
 # ------------------------------------------------------------------ per-file durations (--durations-per-file N)

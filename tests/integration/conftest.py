@@ -1,7 +1,8 @@
 """Integration fixtures: one real Prefect server per session, DVC workspaces in temporary git repos.
 
-- ``prefect_server``: ``prefect server start`` (the command the README gives), started once for the whole session
-  and shared by every test that runs a flow or a deployment (in-process flows reach it through ``PREFECT_API_URL``;
+- ``prefect_server``: ``prefect server start`` (the command the README gives), started once for the whole test run
+  (the first xdist worker that needs it starts it, the others reuse it: tests/session_servers.py) and shared by
+  every test that runs a flow or a deployment (in-process flows reach it through ``PREFECT_API_URL``;
   the scheduled-run test hands the same URL to its runner). Its services run, the scheduler every 5 s, so one
   server covers both; the flow heartbeat is off (each flow call costs ~0.2 s instead of ~1.1 s). It yields the
   API URL.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,18 +27,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file (workspaces, fake_stages)
-from workspaces import BIN, free_port, make_fake_workspace, make_real_workspace, stop_process  # noqa: E402
+from workspaces import BIN, free_port, make_fake_workspace, make_real_workspace  # noqa: E402
 
 #: Seconds the session's Prefect server may take to answer /health (minutes on a 2-core machine under heavy load).
 SERVER_STARTUP_S = 300
-
-
-def _die_with_parent() -> None:
-    """Run in the server's child process: SIGTERM it when the test process dies, however it dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _wait_healthy(api: str, proc: subprocess.Popen, log: Path) -> None:
@@ -69,31 +61,27 @@ def _drain_prefect_workers() -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API URL of one real ``prefect server start`` for the session (own PREFECT_HOME and SQLite database)."""
+def prefect_server() -> Iterator[str]:
+    """The API URL of the run's one ``prefect server start`` (own PREFECT_HOME and SQLite database), shared by the
+    xdist workers: the first that needs it starts it, the main pytest process stops it (tests/session_servers.py)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from session_servers import shared_server
 
-    root = tmp_path_factory.mktemp("prefect_server")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PREFECT_HOME": str(root / "home"),
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = root / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-    try:
-        _wait_healthy(api, proc, log)
-        with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            try:
-                yield api
-            finally:
-                _drain_prefect_workers()
-    finally:
-        stop_process(proc)
+    def build(root: Path) -> tuple[list[str], dict[str, str], str]:
+        port = free_port()
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PREFECT_HOME": str(root / "home"),
+               "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        return argv, env, f"http://127.0.0.1:{port}/api"
+
+    api = shared_server("prefect", build, _wait_healthy)
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        try:
+            yield api
+        finally:
+            _drain_prefect_workers()
 
 
 @pytest.fixture

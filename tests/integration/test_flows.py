@@ -26,8 +26,6 @@ def attempts(ws, stage: str) -> int:
 
 
 def test_pipeline_runs_every_stage_then_dvc_skips_them_then_extensions_run_alone(prefect_server, fake_workspace):
-    from prefect.artifacts import Artifact
-
     from flows.extensions import extensions
     from flows.pipeline import pipeline
 
@@ -53,15 +51,17 @@ def test_pipeline_runs_every_stage_then_dvc_skips_them_then_extensions_run_alone
     artifacts = {a.path for a in client.list_artifacts(run_id, "reports")}
     assert "reports/metrics.json" in artifacts and "reports/validation.json" in artifacts
 
-    summary = Artifact.get("train-expert-summary")
-    assert "status: **ran**" in summary.data and "history[last].loss | 0.5" in summary.data
-    assert "validation passed" in Artifact.get("validate-summary").data.lower()
+    flow_run = run.data.tags["prefect.flow_run_id"]
+    summary = run_artifact(flow_run, "train-expert-summary")
+    assert "status: **ran**" in summary and "history[last].loss | 0.5" in summary
+    assert "validation passed" in run_artifact(flow_run, "validate-summary").lower()
 
     second = pipeline(workspace=str(fake_workspace))
     # `sources` re-hashes the datasets every time (always_changed); nothing changed, so every other stage skips
     assert [s["stage"] for s in second["stages"] if not s["skipped"]] == ["sources"]
     assert attempts(fake_workspace, "train_expert") == 1
-    assert "skipped (DVC: up to date)" in Artifact.get("train-expert-summary").data
+    second_flow_run = client.get_run(second["mlflow_run_id"]).data.tags["prefect.flow_run_id"]
+    assert "skipped (DVC: up to date)" in run_artifact(second_flow_run, "train-expert-summary")
     assert client.get_run(second["mlflow_run_id"]).data.metrics["stage.evaluate.skipped"] == 1.0
 
     # the extensions flow on the same workspace, 3D now switched off: only the enabled extension runs (forced)
@@ -90,6 +90,20 @@ def test_validation_failure_stops_the_flow_without_retry(prefect_server, make_wo
     assert "fewer than 5000" in runs[0].data.tags["error"]
 
 
+def run_artifact(flow_run_id, key: str) -> str:
+    """The latest artifact ``key`` of this flow run (the flows of other tests, on the other xdist worker too, make
+    artifacts with the same keys on the run's one Prefect server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    only = ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=only, sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"flow run {flow_run_id} has no artifact {key!r}"
+    return found[0].data
+
+
 def flow_logs(flow_run_id) -> list[str]:
     """The flow run's log messages as the Prefect server stored them (its tasks' logs included)."""
     import time
@@ -110,8 +124,6 @@ def flow_logs(flow_run_id) -> list[str]:
 
 
 def test_crash_is_retried_and_timeout_reported(prefect_server, make_workspace, monkeypatch):
-    from prefect.artifacts import Artifact
-
     from flows.pipeline import pipeline
 
     ws = make_workspace("fake", ["schedule.stages={train_expert: {retries: 1, retry_delay_s: 0}, "
@@ -123,9 +135,10 @@ def test_crash_is_retried_and_timeout_reported(prefect_server, make_workspace, m
     assert isinstance(error, StageError) and "timed out after 2 s" in error.reason and error.kind == "StageTimeout"
     assert attempts(ws, "train_expert") == 2  # killed once, retried, succeeded
     assert (ws / "models/expert/weights.json").exists()
-    crash = Artifact.get("train-expert-failure").data
+    crash = run_artifact(state.state_details.flow_run_id, "train-expert-failure")
     assert "kind: **Killed**" in crash and "attempt 1 of 2 failed, Prefect retries it" in crash
-    assert "- attempt: 2 (retried after 1 failure(s))" in Artifact.get("train-expert-summary").data
+    assert "- attempt: 2 (retried after 1 failure(s))" in run_artifact(state.state_details.flow_run_id,
+                                                                        "train-expert-summary")
     logs = flow_logs(state.state_details.flow_run_id)
     assert any("train_expert failed on attempt 1 of 2: Killed" in m and "Prefect will retry it" in m for m in logs)
     assert any("train_expert: ran in" in m and "attempt 2 of 2" in m for m in logs)
@@ -133,8 +146,6 @@ def test_crash_is_retried_and_timeout_reported(prefect_server, make_workspace, m
 
 def test_bad_input_in_a_flow_is_typed_names_the_files_and_is_not_retried(prefect_server, make_workspace,
                                                                             monkeypatch):
-    from prefect.artifacts import Artifact
-
     from flows.pipeline import pipeline
 
     ws = make_workspace("fake", ["schedule.stages={prepare: {retries: 2, retry_delay_s: 0}}"])
@@ -145,7 +156,7 @@ def test_bad_input_in_a_flow_is_typed_names_the_files_and_is_not_retried(prefect
         "InputError", False, 3)
     assert error.failing == ["ds/widget/a.png: not an image", "ds/widget/b.png: truncated"]
     assert attempts(ws, "prepare") == 1 and attempts(ws, "validate") == 0  # not retried; nothing after it ran
-    failure = Artifact.get("prepare-failure").data
+    failure = run_artifact(state.state_details.flow_run_id, "prepare-failure")
     assert "kind: **InputError**" in failure and "attempt: 1 of 3" in failure and "retryable: False" in failure
     assert "| ds/widget/a.png: not an image |" in failure and "| ds/widget/b.png: truncated |" in failure
     logs = flow_logs(state.state_details.flow_run_id)
