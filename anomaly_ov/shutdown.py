@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -51,10 +52,8 @@ def exit_process(status: object = 0) -> NoReturn:
     _join_threads()
     atexit._run_exitfuncs()  # the interpreter's own call at shutdown; each handler runs once and is then removed
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more can be written to it
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be written to it anyway
-            pass
     os._exit(code)
 
 
