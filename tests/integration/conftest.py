@@ -1,4 +1,4 @@
-"""Integration fixtures: one real Prefect server per session, DVC workspaces in temporary git repos.
+"""Integration fixtures: one real Prefect server per test run, DVC workspaces in temporary git repos.
 
 - ``prefect_server``: ``prefect server start`` (the command the README gives), started once for the whole test run
   (the first xdist worker that needs it starts it, the others reuse it: tests/session_servers.py) and shared by
