@@ -11,21 +11,12 @@ session.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+from session_servers import alive  # beside this file (sys.path[0] when run as a script)
 
 
 def main(argv: list[str]) -> int:

@@ -68,7 +68,7 @@ def shared_server(name: str, build: Build, wait_ready: WaitReady) -> str:
         record = root / "server.json"
         if record.is_file():
             known = json.loads(record.read_text())
-            if _alive(known["pid"]):
+            if alive(known["pid"]):
                 return known["url"]
         root.mkdir(parents=True, exist_ok=True)
         argv, env, url = build(root)
@@ -96,13 +96,16 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, ended but not yet reaped, does not)."""
     if pid in _STARTED:
         return _STARTED[pid].poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # exists, owned by someone else
+        return True
     with contextlib.suppress(OSError):  # a zombie (ended, not yet reaped by whoever inherited it) is gone
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
@@ -113,9 +116,9 @@ def _stop(pid: int, grace_s: float = 30.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
+    if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     if pid in _STARTED:
