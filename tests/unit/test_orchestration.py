@@ -125,6 +125,36 @@ def test_dvc_status_reasons_come_from_dvcs_api(tmp_path):
     assert orch.dvc_status("a", tmp_path) == ["changed deps: in.txt (modified)", "changed outs: out.txt (deleted)"]
 
 
+def test_an_up_to_date_stage_is_skipped_without_starting_dvc_and_a_stale_one_says_why_it_runs(tmp_path, monkeypatch):
+    # the stage copies in.txt and records its run as `anomaly-ov stage` does (status + this invocation's id)
+    (tmp_path / "stage.py").write_text(
+        "import os, shutil, sys\nsys.path.insert(0, os.environ['REPO'])\nfrom anomaly_ov.stages import new_record, "
+        "result_path\nfrom anomaly_ov.io import atomic_write_json\nshutil.copy('in.txt', 'out.txt')\n"
+        "atomic_write_json(result_path('.', 'prepare'), {**new_record('prepare'), 'status': 'succeeded'})\n")
+    monkeypatch.setenv("REPO", str(Path(orch.__file__).parents[1]))
+    _dvc_repo(tmp_path, "stages:\n  prepare:\n    cmd: python stage.py\n    deps: [in.txt, stage.py]\n"
+                        "    outs: [out.txt]\n")
+    (tmp_path / "in.txt").write_text("1")
+    seen: list[str] = []
+    first = orch.run_dvc_stage("prepare", tmp_path, on_line=seen.append)
+    assert not first.skipped and (tmp_path / "out.txt").read_text() == "1", seen
+    assert seen[0] == "DVC status: changed deps: in.txt (modified); changed deps: stage.py (modified); changed outs: " \
+                      "out.txt (deleted)"
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("dvc repro started")
+
+    monkeypatch.setattr(orch, "run_command", no_process)
+    again = orch.run_dvc_stage("prepare", tmp_path, on_line=seen.append)
+    assert again.skipped and again.returncode == 0
+    (tmp_path / "in.txt").write_text("2")  # stale again: dvc repro must run
+    with pytest.raises(AssertionError, match="dvc repro started"):
+        orch.run_dvc_stage("prepare", tmp_path)
+    (tmp_path / "in.txt").write_text("1")  # up to date, but --force never asks DVC's status
+    with pytest.raises(AssertionError, match="dvc repro started"):
+        orch.run_dvc_stage("prepare", tmp_path, force=True)
+
+
 def test_dvc_failing_before_the_stage_starts_is_explained_by_its_status(tmp_path):
     _dvc_repo(tmp_path, "stages:\n  prepare:\n    cmd: touch out.txt\n    deps: [missing.txt]\n"
                         "    outs: [out.txt]\n")
