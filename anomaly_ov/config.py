@@ -202,6 +202,14 @@ class ExpertRecipe(_Section):
         "images whose crop grid is 1x1, about half the compute)")
     mask_pos_weight: float = Field(
         default=5.0, gt=0, description="weight of a defect cell against a normal one in the mask loss's per-cell BCE")
+    map_image_loss_weight: float = Field(
+        default=0.0, ge=0, description="weight of an image-level loss on the maps (0 = off): class-balanced BCE "
+        "between each level's base-view map, pooled as the mean of its hottest cells (map_image_top_fraction), and the "
+        "image's label. The mask loss averages over pixels, so a few hot cells on a normal image cost it little; "
+        "this term charges them to the image")
+    map_image_top_fraction: float = Field(
+        default=0.02, gt=0, le=1,
+        description="the share of a map's cells the image-level map loss pools (at least one)")
     augment: bool = Field(
         default=False, description="random 90-degree turns and mirror flips of each batch (images and masks); needs "
         "base_view_only, whose square base views turn without changing shape")

@@ -126,9 +126,30 @@ def mask_loss(level_maps: Sequence[torch.Tensor], masks: torch.Tensor, cells: to
     return total / len(level_maps)
 
 
+def top_cells_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the hottest ``fraction`` of each map's cells (at least one): [B,1,G,G] -> [B]."""
+    flat = maps.flatten(1)
+    k = max(1, round(fraction * flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def map_image_loss(level_maps: Sequence[torch.Tensor], labels: torch.Tensor, weights: tuple[float, float],
+                   fraction: float, eps: float = 1e-6) -> torch.Tensor:
+    """Class-balanced BCE between each level's base-view map [B,1,G,G], pooled by :func:`top_cells_mean`, and the
+    image labels [B]; mean over levels. A normal image pays for its hottest cells, an anomalous one for lacking any
+    (multiple-instance pooling, as weakly supervised anomaly detectors score an image by its top cells)."""
+    w = labels * weights[1] + (1 - labels) * weights[0]
+    total = level_maps[0].new_zeros(())
+    for level in level_maps:
+        pooled = top_cells_mean(level, fraction).clamp(eps, 1 - eps)
+        total = total + F.binary_cross_entropy(pooled, labels, weight=w)
+    return total / len(level_maps)
+
+
 def expert_loss(out: ExpertOutput, batch: Mapping[str, Any], recipe: ExpertRecipe, weights: tuple[float, float]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Balanced BCE on the image score logits [B], plus the recipe's mask loss on the base-view level maps."""
+    """Balanced BCE on the image score logits [B], plus the recipe's mask loss and image-level map loss on the
+    base-view level maps."""
     labels = batch["labels"].to(out.score_logits.device)
     bce = balanced_bce(out.score_logits, labels, weights)
     metrics = {"bce": float(bce.detach())}
@@ -140,6 +161,11 @@ def expert_loss(out: ExpertOutput, batch: Mapping[str, Any], recipe: ExpertRecip
                        recipe.mask_pos_weight)
         metrics["mask_loss"] = float(ml.detach())
         loss = loss + recipe.mask_loss_weight * ml
+    if recipe.map_image_loss_weight > 0:
+        levels = [m.index_select(0, out.base_index) for m in out.level_maps]
+        mil = map_image_loss(levels, labels.to(levels[0].device).float(), weights, recipe.map_image_top_fraction)
+        metrics["map_image_loss"] = float(mil.detach())
+        loss = loss + recipe.map_image_loss_weight * mil
     return loss, metrics
 
 
@@ -320,6 +346,7 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
         "lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
         "restarts_per_epoch": recipe.restarts_per_epoch, "weight_decay": recipe.weight_decay,
         "base_view_only": recipe.base_view_only, "mask_pos_weight": recipe.mask_pos_weight,
+        "map_image_loss_weight": recipe.map_image_loss_weight, "map_image_top_fraction": recipe.map_image_top_fraction,
         "augment": recipe.augment,
     }
 
@@ -521,7 +548,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         report_path = in_workspace(workspace, cfg.report)
         curves = common.plot_curves(result, report_path.with_name(report_path.stem + "_curves.png"),
                                     f"stage 1 (expert, {record['family']} recipe)", keys=("loss", "bce", "mask_loss",
-                                                                                      "lr"))
+                                                                                      "map_image_loss", "lr"))
         write_stage_plots("train_expert", workspace, result.history, result.epoch_metrics)  # DVC plots
         atomic_write_json(report_path, {
             **summary, "seconds": round(seconds, 3), "recipe": record, "device": str(device),

@@ -188,6 +188,38 @@ def test_cell_bce_weighs_defect_cells_and_reaches_thin_defects() -> None:
     assert torch.isfinite(stage1.cell_bce(saturated, target, 5.0))
 
 
+def test_map_image_loss_charges_a_normal_image_for_its_hot_spot() -> None:
+    calm = torch.full((1, 1, 10, 10), 0.1)
+    spot = calm.clone()
+    spot[0, 0, 4, 4] = 0.95  # one hot cell: 1 % of the map, what the pixel-mean losses barely see
+    normal, anomalous, balanced = torch.tensor([0.0]), torch.tensor([1.0]), (1.0, 1.0)
+    assert stage1.top_cells_mean(spot, 0.01).item() == pytest.approx(0.95)
+    assert stage1.top_cells_mean(spot, 0.02).item() == pytest.approx((0.95 + 0.1) / 2)
+    assert stage1.top_cells_mean(calm, 1e-6).item() == pytest.approx(0.1)  # at least one cell
+    loss = stage1.map_image_loss
+    assert loss([spot], normal, balanced, 0.01) > 10 * loss([calm], normal, balanced, 0.01)
+    assert loss([spot], anomalous, balanced, 0.01) < loss([calm], anomalous, balanced, 0.01) / 10
+    assert loss([spot], normal, (3.0, 1.0), 0.01) == pytest.approx(3 * float(loss([spot], normal, balanced, 0.01)))
+    spot.requires_grad_(True)
+    loss([spot], normal, balanced, 0.01).backward()
+    assert spot.grad[0, 0, 4, 4] > 0 and spot.grad.count_nonzero() == 1  # only the pooled cell is pushed down
+
+
+def test_map_image_loss_joins_the_stage_1_loss_only_when_weighted() -> None:
+    from types import SimpleNamespace
+
+    maps = torch.full((2, 1, 4, 4), 0.2)
+    out = SimpleNamespace(score_logits=torch.zeros(2, 1), level_maps=[maps], base_index=torch.tensor([0, 1]),
+                          maps=maps)
+    batch = {"labels": torch.tensor([0.0, 1.0])}
+    recipe = tiny_params().expert_recipe.model_copy(update={"mask_loss": False})
+    off, metrics_off = stage1.expert_loss(out, batch, recipe, (1.0, 1.0))
+    on, metrics_on = stage1.expert_loss(out, batch, recipe.model_copy(update={"map_image_loss_weight": 2.0}),
+                                        (1.0, 1.0))
+    assert "map_image_loss" not in metrics_off
+    assert float(on) == pytest.approx(float(off) + 2.0 * metrics_on["map_image_loss"])
+
+
 def test_augment_turns_images_and_masks_together_and_is_seeded_by_the_batch() -> None:
     image = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     mask = torch.zeros(2, 1, 8, 8)
