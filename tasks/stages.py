@@ -2,8 +2,8 @@
 
 A stage task runs ``dvc repro --single-item <stage>`` through :mod:`anomaly_ov.orchestration` when DVC's status
 finds the stage stale (DVC decides; the stage itself is ``anomaly-ov stage <stage>``, declared in
-``anomaly_ov/stages.py``), streams
-its output into the Prefect run logger, and publishes a Markdown + table artifact built from the stage's report.
+``anomaly_ov/stages.py``), streams its output into the Prefect run logger, and publishes a Markdown + table artifact
+built from the stage's report.
 Whether the stage ran, was skipped or failed, and whether a retry could help, come from the stage's result file and
 DVC's status (never from the text of the output). Retries, retry delay and timeout come from
 ``params.schedule.stages[<stage>]`` via :func:`stage_task`; the retry policy reads the failure's ``retryable``, so
