@@ -17,7 +17,6 @@ Only the console entry points call it (``anomaly_ov.cli.main``, the torchrun chi
 code that runs a command in-process (tests with typer's ``CliRunner``) gets the usual ``SystemExit``.
 
 Example:
-    >>> import sys
     >>> from anomaly_ov.shutdown import exit_process
     >>> exit_process(main())  # doctest: +SKIP
 """

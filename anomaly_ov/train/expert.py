@@ -154,15 +154,17 @@ def expert_loss(out: ExpertOutput, batch: Mapping[str, Any], recipe: ExpertRecip
     bce = balanced_bce(out.score_logits, labels, weights)
     metrics = {"bce": float(bce.detach())}
     loss = bce
-    if recipe.mask_loss and recipe.mask_loss_weight > 0:
+    with_mask = recipe.mask_loss and recipe.mask_loss_weight > 0
+    # the base view's map of every image, per level: what both map losses compare with the image's targets
+    levels = ([m.index_select(0, out.base_index) for m in out.level_maps]
+              if with_mask or recipe.map_image_loss_weight > 0 else [])
+    if with_mask:
         dev = out.maps.device
-        levels = [m.index_select(0, out.base_index) for m in out.level_maps]
         ml = mask_loss(levels, batch["masks"].to(dev), batch["mask_grids"].to(dev), batch["has_mask_target"].to(dev),
                        recipe.mask_pos_weight)
         metrics["mask_loss"] = float(ml.detach())
         loss = loss + recipe.mask_loss_weight * ml
     if recipe.map_image_loss_weight > 0:
-        levels = [m.index_select(0, out.base_index) for m in out.level_maps]
         mil = map_image_loss(levels, labels.to(levels[0].device).float(), weights, recipe.map_image_top_fraction)
         metrics["map_image_loss"] = float(mil.detach())
         loss = loss + recipe.map_image_loss_weight * mil
