@@ -78,3 +78,14 @@ def test_the_scan_catches_an_undeclared_import(tmp_path: Path) -> None:
     assert undeclared_imports(tmp_path) == []
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["numpy>=2"]\n')
     assert undeclared_imports(tmp_path) == ["packaging (distribution ['packaging']) imported by anomaly_ov/a.py"]
+
+
+def test_dvc_parses_its_files_with_the_c_yaml_parser() -> None:
+    """DVC loads dvc.yaml and dvc.lock with ``YAML(typ="safe")`` (dvc.utils.serialize._yaml.parse_yaml), which takes
+    ruamel.yaml's C parser when ruamel.yaml.clib is installed and its pure-Python parser otherwise (3-7 times slower
+    on this project's files). A ruamel.yaml release that looks for the C parser elsewhere fails here."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed (a dependency in pyproject.toml)"
+    assert YAML(typ="safe").Parser is CParser
