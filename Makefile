@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # pytest-xdist: TEST_WORKERS processes share the tests (0 = one process, no xdist), a whole test file at a time
 # (loadfile), so a module-scoped fixture (a tiny pipeline run, live servers) is built once; --no-loadscope-reorder
-# keeps collection order, so the long integration files start first and the short unit files fill in at the end.
+# keeps collection order, which tests/conftest.py sets: the slowest files first (SLOWEST_FILES_FIRST), the short
+# unit files fill in at the end.
 # (Not loadgroup: with pytest 9.2, xdist 3.8 ignores xdist_group marks, pytest-dev/pytest-xdist#1386.)
 TEST_WORKERS ?= 2
 XDIST_ARGS := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)

@@ -5,6 +5,7 @@ The variables and why they are needed: docs/architecture.md, 'Offline, hermetic 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -32,8 +33,11 @@ _OFFLINE_ENV = {
 }
 for _key, _value in _OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
-# A temporary Prefect home per test session; PREFECT_API_URL must be unset (not empty) for the local server.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="anomaly-ov-prefect-")
+# A temporary Prefect home per test process (removed when it exits); PREFECT_API_URL must be unset (not empty) for
+# the local server.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="anomaly-ov-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Under pytest-xdist (`make test` runs `-n 2`), each worker gets its share of the cores for torch's intra-op threads
@@ -79,6 +83,41 @@ def real_layout_checkpoints(tmp_path_factory, real_layout_checkpoint, qwen2_toke
     root = tmp_path_factory.mktemp("real_layout_sp")
     saved = write_real_layout_checkpoint(root / "save_pretrained", layout="save_pretrained", tokenizer=qwen2_tokenizer)
     return {"hub": real_layout_checkpoint, "save_pretrained": saved}
+
+
+# ------------------------------------------------------------------ the order files are handed to the workers
+#: The slowest test files, longest first, with their seconds in one `make test` on 2 cores (2026-12-03, a per-test
+#: timing plugin; CI's `--durations` shows the slowest tests). `make test` hands whole files to the two xdist
+#: workers in collection order (``--dist loadfile --no-loadscope-reorder``), each taking the next file as it runs
+#: out. Longest first lets the two finish together: in collection order one worker still ran test_sharded.py (57
+#: s) after the other had finished. test_sharded.py comes before test_flows.py so that the first two files do not
+#: both wait for the session's Prefect server to start. A file not listed keeps its collection order after these;
+#: a renamed or removed one is ignored, so the list only needs refreshing when the balance drifts.
+SLOWEST_FILES_FIRST = (
+    "tests/integration/test_pipeline_real.py",  # 124
+    "tests/unit/train/test_sharded.py",  # 57
+    "tests/integration/test_flows.py",  # 62
+    "tests/unit/train/test_instruct_stage.py",  # 47
+    "tests/integration/test_real_checkpoint_path.py",  # 38
+    "tests/unit/test_parallel.py",  # 34
+    "tests/integration/test_schedule.py",  # 32
+    "tests/unit/train/test_pretrained_path.py",  # 28
+    "tests/integration/test_serving_http.py",  # 20
+    "tests/unit/train/test_expert_stage.py",  # 16
+    "tests/integration/test_extensions.py",  # 15
+    "tests/unit/train/test_launch.py",  # 15
+    "tests/unit/model/test_real_layout.py",  # 14
+    "tests/integration/test_registry_gate.py",  # 14
+    "tests/unit/test_tracking.py",  # 12
+    "tests/integration/test_evaluate_stage.py",  # 12
+    "tests/integration/test_sources_stage.py",  # 11
+    "tests/integration/test_work_pool.py",  # 10
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: position for position, path in enumerate(SLOWEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: in-file order kept
 
 
 # ------------------------------------------------------------------ servers shared by the run's processes
