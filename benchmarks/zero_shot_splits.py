@@ -14,7 +14,9 @@ for each held-out category how many normal images the expert scores at or above 
 starts stage 1 from a random tower (``train.tower.enabled=false``). Each split also prints the image AUROC and the
 verdict F1 at 0.5 of several image scores read from the same expert (``VARIANTS``: the predictor, the base-view map's
 max, top-1 % / top-5 % mean, mean, and the predictor / map-max fusion), on the held-out categories and on stage 1's
-held-out rows of the training categories; ``--rescore`` only re-scores the experts kept in ``--workdir``.
+held-out rows of the training categories; ``--rescore`` only re-scores the experts kept in ``--workdir``. Last, for
+those held-out rows, the image AUROC of each defect type and each quartile of the anomalies' mask areas against the
+normal images of the same category (:func:`auroc_by_group`): which anomalies the image score misses.
 
 Current default (21 families, medical / 3D in training, 1 thread, a shared machine at load 7 to 14, about 33 min per
 split): pcb, round_part 0.643 image / 0.890 pixel AUROC from a random tower, 0.685 / 0.843 from the pretrained one;
@@ -70,6 +72,53 @@ def score_variants(predictor, base_maps) -> dict:
             "map_mean": flat.mean(axis=1), "fusion": 0.5 * (predictor + ordered[:, 0])}
 
 
+
+def auroc_by_group(scores, labels, categories, groups) -> dict:
+    """Image AUROC of each group of anomalies against the normal images of their own category.
+
+    Args:
+        scores: [N] image scores; labels: [N] 1 = anomalous; categories: [N]; groups: [N] the anomaly's group (a
+            defect type, a size bin; ignored for normal images).
+    Returns ``{group: {"auroc": mean over the categories that have normals and anomalies of the group,
+    "categories": how many, "anomalies": how many}}``, groups in sorted order.
+    """
+    import numpy as np
+
+    from anomaly_ov.evaluate import metrics as M
+
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    categories, groups = np.asarray(categories), np.asarray(groups)
+    out = {}
+    for group in sorted(set(groups[labels == 1].tolist())):
+        values, anomalies = [], 0
+        for cat in sorted(set(categories.tolist())):
+            normal = (categories == cat) & (labels == 0)
+            anomalous = (categories == cat) & (labels == 1) & (groups == group)
+            if normal.any() and anomalous.any():
+                keep = np.flatnonzero(normal | anomalous)
+                values.append(M.image_auroc(scores[keep].tolist(), labels[keep].tolist()))
+                anomalies += int(anomalous.sum())
+        if values:
+            out[str(group)] = {"auroc": float(np.mean(values)), "categories": len(values), "anomalies": anomalies}
+    return out
+
+
+def area_quartiles(areas, labels) -> list[str]:
+    """Each image's quartile of the anomalies' mask areas (fraction of the image), as "q1 0.004-0.016" labels;
+    normal images get ""."""
+    import numpy as np
+
+    areas, labels = np.asarray(areas, dtype=np.float64), np.asarray(labels)
+    edges = np.quantile(areas[labels == 1], [0.0, 0.25, 0.5, 0.75, 1.0]) if (labels == 1).any() else None
+    names = []
+    for area, label in zip(areas, labels, strict=True):
+        if label != 1 or edges is None:
+            names.append("")
+            continue
+        q = min(3, int(np.searchsorted(edges[1:-1], area, side="right")))
+        names.append(f"q{q + 1} {edges[q]:.3f}-{edges[q + 1]:.3f}")
+    return names
+
 def score_rows(workspace: Path, params, rows) -> dict:
     """Per-category image AUROC of every score variant, pixel AUROC of the base-view map, and for each category
     how many normal images the expert's score puts at or above its median anomaly, on manifest ``rows``."""
@@ -123,7 +172,14 @@ def score_rows(workspace: Path, params, rows) -> dict:
         per_class[cat] = entry
     names = (*VARIANTS, *(f"{v}_f1" for v in VARIANTS), "pixel_auroc")
     means = {name: M.mean_of(per_class[c][name] for c in per_class) for name in names}
-    return {**means, "image_auroc": means["predictor"], "images": len(labels), "per_class": per_class}
+    # which anomalies the image score misses: by defect type and by mask area (quartiles of the anomalies' areas)
+    areas = [float(m.mean()) for m in masks]
+    defect_types = rows["defect_type"].fillna("").astype(str).tolist()
+    by = {"defect_type": defect_types, "mask_area": area_quartiles(areas, labels)}
+    breakdown = {kind: {name: auroc_by_group(variants[name], labels, cats, groups) for name in ("predictor", "map_max")}
+                 for kind, groups in by.items()}
+    return {**means, "image_auroc": means["predictor"], "images": len(labels), "per_class": per_class,
+            "by": breakdown}
 
 
 def zero_shot(workspace: Path, params) -> dict:
@@ -177,7 +233,7 @@ def run_split(held_out: list[str], base_params: Path, root: Path, train: list[st
         "per_class": result["per_class"], "in_distribution_image_auroc": seen["image_auroc"],
         "in_distribution_variants": {v: seen[v] for v in VARIANTS},
         "in_distribution_variants_f1": {v: seen[f"{v}_f1"] for v in VARIANTS},
-        "in_distribution_per_class": seen["per_class"],
+        "in_distribution_per_class": seen["per_class"], "by": result["by"], "in_distribution_by": seen["by"],
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -224,6 +280,15 @@ def main() -> None:
         print(f"{', '.join(r['held_out']):<22} " + " ".join(f"{c:>13}" for c in cells))
         cells = [f"{r['variants_f1'][v]:.3f}/{r['in_distribution_variants_f1'][v]:.3f}" for v in VARIANTS]
         print(f"{'  F1 at 0.5':<22} " + " ".join(f"{c:>13}" for c in cells))
+    for r in results:
+        print(f"\nheld out {', '.join(r['held_out'])}: stage 1's held-out rows of the training categories, image AUROC "
+              "of each group of anomalies against their own category's normals (predictor / map max; categories, "
+              "anomalies)")
+        for kind, by_name in r["in_distribution_by"].items():
+            for group, entry in by_name["predictor"].items():
+                other = by_name["map_max"][group]["auroc"]
+                print(f"  {kind:<12} {group:<18} {entry['auroc']:.3f} / {other:.3f}  ({entry['categories']}, "
+                      f"{entry['anomalies']})")
     print(json.dumps({"zero_shot_splits": results}))
 
 

@@ -1,0 +1,42 @@
+"""benchmarks/zero_shot_splits.py's breakdown of the image score: AUROC per group of anomalies against the normal
+images of their own category, and the anomalies' mask-area quartiles."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+_SPEC = importlib.util.spec_from_file_location("zero_shot_splits", REPO / "benchmarks/zero_shot_splits.py")
+zss = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(zss)
+
+
+def test_each_group_is_ranked_against_the_normals_of_its_own_category() -> None:
+    # category a: normals 0.1, 0.2; a scratch (0.15) ranks between them, a stain (0.9) above both
+    # category b: normals 0.8, 0.9 (higher than every a anomaly, which must not matter); a scratch at 0.95
+    scores = [0.1, 0.2, 0.15, 0.9, 0.8, 0.9, 0.95]
+    labels = [0, 0, 1, 1, 0, 0, 1]
+    categories = ["a", "a", "a", "a", "b", "b", "b"]
+    groups = ["", "", "scratch", "stain", "", "", "scratch"]
+    out = zss.auroc_by_group(scores, labels, categories, groups)
+    assert list(out) == ["scratch", "stain"]
+    assert out["scratch"] == {"auroc": pytest.approx((0.5 + 1.0) / 2), "categories": 2, "anomalies": 2}
+    assert out["stain"] == {"auroc": pytest.approx(1.0), "categories": 1, "anomalies": 1}
+
+
+def test_a_group_whose_category_has_no_normals_is_left_out() -> None:
+    out = zss.auroc_by_group([0.3, 0.6, 0.9], [0, 1, 1], ["a", "a", "b"], ["", "hole", "crack"])
+    assert list(out) == ["hole"]
+
+
+def test_mask_area_quartiles_label_the_anomalies_only() -> None:
+    areas = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.0]
+    labels = [0, 1, 1, 1, 1, 1, 0]
+    names = zss.area_quartiles(areas, labels)
+    assert names[0] == "" and names[-1] == ""
+    assert names[1].startswith("q1 0.010-") and names[5].startswith("q4 ") and names[5].endswith("-0.050")
+    assert [n.split()[0] for n in names[1:6]] == ["q1", "q2", "q3", "q4", "q4"]
+    assert zss.area_quartiles([0.0, 0.0], [0, 0]) == ["", ""]
