@@ -93,6 +93,41 @@ def test_stage1_loads_the_tower_and_expert_never_the_language_model(
     torch.testing.assert_close(a.maps, b.maps)
 
 
+
+def test_stage1_map_image_loss_pools_each_images_base_view_of_the_real_layout(
+    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The optional image-level map loss (off by default) on the 0.5B layout: the release recipe has no mask loss and
+    keeps every crop view, so the loss must select each image's base view (one 27 x 27 map per image) itself."""
+    from anomaly_ov.train import expert as stage1
+
+    ws = make_workspace(tmp_path / "ws")
+    params = pretrained_params(llava_checkpoint, "train.expert.pretrained.map_image_loss_weight=1.0")
+    assert not params.train.expert.pretrained.mask_loss and not params.train.expert.pretrained.base_view_only
+    calls: list[tuple[list[tuple[int, ...]], int, float]] = []
+    real_loss = stage1.map_image_loss
+
+    def spy(level_maps, labels, weights, fraction):
+        value = real_loss(level_maps, labels, weights, fraction)
+        calls.append(([tuple(m.shape) for m in level_maps], labels.numel(), float(value)))
+        return value
+
+    views: list[tuple[int, int]] = []  # (crop views in the batch, images)
+    real_expert_loss = stage1.expert_loss
+
+    def count_views(out, batch, recipe, weights):
+        views.append((out.level_maps[0].shape[0], out.base_index.numel()))
+        return real_expert_loss(out, batch, recipe, weights)
+
+    monkeypatch.setattr(stage1, "map_image_loss", spy)
+    monkeypatch.setattr(stage1, "expert_loss", count_views)
+    summary = stage1.run_train_expert(params, ws)
+    assert summary["steps"] > 0 and len(calls) >= summary["steps"]
+    assert any(crops > images for crops, images in views), views  # several views per image: the base is selected
+    for shapes, images, value in calls:
+        assert shapes and all(shape == (images, 1, 27, 27) for shape in shapes), (shapes, images)
+        assert torch.isfinite(torch.tensor(value)) and value > 0
+
 def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path, mlflow_store) -> None:
     import mlflow
 
