@@ -8,10 +8,11 @@ loss. ``augment`` turns and mirrors each batch (seeded by the batch, so resume s
 (pretrained presets) has no mask loss and temperature 100; the tiny preset, whose tower starts from random weights,
 needs the mask loss at temperature 10 (docs/model.md, 'Training recipes') — the run records which recipe was used.
 
-Optimiser: AdamW over the expert (and the vision tower when ``train_vision_tower``), CosineAnnealingWarmRestarts
-restarting ``restarts_per_epoch`` times per epoch. A stratified ``val_fraction`` of the training-role rows is held
-out; image and pixel AUROC on it are logged every epoch. Output: ``models/expert/`` (the model's
-``save_expert_stage``) and ``reports/train_expert.json``.
+Optimiser: AdamW over the expert (and the vision tower when ``train_vision_tower``), with the recipe's ``schedule``:
+the release's CosineAnnealingWarmRestarts restarting ``restarts_per_epoch`` times per epoch, or (tiny recipe) one
+warm-up and cosine over the whole run (``one_cycle``), which trains the from-scratch tower better. A stratified
+``val_fraction`` of the training-role rows is held out; image and pixel AUROC on it are logged every epoch.
+Output: ``models/expert/`` (the model's ``save_expert_stage``) and ``reports/train_expert.json``.
 
 The model is :func:`~anomaly_ov.model.presets.build_expert_model`'s: for a pretrained preset the checkpoint's vision
 tower and the expert only (the LLM is never loaded; the 7B preset would otherwise load 7B parameters to train 7M).
@@ -250,10 +251,16 @@ def evaluate_expert(
 
 # ------------------------------------------------------------------------------------------------- training
 def make_optimizer(params: Sequence[nn.Parameter], recipe: ExpertRecipe, steps_per_epoch: int
-                   ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts]:
-    """AdamW + CosineAnnealingWarmRestarts with ``restarts_per_epoch`` cycles per epoch (stepped every step)."""
+                   ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and the recipe's schedule, stepped every optimiser step: ``restarts`` (the release's
+    CosineAnnealingWarmRestarts, ``restarts_per_epoch`` cycles per epoch) or ``one_cycle`` (OneCycleLR over all
+    ``epochs * steps_per_epoch`` steps, warming up over ``warmup_ratio`` of them)."""
 
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.schedule == "one_cycle":
+        total = max(1, steps_per_epoch * recipe.epochs)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total,
+                                                        pct_start=recipe.warmup_ratio)
     cycle = max(1, math.ceil(steps_per_epoch / recipe.restarts_per_epoch))
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cycle, eta_min=recipe.lr * 0.01)
     return opt, sched
@@ -346,7 +353,8 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
         "temperature": expert_config(params)["temperature"],  # the model's (model.expert), recorded with the run
         "train_vision_tower": recipe.train_vision_tower,
         "lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
-        "restarts_per_epoch": recipe.restarts_per_epoch, "weight_decay": recipe.weight_decay,
+        "schedule": recipe.schedule, "restarts_per_epoch": recipe.restarts_per_epoch,
+        "warmup_ratio": recipe.warmup_ratio, "weight_decay": recipe.weight_decay,
         "base_view_only": recipe.base_view_only, "mask_pos_weight": recipe.mask_pos_weight,
         "map_image_loss_weight": recipe.map_image_loss_weight, "map_image_top_fraction": recipe.map_image_top_fraction,
         "augment": recipe.augment,

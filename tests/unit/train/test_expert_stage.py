@@ -37,6 +37,7 @@ def test_stage1_writes_expert_and_report(straight_run: tuple[Path, dict]) -> Non
     assert {"pretrained_expert.pth", "expert.json", "vision_tower.safetensors"} <= {p.name for p in out.iterdir()}
     report = json.loads((workspace / "reports/train_expert.json").read_text())
     assert report["recipe"]["mask_loss"] is True and report["recipe"]["temperature"] == 10.0
+    assert report["recipe"]["schedule"] == "one_cycle"  # the tiny recipe's; it ran to its last step without error
     assert len(report["epoch_metrics"]) == 2 and "pixel_auroc" in report["epoch_metrics"][0]
     assert (workspace / "reports/train_expert_curves.png").exists()
 
@@ -151,6 +152,37 @@ def test_frozen_tower_stays_unchanged_with_pretrained_style_recipe(tiny_workspac
         if name in before:
             assert torch.equal(p, before[name]), f"{name} changed although frozen"
     assert any(not torch.equal(p, expert_before[n]) for n, p in model.anomaly_expert.named_parameters())
+
+
+def _learning_rates(recipe, steps_per_epoch: int) -> list[float]:
+    """The learning rate each optimiser step of a whole run of ``recipe`` uses."""
+    model = torch.nn.Linear(2, 1)
+    optimizer, scheduler = stage1.make_optimizer(list(model.parameters()), recipe, steps_per_epoch)
+    rates = []
+    for _ in range(steps_per_epoch * recipe.epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_one_cycle_warms_up_once_and_decays_to_the_end_of_the_run() -> None:
+    recipe = tiny_params("train.expert.tiny.epochs=4", "train.expert.tiny.warmup_ratio=0.1").expert_recipe
+    assert recipe.schedule == "one_cycle"
+    rates = _learning_rates(recipe, steps_per_epoch=10)  # 40 steps: OneCycleLR refuses a step past its total
+    peak = max(range(len(rates)), key=rates.__getitem__)
+    assert rates[peak] == pytest.approx(recipe.lr) and peak == 3  # after 10 % of 40 steps (OneCycleLR counts from 0)
+    assert rates[0] == pytest.approx(recipe.lr / 25)
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1:], strict=False)), "no restart after the peak"
+    assert len(rates) == 40 and rates[-1] < recipe.lr * 1e-3
+
+
+def test_restarts_schedule_is_the_release_s_and_returns_to_lr_every_cycle() -> None:
+    recipe = tiny_params("model.preset=llava-onevision-0.5b").expert_recipe
+    assert recipe.schedule == "restarts" and recipe.restarts_per_epoch == 2
+    rates = _learning_rates(recipe, steps_per_epoch=10)  # 2 epochs, cycles of 5 steps
+    assert [i for i, r in enumerate(rates) if r == pytest.approx(recipe.lr)] == [0, 5, 10, 15]
+    assert recipe.lr * 0.01 <= min(rates) < recipe.lr * 0.2  # each cycle decays towards lr / 100
 
 
 def test_losses_behave() -> None:
