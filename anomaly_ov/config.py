@@ -223,12 +223,24 @@ class ExpertRecipe(_Section):
     augment: bool = Field(
         default=False, description="random 90-degree turns and mirror flips of each batch (images and masks); needs "
         "base_view_only, whose square base views turn without changing shape")
+    score_loss_trains_maps: bool = Field(
+        default=True, description="whether the image-score BCE trains the maps, their adaptors and the tower too, "
+        "through the look-twice selector (the release: it is its only loss). false: the selector reads them without "
+        "their gradients, so the BCE trains only q_former and final_predictor and the mask loss alone shapes the "
+        "maps (needs mask_loss)")
 
     @model_validator(mode="after")
     def _augment_needs_base_view(self) -> ExpertRecipe:
         if self.augment and not self.base_view_only:
             raise ValueError("augment: true needs base_view_only: true (AnyRes crops of a non-square image cannot "
                              "be turned by 90 degrees); turn one on or the other off")
+        return self
+
+    @model_validator(mode="after")
+    def _maps_need_a_loss(self) -> ExpertRecipe:
+        if not self.score_loss_trains_maps and not (self.mask_loss and self.mask_loss_weight > 0):
+            raise ValueError("score_loss_trains_maps: false needs the mask loss (mask_loss: true, mask_loss_weight "
+                             "> 0): otherwise nothing trains the maps")
         return self
 
 
@@ -241,7 +253,7 @@ STRATEGY_HELP = ("how num_processes > 1 share the work: ddp = a whole replica pe
 class TrainExpertParams(_Section):
     tiny: ExpertRecipe = ExpertRecipe(
         lr=1e-3, epochs=8, batch_size=16, mask_loss=True, train_vision_tower=True,
-        base_view_only=True, augment=True, schedule="one_cycle",
+        base_view_only=True, augment=True, schedule="one_cycle", score_loss_trains_maps=False,
     )
     pretrained: ExpertRecipe = ExpertRecipe(
         lr=1e-4, epochs=2, batch_size=128, mask_loss=False, train_vision_tower=False

@@ -260,8 +260,15 @@ class AnomalyExpert(nn.Module):
         features: torch.Tensor,
         level_features: Sequence[torch.Tensor],
         crops_per_image: Sequence[int] | torch.Tensor,
+        detach_selector: bool = False,
     ) -> ExpertOutput:
-        """Run the expert on N crops of B images (``crops_per_image`` sums to N; each image's base view first)."""
+        """Run the expert on N crops of B images (``crops_per_image`` sums to N; each image's base view first).
+
+        ``detach_selector``: the look-twice selector reads the features, maps and significances without their
+        gradients, so a loss on the image score trains only ``q_former`` and ``final_predictor`` (the outputs' values
+        are the same either way). The release trains with it off: its image-score BCE is its only loss and shapes
+        the maps through the selector.
+        """
         n, t, c = features.shape
         g = self.grid_size
         if t != g * g or c != self.hidden_size:
@@ -283,18 +290,21 @@ class AnomalyExpert(nn.Module):
             level_features, features.index_select(0, base_index), image_index
         )
 
+        # what the selector reads: the same tensors, without their gradients when detach_selector
+        v, m, sig = (features.detach(), maps.detach(), significance.detach()) if detach_selector else (
+            features, maps, significance)
         # look twice: map-weighted quadrant means of v query the crop's tokens. AdaptiveAvgPool2d(p) over the G x G
         # grid is a fixed [p*p, T] averaging matrix, so P(v * m) is one batched matmul (no [N,C,G,G] copy).
-        pool = self.pooling_matrix(features.device, features.dtype)  # [p*p,T]
-        weights = pool.unsqueeze(0) * maps.reshape(n, 1, t)  # [N,p*p,T]
+        pool = self.pooling_matrix(v.device, v.dtype)  # [p*p,T]
+        weights = pool.unsqueeze(0) * m.reshape(n, 1, t)  # [N,p*p,T]
         in_significance = weights.sum(-1, keepdim=True)  # [N,4,1] = P(m)
-        queries = torch.bmm(weights, features) / self._denominator(in_significance)  # [N,4,C] = P(v*m) / P(m)
-        crop_tokens = self.q_former(queries, features, features)  # [N,4,C]
+        queries = torch.bmm(weights, v) / self._denominator(in_significance)  # [N,4,C] = P(v*m) / P(m)
+        crop_tokens = self.q_former(queries, v, v)  # [N,4,C]
 
         # global token per image: significance-weighted mean over the image's crops and quadrants
-        weight = in_significance * significance[:, None, None]  # [N,4,1]
-        numerator = features.new_zeros(num_images, c).index_add_(0, image_index, (crop_tokens * weight).sum(1))
-        denominator = features.new_zeros(num_images, 1).index_add_(0, image_index, weight.sum(1))
+        weight = in_significance * sig[:, None, None]  # [N,4,1]
+        numerator = v.new_zeros(num_images, c).index_add_(0, image_index, (crop_tokens * weight).sum(1))
+        denominator = v.new_zeros(num_images, 1).index_add_(0, image_index, weight.sum(1))
         global_tokens = (numerator / self._denominator(denominator)).unsqueeze(1)  # [B,1,C]
         score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
         return ExpertOutput(

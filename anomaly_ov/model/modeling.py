@@ -244,20 +244,24 @@ class ExpertPathMixin:
             levels = [f[:, 1:] for f in levels]
         return features, levels
 
-    def _run_expert(self, features: torch.Tensor, levels: list[torch.Tensor], counts: list[int]) -> ExpertOutput:
+    def _run_expert(self, features: torch.Tensor, levels: list[torch.Tensor], counts: list[int],
+                    detach_selector: bool = False) -> ExpertOutput:
         dtype = self.anomaly_expert.positive_embedding.dtype
-        return self.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], counts)
+        return self.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], counts,
+                                   detach_selector=detach_selector)
 
     def expert_forward(
         self,
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor,
         batch_num_images: torch.Tensor | None = None,
+        detach_selector: bool = False,
     ) -> ExpertOutput:
-        """Stage 1: vision tower + expert only (gradients flow into the tower when it is trainable)."""
+        """Stage 1: vision tower + expert only (gradients flow into the tower when it is trainable;
+        ``detach_selector``: see :meth:`AnomalyExpert.forward`)."""
         counts = self.crops_per_image(image_sizes, batch_num_images)
         features, levels = self.tower_features(self._flat_crops(pixel_values, counts))
-        return self._run_expert(features, levels, counts)
+        return self._run_expert(features, levels, counts, detach_selector)
 
 
 class AnomalyOVForConditionalGeneration(ExpertPathMixin, LlavaOnevisionForConditionalGeneration):

@@ -357,7 +357,7 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
         "warmup_ratio": recipe.warmup_ratio, "weight_decay": recipe.weight_decay,
         "base_view_only": recipe.base_view_only, "mask_pos_weight": recipe.mask_pos_weight,
         "map_image_loss_weight": recipe.map_image_loss_weight, "map_image_top_fraction": recipe.map_image_top_fraction,
-        "augment": recipe.augment,
+        "augment": recipe.augment, "score_loss_trains_maps": recipe.score_loss_trains_maps,
     }
 
 
@@ -368,12 +368,16 @@ class ExpertStage(nn.Module):
         model: a model with the expert path (``tower_features``, ``anomaly_expert``, ``expert_forward``): the tiny
             preset's whole model or a pretrained preset's ``AnomalyExpertModel``.
         base_view_only: score each image's base view alone (AnyRes crops skipped).
+        score_loss_trains_maps: whether a loss on the image score reaches the maps and the tower through the
+            look-twice selector (the release: yes); ``False`` detaches the selector's inputs (the recipe's
+            ``score_loss_trains_maps``).
     """
 
-    def __init__(self, model: nn.Module, base_view_only: bool) -> None:
+    def __init__(self, model: nn.Module, base_view_only: bool, score_loss_trains_maps: bool = True) -> None:
         super().__init__()
         self.model = model
         self.base_only = base_view_only
+        self.detach_selector = not score_loss_trains_maps
 
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, crops: list[int]) -> ExpertOutput:
         """Args: ``pixel_values`` [sum(crops), 3, H, W] (every image's crops, base view first), ``image_sizes``
@@ -384,8 +388,9 @@ class ExpertStage(nn.Module):
             base = pixel_values.index_select(0, starts)
             features, levels = m.tower_features(base)
             dtype = m.anomaly_expert.positive_embedding.dtype
-            return m.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], [1] * len(crops))
-        return m.expert_forward(pixel_values, image_sizes)
+            return m.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], [1] * len(crops),
+                                    detach_selector=self.detach_selector)
+        return m.expert_forward(pixel_values, image_sizes, detach_selector=self.detach_selector)
 
 
 def stage_forward(device: torch.device) -> ExpertForward:
@@ -501,7 +506,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     train_set.cache = {} if cache else None
     val_set = ExpertDataset(val_rows, workspace, preprocess, grid, mask_size, cache=cache) if len(val_rows) else None
 
-    stage_module = ExpertStage(model, recipe.base_view_only)
+    stage_module = ExpertStage(model, recipe.base_view_only, recipe.score_loss_trains_maps)
     trainable = list(model.anomaly_expert.parameters())
     if recipe.train_vision_tower:
         trainable += list(model.expert_tower.parameters())

@@ -132,3 +132,13 @@ def test_cli_names_a_bad_params_file_without_a_traceback(tmp_path: Path) -> None
         result = CliRunner().invoke(app, ["params", "--params", str(params)])
         assert result.exit_code == 2 and str(params) in result.output, result.output
         assert isinstance(result.exception, SystemExit)
+
+
+def test_a_recipe_whose_maps_no_loss_trains_is_refused() -> None:
+    from anomaly_ov.errors import ConfigError
+
+    assert not load_params(None).expert_recipe.score_loss_trains_maps  # the tiny recipe's
+    assert load_params(None, ["model.preset=llava-onevision-0.5b"]).expert_recipe.score_loss_trains_maps  # release
+    with pytest.raises(ConfigError, match="score_loss_trains_maps: false needs the mask loss"):
+        load_params(None, ["train.expert.tiny.score_loss_trains_maps=false", "train.expert.tiny.mask_loss=false"])
+

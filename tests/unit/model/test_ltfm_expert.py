@@ -296,3 +296,30 @@ def test_image_score_settings_resolve_per_preset_and_refuse_unknown_names():
     assert expert_config(Params(model={"expert": {"image_score": "map_max"}}))["image_score"] == "map_max"
     with pytest.raises(ValueError, match="image_score must be one of"):
         AnomalyExpert(hidden_size=8, embed_dim=4, grid_size=3, image_score="top_k")
+
+
+def test_detached_selector_gives_the_same_outputs_and_keeps_the_score_loss_off_the_maps():
+    torch.manual_seed(0)
+    expert = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=4, temperature=10.0, eps=1e-6)
+    counts = [2, 1]
+    v, levels = _inputs(counts, 4, 16)
+    v.requires_grad_(True)
+    attached = expert(v, levels, counts)
+    detached = expert(v, levels, counts, detach_selector=True)
+    for name in ("maps", "crop_tokens", "global_tokens", "scores", "significance"):
+        assert torch.equal(getattr(attached, name), getattr(detached, name)), name
+
+    def grads(out) -> dict[str, torch.Tensor | None]:
+        expert.zero_grad(set_to_none=True)
+        v.grad = None
+        out.score_logits.sum().backward()
+        return {**{n: p.grad for n, p in expert.named_parameters()}, "features": v.grad}
+
+    with_maps = grads(expert(v, levels, counts))
+    without = grads(expert(v, levels, counts, detach_selector=True))
+    map_side = ("siglip_adaptors.0.weight", "prompt_adaptors.0.weight", "class_predictor.0.weight",
+                "negative_embedding", "features")
+    assert all(with_maps[n] is not None and with_maps[n].abs().sum() > 0 for n in map_side)
+    assert all(without[n] is None for n in map_side), "the image-score loss reached the maps or the tower"
+    for name in ("q_former.query_proj.weight", "final_predictor.0.weight"):
+        assert without[name] is not None and without[name].abs().sum() > 0, name

@@ -154,6 +154,25 @@ def test_frozen_tower_stays_unchanged_with_pretrained_style_recipe(tiny_workspac
     assert any(not torch.equal(p, expert_before[n]) for n, p in model.anomaly_expert.named_parameters())
 
 
+@pytest.mark.parametrize("base_view_only", [True, False])
+def test_stage_module_keeps_the_score_loss_off_the_tower_when_the_recipe_says_so(base_view_only: bool) -> None:
+    from anomaly_ov.model.presets import build_model
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    model = build_model(tiny_params(), tokenizer=train_tokenizer((), vocab_size=400))
+    pixels = torch.randn(4, 3, 128, 128)  # two 128 px images: a base view and one AnyRes crop each
+    sizes = torch.tensor([[128, 128], [128, 128]])
+
+    def tower_grad(score_loss_trains_maps: bool) -> float:
+        model.zero_grad(set_to_none=True)
+        module = stage1.ExpertStage(model, base_view_only, score_loss_trains_maps)
+        module(pixels, sizes, [2, 2]).score_logits.sum().backward()
+        return sum(float(p.grad.abs().sum()) for p in model.expert_tower.parameters() if p.grad is not None)
+
+    assert tower_grad(True) > 0
+    assert tower_grad(False) == 0.0
+
+
 def _learning_rates(recipe, steps_per_epoch: int) -> list[float]:
     """The learning rate each optimiser step of a whole run of ``recipe`` uses."""
     model = torch.nn.Linear(2, 1)
