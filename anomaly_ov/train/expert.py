@@ -4,7 +4,9 @@ Loss: class-balanced BCE on the image score logits (weights from the training se
 when the recipe turns it on, a mask loss on every level's base-view anomaly map: focal + dice against the defect
 mask (the map bilinearly upsampled to the mask resolution) and a per-cell BCE against the fraction of defect pixels
 in each G x G cell. Normal images count with an all-zero target; anomalies without a mask are left out of the mask
-loss. ``augment`` turns and mirrors each batch (seeded by the batch, so resume stays exact). The paper's recipe
+loss. With ``score_loss_trains_maps: false`` (tiny recipe) the BCE trains only the selector and the predictor and the
+mask loss alone the maps and the tower (:class:`ExpertStage`). ``augment`` turns and mirrors each batch (seeded by the
+batch, so resume stays exact). The paper's recipe
 (pretrained presets) has no mask loss and temperature 100; the tiny preset, whose tower starts from random weights,
 needs the mask loss at temperature 10 (docs/model.md, 'Training recipes') — the run records which recipe was used.
 
