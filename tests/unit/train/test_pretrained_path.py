@@ -128,6 +128,26 @@ def test_stage1_map_image_loss_pools_each_images_base_view_of_the_real_layout(
         assert shapes and all(shape == (images, 1, 27, 27) for shape in shapes), (shapes, images)
         assert torch.isfinite(torch.tensor(value)) and value > 0
 
+def test_stage1_one_cycle_with_the_score_loss_kept_off_the_maps_runs_on_the_real_layout(
+    llava_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The tiny recipe's two stage-1 settings on the 0.5B layout (AnyRes crop views, frozen SigLIP tower): OneCycleLR
+    runs to its last step, and with the selector detached the mask loss is what trains the maps."""
+    import json
+
+    from anomaly_ov.train import expert as stage1
+
+    ws = make_workspace(tmp_path / "ws")
+    recipe = "train.expert.pretrained"
+    params = pretrained_params(llava_checkpoint, f"{recipe}.schedule=one_cycle", f"{recipe}.mask_loss=true",
+                               f"{recipe}.score_loss_trains_maps=false")
+    summary = stage1.run_train_expert(params, ws)
+    assert summary["steps"] > 0
+    report = json.loads((ws / "reports/train_expert.json").read_text())
+    assert report["recipe"]["schedule"] == "one_cycle" and report["recipe"]["score_loss_trains_maps"] is False
+    assert report["loss_last"] > 0
+
+
 def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path, mlflow_store) -> None:
     import mlflow
 
