@@ -81,6 +81,12 @@ TINY_TEXT: dict[str, Any] = {
 #: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it).
 TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor"}
 PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor"}
+#: The suspicious-level phrase's (low, high) per preset family (``params.model.suspicious_thresholds`` overrides).
+#: Pretrained: the release's 0.3 / 0.7. Tiny: "highly" from 0.5, the expert's own verdict threshold
+#: (``evaluate.threshold``). The tiny LLM learns its Yes / No from that word alone (stage 2 reads the phrase, not the
+#: anomaly tokens), so with 0.7 it answered "No" to every image the expert scored between 0.5 and 0.7.
+TINY_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.25, 0.5)
+PRETRAINED_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.3, 0.7)
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
 QWEN2_TEXT: dict[str, dict[str, Any]] = {
@@ -107,11 +113,19 @@ def expert_config(params: Params) -> dict[str, Any]:
     return {**defaults, **params.model.expert.model_dump(exclude_none=True)}
 
 
+def suspicious_thresholds(params: Params) -> tuple[float, float]:
+    """(low, high) of the suspicious-level phrase: ``model.suspicious_thresholds``, or the preset family's."""
+    if params.model.suspicious_thresholds is not None:
+        low, high = params.model.suspicious_thresholds
+        return float(low), float(high)
+    return TINY_SUSPICIOUS_THRESHOLDS if params.model.preset == "tiny" else PRETRAINED_SUSPICIOUS_THRESHOLDS
+
+
 def model_settings(params: Params) -> dict[str, Any]:
     """The fields of ``AnomalyOVConfig`` that come from ``params.model`` (same names there and here)."""
     return {
         "expert_config": expert_config(params),
-        "suspicious_thresholds": [float(t) for t in params.model.suspicious_thresholds],
+        "suspicious_thresholds": list(suspicious_thresholds(params)),
     }
 
 

@@ -11,12 +11,15 @@ from anomaly_ov.model.expert import AnomalyExpert, count_parameters
 from anomaly_ov.model.presets import (
     TINY_EXPERT,
     TINY_PINPOINTS,
+    TINY_SUSPICIOUS_THRESHOLDS,
     TINY_TEXT,
     TINY_VISION,
     build_model,
     build_processor,
     build_shapes_only,
     expert_config,
+    model_settings,
+    suspicious_thresholds,
     tiny_image_processor,
 )
 
@@ -79,6 +82,7 @@ def test_pretrained_preset_loads_a_local_llava_checkpoint(tiny_parts, tmp_path):
     )
     model = build_model(params).eval()
     assert model.config.expert_config["temperature"] == 100.0  # the pretrained presets' (the release)
+    assert model.config.suspicious_thresholds == [0.3, 0.7]  # the release's phrase
     assert model.config.expert_layers == [1, 2, 3, 4]
     for (name, a), (_, b) in zip(plain.model.language_model.state_dict().items(),
                                  model.model.language_model.state_dict().items(), strict=True):
@@ -145,6 +149,31 @@ def test_model_expert_params_are_the_expert_constructor_arguments():
     assert (expert.embed_dim, expert.temperature, expert.eps) == (32, 7.0, 1e-6)
     assert expert.config_dict() == {**expert_config(params), "hidden_size": 1152, "grid_size": 27, "num_levels": 4,
                                     "predictor_dim": 32, "num_pooling_tokens": 2}
+
+
+def test_suspicious_thresholds_resolve_per_preset_and_refuse_unordered_pairs():
+    """The phrase's (low, high): the release's 0.3 / 0.7 for pretrained presets; the tiny preset's "highly" starts at
+    the expert's verdict threshold (evaluate.threshold), since its LLM answers "Yes" to that word; an explicit pair
+    wins; an unordered or out-of-range pair is refused with the key named."""
+    from anomaly_ov.errors import ConfigError
+    from anomaly_ov.model.processing import adverb_for_score
+
+    tiny = Params()
+    assert suspicious_thresholds(tiny) == TINY_SUSPICIOUS_THRESHOLDS
+    assert TINY_SUSPICIOUS_THRESHOLDS[1] == tiny.evaluate.threshold
+    assert suspicious_thresholds(Params(model={"preset": "llava-onevision-7b"})) == (0.3, 0.7)
+    explicit = Params(model={"suspicious_thresholds": [0.2, 0.6]})
+    assert suspicious_thresholds(explicit) == (0.2, 0.6)
+    assert model_settings(explicit)["suspicious_thresholds"] == [0.2, 0.6]
+    with torch.device("meta"):
+        model = build_shapes_only("llava-onevision-0.5b", explicit, text_overrides={"num_hidden_layers": 1})
+    assert model.config.suspicious_thresholds == [0.2, 0.6]
+    assert model.adverb_index(torch.tensor([0.1, 0.2, 0.59, 0.6])).tolist() == [0, 1, 1, 2]
+    assert [adverb_for_score(s, TINY_SUSPICIOUS_THRESHOLDS) for s in (0.2, 0.49, 0.5)] == [
+        "slightly", "moderately", "highly"]
+    for bad in ([0.7, 0.3], [0.0, 0.5], [0.5, 1.0]):
+        with pytest.raises((ConfigError, ValueError), match="suspicious_thresholds"):
+            Params.model_validate({"model": {"suspicious_thresholds": bad}})
 
 
 def test_config_json_saved_with_the_old_expert_field_names_still_loads():
