@@ -156,6 +156,44 @@ def _table(rng: np.random.Generator, size: int) -> np.ndarray:
     return _shade(colour, 0.9 + 0.2 * _fbm(rng, size, 4, 2))
 
 
+def _mount_parts(rng: np.random.Generator, image: np.ndarray, chance: float = 0.5) -> np.ndarray:
+    """Optional mounted parts on a normal ``image`` (H x W x 3): with probability ``chance``, one or two of a
+    module (a dark body with metal legs on two sides), a riveted nameplate or a round socket, at a random place.
+
+    Why: real products carry parts that some units have and others lack (a label, a component, a port). They are
+    sharp-edged and regular where the defects are blobs and lines, and present on some normal images of a family
+    but not on others, so the expert cannot learn "a dark rectangle that most images lack is a defect".
+    """
+    if rng.random() >= chance:
+        return image
+    size = image.shape[0]
+    image = image.copy()
+    for _ in range(int(rng.integers(1, 3))):
+        angle = rng.uniform(-0.25, 0.25) + int(rng.integers(0, 2)) * np.pi / 2
+        u, v = _rotate(size, angle, rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8))
+        hw, hh = rng.uniform(0.05, 0.12), rng.uniform(0.04, 0.08)
+        body = (np.abs(u) < hw) & (np.abs(v) < hh)
+        kind = int(rng.integers(0, 3))
+        if kind == 0:  # a module: dark body, a row of metal legs along two sides
+            pitch = rng.uniform(0.018, 0.026)
+            legs = (np.abs(u) < hw + 0.02) & (np.abs(v) < hh * 0.9) & (np.sin(v / pitch * np.pi) > 0.2)
+            image[legs] = _jitter_colour(rng, (0.75, 0.7, 0.55), 0.15)
+            image[body] = _jitter_colour(rng, (0.1, 0.1, 0.11), 0.05)
+        elif kind == 1:  # a nameplate, light or dark, with a rivet in each corner
+            plate = _hsv_colour(rng, (0.0, 0.3), (0.1, 0.9))
+            image[body] = plate * (0.92 + 0.08 * _smooth_noise(rng, size, 6)[body][:, None])
+            rivet_r = min(hw, hh) * 0.16
+            for su in (-1, 1):
+                for sv in (-1, 1):
+                    rivet = (u - su * hw * 0.8) ** 2 + (v - sv * hh * 0.7) ** 2 < rivet_r**2
+                    image[rivet] = _jitter_colour(rng, (0.7, 0.7, 0.68), 0.08)
+        else:  # a round socket: a metal rim around a dark opening
+            r = np.sqrt(u * u + v * v)
+            image[r < hh * 1.15] = _jitter_colour(rng, (0.72, 0.72, 0.7), 0.1)
+            image[r < hh * 0.8] = _jitter_colour(rng, (0.06, 0.06, 0.07), 0.03)
+    return image
+
+
 # --------------------------------------------------------------------------------------------- textures
 def _render_fabric(rng: np.random.Generator, size: int) -> Render:
     angle = rng.uniform(-0.35, 0.35) + rng.integers(0, 2) * np.pi / 2
@@ -168,7 +206,7 @@ def _render_fabric(rng: np.random.Generator, size: int) -> Render:
     thread = np.where(over, np.sqrt(pu) * (0.8 + 0.2 * pv), np.sqrt(pv) * (0.8 + 0.2 * pu))
     fibres = 0.9 + 0.2 * _smooth_noise(rng, size, max(8, size // 4))
     colour = _hsv_colour(rng, (0.2, 0.85), (0.3, 0.9))
-    image = _shade(colour, (0.35 + 0.65 * thread) * fibres)
+    image = _mount_parts(rng, _shade(colour, (0.35 + 0.65 * thread) * fibres).astype(np.float32))
     return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
 
 
@@ -198,7 +236,8 @@ def _render_metal(rng: np.random.Generator, size: int) -> Render:
     grey = rng.uniform(0.5, 0.78)
     light = grey * sheen + 0.045 * lines + 0.04 * (_smooth_noise(rng, size, 5) - 0.5)
     tint = _jitter_colour(rng, (1.0, 1.0, 1.0), 0.06)
-    return Render(_shade(tint, light), np.ones((size, size), bool), _dark_backing(rng, size))
+    image = _mount_parts(rng, _shade(tint, light))
+    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
 
 
 def _render_tiles(rng: np.random.Generator, size: int) -> Render:
@@ -217,7 +256,8 @@ def _render_tiles(rng: np.random.Generator, size: int) -> Render:
     bevel = np.clip(edge / (grout * 1.5), 0, 1) * 0.1 + 0.9
     grout_colour = _jitter_colour(rng, (0.35, 0.35, 0.33), 0.12)
     image = np.where((edge < grout / 2)[..., None], grout_colour, colours * (glaze * bevel)[..., None])
-    return Render(image.astype(np.float32), np.ones((size, size), bool), _dark_backing(rng, size))
+    image = _mount_parts(rng, image.astype(np.float32))
+    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
 
 
 # ----------------------------------------------------------------------------------------------- objects
@@ -362,8 +402,8 @@ def _render_leather(rng: np.random.Generator, size: int) -> Render:
     grain = np.abs(_smooth_noise(rng, size, max(6, size // 10)) - 0.5) * 2
     pores = _smooth_noise(rng, size, max(12, size // 3)) > rng.uniform(0.88, 0.94)
     colour = _hsv_colour(rng, (0.3, 0.8), (0.2, 0.75))
-    image = _shade(colour, (0.75 + 0.3 * grain) * np.where(pores, 0.6, 1.0))
-    return Render(image.astype(np.float32), np.ones((size, size), bool), _dark_backing(rng, size))
+    image = _mount_parts(rng, _shade(colour, (0.75 + 0.3 * grain) * np.where(pores, 0.6, 1.0)).astype(np.float32))
+    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
 
 
 def _render_carpet(rng: np.random.Generator, size: int) -> Render:

@@ -173,3 +173,36 @@ def test_default_params_train_on_many_families_and_hold_out_pcb_and_round_part()
     assert len(params.train_categories) >= 20 and set(LOOK_ALIKES) <= set(params.train_categories)
     kinds = {CATEGORIES[c].kind for c in params.train_categories}
     assert kinds == {"texture", "object"}
+
+
+MOUNTED = ("metal", "tiles", "fabric", "leather")
+
+
+@pytest.mark.parametrize("category", MOUNTED)
+def test_families_with_optional_mounted_parts_draw_them_on_some_normal_images(category, monkeypatch):
+    from anomaly_ov.data import synthetic
+
+    drawn = []
+    real = synthetic._mount_parts
+
+    def spy(rng, image, chance=0.5):
+        out = real(rng, image, chance)
+        drawn.append(not np.array_equal(out, image))
+        return out
+
+    monkeypatch.setattr(synthetic, "_mount_parts", spy)
+    for i in range(12):
+        CATEGORIES[category].render(image_rng(0, category, "train_good", i), SIZE)
+    assert len(drawn) == 12 and 0 < sum(drawn) < 12, drawn  # present on some normal images, absent on others
+
+
+def test_mounted_parts_are_small_sharp_additions_and_optional():
+    from anomaly_ov.data.synthetic import _mount_parts
+
+    image = np.full((128, 128, 3), 0.5, np.float32)
+    assert np.array_equal(_mount_parts(np.random.default_rng(0), image, chance=0.0), image)
+    for seed in range(8):
+        out = _mount_parts(np.random.default_rng(seed), image, chance=1.0)
+        changed = np.abs(out - image).max(-1) > 0
+        assert 0.003 < changed.mean() < 0.15, (seed, changed.mean())
+        assert np.array_equal(image, np.full_like(image, 0.5))  # the input is left as it was
