@@ -82,10 +82,12 @@ TINY_TEXT: dict[str, Any] = {
 TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor"}
 PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor"}
 #: The suspicious-level phrase's (low, high) per preset family (``params.model.suspicious_thresholds`` overrides).
-#: Pretrained: the release's 0.3 / 0.7. Tiny: "highly" from 0.5, the expert's own verdict threshold
-#: (``evaluate.threshold``). The tiny LLM learns its Yes / No from that word alone (stage 2 reads the phrase, not the
-#: anomaly tokens), so with 0.7 it answered "No" to every image the expert scored between 0.5 and 0.7.
-TINY_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.25, 0.5)
+#: Pretrained: the release's 0.3 / 0.7. Tiny: "slightly" below 0.5, the expert's own verdict threshold
+#: (``evaluate.threshold``), "highly" from 0.75. The tiny LLM learns its Yes / No from that word alone (it does not
+#: read the anomaly tokens well enough), so the word in the middle goes to whichever answer its training images
+#: in that band mostly have: with 0.3 / 0.7 the model said "Yes" only from 0.7, with 0.25 / 0.5 from 0.25. With the
+#: middle band above the verdict threshold, its Yes / No is the expert's verdict.
+TINY_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.5, 0.75)
 PRETRAINED_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.3, 0.7)
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
