@@ -53,11 +53,12 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 )
 
 from anomaly_ov.model.expert import AnomalyExpert, ExpertOutput
+from anomaly_ov.model.tokenizer import RELEASE_SUSPICIOUS_THRESHOLDS
 
 logger = logging.getLogger(__name__)
 
 ADVERBS = ("slightly", "moderately", "highly")
-DEFAULT_THRESHOLDS = (0.3, 0.7)
+DEFAULT_THRESHOLDS = RELEASE_SUSPICIOUS_THRESHOLDS
 _LEGACY_EXPERT_FIELDS = ("embed_dim", "predictor_dim", "temperature", "eps")
 
 

@@ -36,7 +36,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_ov.model.tokenizer import ADV_TOKEN, ADVERB_WORDS, ANOMALY_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN
+from anomaly_ov.model.tokenizer import (
+    ADV_TOKEN,
+    ADVERB_WORDS,
+    ANOMALY_TOKEN,
+    IMAGE_TOKEN,
+    RELEASE_SUSPICIOUS_THRESHOLDS,
+    VIDEO_TOKEN,
+)
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params
@@ -88,7 +95,7 @@ PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "ep
 #: in that band mostly have: with 0.3 / 0.7 the model said "Yes" only from 0.7, with 0.25 / 0.5 from 0.25. With the
 #: middle band above the verdict threshold, its Yes / No is the expert's verdict.
 TINY_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.5, 0.75)
-PRETRAINED_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.3, 0.7)
+PRETRAINED_SUSPICIOUS_THRESHOLDS: tuple[float, float] = RELEASE_SUSPICIOUS_THRESHOLDS
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.
 QWEN2_TEXT: dict[str, dict[str, Any]] = {

@@ -51,6 +51,7 @@ from anomaly_ov.model.tokenizer import (
     IM_END,
     IM_START,
     IMAGE_TOKEN,
+    RELEASE_SUSPICIOUS_THRESHOLDS,
 )
 
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -63,7 +64,7 @@ PROCESSOR_FILE = "anomaly_ov_processor.json"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def adverb_for_score(score: float, thresholds: Sequence[float] = (0.3, 0.7)) -> str:
+def adverb_for_score(score: float, thresholds: Sequence[float] = RELEASE_SUSPICIOUS_THRESHOLDS) -> str:
     """"slightly" (< low), "moderately" (low <= s < high) or "highly" (>= high)."""
     low, high = thresholds
     return ADVERB_WORDS[0] if score < low else ADVERB_WORDS[1] if score < high else ADVERB_WORDS[2]

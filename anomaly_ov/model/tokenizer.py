@@ -37,6 +37,9 @@ ADV_TOKEN = "<adv>"
 ANOMALY_TOKEN = "<anomaly>"
 SPECIAL_TOKENS = [PAD_TOKEN, IM_START, IM_END, IMAGE_TOKEN, VIDEO_TOKEN, ADV_TOKEN, ANOMALY_TOKEN]
 ADVERB_WORDS = ("slightly", "moderately", "highly")
+#: the release's (low, high) between them: "slightly" below 0.3, "highly" from 0.7 (a preset may choose others:
+#: ``anomaly_ov.model.presets.suspicious_thresholds``)
+RELEASE_SUSPICIOUS_THRESHOLDS = (0.3, 0.7)
 
 #: A small built-in corpus so a tokenizer exists before any instruction data (tests, shapes-only models).
 BASE_CORPUS = [
