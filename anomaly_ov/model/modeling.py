@@ -57,8 +57,6 @@ from anomaly_ov.model.tokenizer import RELEASE_SUSPICIOUS_THRESHOLDS
 
 logger = logging.getLogger(__name__)
 
-ADVERBS = ("slightly", "moderately", "highly")
-DEFAULT_THRESHOLDS = RELEASE_SUSPICIOUS_THRESHOLDS
 _LEGACY_EXPERT_FIELDS = ("embed_dim", "predictor_dim", "temperature", "eps")
 
 
@@ -117,7 +115,7 @@ class AnomalyOVConfig(LlavaOnevisionConfig):
         super().__post_init__(**kwargs)
         self.expert_config = {**legacy, **(self.expert_config or {})}
         if self.suspicious_thresholds is None:
-            self.suspicious_thresholds = list(DEFAULT_THRESHOLDS)
+            self.suspicious_thresholds = list(RELEASE_SUSPICIOUS_THRESHOLDS)
         if self.expert_layers is None:
             self.expert_layers = default_expert_layers(self.llm_layer_index)
 

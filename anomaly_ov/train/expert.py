@@ -389,9 +389,7 @@ class ExpertStage(nn.Module):
             starts = torch.tensor([sum(crops[:i]) for i in range(len(crops))], device=pixel_values.device)
             base = pixel_values.index_select(0, starts)
             features, levels = m.tower_features(base)
-            dtype = m.anomaly_expert.positive_embedding.dtype
-            return m.anomaly_expert(features.to(dtype), [f.to(dtype) for f in levels], [1] * len(crops),
-                                    detach_selector=self.detach_selector)
+            return m._run_expert(features, levels, [1] * len(crops), self.detach_selector)
         return m.expert_forward(pixel_values, image_sizes, detach_selector=self.detach_selector)
 
 
