@@ -353,8 +353,7 @@ class TowerPretrainParams(_Section):
     enabled: bool = Field(default=True, description="tiny preset: train the tower before stage 1 (pretrained presets "
                           "always skip it: their tower is the checkpoint's)")
     epochs: int = Field(default=4, ge=1)
-    batch_size: int = Field(default=16, ge=2, description="images per batch (the sigmoid loss compares all pairs); "
-                            "16: four times the steps of 64 in the same time, which the from-scratch tower needs")
+    batch_size: int = Field(default=64, ge=2, description="images per batch (the sigmoid loss compares all pairs)")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     embed_dim: int = Field(default=64, ge=8, description="width of the shared image-text embedding")
