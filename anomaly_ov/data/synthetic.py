@@ -604,6 +604,213 @@ def _render_dice(rng: np.random.Generator, size: int) -> Render:
     return Render(image.astype(np.float32), region, table)
 
 
+# ------------------------------------------------------------------------------------------------ assemblies
+# Declared families of one pattern: a board, a round plate or a full-frame panel carrying sets of parts (holes,
+# sockets, modules, slots, pads, rivets, pips, keys, labels, vents, indicator lights), each set with its own layout,
+# count and chance of being present. Each family makes a different subset of those parts normal, and because a set
+# may be missing or its count varies from one unit to the next, no family lets "a part most images lack" stand for a
+# defect. They add breadth: what a defect is must be learned relative to the object.
+@dataclass(frozen=True)
+class PartSet:
+    """One set of parts on an assembly.
+
+    Args:
+        kind: what each part looks like (a key of :data:`_PART_PAINTERS`).
+        layout: ``grid`` (count = parts per side), ``ring``, ``row``, ``scatter`` or ``corners`` (count ignored).
+        count: (min, max) parts per image, inclusive.
+        size: (min, max) half-size of a part as a fraction of the image, one draw per image for the whole set.
+        presence: chance that a normal image carries the set at all.
+    """
+
+    kind: str
+    layout: str
+    count: tuple[int, int] = (1, 1)
+    size: tuple[float, float] = (0.03, 0.05)
+    presence: float = 1.0
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """A family of assemblies: its base (``board``, ``plate`` or ``panel``), base colour and part sets."""
+
+    base: str
+    colour: tuple[float, float, float]
+    parts: tuple[PartSet, ...]
+
+
+def _dark(rng: np.random.Generator) -> np.ndarray:
+    return _jitter_colour(rng, (0.08, 0.08, 0.09), 0.03)
+
+
+def _paint_hole(rng, image, region, background, u, v, s):
+    hole = u * u + v * v < s * s
+    image[hole] = background[hole] * 0.6
+    region &= ~hole
+
+
+def _paint_socket(rng, image, region, background, u, v, s):
+    r2 = u * u + v * v
+    image[r2 < s * s] = _jitter_colour(rng, (0.72, 0.72, 0.7), 0.08)
+    image[r2 < (0.6 * s) ** 2] = _dark(rng)
+
+
+def _paint_module(rng, image, region, background, u, v, s):
+    hw, hh = 1.4 * s, s
+    legs = (np.abs(u) < hw + 0.02) & (np.abs(v) < hh * 0.9) & (np.sin(v / 0.02 * np.pi) > 0.2)
+    image[legs] = _jitter_colour(rng, (0.75, 0.72, 0.6), 0.1)
+    image[(np.abs(u) < hw) & (np.abs(v) < hh)] = _dark(rng)
+
+
+def _paint_slot(rng, image, region, background, u, v, s):
+    image[(np.abs(u) < 2.2 * s) & (np.abs(v) < 0.45 * s)] = _dark(rng)
+
+
+def _paint_pad(rng, image, region, background, u, v, s):
+    r2 = u * u + v * v
+    image[r2 < s * s] = _jitter_colour(rng, (0.82, 0.68, 0.4), 0.1)
+    image[r2 < (0.35 * s) ** 2] = _dark(rng)
+
+
+def _paint_rivet(rng, image, region, background, u, v, s):
+    r2 = u * u + v * v
+    image[r2 < (0.7 * s) ** 2] = image[r2 < (0.7 * s) ** 2] * 0.55
+    image[r2 < (0.55 * s) ** 2] = _jitter_colour(rng, (0.78, 0.78, 0.76), 0.08)
+
+
+def _paint_pip(rng, image, region, background, u, v, s):
+    image[u * u + v * v < (0.7 * s) ** 2] = _dark(rng)
+
+
+def _paint_key(rng, image, region, background, u, v, s):
+    corner = 0.3 * s
+    du, dv = np.clip(np.abs(u) - (s - corner), 0, None), np.clip(np.abs(v) - (s - corner), 0, None)
+    key = (np.abs(u) < s) & (np.abs(v) < s) & (du**2 + dv**2 < corner**2)
+    image[key] = _hsv_colour(rng, (0.0, 0.5), (0.1, 0.35))
+
+
+def _paint_label(rng, image, region, background, u, v, s):
+    body = (np.abs(u) < 2.0 * s) & (np.abs(v) < 1.1 * s)
+    image[body] = _hsv_colour(rng, (0.0, 0.2), (0.8, 0.95))
+    lines = body & (np.abs(u) < 1.6 * s) & (np.abs(np.mod(v / s + 0.9, 0.6) - 0.3) < 0.08)
+    image[lines] = _dark(rng)
+
+
+def _paint_vent(rng, image, region, background, u, v, s):
+    slits = (np.abs(u) < 1.5 * s) & (np.abs(v) < 1.5 * s) & (np.cos(v / s * np.pi * 1.7) > 0.55)
+    image[slits] = _dark(rng)
+
+
+def _paint_led(rng, image, region, background, u, v, s):
+    colour = ((0.95, 0.15, 0.1), (0.2, 0.9, 0.25), (0.95, 0.7, 0.1))[int(rng.integers(0, 3))]
+    image[u * u + v * v < (0.5 * s) ** 2] = _jitter_colour(rng, colour, 0.05)
+
+
+_PART_PAINTERS = {
+    "hole": _paint_hole, "socket": _paint_socket, "module": _paint_module, "slot": _paint_slot, "pad": _paint_pad,
+    "rivet": _paint_rivet, "pip": _paint_pip, "key": _paint_key, "label": _paint_label, "vent": _paint_vent,
+    "led": _paint_led,
+}
+
+
+def _part_positions(rng: np.random.Generator, part: PartSet, extent: float) -> list[tuple[float, float]]:
+    """Centres (pu, pv) of a part set in object coordinates, within ``extent`` of the object's centre."""
+    low, high = part.count
+    count = int(rng.integers(low, high + 1))
+    reach = extent * 0.72
+    if part.layout == "grid":
+        cols, rows = count, int(rng.integers(low, high + 1))
+        us = np.linspace(-reach, reach, cols) if cols > 1 else np.zeros(1)
+        vs = np.linspace(-reach, reach, rows) if rows > 1 else np.zeros(1)
+        return [(float(a), float(b)) for a in us for b in vs]
+    if part.layout == "ring":
+        phase = rng.uniform(0, 2 * np.pi)
+        return [(reach * float(np.cos(phase + 2 * np.pi * k / count)), reach * float(np.sin(phase + 2 * np.pi * k
+                                                                                              / count)))
+                for k in range(count)]
+    if part.layout == "row":
+        side = reach * (1 if rng.random() < 0.5 else -1)
+        us = np.linspace(-reach, reach, count) if count > 1 else np.zeros(1)
+        return [(float(a), side) for a in us]
+    if part.layout == "corners":
+        return [(a * reach, b * reach) for a in (-1, 1) for b in (-1, 1)]
+    if part.layout == "scatter":
+        return [(float(rng.uniform(-reach, reach)), float(rng.uniform(-reach, reach))) for _ in range(count)]
+    raise ValueError(f"unknown part layout {part.layout!r}")
+
+
+def _render_assembly(spec: Assembly, rng: np.random.Generator, size: int) -> Render:
+    """An assembly of ``spec``'s family: its base in a random pose, then each present part set in its layout."""
+    if spec.base == "panel":
+        u, v = _rotate(size, rng.uniform(-0.1, 0.1), 0.5, 0.5)
+        background = _dark_backing(rng, size)
+        region = np.ones((size, size), bool)
+        extent = 0.5
+    elif spec.base == "plate":
+        background, y, x, r, _, cy, cx, extent = _disc_object(rng, size, (0.32, 0.42))
+        u, v = _rotate(size, rng.uniform(0, 2 * np.pi), cy, cx)
+        region = r < extent
+        extent *= 0.72  # parts stay inside the disc
+    else:
+        background, u, v, hw, hh = _rect_object(rng, size, (0.3, 0.42), 0.15)
+        region = (np.abs(u) < hw) & (np.abs(v) < hh)
+        extent = min(hw, hh)  # the layouts span the board's shorter side
+    surface = _shade(_jitter_colour(rng, spec.colour, 0.08), 0.88 + 0.2 * _fbm(rng, size, 4, 2))
+    image = np.where(region[..., None], surface, background).astype(np.float32)
+    region = region.copy()
+    for part in spec.parts:
+        if rng.random() >= part.presence:
+            continue
+        s = rng.uniform(*part.size)
+        for pu, pv in _part_positions(rng, part, extent):
+            _PART_PAINTERS[part.kind](rng, image, region, background, u - pu, v - pv, s)
+        image = np.where(region[..., None], image, background).astype(np.float32)
+    return Render(image, region, background)
+
+
+def _assembly(name: str, description: str, defects: tuple[str, ...], spec: Assembly) -> Category:
+    kind = "texture" if spec.base == "panel" else "object"
+    return Category(name, kind, functools.partial(_render_assembly, spec), defects, description)
+
+
+ASSEMBLIES: dict[str, Category] = {c.name: c for c in (
+    _assembly("control_panel", "control panel", ("scratch", "stain", "missing", "color", "crack"), Assembly(
+        "board", (0.55, 0.57, 0.6), (PartSet("key", "grid", (2, 4), (0.035, 0.05)),
+                                     PartSet("led", "row", (1, 4), (0.02, 0.03), 0.7)))),
+    _assembly("junction_box", "junction box", ("crack", "stain", "hole", "extra", "bent"), Assembly(
+        "board", (0.82, 0.8, 0.72), (PartSet("socket", "scatter", (1, 3), (0.04, 0.06)),
+                                     PartSet("rivet", "corners", size=(0.02, 0.03))))),
+    _assembly("mounting_plate", "mounting plate", ("scratch", "bent", "stain", "missing", "extra"), Assembly(
+        "plate", (0.68, 0.68, 0.66), (PartSet("hole", "ring", (3, 8), (0.02, 0.035)),
+                                      PartSet("rivet", "scatter", (1, 3), (0.02, 0.03), 0.5)))),
+    _assembly("relay_board", "relay board", ("scratch", "missing", "stain", "color", "extra"), Assembly(
+        "board", (0.15, 0.25, 0.55), (PartSet("module", "scatter", (1, 3), (0.04, 0.06)),
+                                      PartSet("pad", "scatter", (2, 6), (0.015, 0.025), 0.8)))),
+    _assembly("vent_cover", "vent cover", ("bent", "scratch", "stain", "hole", "color"), Assembly(
+        "panel", (0.6, 0.62, 0.64), (PartSet("vent", "grid", (2, 3), (0.04, 0.06)),
+                                     PartSet("label", "scatter", (1, 1), (0.04, 0.05), 0.4)))),
+    _assembly("speaker_grille", "speaker grille", ("bent", "missing", "stain", "color", "extra"), Assembly(
+        "plate", (0.22, 0.22, 0.24), (PartSet("pip", "grid", (4, 7), (0.015, 0.022)),))),
+    _assembly("terminal_block", "terminal block", ("crack", "missing", "stain", "bent", "scratch"), Assembly(
+        "board", (0.2, 0.5, 0.3), (PartSet("socket", "row", (3, 6), (0.03, 0.045)),
+                                   PartSet("slot", "row", (2, 4), (0.02, 0.03), 0.7)))),
+    _assembly("nameplate", "nameplate", ("scratch", "stain", "bent", "hole", "color"), Assembly(
+        "board", (0.78, 0.7, 0.45), (PartSet("label", "scatter", (1, 2), (0.04, 0.06)),
+                                     PartSet("rivet", "corners", size=(0.025, 0.035))))),
+    _assembly("breadboard", "breadboard", ("stain", "missing", "color", "extra", "scratch"), Assembly(
+        "panel", (0.9, 0.9, 0.86), (PartSet("hole", "grid", (5, 8), (0.012, 0.018)),
+                                    PartSet("led", "scatter", (1, 3), (0.03, 0.04), 0.3)))),
+    _assembly("heat_sink", "heat sink", ("bent", "scratch", "stain", "missing", "crack"), Assembly(
+        "panel", (0.7, 0.72, 0.75), (PartSet("slot", "grid", (3, 5), (0.03, 0.04)),
+                                     PartSet("hole", "corners", size=(0.025, 0.035), presence=0.6)))),
+    _assembly("switch_plate", "switch plate", ("crack", "stain", "color", "scratch", "extra"), Assembly(
+        "board", (0.92, 0.92, 0.9), (PartSet("key", "row", (1, 3), (0.05, 0.07)),
+                                     PartSet("led", "scatter", (0, 2), (0.03, 0.04), 0.6)))),
+    _assembly("flange", "flange", ("scratch", "crack", "stain", "bent", "missing"), Assembly(
+        "plate", (0.55, 0.45, 0.35), (PartSet("socket", "grid", (1, 1), (0.06, 0.09)),
+                                      PartSet("rivet", "ring", (4, 8), (0.02, 0.03))))),
+)}
+
+
 CATEGORIES: dict[str, Category] = {
     "fabric": Category(
         "fabric", "texture", _render_fabric, ("hole", "stain", "color", "scratch", "missing", "extra"), "woven fabric"
@@ -640,6 +847,7 @@ CATEGORIES: dict[str, Category] = {
     "connector": Category("connector", "object", _render_connector, ("missing", "bent", "stain", "color", "scratch"),
                           "connector"),
     "dice": Category("dice", "object", _render_dice, ("hole", "scratch", "stain", "missing", "color"), "die"),
+    **ASSEMBLIES,
 }
 
 

@@ -206,3 +206,41 @@ def test_mounted_parts_are_small_sharp_additions_and_optional():
         changed = np.abs(out - image).max(-1) > 0
         assert 0.003 < changed.mean() < 0.15, (seed, changed.mean())
         assert np.array_equal(image, np.full_like(image, 0.5))  # the input is left as it was
+
+
+def test_assemblies_are_declared_families_with_their_own_normal_parts():
+    from anomaly_ov.data.synthetic import _PART_PAINTERS, ASSEMBLIES, PartSet, _part_positions
+
+    assert set(ASSEMBLIES) <= set(CATEGORIES) and len(ASSEMBLIES) >= 10
+    assert {c.kind for c in ASSEMBLIES.values()} == {"texture", "object"}
+    rng = np.random.default_rng(0)
+    for layout, count in (("grid", (2, 3)), ("ring", (3, 8)), ("row", (1, 4)), ("scatter", (0, 2))):
+        for _ in range(20):
+            centres = _part_positions(rng, PartSet("pip", layout, count), extent=0.3)
+            low, high = (count[0] ** 2, count[1] ** 2) if layout == "grid" else count
+            assert low <= len(centres) <= high
+            assert all(abs(u) <= 0.3 and abs(v) <= 0.3 for u, v in centres)
+    assert len(_part_positions(rng, PartSet("pip", "corners"), extent=0.3)) == 4
+    with pytest.raises(ValueError, match="unknown part layout 'spiral'"):
+        _part_positions(rng, PartSet("pip", "spiral"), extent=0.3)
+    kinds = {p.kind for c in ASSEMBLIES.values() for p in c.render.args[0].parts}
+    assert kinds == set(_PART_PAINTERS)  # every part kind is some family's normal part
+
+
+@pytest.mark.parametrize("category", ["mounting_plate", "control_panel"])
+def test_assemblies_vary_their_optional_parts_between_normal_units(category):
+    # mounting plates: 3 to 8 bolt holes through the plate (the table shows); control panels: lights on some units
+    from scipy import ndimage
+
+    holes, lit = set(), []
+    for i in range(12):
+        render = CATEGORIES[category].render(image_rng(0, category, "train_good", i), 128)
+        outside, count = ndimage.label(~render.region)
+        border = set(np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])))
+        holes.add(sum(k not in border for k in range(1, count + 1)))
+        saturation = render.image.max(-1) - render.image.min(-1)
+        lit.append(bool((saturation > 0.5).any()))
+    if category == "mounting_plate":
+        assert min(holes) >= 3 and len(holes) >= 3, holes  # holes through the object, a varying number of them
+    else:
+        assert 0 < sum(lit) < 12, lit  # the indicator lights are present on some units and not on others
