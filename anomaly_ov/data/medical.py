@@ -45,7 +45,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 Window = str | tuple[float, float] | None
 
 BMAD_ANOMALY_DIR = "Ungood"
-SYNTHETIC_MODALITIES = ("brain_mri", "liver_ct", "chest_xray")
+SYNTHETIC_MODALITIES = ("brain_mri", "liver_ct", "chest_xray", "retina_oct", "retina_fundus")
 
 
 class MedicalFormatError(InputError):
@@ -458,7 +458,10 @@ def phantom(modality: str, size: int, seed: int, anomalous: bool) -> tuple[np.nd
 
     ``brain_mri``: skull ring, textured brain with grey/white contrast and ventricles; lesion = bright tumour with
     a darker oedema rim. ``liver_ct``: body outline, liver, spine, kidneys; lesion = hypodense liver mass.
-    ``chest_xray``: rib cage and lungs; lesion = opacity in a lung.
+    ``chest_xray``: rib cage and lungs; lesion = opacity in a lung. ``retina_oct``: a B-scan of layered retina
+    bands over a dark vitreous, dipping at the fovea; lesion = a dark fluid pocket inside the layers or bright
+    deposits under them. ``retina_fundus``: a round field of view with the optic disc, dark vessels from it and
+    the darker macula; lesion = bright exudates or a dark haemorrhage.
     """
     if modality not in SYNTHETIC_MODALITIES:
         raise ValueError(f"unknown synthetic medical modality {modality!r}; choose from {SYNTHETIC_MODALITIES}")
@@ -509,6 +512,50 @@ def phantom(modality: str, size: int, seed: int, anomalous: bool) -> tuple[np.nd
             img[core] = 0.38 + 0.03 * texture[core]
             mask = core
         img += 0.025 * fine
+    elif modality == "retina_oct":
+        surface = c[0] - size * 0.08 + size * 0.04 * np.sin((xx - c[1]) / size * np.pi * rng.uniform(0.6, 1.2))
+        surface = surface + size * 0.06 * np.exp(-(((xx - c[1]) / (size * 0.08)) ** 2))  # the foveal pit
+        depth = (yy - surface) / (size * 0.22 * scale)  # 0 at the inner surface, 1 at the pigment epithelium
+        retina = (depth > 0) & (depth < 1)
+        layers = 0.35 + 0.15 * np.cos(depth * np.pi * 5) + 0.35 * (depth < 0.12) + 0.45 * (depth > 0.85)
+        img[retina] = layers[retina] + 0.05 * texture[retina]
+        choroid = (depth >= 1) & (depth < 1.6)
+        img[choroid] = 0.3 + 0.1 * texture[choroid]
+        if anomalous:
+            if rng.random() < 0.5:  # intraretinal fluid: a dark, rounded pocket inside the layers
+                cy, cx = _pick_inside(rng, retina & (depth > 0.25) & (depth < 0.75), size * 0.03, size)
+                core = (_ellipse(yy, xx, cy, cx, size * rng.uniform(0.03, 0.05), size * rng.uniform(0.05, 0.1))
+                        < 1.0) & retina
+                img[core] = 0.05 + 0.02 * texture[core]
+            else:  # drusen: a bright mound on the pigment epithelium, lifting the outer layers
+                cy, cx = _pick_inside(rng, retina & (depth > 0.75), size * 0.01, size)
+                core = _blob(rng, yy, xx, cy, cx, size * rng.uniform(0.04, 0.06)) & (depth > 0.45) & (depth < 1.2)
+                img[core] = 0.95
+            mask = core
+        img += 0.06 * fine  # speckle
+    elif modality == "retina_fundus":
+        radial = np.hypot(yy - c[0], xx - c[1]) / (size * 0.46)
+        field = radial < 1.0
+        img[field] = 0.5 + 0.04 * texture[field] - 0.15 * radial[field] ** 2
+        side = 1 if rng.random() < 0.5 else -1
+        dy, dx = c[0] + rng.normal(0, size * 0.02), c[1] + side * size * 0.22
+        macula = np.hypot(yy - c[0], xx - (c[1] - side * size * 0.05))
+        img[field] -= 0.12 * np.exp(-((macula[field] / (size * 0.08)) ** 2))
+        for k in range(int(rng.integers(4, 7))):  # vessels: dark arcs leaving the optic disc
+            angle = rng.uniform(0, 2 * np.pi)
+            bend = rng.uniform(-0.015, 0.015)
+            t = np.arctan2(yy - dy, xx - dx) - angle
+            r = np.hypot(yy - dy, xx - dx)
+            vessel = (np.abs(np.angle(np.exp(1j * (t - bend * r)))) < size * 0.012 / np.maximum(r, 1.0)) & field
+            img[vessel & (r > size * 0.05)] -= 0.18
+        disc = np.hypot(yy - dy, xx - dx) < size * 0.06
+        img[disc & field] = 0.9
+        if anomalous:
+            cy, cx = _pick_inside(rng, field & ~disc, size * 0.08, size)
+            core = _blob(rng, yy, xx, cy, cx, size * rng.uniform(0.03, 0.06)) & field & ~disc
+            img[core] = 0.85 if rng.random() < 0.5 else 0.15  # exudate or haemorrhage
+            mask = core
+        img += 0.02 * fine
     else:  # chest_xray
         chest = _ellipse(yy, xx, c[0] + size * 0.05, c[1], size * 0.45, size * 0.42 * scale) < 1.0
         img[chest] = 0.55

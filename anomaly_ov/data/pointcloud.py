@@ -33,7 +33,7 @@ from anomaly_ov.io import MissingFile, atomic_dir, atomic_path, atomic_write_tex
 if TYPE_CHECKING:
     import pandas as pd
 
-SYNTHETIC_SHAPES = ("cylinder", "box", "bowl", "sphere")
+SYNTHETIC_SHAPES = ("cylinder", "box", "bowl", "sphere", "cone", "torus", "capsule", "prism")
 SYNTHETIC_DEFECTS = ("dent", "bump", "hole", "crack")
 NORMAL_NAMES = ("good", "positive", "normal")
 RENDER_VERSION = 1
@@ -547,6 +547,64 @@ def _sample_shape(shape: str, n: int, rng: np.random.Generator) -> tuple[np.ndar
         v = rng.standard_normal((n, 3))
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         return v * rng.uniform(0.45, 0.55), v
+    if shape == "cone":  # a cone on its base disc
+        r, h = rng.uniform(0.4, 0.55), rng.uniform(0.7, 1.0)
+        slant = np.hypot(r, h)
+        side, base = np.pi * r * slant, np.pi * r * r
+        k_side = int(n * side / (side + base))
+        rad = r * np.sqrt(rng.uniform(0, 1, k_side))  # uniform over the lateral surface
+        t = rng.uniform(0, 2 * np.pi, k_side)
+        p_side = np.stack([rad * np.cos(t), rad * np.sin(t), h / 2 - h * rad / r], 1)
+        n_side = np.stack([h * np.cos(t), h * np.sin(t), np.full(k_side, r)], 1) / slant
+        k_base = n - k_side
+        rad2, t2 = r * np.sqrt(rng.uniform(0, 1, k_base)), rng.uniform(0, 2 * np.pi, k_base)
+        p_base = np.stack([rad2 * np.cos(t2), rad2 * np.sin(t2), np.full(k_base, -h / 2)], 1)
+        n_base = np.tile([0.0, 0.0, -1.0], (k_base, 1))
+        return np.concatenate([p_side, p_base]), np.concatenate([n_side, n_base])
+    if shape == "torus":  # a ring: tube radius a around a circle of radius big_r (rejection-sampled to be uniform)
+        big_r, a = rng.uniform(0.38, 0.45), rng.uniform(0.12, 0.18)
+        u, v = np.empty(0), np.empty(0)
+        while len(u) < n:
+            cu, cv = rng.uniform(0, 2 * np.pi, 2 * n), rng.uniform(0, 2 * np.pi, 2 * n)
+            keep = rng.uniform(0, 1, 2 * n) < (big_r + a * np.cos(cv)) / (big_r + a)
+            u, v = np.concatenate([u, cu[keep]]), np.concatenate([v, cv[keep]])
+        u, v = u[:n], v[:n]
+        nrm = np.stack([np.cos(v) * np.cos(u), np.cos(v) * np.sin(u), np.sin(v)], 1)
+        centre = np.stack([big_r * np.cos(u), big_r * np.sin(u), np.zeros(n)], 1)
+        return centre + a * nrm, nrm
+    if shape == "capsule":  # a cylinder with hemispherical ends, lying along x
+        r, half_length = rng.uniform(0.22, 0.3), rng.uniform(0.25, 0.4)
+        side, caps = 2 * np.pi * r * 2 * half_length, 4 * np.pi * r * r
+        k_side = int(n * side / (side + caps))
+        t, along = rng.uniform(0, 2 * np.pi, k_side), rng.uniform(-half_length, half_length, k_side)
+        n_side = np.stack([np.zeros(k_side), np.cos(t), np.sin(t)], 1)
+        p_side = n_side * r + np.stack([along, np.zeros(k_side), np.zeros(k_side)], 1)
+        k_caps = n - k_side
+        d = rng.standard_normal((k_caps, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        p_caps = d * r + np.stack([np.sign(d[:, 0]) * half_length, np.zeros(k_caps), np.zeros(k_caps)], 1)
+        return np.concatenate([p_side, p_caps]), np.concatenate([n_side, d])
+    if shape == "prism":  # an upright hexagonal prism: six flat sides with edges, two flat caps
+        r, h = rng.uniform(0.4, 0.55), rng.uniform(0.4, 0.7)
+        apothem = r * np.cos(np.pi / 6)
+        side, caps = 6 * r * 2 * h, 2 * 3 * np.sqrt(3) / 2 * r * r
+        k_side = int(n * side / (side + caps))
+        face = rng.integers(0, 6, k_side)
+        normal_angle = face * np.pi / 3
+        along = rng.uniform(-r / 2, r / 2, k_side)
+        n_side = np.stack([np.cos(normal_angle), np.sin(normal_angle), np.zeros(k_side)], 1)
+        tangent = np.stack([-np.sin(normal_angle), np.cos(normal_angle), np.zeros(k_side)], 1)
+        p_side = n_side * apothem + tangent * along[:, None]
+        p_side[:, 2] = rng.uniform(-h, h, k_side)
+        k_caps = n - k_side
+        pts = rng.uniform(-r, r, (4 * k_caps + 16, 2))
+        angle = np.mod(np.arctan2(pts[:, 1], pts[:, 0]), np.pi / 3) - np.pi / 6
+        inside = np.hypot(pts[:, 0], pts[:, 1]) * np.cos(angle) < apothem
+        pts = pts[inside][:k_caps]
+        sign = np.where(rng.uniform(0, 1, len(pts)) < 0.5, -1.0, 1.0)
+        p_caps = np.stack([pts[:, 0], pts[:, 1], sign * h], 1)
+        n_caps = np.stack([np.zeros(len(pts)), np.zeros(len(pts)), sign], 1)
+        return np.concatenate([p_side, p_caps]), np.concatenate([n_side, n_caps])
     raise ValueError(f"unknown synthetic shape {shape!r}; choose from {SYNTHETIC_SHAPES}")
 
 

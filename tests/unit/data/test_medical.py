@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from PIL import Image
 
 from anomaly_ov.data import medical
@@ -246,3 +247,15 @@ def test_synthetic_medical_set_is_deterministic_and_labelled(tmp_path):
     assert set(first.loc[first["split"] == "train", "label"]) == {"normal"}
     with pytest.raises(ValueError, match="unknown synthetic medical modality"):
         medical.phantom("cat_scan", 32, 0, False)
+
+
+@pytest.mark.parametrize("modality", medical.SYNTHETIC_MODALITIES)
+def test_every_phantom_draws_a_visible_lesion_only_when_anomalous(modality):
+    for seed in range(3):
+        normal, no_mask = medical.phantom(modality, 64, seed, False)
+        image, mask = medical.phantom(modality, 64, 100 + seed, True)
+        assert normal.dtype == np.uint8 and normal.shape == (64, 64) and not no_mask.any()
+        assert 0.002 < mask.mean() < 0.2, (modality, mask.mean())
+        ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1)
+        contrast = abs(float(image[mask].mean()) - float(image[ring].mean()))
+        assert contrast > 20, (modality, seed, contrast)  # the lesion stands out from what surrounds it

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from anomaly_ov.data.pointcloud import (
+    SYNTHETIC_SHAPES,
     Cloud,
     PointCloudError,
     camera_ring,
@@ -239,3 +240,22 @@ def test_pcd_with_padding_fields(tmp_path):
     body = np.array([1.0, 2.0, 3.0], "<f4").tobytes() + b"\x00\x00"
     (tmp_path / "p.pcd").write_bytes(header + body)
     np.testing.assert_array_equal(load_point_cloud(tmp_path / "p.pcd").points, [[1, 2, 3]])
+
+
+@pytest.mark.parametrize("shape", SYNTHETIC_SHAPES)
+def test_every_synthetic_shape_is_a_closed_surface_with_outward_normals(shape):
+    from anomaly_ov.data.pointcloud import _sample_shape
+
+    points, normals = _sample_shape(shape, 4000, np.random.default_rng(0))
+    assert points.shape == normals.shape == (4000, 3)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-6)
+    assert np.abs(points).max() < 1.0  # inside the unit cube the renderer frames
+    if shape == "torus":  # normals point away from the tube's centre circle, in the plane z = 0
+        flat = np.abs(normals[:, 2]) > 0.5
+        tube = float(np.median(points[flat, 2] / normals[flat, 2]))
+        assert tube > 0 and np.abs((points - tube * normals)[:, 2]).max() < 1e-6
+    elif shape != "bowl":  # convex shapes: normals point away from the centroid (a bowl's face its inside)
+        outward = ((points - points.mean(0)) * normals).sum(1) > -1e-3
+        assert outward.mean() > 0.99, shape
+    views = render_views(synthetic_object(shape, 3000, seed=2, defect="bump"), views=4, size=32)
+    assert sum(int(v.mask.sum()) for v in views) > 0
