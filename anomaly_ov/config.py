@@ -317,11 +317,16 @@ class InstructRecipe(_Section):
         "lessons; 0 = none, as for a pretrained LLM)")
     text_warmup_batch_size: int = Field(default=32, ge=1)
     text_warmup_lr: float | None = Field(default=None, gt=0, description="null = lr")
+    align_epochs: int = Field(
+        default=0, ge=0, description="epochs that train the projector alone on the visual records, the LLM frozen, "
+        "between the text warm-up and the joint visual phase (LLaVA's feature alignment), so the visual tokens of a "
+        "from-scratch projector do not derail what the LLM learned; 0 = none, as for a pretrained projector")
+    align_lr: float | None = Field(default=None, gt=0, description="null = lr")
 
 
 class TrainInstructParams(_Section):
     tiny: InstructRecipe = InstructRecipe(lr=2e-3, epochs=3, batch_size=8, max_length=1024, max_records=480,
-                                          loss_reduction="sample", text_warmup_epochs=3)
+                                          loss_reduction="sample", text_warmup_epochs=3, align_epochs=1)
     pretrained: InstructRecipe = InstructRecipe(lr=1e-5, epochs=1, batch_size=16, grad_accum=8)
     lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = True
@@ -458,7 +463,8 @@ class MedicalParams(_Section):
     normal_per_modality: int = Field(default=12, ge=1)
     anomaly_per_modality: int = Field(default=12, ge=1)
     train_modalities: list[str] = Field(default_factory=lambda: ["chest_xray"],
-                                        description="synthetic modalities that join training (never the evaluated)")
+                                        description="synthetic modalities that join training (never the evaluated; "
+                                        "the choices: anomaly_ov.data.medical.SYNTHETIC_MODALITIES)")
     train_normal_per_modality: int = Field(default=30, ge=1)
     train_anomaly_per_modality: int = Field(default=30, ge=1)
     train_out_dir: str = Field(default="data/raw/medical_train", description="prepare's output, apart from out_dir")
@@ -487,7 +493,8 @@ class ThreeDParams(_Section):
     anomaly_per_shape: int = Field(default=4, ge=1)
     points_per_object: int = Field(default=20000, ge=100)
     train_shapes: list[str] = Field(default_factory=lambda: ["sphere"],
-                                    description="synthetic shapes that join training (never the evaluated)")
+                                    description="synthetic shapes that join training (never the evaluated; the "
+                                    "choices: anomaly_ov.data.pointcloud.SYNTHETIC_SHAPES)")
     train_normal_per_shape: int = Field(default=8, ge=1)
     train_anomaly_per_shape: int = Field(default=8, ge=1)
     train_out_dir: str = Field(default="data/raw/3d_train", description="prepare's output, apart from out_dir")

@@ -111,10 +111,48 @@ def test_text_warmup_trains_the_llm_and_leaves_the_projector(tiny_workspace: Pat
     assert all(p.requires_grad for p in model.model.multi_modal_projector.parameters()), "projector unfrozen again"
 
 
-#: stage 2 with the text warm-up: 2 warm-up epochs of 2 steps (12 records, batch 6), then one visual epoch of 6 steps
-#: (batch 2), a checkpoint every 2 steps: the visual phase has steps between two checkpoints to be killed at
+def test_projector_alignment_trains_the_projector_and_leaves_the_llm(tiny_workspace: Path) -> None:
+    from functools import partial
+
+    from anomaly_ov.data.loaders import InstructDataset, collate_instruct
+
+    records = json.loads((tiny_workspace / "data/instruct/train.json").read_text())
+    model, processor = _tiny_model(records)
+    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
+    dataset = InstructDataset(records, tiny_workspace, stage2.make_encoder(processor, 1024))
+    before = stage2.frozen_snapshot(model, ["multi_modal_projector", "language_model", "lm_head", "image_newline"])
+    recipe = tiny_params("train.instruct.tiny.align_epochs=2", "train.instruct.tiny.batch_size=4",
+                         "train.instruct.tiny.align_lr=0.003").instruct_recipe
+    result = stage2.align_projector(model, dataset, partial(collate_instruct, pad_token_id=processor.pad_token_id),
+                                    recipe, seed=0, device=torch.device("cpu"),
+                                    checkpoint_dir=tiny_workspace / "ckpt_align", checkpoint_every=100, progress=False)
+    assert result is not None and result.step == 2 * 3  # 12 records, batch 4, 2 epochs
+    after = dict(model.named_parameters())
+    llm = [n for n in before if "language_model" in n or n.startswith("lm_head")]
+    assert llm and all(torch.equal(after[n], before[n]) for n in llm), "the LLM moved"
+    assert any(not torch.equal(after[n], v) for n, v in before.items() if "multi_modal_projector" in n)
+    assert all(p.requires_grad for p in model.model.language_model.parameters()), "LLM unfrozen again"
+
+
+def test_projector_alignment_is_skipped_under_fsdp(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # FSDP2 fixes which parameters train when it first gathers them: a phase with the LLM frozen cannot follow
+    from anomaly_ov.train import common
+
+    monkeypatch.setattr(common, "dist_info", lambda: common.DistInfo(rank=0, world_size=2, local_rank=0))
+    recipe = tiny_params("train.instruct.tiny.align_epochs=1").instruct_recipe
+    with caplog.at_level("WARNING"):
+        result = stage2.align_projector(torch.nn.Linear(1, 1), [], list, recipe, seed=0, device=torch.device("cpu"),
+                                        checkpoint_dir=Path("unused"), checkpoint_every=1, strategy="fsdp")
+    assert result is None and "skipped under fsdp" in caplog.text
+
+
+#: stage 2 with the text warm-up: 2 warm-up epochs of 2 steps (12 records, batch 6), one epoch of projector
+#: alignment and one visual epoch of 6 steps each (batch 2), a checkpoint every 2 steps: the visual phase has steps
+#: between two checkpoints to be killed at
 WARMUP = ("train.instruct.tiny.text_warmup_epochs=2", "train.instruct.tiny.text_warmup_batch_size=6",
-          "train.instruct.tiny.epochs=1", "train.instruct.tiny.batch_size=2", "train.instruct.checkpoint_every=2")
+          "train.instruct.tiny.align_epochs=1", "train.instruct.tiny.epochs=1", "train.instruct.tiny.batch_size=2",
+          "train.instruct.checkpoint_every=2")
 
 
 def _warmup_params(name: str):
@@ -134,10 +172,11 @@ def test_stage2_with_text_warmup_reports_both_phases_and_resumes(trained_expert_
                                                                  warm_run: dict) -> None:
     ws, summary = trained_expert_workspace, warm_run
     assert summary["text_warmup"]["records"] == 12 and summary["text_warmup"]["steps"] == 2 * 2
-    assert summary["steps"] == 6
+    assert summary["steps"] == 6 and summary["align"]["steps"] == 6 and summary["align"]["epochs"] == 1
     report = json.loads((ws / "reports/warm.json").read_text())
     assert [s for s, _ in report["text_warmup_loss_curve"]] == [1, 2, 3, 4]
-    assert (ws / "reports/warm_text_warmup_curves.png").exists()
+    assert [s for s, _ in report["align_loss_curve"]] == [1, 2, 3, 4, 5, 6]
+    assert (ws / "reports/warm_text_warmup_curves.png").exists() and (ws / "reports/warm_align_curves.png").exists()
     # the outputs are the result now: no finished checkpoint is left for a later run to take as "done"
     assert not list((ws / "checkpoints/warm").rglob("last.pt"))
 
@@ -156,7 +195,8 @@ def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
 def test_stage2_sigkill_in_visual_phase_resumes_to_identical_weights(trained_expert_workspace: Path,
                                                                       warm_run: dict) -> None:
     """A real SIGKILL of `anomaly-ov stage train_instruct` at visual step 3 (checkpoints at 2 and 4), after the
-    text warm-up finished: the re-run takes the warm-up's checkpoint, resumes the visual phase from step 2
+    text warm-up and the projector alignment finished: the re-run takes their checkpoints, resumes the visual phase
+    from step 2
     (mid-epoch) and saves the uninterrupted run's model (the module's ``warm_run``), bit for bit (vision tower and
     expert included)."""
     ws = trained_expert_workspace
@@ -169,7 +209,8 @@ def test_stage2_sigkill_in_visual_phase_resumes_to_identical_weights(trained_exp
     assert (ckpt["step"], ckpt["epoch"], ckpt["next_batch"]) == (2, 0, 2)
     assert not (ws / "models/killed").exists(), "no output before the stage completes"
     summary = stage2.run_train_instruct(killed_params, ws)
-    assert summary["text_warmup"]["resumed_from_step"] == 4 and summary["resumed_from_step"] == 2
+    assert summary["text_warmup"]["resumed_from_step"] == 4 and summary["align"]["resumed_from_step"] == 6
+    assert summary["resumed_from_step"] == 2
     a, b = _safetensors(ws / "models/warm"), _safetensors(ws / "models/killed")
     assert a.keys() == b.keys()
     assert any("vision_tower" in k for k in a) and any("anomaly_expert" in k for k in a)
