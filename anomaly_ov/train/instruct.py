@@ -233,16 +233,25 @@ def text_lengths(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProce
                                            add_generation_prompt=False)[0]) for rec in records]
 
 
-def _language_only(model: nn.Module) -> list[nn.Parameter]:
-    """Freeze the trainable parameters outside the LLM (the projector, image_newline); returns them to restore."""
+def _projector_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters outside the LLM that stage 2 trains: the projector's and image_newline (under DDP or peft)."""
     base: Any = common.unwrap(model)
     if hasattr(base, "base_model") and hasattr(base.base_model, "model"):  # peft wrapper
         base = base.base_model.model
-    outside = [*base.model.multi_modal_projector.parameters(), base.model.image_newline]
-    frozen = [p for p in outside if p.requires_grad]
+    return [*base.model.multi_modal_projector.parameters(), base.model.image_newline]
+
+
+def _freeze(parameters: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+    """Freeze the trainable ones of ``parameters``; returns them to restore."""
+    frozen = [p for p in parameters if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     return frozen
+
+
+def _language_only(model: nn.Module) -> list[nn.Parameter]:
+    """Freeze the trainable parameters outside the LLM (the projector, image_newline); returns them to restore."""
+    return _freeze(_projector_parameters(model))
 
 
 def warm_up_language(
@@ -295,14 +304,8 @@ def warm_up_language(
 def _projector_only(model: nn.Module) -> list[nn.Parameter]:
     """Freeze the trainable parameters of the LLM (its weights or LoRA adapters, the LM head), so that only the
     projector and image_newline train; returns the frozen ones to restore."""
-    base: Any = common.unwrap(model)
-    if hasattr(base, "base_model") and hasattr(base.base_model, "model"):  # peft wrapper
-        base = base.base_model.model
-    keep = {id(p) for p in (*base.model.multi_modal_projector.parameters(), base.model.image_newline)}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
-    for p in frozen:
-        p.requires_grad_(False)
-    return frozen
+    keep = {id(p) for p in _projector_parameters(model)}
+    return _freeze([p for p in model.parameters() if id(p) not in keep])
 
 
 def align_projector(
