@@ -229,6 +229,40 @@ def test_stage2_cuts_a_too_long_conversation_and_updates_fp32_master_weights_tha
     assert saved[key].dtype == torch.bfloat16
 
 
+def test_projector_alignment_on_the_real_layout_freezes_the_qwen2_llm_and_moves_the_projector(
+    llava_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The pretrained recipe has no alignment (align_epochs 0), but a user may set it: on the hub-layout checkpoint
+    (bf16 weights, fp32 master copies of what trains) one step moves the projector and leaves every Qwen2 weight and
+    the LM head as loaded."""
+    from functools import partial
+
+    from anomaly_ov.data.loaders import InstructDataset, collate_instruct
+    from anomaly_ov.model.presets import build_model, build_processor
+    from anomaly_ov.train import instruct as stage2
+
+    ws = make_workspace(tmp_path / "ws")
+    records = json.loads((ws / "data/instruct/train.json").read_text())[2:4]  # a normal and an anomalous image
+    params = pretrained_params(llava_checkpoint, "train.instruct.pretrained.align_epochs=1",
+                               "train.instruct.pretrained.batch_size=2", "train.instruct.pretrained.align_lr=1e-3",
+                               "train.instruct.pretrained.warmup_ratio=0.0")
+    processor = build_processor(params)
+    model = build_model(params, tokenizer=processor.tokenizer)
+    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
+    stage2.fp32_master_weights(model)
+    before = stage2.frozen_snapshot(model, ["multi_modal_projector", "language_model", "lm_head"])
+    dataset = InstructDataset(records, ws, stage2.make_encoder(processor, 4000))
+    result = stage2.align_projector(model, dataset, partial(collate_instruct, pad_token_id=processor.pad_token_id),
+                                    params.instruct_recipe, seed=0, device=torch.device("cpu"),
+                                    checkpoint_dir=tmp_path / "ckpt", checkpoint_every=100, progress=False)
+    assert result is not None and result.step == 1
+    after = dict(model.named_parameters())
+    llm = [n for n in before if "language_model" in n or n.startswith("lm_head")]
+    assert llm and all(torch.equal(after[n], before[n]) for n in llm), "a Qwen2 weight moved"
+    assert any(not torch.equal(after[n], v) for n, v in before.items() if "multi_modal_projector" in n)
+    assert all(p.requires_grad for p in model.model.language_model.parameters()), "the LLM is trainable again"
+
+
 def test_a_real_size_image_fits_the_release_max_length(llava_checkpoint: Path) -> None:
     """A 1500 x 1000 image takes thousands of tokens at 384 px crops (~8.8k at full size; ~5k after the release's
     1024-px resize): the old max_length 2048 stopped stage 2 on it; the release's model_max_length (32768) holds it
