@@ -109,15 +109,22 @@ def _tower_probe(model, processor, paths: list[Path], categories: list[str]) -> 
     return round(float(scores.mean()), 3)
 
 
-def _words(name: str) -> set[str]:
+def _words(name: str, kind: str = "category") -> set[str]:
     """How an answer may spell a category or defect name ("tiles" -> "tile", "color" -> "colour"), including the
-    noun the instruction data uses for a category ("dice" -> "die", "ic_chip" -> "chip")."""
+    name the instruction data uses for it (a category's noun: "dice" -> "die", "ic_chip" -> "chip"; a defect
+    type's name: "bent" -> "deformation", "extra" -> "excess material")."""
     from anomaly_ov.instruct.knowledge import load_knowledge
 
     base = str(name).lower().replace("_", " ")
     words = {base, base.removesuffix("s"), base.replace("color", "colour")}
-    with contextlib.suppress(KeyError):
-        words.add(load_knowledge().category("industrial", str(name)).noun.lower())
+    knowledge = load_knowledge()
+    if kind == "category":
+        with contextlib.suppress(KeyError):
+            words.add(knowledge.category("industrial", str(name)).noun.lower())
+        return words
+    info = knowledge.defect("industrial", str(name))
+    if not info.is_generic:  # the generic entry's "defect" would match every answer
+        words.add(info.name.lower())
     return words
 
 
@@ -133,7 +140,8 @@ def _grounding(answers: list[str], categories: list[str], defects: list[str], an
 
     lower = [a.lower() for a in answers]
     named = [first_named(a) for a in lower]
-    with_defect = [any(w in a for w in _words(d)) for a, d, bad in zip(lower, defects, anomalous, strict=True) if bad]
+    with_defect = [any(w in a for w in _words(d, "defect")) for a, d, bad in zip(lower, defects, anomalous, strict=True)
+                   if bad]
     return {
         "images": len(answers),
         "names_its_object": round(sum(n == c for n, c in zip(named, categories, strict=True)) / len(answers), 3),
