@@ -213,8 +213,25 @@ def medical_wording(text: str, subject: Subject) -> str:
     return text.replace(f" on the {subject.category.noun}", f" in the {subject.category.noun}")
 
 
-def fill(question: str, subject: Subject) -> str:
-    return medical_wording(question.format(object=subject.category.noun), subject)
+#: share of training questions that name the object ("Is this hex nut defective?"); the others say "the object".
+#: A question that names it lets the answer copy the name from the prompt; in zero-shot inspection nobody tells the
+#: model what it looks at, so most questions do not, and the answers' object names must come from the image.
+OBJECT_NAMED_SHARE = 0.2
+
+#: what a question calls the subject when it does not name it (the canonical VisA-D&R prompt's word).
+GENERIC_OBJECT = "object"
+
+
+def fill(question: str, subject: Subject, *, named: bool = True) -> str:
+    """``question`` with its ``{object}`` slot filled: the category's noun, or :data:`GENERIC_OBJECT` when not
+    ``named``. Medical subjects are always named (a radiologist knows which scan they read)."""
+    noun = subject.category.noun if named or subject.domain == "medical" else GENERIC_OBJECT
+    return medical_wording(question.format(object=noun), subject)
+
+
+def names_object(rng: random.Random) -> bool:
+    """Whether a training question names its object (drawn with :data:`OBJECT_NAMED_SHARE`)."""
+    return rng.random() < OBJECT_NAMED_SHARE
 
 
 # ------------------------------------------------------------------------------------------------ questions
@@ -229,16 +246,16 @@ def detection_question(rng: random.Random, subject: Subject) -> str:
     options = DETECTION_QUESTIONS
     if subject.domain == "medical":
         options = tuple(q for q in DETECTION_QUESTIONS if not any(word in q for word in _INDUSTRIAL_ONLY))
-    return fill(_pick(rng, options), subject)
+    return fill(_pick(rng, options), subject, named=names_object(rng))
 
 
 def low_level_question(rng: random.Random, subject: Subject, sub: str) -> str:
-    return fill(_pick(rng, LOW_LEVEL_QUESTIONS[sub]), subject)
+    return fill(_pick(rng, LOW_LEVEL_QUESTIONS[sub]), subject, named=names_object(rng))
 
 
 def complex_question(rng: random.Random, subject: Subject, sub: str) -> str:
     table = MEDICAL_COMPLEX_QUESTIONS if subject.domain == "medical" else COMPLEX_QUESTIONS
-    return fill(_pick(rng, table[sub]), subject)
+    return fill(_pick(rng, table[sub]), subject, named=names_object(rng))
 
 
 # -------------------------------------------------------------------------------------------------- answers
@@ -377,7 +394,7 @@ def anomaly_describe(rng: random.Random, subject: Subject) -> str:
     if facts.count == 1:
         first = _pick(rng, (
             f"The {obj} has {_a(name)} {loc} of the image{_view_note(subject)}.",
-            f"There is {_a(name)} {loc}{_view_note(subject)}.",
+            f"There is {_a(name)} on the {obj}, {loc} of the image{_view_note(subject)}.",
         ))
         second = _pick(rng, (
             f"It is {_article(region.size)} {region.size} {shape}, {look}, covering {_percent(facts.image_fraction)} "

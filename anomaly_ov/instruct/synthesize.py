@@ -295,7 +295,8 @@ def conversation_for(
         question, answer = _qa(rng, item, kind, sub)
         if i == 0:
             if len(item.images) > 1 and rng.random() < 0.5:
-                question = f"These are {len(item.images)} views of the same {item.subject.category.noun}. {question}"
+                noun = item.subject.category.noun if A.names_object(rng) else A.GENERIC_OBJECT
+                question = f"These are {len(item.images)} views of the same {noun}. {question}"
             question = image_prefix(len(item.images)) + question
         if rewriter is not None and kind == A.LOW_LEVEL and sub == "describe" and item.subject.anomalous:
             view = item.files[item.subject.view_index or 0]

@@ -24,7 +24,7 @@ def _sub(question: str, noun: str) -> str | None:
     text = question.split("\n")[-1]
     text = re.sub(r"^These are \d+ views of the same [^.]+\. ", "", text)
     for template, sub in SUB_OF_QUESTION.items():
-        if template.format(object=noun) == text:
+        if text in (template.format(object=noun), template.format(object=A.GENERIC_OBJECT)):
             return sub
     return None
 
@@ -227,3 +227,42 @@ def test_canonical_detection_prompt_is_frequent(workspace):
     questions = [q.split("\n")[-1] for r in records for q, _, k in _pairs(r) if k == A.DETECTION]
     share = questions.count(A.CANONICAL_DETECTION) / len(questions)
     assert 0.15 < share < 0.45 and len(set(questions)) > 6
+
+
+def test_most_questions_leave_the_object_for_the_answer_to_name(workspace):
+    """Questions name the object for about OBJECT_NAMED_SHARE of turns; the descriptions always name it, so the
+    object word the model learns to write comes from the image, not from the prompt."""
+    ws, frame, params = workspace
+    records = []
+    for seed in range(4):
+        p = params.model_copy(update={"instruct": params.instruct.model_copy(update={"seed": seed})})
+        records += synthesize_records(frame[frame.role == "train"], p, ws)
+    nouns = {"tile": "tile", "pill": "pill"}
+    slotted = [t for t in (*A.DETECTION_QUESTIONS, *SUB_OF_QUESTION, *(q for qs in A.COMPLEX_QUESTIONS.values()
+                                                                      for q in qs)) if "{object}" in t]
+    named = generic = 0
+    for record in (r for r in records if r["category"] in nouns):
+        for question, _, _ in _pairs(record):
+            text = question.split("\n")[-1]
+            named += any(text == t.format(object=nouns[record["category"]]) for t in slotted)
+            generic += any(text == t.format(object=A.GENERIC_OBJECT) for t in slotted)
+    assert named + generic >= 40
+    assert 0.05 <= named / (named + generic) <= 0.4, (named, generic)
+    described = [(a, r["category"]) for r in records if r["label"] == "anomaly" and r["category"] in nouns
+                 for q, a, k in _pairs(r) if k == A.LOW_LEVEL and _sub(q, nouns[r["category"]]) == "describe"]
+    assert described
+    for answer, category in described:
+        assert nouns[category] in answer.lower(), answer
+
+
+def test_fill_names_medical_subjects_always():
+    from anomaly_ov.instruct.knowledge import load_knowledge
+
+    kb = load_knowledge()
+    scan = A.Subject("normal", kb.category("medical", "chest_xray"), None, None, domain="medical")
+    part = A.Subject("normal", kb.category("industrial", "screw"), None, None)
+    template = "Describe any defect you see on the {object}."
+    expected = "Describe any abnormality you see in the chest X-ray."
+    assert A.fill(template, scan, named=False) == A.fill(template, scan) == expected
+    assert A.fill(template, part, named=False) == "Describe any defect you see on the object."
+    assert A.fill(template, part) == "Describe any defect you see on the screw."
