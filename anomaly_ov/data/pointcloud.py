@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 SYNTHETIC_SHAPES = ("cylinder", "box", "bowl", "sphere", "cone", "torus", "capsule", "prism")
 SYNTHETIC_DEFECTS = ("dent", "bump", "hole", "crack")
 NORMAL_NAMES = ("good", "positive", "normal")
-RENDER_VERSION = 1
+RENDER_VERSION = 2  # 2: gaps between the front surface's splats are filled (fill_see_through)
 
 
 class PointCloudError(InputError):
@@ -341,6 +341,55 @@ def splat_radius(points: np.ndarray, size: int, scale: float, margin: float = 0.
     return int(np.clip(np.ceil(spacing_px), 1, max_radius))
 
 
+#: the four axes along which a pixel is "between" two nearer pixels (horizontal, vertical, both diagonals)
+_FILL_AXES = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+
+def fill_see_through(point_index: np.ndarray, depth: np.ndarray, reach: int = 2, gap: float = 0.125,
+                     passes: int = 2) -> np.ndarray:
+    """Give the gaps of the front surface the nearest point around them (screen-space hole filling).
+
+    A pixel is a gap when, along one of four axes, both sides hold a point (within ``reach`` pixels) that is nearer
+    than the pixel's own by more than ``gap`` (depth units of :func:`project`; background pixels are infinitely
+    far). A smooth surface, however steep, rises on one side and falls on the other, so only pinholes and slits
+    narrower than ``2 * reach + 1`` pixels qualify; holes and cracks wider than that keep their far side. The gap
+    takes the nearest of those points (its shading and label), so the fill is the front surface's own.
+
+    Args:
+        point_index: [H,W] index of the front-most point per pixel, -1 for background.
+        depth: [P] depth of each point (larger = farther).
+    Returns the filled [H,W] index (a new array).
+    """
+    index = point_index.copy()
+    h, w = index.shape
+    for _ in range(passes):
+        own = np.where(index >= 0, depth[np.maximum(index, 0)], np.inf)
+        padded_depth = np.pad(own, reach, constant_values=np.inf)
+        padded_index = np.pad(index, reach, constant_values=-1)
+        best_depth, best_index = own.copy(), index.copy()
+        for dy, dx in _FILL_AXES:
+            sides = []
+            for sign in (1, -1):
+                near_depth, near_index = np.full((h, w), np.inf), np.full((h, w), -1, dtype=index.dtype)
+                for k in range(1, reach + 1):
+                    y0, x0 = reach + sign * k * dy, reach + sign * k * dx
+                    d = padded_depth[y0:y0 + h, x0:x0 + w]
+                    closer = d < near_depth
+                    near_depth = np.where(closer, d, near_depth)
+                    near_index = np.where(closer, padded_index[y0:y0 + h, x0:x0 + w], near_index)
+                sides.append((near_depth, near_index))
+            (d1, i1), (d2, i2) = sides
+            between = (d1 < own - gap) & (d2 < own - gap)
+            nearer_depth, nearer_index = np.where(d1 <= d2, d1, d2), np.where(d1 <= d2, i1, i2)
+            take = between & (nearer_depth < best_depth)
+            best_depth = np.where(take, nearer_depth, best_depth)
+            best_index = np.where(take, nearer_index, best_index)
+        if np.array_equal(best_index, index):
+            break
+        index = best_index
+    return index
+
+
 @dataclass
 class View:
     """One rendered view: RGB image, anomaly mask, index of the front-most point per pixel (-1 = background)."""
@@ -353,8 +402,14 @@ class View:
 
 def render_view(points: np.ndarray, normals: np.ndarray, labels: np.ndarray, camera: Camera, size: int,
                 centre: np.ndarray, scale: float, radius: int = 1, colour: Sequence[float] = (0.85, 0.85, 0.8),
-                background: int = 0) -> View:
-    """Z-buffered point splatting: each point paints a disc of ``radius`` pixels; the nearest point wins."""
+                background: int = 0, fill_reach: int = 2, fill_gap_px: float = 8.0) -> View:
+    """Z-buffered point splatting: each point paints a disc of ``radius`` pixels; the nearest point wins.
+
+    Randomly sampled surfaces leave gaps between splats wider than the median spacing; through them the z-buffer
+    shows the far side of the object (or the background) as a scatter of darker pixels, which look like small
+    defects. :func:`fill_see_through` closes gaps up to ``fill_reach`` pixels wide (0 turns it off) whose
+    surroundings are at least ``fill_gap_px`` pixel widths nearer.
+    """
     row, col, depth = project(points, camera, size, centre, scale)
     r0, c0 = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
     offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
@@ -376,6 +431,8 @@ def render_view(points: np.ndarray, normals: np.ndarray, labels: np.ndarray, cam
     point_index: np.ndarray = np.full(size * size, -1, dtype=np.int64)
     point_index[pix[winners]] = owner[winners]
     point_index = point_index.reshape(size, size)
+    if fill_reach > 0 and n:
+        point_index = fill_see_through(point_index, depth, reach=fill_reach, gap=fill_gap_px * 2.0 / size)
 
     hit = point_index >= 0
     idx = point_index[hit]

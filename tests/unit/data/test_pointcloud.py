@@ -13,8 +13,10 @@ from anomaly_ov.data.pointcloud import (
     PointCloudError,
     camera_ring,
     defect_from_name,
+    fill_see_through,
     generate_synthetic_3d,
     load_point_cloud,
+    normalisation,
     normals_grid,
     normals_pca,
     project,
@@ -22,6 +24,7 @@ from anomaly_ov.data.pointcloud import (
     read_ply,
     render_view,
     render_views,
+    splat_radius,
     synthetic_object,
     write_pcd,
 )
@@ -78,6 +81,47 @@ def test_splats_cover_neighbours_but_nearest_wins():
                        radius=2)
     assert (view.point_index == 0).sum() == (view.point_index >= 0).sum() > 1
     assert not view.mask.any()
+
+
+def test_fill_see_through_closes_pinholes_and_slits_but_keeps_wide_holes_and_slopes():
+    size = 24
+    depth = np.array([0.0, 1.0])  # point 0: the front surface; point 1: far behind it
+    index = np.zeros((size, size), dtype=np.int64)
+    index[5, 5] = 1  # a pinhole showing the far side
+    index[10, 3:9] = 1  # a one-pixel slit
+    index[14:22, 14:22] = 1  # a hole 8 pixels wide: a real hole keeps its far side
+    index[2, 20] = -1  # a background pixel inside the surface
+    filled = fill_see_through(index, depth, reach=2, gap=0.1)
+    assert filled[5, 5] == 0 and (filled[10, 3:9] == 0).all() and filled[2, 20] == 0
+    assert (filled[16:20, 16:20] == 1).all()
+    assert (index[5, 5], index[2, 20]) == (1, -1)  # the input is left as it was
+    # a steep smooth slope (depth rises 0.3 per pixel) is one surface, not a gap: nothing changes
+    slope = np.arange(size * size, dtype=np.int64).reshape(size, size)
+    ramp = np.repeat(np.arange(size) * 0.3, size)
+    np.testing.assert_array_equal(fill_see_through(slope, ramp, reach=2, gap=0.1), slope)
+    # the silhouette keeps its shape: background beside the object is not between two of its pixels
+    blob = np.full((size, size), -1, dtype=np.int64)
+    blob[6:18, 6:18] = 0
+    np.testing.assert_array_equal(fill_see_through(blob, depth, reach=2, gap=0.1), blob)
+
+
+def test_a_densely_sampled_sphere_shows_only_its_front_side():
+    # Randomly sampled points leave gaps wider than the median spacing; without the fill the far side of the
+    # sphere shows through them as dark specks (which look like defects to the expert).
+    cloud = synthetic_object("sphere", 20000, seed=5)
+    normals = normals_pca(cloud.points, 16)
+    centre, scale = normalisation(cloud.points)
+    radius = splat_radius(cloud.points, 128, scale)
+    cam = camera_ring(1)[0]
+
+    def far_side_pixels(fill_reach: int) -> int:
+        view = render_view(cloud.points, normals, cloud.labels, cam, 128, centre, scale, radius,
+                           fill_reach=fill_reach)
+        shown = cloud.points[view.point_index[view.point_index >= 0]] - centre
+        return int(((shown @ cam.rotation[2]) / np.linalg.norm(shown, axis=1) > 0.2).sum())
+
+    assert far_side_pixels(0) > 10
+    assert far_side_pixels(2) == 0
 
 
 def test_pca_normals_of_a_plane_and_grid_normals():
