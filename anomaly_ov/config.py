@@ -460,8 +460,8 @@ class MedicalParams(_Section):
     out_dir: str = "data/raw/medical"
     image_size: int = Field(default=128, ge=32)
     modalities: list[str] = Field(default_factory=lambda: ["brain_mri", "liver_ct"])
-    normal_per_modality: int = Field(default=12, ge=1)
-    anomaly_per_modality: int = Field(default=12, ge=1)
+    normal_per_modality: int = Field(default=24, ge=1, description="evaluated normal slices per modality")
+    anomaly_per_modality: int = Field(default=24, ge=1)
     train_modalities: list[str] = Field(default_factory=lambda: ["chest_xray"],
                                         description="synthetic modalities that join training (never the evaluated; "
                                         "the choices: anomaly_ov.data.medical.SYNTHETIC_MODALITIES)")
@@ -489,8 +489,8 @@ class ThreeDParams(_Section):
     views: int = Field(default=4, ge=1)
     image_size: int = Field(default=128, ge=32)
     shapes: list[str] = Field(default_factory=lambda: ["cylinder", "box", "bowl"])
-    normal_per_shape: int = Field(default=4, ge=1)
-    anomaly_per_shape: int = Field(default=4, ge=1)
+    normal_per_shape: int = Field(default=8, ge=1, description="evaluated normal objects per shape")
+    anomaly_per_shape: int = Field(default=8, ge=1)
     points_per_object: int = Field(default=20000, ge=100)
     train_shapes: list[str] = Field(default_factory=lambda: ["sphere"],
                                     description="synthetic shapes that join training (never the evaluated; the "
