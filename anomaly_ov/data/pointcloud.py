@@ -346,14 +346,17 @@ _FILL_AXES = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
 def fill_see_through(point_index: np.ndarray, depth: np.ndarray, reach: int = 2, gap: float = 0.125,
-                     passes: int = 2) -> np.ndarray:
+                     passes: int = 2, min_axes: int = 3) -> np.ndarray:
     """Give the gaps of the front surface the nearest point around them (screen-space hole filling).
 
-    A pixel is a gap when, along one of four axes, both sides hold a point (within ``reach`` pixels) that is nearer
-    than the pixel's own by more than ``gap`` (depth units of :func:`project`; background pixels are infinitely
-    far). A smooth surface, however steep, rises on one side and falls on the other, so only pinholes and slits
-    narrower than ``2 * reach + 1`` pixels qualify; holes and cracks wider than that keep their far side. The gap
-    takes the nearest of those points (its shading and label), so the fill is the front surface's own.
+    A pixel is a gap when, along at least ``min_axes`` of four axes (horizontal, vertical, both diagonals), both
+    sides hold a point within ``reach`` pixels that is nearer than the pixel's own by more than ``gap`` (depth units
+    of :func:`project`; background pixels are infinitely far). A smooth surface, however steep, rises on one side
+    and falls on the other, so it never qualifies. Pinholes do along all four axes and slits up to ``2 * reach - 1``
+    pixels wide along three (a second pass fills the pixels beside a filled middle), while a pixel on the rim of a
+    wider hole has nearer points on both sides along one or two axes only (the rim's tangent), so real holes keep
+    their far side and their size. The gap takes the nearest of those points (its shading and label), so the fill is
+    the front surface's own.
 
     Args:
         point_index: [H,W] index of the front-most point per pixel, -1 for background.
@@ -366,7 +369,8 @@ def fill_see_through(point_index: np.ndarray, depth: np.ndarray, reach: int = 2,
         own = np.where(index >= 0, depth[np.maximum(index, 0)], np.inf)
         padded_depth = np.pad(own, reach, constant_values=np.inf)
         padded_index = np.pad(index, reach, constant_values=-1)
-        best_depth, best_index = own.copy(), index.copy()
+        best_depth, best_index = np.full((h, w), np.inf), index.copy()
+        axes = np.zeros((h, w), dtype=np.int64)
         for dy, dx in _FILL_AXES:
             sides = []
             for sign in (1, -1):
@@ -380,13 +384,15 @@ def fill_see_through(point_index: np.ndarray, depth: np.ndarray, reach: int = 2,
                 sides.append((near_depth, near_index))
             (d1, i1), (d2, i2) = sides
             between = (d1 < own - gap) & (d2 < own - gap)
+            axes += between
             nearer_depth, nearer_index = np.where(d1 <= d2, d1, d2), np.where(d1 <= d2, i1, i2)
             take = between & (nearer_depth < best_depth)
             best_depth = np.where(take, nearer_depth, best_depth)
             best_index = np.where(take, nearer_index, best_index)
-        if np.array_equal(best_index, index):
+        filled = np.where(axes >= min_axes, best_index, index)
+        if np.array_equal(filled, index):
             break
-        index = best_index
+        index = filled
     return index
 
 
@@ -407,8 +413,8 @@ def render_view(points: np.ndarray, normals: np.ndarray, labels: np.ndarray, cam
 
     Randomly sampled surfaces leave gaps between splats wider than the median spacing; through them the z-buffer
     shows the far side of the object (or the background) as a scatter of darker pixels, which look like small
-    defects. :func:`fill_see_through` closes gaps up to ``fill_reach`` pixels wide (0 turns it off) whose
-    surroundings are at least ``fill_gap_px`` pixel widths nearer.
+    defects. :func:`fill_see_through` closes pinholes and slits up to ``2 * fill_reach - 1`` pixels wide (0 turns it
+    off) whose surroundings are at least ``fill_gap_px`` pixel widths nearer; wider holes keep their far side.
     """
     row, col, depth = project(points, camera, size, centre, scale)
     r0, c0 = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)

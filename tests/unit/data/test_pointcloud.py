@@ -89,11 +89,16 @@ def test_fill_see_through_closes_pinholes_and_slits_but_keeps_wide_holes_and_slo
     index = np.zeros((size, size), dtype=np.int64)
     index[5, 5] = 1  # a pinhole showing the far side
     index[10, 3:9] = 1  # a one-pixel slit
+    index[1:8, 12:15] = 1  # a slit three pixels wide
     index[14:22, 14:22] = 1  # a hole 8 pixels wide: a real hole keeps its far side
     index[2, 20] = -1  # a background pixel inside the surface
     filled = fill_see_through(index, depth, reach=2, gap=0.1)
-    assert filled[5, 5] == 0 and (filled[10, 3:9] == 0).all() and filled[2, 20] == 0
-    assert (filled[16:20, 16:20] == 1).all()
+    assert filled[5, 5] == 0 and (filled[10, 3:9] == 0).all() and (filled[1:8, 12:15] == 0).all()
+    assert filled[2, 20] == 0
+    assert (filled[14:22, 14:22] == 1).all()  # the whole hole, its rim included
+    yy, xx = np.mgrid[:size, :size]
+    disc = ((yy - 12) ** 2 + (xx - 12) ** 2 <= 9).astype(np.int64)  # a round hole 7 px across keeps its size
+    np.testing.assert_array_equal(fill_see_through(disc, depth, reach=2, gap=0.1), disc)
     assert (index[5, 5], index[2, 20]) == (1, -1)  # the input is left as it was
     # a steep smooth slope (depth rises 0.3 per pixel) is one surface, not a gap: nothing changes
     slope = np.arange(size * size, dtype=np.int64).reshape(size, size)
