@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 SYNTHETIC_SHAPES = ("cylinder", "box", "bowl", "sphere", "cone", "torus", "capsule", "prism")
 SYNTHETIC_DEFECTS = ("dent", "bump", "hole", "crack")
 NORMAL_NAMES = ("good", "positive", "normal")
-RENDER_VERSION = 2  # 2: gaps between the front surface's splats are filled (fill_see_through)
+RENDER_VERSION = 3  # 2: gaps between the front surface's splats filled (fill_see_through); 3: holes keep their rims
 
 
 class PointCloudError(InputError):
