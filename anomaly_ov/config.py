@@ -462,11 +462,11 @@ class MedicalParams(_Section):
     modalities: list[str] = Field(default_factory=lambda: ["brain_mri", "liver_ct"])
     normal_per_modality: int = Field(default=24, ge=1, description="evaluated normal slices per modality")
     anomaly_per_modality: int = Field(default=24, ge=1)
-    train_modalities: list[str] = Field(default_factory=lambda: ["chest_xray"],
+    train_modalities: list[str] = Field(default_factory=lambda: ["chest_xray", "retina_oct", "retina_fundus"],
                                         description="synthetic modalities that join training (never the evaluated; "
                                         "the choices: anomaly_ov.data.medical.SYNTHETIC_MODALITIES)")
-    train_normal_per_modality: int = Field(default=30, ge=1)
-    train_anomaly_per_modality: int = Field(default=30, ge=1)
+    train_normal_per_modality: int = Field(default=20, ge=1)
+    train_anomaly_per_modality: int = Field(default=20, ge=1)
     train_out_dir: str = Field(default="data/raw/medical_train", description="prepare's output, apart from out_dir")
     sources: list[SourceParams] = Field(default_factory=list)
 
