@@ -52,13 +52,19 @@ def test_prepare_trains_on_other_modalities_and_shapes_than_the_extensions_evalu
     ])
     summary = run_prepare(params, tmp_path)
     manifest = read_manifest(tmp_path / "data/manifest.parquet")
-    assert summary["per_source"]["synthetic_medical_train"] == 3  # 1 normal + 2 anomalous chest X-rays
+    modalities = params.extensions.medical.train_modalities
+    assert modalities == ["chest_xray", "retina_oct", "retina_fundus"]  # the default
+    assert summary["per_source"]["synthetic_medical_train"] == 3 * len(modalities)  # 1 normal + 2 anomalous each
     assert summary["per_source"]["synthetic_3d_train"] == 2 * 2  # 1 normal + 1 anomalous sphere, 2 views each
     joined = manifest[manifest["modality"] != "industrial"]
     assert set(joined["role"]) == {"train"}
-    assert set(joined["category"]) == {"chest_xray", "sphere"}  # never brain_mri, liver_ct, box: those are evaluated
+    # never brain_mri, liver_ct, box: those are evaluated
+    assert set(joined["category"]) == {*modalities, "sphere"}
     assert set(joined["root"]) <= {"data/raw/medical_train", "data/raw/3d_train/renders"}
-    assert (joined["label"] == "anomaly").sum() == 3 and (joined["mask_path"] != "").sum() >= 3
+    medical = joined[joined["modality"] != "3d"]
+    assert (medical["label"] == "anomaly").sum() == 2 * len(modalities)
+    assert (joined[joined["modality"] == "3d"]["label"] == "anomaly").sum() >= 1
+    assert ((joined["label"] == "anomaly") == (joined["mask_path"] != "")).all()  # every lesion has its mask
     # the extension stages write other folders: nothing prepare wrote is overwritten by them
     assert not (tmp_path / "data/raw/medical").exists() and not (tmp_path / "data/raw/3d").exists()
 
