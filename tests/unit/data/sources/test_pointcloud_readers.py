@@ -103,3 +103,34 @@ def test_mvtec3d_organised_cloud_labels_normals_and_plane_removal(tmp_path, sour
     assert len(frame) == 6 and sorted(frame["split"].unique()) == ["test", "train"]
     assert set(frame.loc[frame["label"] == "anomaly", "defect_type"]) == {"hole"}
     assert frame.groupby("group").size().tolist() == [3, 3]
+
+
+def _dark_specks(image_path) -> int:
+    """Pixels of the object darker than their 5 x 5 neighbourhood's median by 25 grey levels (see-through specks)."""
+    from scipy.ndimage import median_filter
+
+    grey = np.asarray(Image.open(image_path).convert("L")).astype(int)
+    median = median_filter(grey, 5)
+    return int(((grey < median - 25) & (median > 60)).sum())
+
+
+def test_a_real3d_cloud_at_scan_density_renders_without_see_through_specks(tmp_path, source, monkeypatch):
+    # A Real3D-AD layout with a 20,000-point sphere, read and rendered as a user's scan would be (128 px, 4 views):
+    # the gaps random sampling leaves between splats must not show the far side as dark specks.
+    import anomaly_ov.data.pointcloud as pointcloud
+
+    root = tmp_path / "real3d" / "ball"
+    write_pcd(root / "train" / "ball_template0.pcd", synthetic_object("sphere", 2000, 1).points)
+    write_pcd(root / "test" / "10_good.pcd", synthetic_object("sphere", 20000, 5).points)
+    settings = RenderSettings(views=4, image_size=128)
+
+    def specks(name: str) -> int:
+        params = source("real3d", "real3d", role="eval").model_copy(update={"name": name})  # its own render folder
+        frame = read_real3d(params, tmp_path, settings=settings)
+        views = frame[frame["split"] == "test"]
+        assert len(views) == 4
+        return sum(_dark_specks(tmp_path / row.root / row.image_path) for row in views.itertuples())
+
+    assert specks("filled") == 0
+    monkeypatch.setattr(pointcloud, "fill_see_through", lambda index, *args, **kwargs: index)
+    assert specks("unfilled") > 20  # the same scan without the fill: the far side shows through
