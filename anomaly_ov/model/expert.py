@@ -301,10 +301,13 @@ class AnomalyExpert(nn.Module):
         queries = torch.bmm(weights, v) / self._denominator(in_significance)  # [N,4,C] = P(v*m) / P(m)
         crop_tokens = self.q_former(queries, v, v)  # [N,4,C]
 
-        # global token per image: significance-weighted mean over the image's crops and quadrants
+        # global token per image: significance-weighted mean over the image's crops and quadrants. The sums take
+        # their terms' dtype, not v's: under CUDA autocast the maps (a softmax) are float32 while v is bf16.
         weight = in_significance * sig[:, None, None]  # [N,4,1]
-        numerator = v.new_zeros(num_images, c).index_add_(0, image_index, (crop_tokens * weight).sum(1))
-        denominator = v.new_zeros(num_images, 1).index_add_(0, image_index, weight.sum(1))
+        weighted = (crop_tokens * weight).sum(1)  # [N,C]
+        weight = weight.sum(1)  # [N,1]
+        numerator = weighted.new_zeros(num_images, c).index_add_(0, image_index, weighted)
+        denominator = weight.new_zeros(num_images, 1).index_add_(0, image_index, weight)
         global_tokens = (numerator / self._denominator(denominator)).unsqueeze(1)  # [B,1,C]
         score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
         return ExpertOutput(

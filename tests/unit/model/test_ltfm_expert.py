@@ -323,3 +323,45 @@ def test_detached_selector_gives_the_same_outputs_and_keeps_the_score_loss_off_t
     assert all(without[n] is None for n in map_side), "the image-score loss reached the maps or the tower"
     for name in ("q_former.query_proj.weight", "final_predictor.0.weight"):
         assert without[name] is not None and without[name].abs().sum() > 0, name
+
+
+def _float32_softmax_like_cuda_autocast(monkeypatch):
+    """CUDA autocast runs softmax in float32 whatever its input; CPU autocast (bf16 matmuls) does not: patch it in."""
+    softmax = torch.Tensor.softmax
+    monkeypatch.setattr(torch.Tensor, "softmax", lambda self, *a, **k: softmax(self.float(), *a, **k))
+
+
+def test_bf16_expert_accepts_float32_maps_as_under_cuda_autocast(monkeypatch):
+    # a frozen bf16 expert (stage 2 on a GPU) whose maps come out of autocast's float32 softmax: the global token's
+    # sums mix bf16 tokens with float32 weights; they once failed with "index_add_(): self (BFloat16) and source
+    # (Float) must have the same scalar type" on the first step of the pretrained stage 2 on an H200
+    torch.manual_seed(0)
+    counts = [3, 1]
+    expert = AnomalyExpert(hidden_size=32, embed_dim=16, grid_size=4)
+    v, levels = _inputs(counts, 4, 32)
+    with torch.no_grad():
+        reference = expert(v, levels, counts)
+    expert = expert.to(torch.bfloat16)
+    _float32_softmax_like_cuda_autocast(monkeypatch)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = expert(v.to(torch.bfloat16), [f.to(torch.bfloat16) for f in levels], counts)
+    assert out.maps.dtype == torch.float32
+    assert out.global_tokens.shape == (2, 1, 32)
+    torch.testing.assert_close(out.global_tokens.float(), reference.global_tokens, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out.scores.float(), reference.scores, atol=0.02, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_expert_under_cuda_autocast_matches_float32():
+    torch.manual_seed(0)
+    counts = [3, 1, 2]
+    expert = AnomalyExpert(hidden_size=32, embed_dim=16, grid_size=4).cuda()
+    v, levels = _inputs(counts, 4, 32)
+    v, levels = v.cuda(), [f.cuda() for f in levels]
+    with torch.no_grad():
+        reference = expert(v, levels, counts)
+        half = expert.to(torch.bfloat16)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = half(v.to(torch.bfloat16), [f.to(torch.bfloat16) for f in levels], counts)
+    torch.testing.assert_close(out.global_tokens.float(), reference.global_tokens, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out.scores.float(), reference.scores, atol=0.02, rtol=0)
