@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from anomaly_ov.data.pointcloud import (
     SYNTHETIC_SHAPES,
@@ -19,6 +20,7 @@ from anomaly_ov.data.pointcloud import (
     normalisation,
     normals_grid,
     normals_pca,
+    normals_sharp,
     project,
     read_pcd,
     read_ply,
@@ -28,6 +30,7 @@ from anomaly_ov.data.pointcloud import (
     synthetic_object,
     write_pcd,
 )
+from anomaly_ov.data.pointcloud import _sample_shape as sample_shape  # the generator's exact normals
 
 
 def test_camera_ring_is_orthonormal_and_evenly_spaced():
@@ -127,6 +130,41 @@ def test_a_densely_sampled_sphere_shows_only_its_front_side():
 
     assert far_side_pixels(0) > 10
     assert far_side_pixels(2) == 0
+
+
+def _angle_errors_deg(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arccos(np.clip(np.abs((estimated * true).sum(axis=1)), 0.0, 1.0)))
+
+
+@pytest.mark.parametrize("shape", ["box", "cylinder", "cone", "prism"])
+def test_sharp_normals_keep_the_faces_of_an_edge(shape):
+    # PCA over a neighbourhood that straddles an edge gives a normal between the two faces: rendered, a bright
+    # speckled band along every edge. The sharp normals are the faces' own (the generator's exact normals).
+    points, true = sample_shape(shape, 20000, np.random.default_rng(0))
+    pca = _angle_errors_deg(normals_pca(points, 16), true)
+    sharp = _angle_errors_deg(normals_sharp(points, 16), true)
+    assert (pca > 20).mean() > 0.025  # 3-6 % of the points sit near an edge
+    assert (sharp > 20).mean() < 0.1 * (pca > 20).mean()
+    assert np.percentile(sharp, 99) < 12 < np.percentile(pca, 99)
+
+
+@pytest.mark.parametrize("shape", ["sphere", "bowl", "torus", "capsule"])
+def test_sharp_normals_leave_smooth_surfaces_as_pca_has_them(shape):
+    points, _ = sample_shape(shape, 20000, np.random.default_rng(0))
+    np.testing.assert_array_equal(normals_sharp(points, 16), normals_pca(points, 16))
+
+
+def test_sharp_normals_on_a_noisy_scan():
+    # a scanner's noise (0.3 of the point spacing): edges still improve, a smooth surface does not get worse
+    for shape in ("box", "torus"):
+        points, true = sample_shape(shape, 20000, np.random.default_rng(0))
+        spacing = float(np.median(cKDTree(points).query(points, k=[2])[0]))
+        noisy = points + np.random.default_rng(1).normal(0.0, 0.3 * spacing, points.shape)
+        pca = _angle_errors_deg(normals_pca(noisy, 16), true)
+        sharp = _angle_errors_deg(normals_sharp(noisy, 16), true)
+        assert sharp.mean() <= pca.mean() + 0.05
+        if shape == "box":
+            assert (sharp > 20).mean() < 0.5 * (pca > 20).mean()
 
 
 def test_pca_normals_of_a_plane_and_grid_normals():
