@@ -260,7 +260,8 @@ def normals_pca(points: np.ndarray, k: int = 16, subset: np.ndarray | None = Non
     return _local_planes(points, k, subset)[0]
 
 
-def _local_planes(points: np.ndarray, k: int, subset: np.ndarray | None = None):
+def _local_planes(points: np.ndarray, k: int, subset: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     """Per query point: (unit normal [M,3], neighbourhood centroid [M,3], surface variation [M], the tree).
 
     The surface variation ``l0 / (l0 + l1 + l2)`` of the neighbourhood's covariance eigenvalues is 0 on a plane and
@@ -269,9 +270,9 @@ def _local_planes(points: np.ndarray, k: int, subset: np.ndarray | None = None):
 
     points = np.asarray(points, dtype=np.float64)
     query = points if subset is None else points[subset]
-    tree = cKDTree(points) if len(points) else None
     if len(points) < 3:
-        return np.tile([0.0, 0.0, 1.0], (len(query), 1)), query.copy(), np.zeros(len(query)), tree
+        return np.tile([0.0, 0.0, 1.0], (len(query), 1)), query.copy(), np.zeros(len(query)), None
+    tree = cKDTree(points)
     k = min(k, len(points))
     _, idx = tree.query(query, k=k)
     neigh = points[idx]  # [M,k,3]
@@ -297,7 +298,7 @@ def normals_sharp(points: np.ndarray, k: int = 16, search_k: int = 48, ratio: fl
     cylinders, dents and bumps) keep their PCA normals: their neighbourhoods are all about as flat."""
     points = np.asarray(points, dtype=np.float64)
     normals, centroid, variation, tree = _local_planes(points, k)
-    if len(points) < max(k, 4):
+    if tree is None or len(points) < max(k, 4):
         return normals
     search_k = min(search_k, len(points))
     spacing = float(np.median(tree.query(points, k=[2])[0]))  # the median distance to the nearest point
