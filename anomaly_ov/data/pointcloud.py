@@ -292,10 +292,12 @@ def normals_sharp(points: np.ndarray, k: int = 16, search_k: int = 48, ratio: fl
     Near an edge a point's k-neighbourhood straddles two faces and PCA returns a normal between them: rendered, every
     edge of a box becomes a bevelled band whose brightness changes from point to point, a speckle that looks like
     the scratches and cracks a defect detector is trained on. Here a point whose neighbourhood is not flat (surface
-    variation above ``min_variation`` and ``ratio`` times that of the flattest plane nearby) takes instead the normal
-    of the flattest neighbourhood among its ``search_k`` nearest points whose plane passes through it (its distance
-    to the plane under the median point spacing): on a box, the face it lies on. Smooth surfaces (spheres,
-    cylinders, dents and bumps) keep their PCA normals: their neighbourhoods are all about as flat."""
+    variation above ``min_variation``) looks among its ``search_k`` nearest points for the flat neighbourhoods
+    (variation at most ``min_variation``; where there is none, the flattest one) and takes the normal of the one whose
+    plane passes nearest to it: on a box, the face it lies on, not the one across the edge. It does so only where
+    that plane passes within the median point spacing and its own variation is over ``ratio`` times the plane's.
+    Smooth surfaces (spheres, a cylinder's side, dents and bumps) keep their PCA normals: their neighbourhoods are
+    all about as flat."""
     points = np.asarray(points, dtype=np.float64)
     normals, centroid, variation, tree = _local_planes(points, k)
     if tree is None or len(points) < max(k, 4):
