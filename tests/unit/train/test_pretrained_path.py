@@ -311,3 +311,32 @@ def test_real_layout_model_uses_the_release_maths_and_lays_out_uncropped_images_
     assert encoded.expert.scores.shape == (2, 1) and torch.isfinite(out.logits).all()
     for last in (anomaly_at[5], anomaly_at[11]):
         torch.testing.assert_close(embeds[0, last], model.model.image_newline.to(embeds.dtype))
+
+
+def test_stage2_loss_on_the_bf16_real_layout_under_cuda_like_autocast(
+    llava_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage 2 on a GPU computes under bf16 autocast, which runs softmax in float32 (the expert's maps) while the
+    frozen expert's tokens stay bf16: that mix once stopped the first step on an H200. The CPU emulates it (CPU
+    autocast for the bf16 matmuls, autocast's float32 softmax patched in) on the hub-layout bf16 checkpoint."""
+    from PIL import Image
+
+    from anomaly_ov.model.presets import build_model, build_processor
+    from anomaly_ov.train import instruct as stage2
+
+    params = pretrained_params(llava_checkpoint)
+    processor = build_processor(params)
+    # in the checkpoint's dtype, as a GPU loads it (a CPU build is float32); the expert stays bf16, frozen
+    model = build_model(params, tokenizer=processor.tokenizer).to(torch.bfloat16)
+    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
+    stage2.fp32_master_weights(model)
+    conv = [{"from": "human", "value": "<image>\nAny defect?"}, {"from": "gpt", "value": "Yes"}]
+    batch = dict(processor([Image.new("RGB", (96, 64), (120, 90, 60))], conv, return_labels=True))
+    softmax = torch.Tensor.softmax
+    monkeypatch.setattr(torch.Tensor, "softmax", lambda self, *a, **k: softmax(self.float(), *a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = stage2.conversation_loss(model, batch, params.instruct_recipe.loss_reduction)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.anomaly_expert.positive_embedding.dtype == torch.bfloat16
+    assert model.model.multi_modal_projector.linear_1.weight.grad is not None
