@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         run_stage2(model, params, args, device, peak, planned if not args.shrink else 0.0)
     except torch.OutOfMemoryError as exc:
         first = str(exc).splitlines()[0]
-        print(f"{preset} does not fit on {device}: {first}; see the estimate above")
+        print(f"{preset} does not fit on {device}: {first}; see the plan above")
 
 
 if __name__ == "__main__":
