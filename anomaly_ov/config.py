@@ -326,7 +326,8 @@ class InstructRecipe(_Section):
 
 class TrainInstructParams(_Section):
     tiny: InstructRecipe = InstructRecipe(lr=2e-3, epochs=3, batch_size=8, max_length=1024, max_records=480,
-                                          loss_reduction="sample", text_warmup_epochs=3, align_epochs=1)
+                                          loss_reduction="sample", text_warmup_epochs=3, text_warmup_batch_size=16,
+                                          align_epochs=1)
     pretrained: InstructRecipe = InstructRecipe(lr=1e-5, epochs=1, batch_size=16, grad_accum=8)
     lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = True
