@@ -16,8 +16,9 @@ Frozen parts stay in the checkpoint's dtype; the trained parts go back to it bef
 Conversations longer than ``recipe.max_length`` (the release's model_max_length, 32768) are cut, never inside an
 image (see ``AnomalyOVProcessor``); the report counts them (``truncated_records``).
 Output: ``models/anomaly_ov/`` (``save_pretrained``, atomic) and
-``reports/train_instruct.json`` with the loss curve's end values, tokens/s and sample answers to the detection
-question for one normal and one anomalous training image.
+``reports/train_instruct.json`` with the loss curve's end values, tokens/s, sample answers to the detection
+question for one normal and one anomalous training image, and how much the expert's word steers the Yes/No answer
+after the text warm-up (``text_warmup.word_margins``, see :func:`word_margins`).
 """
 
 from __future__ import annotations
@@ -222,6 +223,50 @@ def text_warmup_items(records: Sequence[Mapping[str, Any]], processor: AnomalyOV
         ids, labels = ids[:max_length], labels[:max_length]
         items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "index": index})
     return items
+
+
+def word_margins(model: nn.Module, processor: AnomalyOVProcessor, device: torch.device) -> dict[str, float]:
+    """How much the expert's word steers the detection answer: for each suspicious-level word, the logit of "Yes"
+    minus that of "No" as the first answer token, for the detection question about an image reduced to its phrase
+    ("with highly suspicious features: ", no visual tokens; the text warm-up's input).
+
+    After the text warm-up, whose inputs are exactly these, a LLM that answers from the word gives "slightly" a
+    negative margin and "highly" a positive one; equal margins mean it ignores the word (the tiny default with
+    warm-up batches of 32 did in one of seven runs: -0.07 for all three, and that pipeline answered "No" to every
+    benchmark image). After the visual phases the margins say less: the LLM may answer from the image's tokens
+    instead, and runs whose text-only margins had flattened still agreed with the expert for 90 % of the benchmark
+    (``benchmarks/stage2_seeds.py``). The first token of each answer is compared (one token for the tiny tokenizer
+    and for Qwen2's).
+    """
+    from anomaly_ov.model.processing import DETECTION_PROMPT, IMAGE_TOKEN
+    from anomaly_ov.model.tokenizer import ADVERB_WORDS
+
+    yes, no = (processor.tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
+    conversation = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{DETECTION_PROMPT}"}]
+    was_training = model.training
+    model.eval()
+    margins = {}
+    with torch.no_grad():
+        for word in ADVERB_WORDS:
+            ids, _ = processor.encode_text_only(conversation, [word], add_generation_prompt=True)
+            logits = model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1].float()
+            margins[word] = round(float(logits[yes] - logits[no]), 3)
+    model.train(was_training)
+    return margins
+
+
+#: below this gap between the "highly" and "slightly" margins (logits) the LLM is said to ignore the expert's word
+WORD_GAP_WARNING = 1.0
+
+
+def warn_if_word_ignored(margins: Mapping[str, float], when: str) -> None:
+    """Log a warning when the Yes/No answer barely depends on the expert's word (see :func:`word_margins`)."""
+    gap = margins["highly"] - margins["slightly"]
+    if gap < WORD_GAP_WARNING:
+        log.warning("stage 2 (%s): the LLM's Yes/No hardly depends on the expert's word (Yes-No logit margins %s; "
+                    "'highly' - 'slightly' = %.2f < %.1f): its detection answers will not follow the expert. Give "
+                    "the text warm-up more steps (a smaller train.instruct.tiny.text_warmup_batch_size or more "
+                    "text_warmup_epochs)", when, margins, gap, WORD_GAP_WARNING)
 
 
 def text_lengths(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor) -> list[int]:
@@ -596,7 +641,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
         common.data_fingerprint(images, workspace),
     )
     checkpoint_dir = in_workspace(workspace, cfg.checkpoint_dir)
-    warmup = None
+    warmup, warmup_margins = None, None
     if recipe.text_warmup_epochs:
         adverbs = expert_adverbs(model, processor, all_records, workspace, device)
         expert_words = dict(sorted(Counter(w for ws in adverbs.values() for w in ws).items()))
@@ -607,6 +652,10 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm, group_by_length=cfg.group_by_length,
             strategy=cfg.strategy, zero_stage=cfg.zero_stage,
         )
+        if not info.distributed:  # under torchrun the weights may be sharded or wrapped here; the end checks again
+            warmup_margins = word_margins(train_model, processor, device)
+            warn_if_word_ignored(warmup_margins, "after the text warm-up")
+            tracking.log_metrics({f"text_warmup_word_margin_{word}": m for word, m in warmup_margins.items()})
     lengths = text_lengths(records, processor) if cfg.group_by_length else None
     align = None
     if recipe.align_epochs:
@@ -655,7 +704,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             "records": len(all_records), "steps": warmup.step, "epochs": recipe.text_warmup_epochs,
             **common.summarise_history(warmup), "train_seconds": round(warmup.seconds, 3),
             "tokens_per_s": round(warmup.items_per_s, 1), "resumed_from_step": warmup.resumed_from_step,
-            "expert_words": expert_words,
+            "expert_words": expert_words, **({"word_margins": warmup_margins} if warmup_margins else {}),
         }
     if recipe.align_epochs:
         summary["align"] = ({"skipped": "fsdp"} if align is None else {

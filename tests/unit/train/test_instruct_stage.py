@@ -111,6 +111,45 @@ def test_text_warmup_trains_the_llm_and_leaves_the_projector(tiny_workspace: Pat
     assert all(p.requires_grad for p in model.model.multi_modal_projector.parameters()), "projector unfrozen again"
 
 
+def test_word_margins_tell_whether_the_answer_follows_the_expert_word(tiny_workspace: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from functools import partial
+
+    from anomaly_ov.data.loaders import collate_instruct
+    from anomaly_ov.model.processing import DETECTION_PROMPT
+    from anomaly_ov.model.tokenizer import ADVERB_WORDS
+
+    records = [{"image": rec["image"], "label": rec["label"],
+                "conversations": [{"from": "human", "value": f"<image>\n{DETECTION_PROMPT}"},
+                                  {"from": "gpt", "value": "Yes" if rec["label"] == "anomaly" else "No"}]}
+               for rec in json.loads((tiny_workspace / "data/instruct/train.json").read_text())]
+    assert {rec["label"] for rec in records} == {"normal", "anomaly"}
+    model, processor = _tiny_model(records)
+    model.set_trainable(vision_tower=False, expert=False, projector=True, language_model=True)
+    cpu = torch.device("cpu")
+    untrained = stage2.word_margins(model, processor, cpu)
+    assert list(untrained) == list(ADVERB_WORDS)
+    with caplog.at_level("WARNING", logger=stage2.__name__):
+        stage2.warn_if_word_ignored(untrained, "untrained")
+    assert "hardly depends on the expert's word" in caplog.text, "an untrained LLM ignores the word"
+
+    # the word says the answer: "highly" for every anomalous record, "slightly" for every normal one
+    words = {(rec["image"],): ["highly" if rec["label"] == "anomaly" else "slightly"] for rec in records}
+    items = stage2.text_warmup_items(records, processor, words, max_length=256)
+    recipe = tiny_params("train.instruct.tiny.text_warmup_epochs=80", "train.instruct.tiny.text_warmup_batch_size=4",
+                         "train.instruct.tiny.lr=0.003").instruct_recipe
+    stage2.warm_up_language(model, items, partial(collate_instruct, pad_token_id=processor.pad_token_id), recipe,
+                            seed=0, device=cpu, checkpoint_dir=tiny_workspace / "ckpt_words", checkpoint_every=1000,
+                            progress=False)
+    trained = stage2.word_margins(model, processor, cpu)
+    assert trained["slightly"] < 0 < trained["highly"], trained
+    assert model.training, "the margins leave the model in the mode they found it"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=stage2.__name__):
+        stage2.warn_if_word_ignored(trained, "trained")
+    assert caplog.text == ""
+
+
 def test_projector_alignment_trains_the_projector_and_leaves_the_llm(tiny_workspace: Path) -> None:
     from functools import partial
 
@@ -229,7 +268,7 @@ def test_stage2_with_text_warmup_runs_in_two_processes(trained_expert_workspace:
     summary = stage2.run_train_instruct(params, ws)
     assert summary["num_processes"] == 2
     assert summary["steps"] == 2  # 12 records, 6 per rank, batch 4
-    assert summary["text_warmup"]["steps"] == 3  # 6 per rank make 1 batch of 32 per epoch, 3 epochs
+    assert summary["text_warmup"]["steps"] == 3  # 6 per rank make 1 batch of 16 per epoch, 3 epochs
     load_pretrained(ws / "models/ddp")
     assert json.loads((ws / "reports/ddp.json").read_text())["num_processes"] == 2
     # each rank scored half of the images for the expert's words; together they hold every image's word

@@ -1,0 +1,34 @@
+"""benchmarks/stage2_seeds.py's command line: recipe variants and the workspace it needs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+_SPEC = importlib.util.spec_from_file_location("stage2_seeds", REPO / "benchmarks/stage2_seeds.py")
+seeds = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(seeds)
+
+
+def test_a_variant_is_a_name_and_its_overrides() -> None:
+    assert seeds.parse_variant("b32=train.instruct.tiny.text_warmup_batch_size=32") == (
+        "b32", ["train.instruct.tiny.text_warmup_batch_size=32"])
+    assert seeds.parse_variant("two=a.b=1,c.d=x") == ("two", ["a.b=1", "c.d=x"])
+
+
+@pytest.mark.parametrize("text", ["b32", "=a.b=1", "name=novalue"])
+def test_a_variant_without_a_name_or_an_override_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=KEY=VALUE"):
+        seeds.parse_variant(text)
+
+
+def test_a_workspace_without_stage_1_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    monkeypatch.setattr(sys, "argv", ["stage2_seeds.py", "--workspace", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"lacks models/expert, data/instruct/train.json: run `make pipeline`"):
+        seeds.main()
