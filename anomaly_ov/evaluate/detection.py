@@ -153,12 +153,13 @@ def normalise_test_item(
 
 
 def balanced_subset(items: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
-    """At most ``limit`` items taken round-robin over (category, anomaly) groups, so no class loses a label."""
+    """At most ``limit`` items taken round-robin over (category, anomaly) groups, so no class loses a label (an item
+    without ``anomaly``, as a reasoning item, counts as anomalous), in their file order within a group."""
     if limit is None or len(items) <= limit:
         return items
     groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     for item in items:
-        groups.setdefault((item["category"], item["anomaly"]), []).append(item)
+        groups.setdefault((str(item.get("category", "")), bool(item.get("anomaly", True))), []).append(item)
     queues = [groups[k] for k in sorted(groups)]
     picked: list[dict[str, Any]] = []
     depth = 0

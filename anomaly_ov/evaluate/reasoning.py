@@ -38,7 +38,8 @@ def load_reasoning_items(
     data_root: str | Path | None = None,
     allow_external: bool = False,
 ) -> list[dict[str, Any]]:
-    """Read and check a reasoning file; keep ``max_items``.
+    """Read and check a reasoning file; keep ``max_items``, taken round-robin over the categories (the file lists
+    them one after the other, so its first items would be one category's).
 
     Two schemas are read: the project's ``visa_dr.json`` (``file``, ``questions``, ``answers``, ``kinds``; see
     :mod:`anomaly_ov.instruct.benchmark`) and the official VisA-D&R one: ``image`` ("VisA/<class>/...", opened as
@@ -47,10 +48,10 @@ def load_reasoning_items(
     only ``image`` and ``questions``; an item without ``answers`` is still asked, its answers are kept unscored.
     Without ``kinds`` every turn counts as low-level.
     """
-    from anomaly_ov.evaluate.detection import read_benchmark_items
+    from anomaly_ov.evaluate.detection import balanced_subset, read_benchmark_items
 
     items = read_benchmark_items(path, "reasoning", normalise_reasoning_item, data_root, allow_external)
-    return items if max_items is None else items[:max_items]
+    return balanced_subset(items, max_items)
 
 
 def _strings(value: Any) -> bool:

@@ -53,6 +53,17 @@ def test_reasoning_items_checked(tmp_path):
         R.load_reasoning_items(path)
 
 
+def test_a_capped_reasoning_set_takes_every_category_in_turn(tmp_path):
+    # the file lists one category after the other (as the synthesized benchmark does): the cap must not keep pcb only
+    rows = [{"file": f"{c}{i}.png", "image": f"V/{c}/{c}{i}.png", "category": c, "questions": ["q"], "answers": ["a"],
+             "kinds": ["low_level"]} for c in ("pcb", "round_part") for i in range(5)]
+    path = tmp_path / "dr.json"
+    path.write_text(json.dumps(rows))
+    kept = [item["file"] for item in R.load_reasoning_items(path, max_items=4)]
+    assert kept == ["pcb0.png", "round_part0.png", "pcb1.png", "round_part1.png"]
+    assert len(R.load_reasoning_items(path, max_items=None)) == len(R.load_reasoning_items(path, max_items=99)) == 10
+
+
 def test_multi_turn_and_metrics(benchmark, fake_predictor, word_overlap):
     workspace, _, dr = benchmark
     items = [R.normalise_reasoning_item(x, i) for i, x in enumerate(dr[:2])]
