@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,11 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """'name=key=value,key=value' -> (name, [key=value, ...])."""
+    """'name=key=value,key=value' -> (name, [key=value, ...]); a comma splits only before the next ``key=`` (a value
+    may be a list: ``thr=model.suspicious_thresholds=[0.25,0.5]``)."""
     name, sep, rest = text.partition("=")
     if not sep or not name or "=" not in rest:
         raise argparse.ArgumentTypeError(f"--variant {text!r}: use NAME=KEY=VALUE[,KEY=VALUE...]")
-    return name, [item for item in rest.split(",") if item]
+    return name, [item for item in re.split(r",(?=[\w.]+=)", rest) if item]
 
 
 def _detection(workspace: Path, params, model_dir: Path, threshold: float) -> dict:

@@ -246,7 +246,9 @@ def word_margins(model: nn.Module, processor: AnomalyOVProcessor, device: torch.
     was_training = model.training
     model.eval()
     margins = {}
-    with torch.no_grad():
+    # on CUDA as in training: bf16 autocast over the checkpoint's 16-bit frozen and float32 trained weights
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.no_grad(), autocast:
         for word in ADVERB_WORDS:
             ids, _ = processor.encode_text_only(conversation, [word], add_generation_prompt=True)
             logits = model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1].float()
@@ -652,7 +654,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm, group_by_length=cfg.group_by_length,
             strategy=cfg.strategy, zero_stage=cfg.zero_stage,
         )
-        if not info.distributed:  # under torchrun the weights may be sharded or wrapped here; the end checks again
+        if not info.distributed:  # under torchrun the weights may be sharded here: the check is single-process
             warmup_margins = word_margins(train_model, processor, device)
             warn_if_word_ignored(warmup_margins, "after the text warm-up")
             tracking.log_metrics({f"text_warmup_word_margin_{word}": m for word, m in warmup_margins.items()})

@@ -19,6 +19,8 @@ def test_a_variant_is_a_name_and_its_overrides() -> None:
     assert seeds.parse_variant("b32=train.instruct.tiny.text_warmup_batch_size=32") == (
         "b32", ["train.instruct.tiny.text_warmup_batch_size=32"])
     assert seeds.parse_variant("two=a.b=1,c.d=x") == ("two", ["a.b=1", "c.d=x"])
+    assert seeds.parse_variant("thr=model.suspicious_thresholds=[0.25,0.5],train.seed=2") == (
+        "thr", ["model.suspicious_thresholds=[0.25,0.5]", "train.seed=2"])
 
 
 @pytest.mark.parametrize("text", ["b32", "=a.b=1", "name=novalue"])
