@@ -183,15 +183,15 @@ class ModelParams(_Section):
     expert: ExpertParams = ExpertParams()
     suspicious_thresholds: tuple[float, float] | None = Field(
         default=None, description="(low, high) of the suspicious-level phrase: 'slightly' below low, 'highly' from "
-        "high, 'moderately' between (low = high: two levels, no 'moderately'); null = the preset's (pretrained: 0.3, "
-        "0.7, the release; tiny: 0.5, 0.5, see anomaly_ov.model.presets.TINY_SUSPICIOUS_THRESHOLDS)")
+        "high, 'moderately' between; null = the preset's (pretrained: 0.3, 0.7, the release; tiny: see "
+        "anomaly_ov.model.presets.TINY_SUSPICIOUS_THRESHOLDS)")
 
     @model_validator(mode="after")
     def _ordered_thresholds(self) -> ModelParams:
         if self.suspicious_thresholds is not None:
             low, high = self.suspicious_thresholds
-            if not 0.0 < low <= high < 1.0:
-                raise ValueError(f"model.suspicious_thresholds must be two scores with 0 < low <= high < 1, got "
+            if not 0.0 < low < high < 1.0:
+                raise ValueError(f"model.suspicious_thresholds must be two scores with 0 < low < high < 1, got "
                                  f"[{low}, {high}]")
         return self
 

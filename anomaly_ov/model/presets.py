@@ -89,13 +89,12 @@ TINY_TEXT: dict[str, Any] = {
 TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor"}
 PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor"}
 #: The suspicious-level phrase's (low, high) per preset family (``params.model.suspicious_thresholds`` overrides).
-#: Pretrained: the release's 0.3 / 0.7. Tiny: two levels split at the expert's own verdict threshold
-#: (``evaluate.threshold``): "slightly" below 0.5, "highly" from 0.5, no "moderately". The tiny LLM learns its Yes / No
-#: from that word (it does not read the anomaly tokens well enough), and a middle word goes to whichever answer its
-#: training images in that band mostly have: with 0.3 / 0.7 the model said "Yes" only from 0.7, with 0.25 / 0.5 from
-#: 0.25; with 0.5 / 0.75 the band 0.5-0.75 drew a weak "Yes" (training records 277 Yes : 169 No) that the visual
-#: phase could overturn. With two levels the word is the verdict.
-TINY_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.5, 0.5)
+#: Pretrained: the release's 0.3 / 0.7. Tiny: "slightly" below 0.5, the expert's own verdict threshold
+#: (``evaluate.threshold``), "highly" from 0.75. The tiny LLM learns its Yes / No from that word alone (it does not
+#: read the anomaly tokens well enough), so the word in the middle goes to whichever answer its training images
+#: in that band mostly have: with 0.3 / 0.7 the model said "Yes" only from 0.7, with 0.25 / 0.5 from 0.25. With the
+#: middle band above the verdict threshold, its Yes / No is the expert's verdict.
+TINY_SUSPICIOUS_THRESHOLDS: tuple[float, float] = (0.5, 0.75)
 PRETRAINED_SUSPICIOUS_THRESHOLDS: tuple[float, float] = RELEASE_SUSPICIOUS_THRESHOLDS
 #: Qwen2 text configs of the released LLaVA-OneVision checkpoints (for the shapes-only models). The vocabularies are
 #: llava-hf's: Qwen2's embedding (151936 / 152064 rows) + <image>/<video>, padded to a multiple of 64.

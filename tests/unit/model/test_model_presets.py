@@ -152,15 +152,15 @@ def test_model_expert_params_are_the_expert_constructor_arguments():
 
 
 def test_suspicious_thresholds_resolve_per_preset_and_refuse_unordered_pairs():
-    """The phrase's (low, high): the release's 0.3 / 0.7 for pretrained presets; the tiny preset's two levels split
-    at the expert's verdict threshold (evaluate.threshold), since its LLM learns Yes / No from the word; an explicit
-    pair wins; an unordered or out-of-range pair is refused with the key named."""
+    """The phrase's (low, high): the release's 0.3 / 0.7 for pretrained presets; below the tiny preset's low is below
+    the expert's verdict threshold (evaluate.threshold), since its LLM learns Yes / No from the word; an explicit pair
+    wins; an unordered or out-of-range pair is refused with the key named."""
     from anomaly_ov.errors import ConfigError
     from anomaly_ov.model.processing import adverb_for_score
 
     tiny = Params()
     assert suspicious_thresholds(tiny) == TINY_SUSPICIOUS_THRESHOLDS
-    assert (tiny.evaluate.threshold, tiny.evaluate.threshold) == TINY_SUSPICIOUS_THRESHOLDS
+    assert TINY_SUSPICIOUS_THRESHOLDS[0] == tiny.evaluate.threshold
     assert suspicious_thresholds(Params(model={"preset": "llava-onevision-7b"})) == (0.3, 0.7)
     explicit = Params(model={"suspicious_thresholds": [0.2, 0.6]})
     assert suspicious_thresholds(explicit) == (0.2, 0.6)
@@ -169,14 +169,8 @@ def test_suspicious_thresholds_resolve_per_preset_and_refuse_unordered_pairs():
         model = build_shapes_only("llava-onevision-0.5b", explicit, text_overrides={"num_hidden_layers": 1})
     assert model.config.suspicious_thresholds == [0.2, 0.6]
     assert model.adverb_index(torch.tensor([0.1, 0.2, 0.59, 0.6])).tolist() == [0, 1, 1, 2]
-    assert [adverb_for_score(s, (0.5, 0.75)) for s in (0.49, 0.5, 0.75)] == ["slightly", "moderately", "highly"]
-    # the tiny preset's two levels: the word is the expert's verdict, the model's index and the processor's word agree
-    assert [adverb_for_score(s, TINY_SUSPICIOUS_THRESHOLDS) for s in (0.0, 0.4999, 0.5, 0.99)] == [
-        "slightly", "slightly", "highly", "highly"]
-    two_levels = Params(model={"suspicious_thresholds": [0.5, 0.5]})
-    with torch.device("meta"):
-        model = build_shapes_only("llava-onevision-0.5b", two_levels, text_overrides={"num_hidden_layers": 1})
-    assert model.adverb_index(torch.tensor([0.0, 0.4999, 0.5, 0.99])).tolist() == [0, 0, 2, 2]
+    assert [adverb_for_score(s, TINY_SUSPICIOUS_THRESHOLDS) for s in (0.49, 0.5, 0.75)] == [
+        "slightly", "moderately", "highly"]
     for bad in ([0.7, 0.3], [0.0, 0.5], [0.5, 1.0]):
         with pytest.raises((ConfigError, ValueError), match="suspicious_thresholds"):
             Params.model_validate({"model": {"suspicious_thresholds": bad}})
