@@ -2,7 +2,9 @@
 
 For each recipe variant and seed, the script runs the real ``train_instruct`` stage on the workspace's stage-1 expert
 (``models/expert``) and instruction data, with ``train.seed`` set to the seed (it draws stage 2's records and orders
-its batches), tracking off and every output in a temporary folder, so the workspace is left as it was. Then it asks
+its batches), tracking off, in a scratch workspace that links the workspace's ``data`` and ``models`` and writes
+every output (the model, the report, the stage's plots) to a temporary folder, so the workspace and its DVC state
+are left as they were. Then it asks
 the detection question about every image of the benchmark (``instruct.bench_dir``'s test_data.json: the zero-shot
 evaluation categories) and prints, per run: the Yes-minus-No logit per expert word after the text warm-up and at the
 end (``anomaly_ov.train.instruct.word_margins``), the answers (Yes / No / neither), the detection macro F1 against
@@ -80,7 +82,8 @@ def _detection(workspace: Path, params, model_dir: Path, threshold: float) -> di
 
 
 def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads: int, threshold: float) -> dict:
-    """Stage 2 with ``train.seed=seed`` and ``overrides``, outputs in a temporary folder; then :func:`_detection`."""
+    """Stage 2 with ``train.seed=seed`` and ``overrides`` in a scratch workspace (``data`` and ``models`` linked to
+    ``workspace``'s, everything it writes in a temporary folder); then :func:`_detection`."""
     import torch
 
     from anomaly_ov.config import load_params
@@ -90,14 +93,18 @@ def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"stage2_{name}_{seed}_") as tmp:
         out = Path(tmp)
+        scratch = out / "workspace"  # the stage also writes its DVC plots under reports/: not the real workspace's
+        scratch.mkdir()
+        for shared in ("data", "models"):
+            (scratch / shared).symlink_to(workspace / shared, target_is_directory=True)
         params = load_params(workspace / "params.yaml", [
             "tracking.enabled=false", f"train.seed={seed}", f"train.instruct.output_dir={out / 'model'}",
             f"train.instruct.report={out / 'train_instruct.json'}", f"train.instruct.checkpoint_dir={out / 'ckpt'}",
             *overrides,
         ])
-        implementation("train_instruct")(params, workspace)
+        implementation("train_instruct")(params, scratch)
         report = json.loads((out / "train_instruct.json").read_text())
-        result = _detection(workspace, params, out / "model", threshold)
+        result = _detection(scratch, params, out / "model", threshold)
     return {"variant": name, "seed": seed, **result,
             "warmup_word_margins": report.get("text_warmup", {}).get("word_margins"),
             "seconds": round(time.perf_counter() - started, 1)}
