@@ -6,7 +6,8 @@ zero-shot evaluation categories, and compares each answer with the label and wit
 score >= ``--threshold``). A model that ignores the
 expert answers the same word to every image; one that follows it agrees with the expert far above chance.
 It also asks the unseen training-category images for a description and counts how often it names the image's
-own object (the first category word it uses) and, for anomalous images, the defect type; a linear probe on the
+own object (the first category word it uses) and, for anomalous images, the defect type, and how often it claims a
+defect at all (for anomalous and normal images, and in agreement with the expert's verdict); a linear probe on the
 frozen tower's features says how much of the object the LLM could know.
 
     python benchmarks/stage2_detection_probe.py [--workspace .] [--per-label 30] [--threshold 0.5] [--threads 2]
@@ -85,7 +86,8 @@ def probe(workspace: Path, per_label: int, threshold: float, seed: int = 0) -> d
                                   max_new_tokens=40, batch_size=8)
     out["descriptions_of_unseen_training_images"] = _grounding(
         [p.answer or "" for p in described], list(rows["category"]), list(rows["defect_type"]),
-        list(rows["label"] == "anomaly"), sorted(manifest.loc[manifest["role"] == "train", "category"].unique()))
+        list(rows["label"] == "anomaly"), sorted(manifest.loc[manifest["role"] == "train", "category"].unique()),
+        [p.score >= threshold for p in described])
     out["descriptions_of_unseen_training_images"]["tower_category_linear_probe"] = _tower_probe(
         model, processor, [workspace / p for p in rows["image"]], list(rows["category"]))
     return out
@@ -128,10 +130,26 @@ def _words(name: str, kind: str = "category") -> set[str]:
     return words
 
 
+#: how the instruction data's answers about a normal image say so (``anomaly_ov.instruct.answers``)
+NO_DEFECT_PHRASES = ("no defect", "no visible defect", "looks normal", "no anomaly", "is normal", "nothing is wrong",
+                     "no abnormality", "no part of", "not damaged", "no area is anomalous", "appears normal")
+
+
+def says_defective(answer: str) -> bool:
+    """Whether a description claims a defect: it does not say, in the training answers' words, that there is none."""
+    return not any(phrase in answer.lower() for phrase in NO_DEFECT_PHRASES)
+
+
+def _share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 3) if flags else None
+
+
 def _grounding(answers: list[str], categories: list[str], defects: list[str], anomalous: list[bool],
-               all_categories: list[str]) -> dict:
+               all_categories: list[str], expert: list[bool] | None = None) -> dict:
     """Does a description name the image's own object (the first category it mentions) and, for an anomalous
-    image, its defect type? Chance for the object is one over the number of training categories."""
+    image, its defect type? Chance for the object is one over the number of training categories. Also: how often it
+    claims a defect for the anomalous and the normal images, and (given the expert's verdicts) how often that claim
+    is the expert's verdict, as the Yes / No answer's agreement is."""
 
     def first_named(answer: str) -> str | None:
         hits = [(min(answer.find(w) for w in _words(c) if w in answer), c) for c in all_categories
@@ -148,6 +166,13 @@ def _grounding(answers: list[str], categories: list[str], defects: list[str], an
         "names_an_object": round(sum(n is not None for n in named) / len(answers), 3),
         "object_chance": round(1 / max(len(all_categories), 1), 3),
         "names_its_defect_type": round(sum(with_defect) / max(len(with_defect), 1), 3),
+        "anomalous_described_as_defective": _share([says_defective(a) for a, bad in zip(answers, anomalous,
+                                                                                        strict=True) if bad]),
+        "normal_described_as_defective": _share([says_defective(a) for a, bad in zip(answers, anomalous,
+                                                                                     strict=True) if not bad]),
+        **({"description_agrees_with_expert": _share([says_defective(a) == e for a, e in zip(answers, expert,
+                                                                                             strict=True)])}
+           if expert is not None else {}),
         "examples": {("anomaly" if bad else "normal"): a for a, bad in zip(answers, anomalous, strict=True)},
     }
 
