@@ -128,15 +128,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be at least 1")
     workspace = args.workspace.resolve()
     missing = [p for p in ("params.yaml", "models/expert", "data/instruct/train.json") if not (workspace / p).exists()]
     if missing:
         raise SystemExit(f"{workspace} lacks {', '.join(missing)}: run `make pipeline` there first (or the stages up "
                          "to train_expert)")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    if not seeds:
+        parser.error("--seeds names no seed")
     variants = [("default", []), *args.variant]
     runs = [(name, seed, [*args.overrides, *sets]) for name, sets in variants for seed in seeds]
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(runs)), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_one, workspace, name, seed, sets, args.threads, args.threshold)
                    for name, seed, sets in runs]
         for done in as_completed(futures):  # one line per finished run, so a cut-short sweep still reports

@@ -34,3 +34,21 @@ def test_a_workspace_without_stage_1_says_what_to_run(tmp_path: Path, monkeypatc
     monkeypatch.setattr(sys, "argv", ["stage2_seeds.py", "--workspace", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"lacks models/expert, data/instruct/train.json: run `make pipeline`"):
         seeds.main()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--jobs", "0"], "--jobs and --threads must be at least 1"),
+    (["--seeds", "0,one"], "give comma-separated integers"),
+    (["--seeds", ","], "names no seed"),
+])
+def test_bad_command_lines_are_refused_with_what_to_give(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture, args: list[str],
+                                                         message: str) -> None:
+    for needed in ("models/expert", "data/instruct"):
+        (tmp_path / needed).mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / "data/instruct/train.json").write_text("[]")
+    monkeypatch.setattr(sys, "argv", ["stage2_seeds.py", "--workspace", str(tmp_path), *args])
+    with pytest.raises(SystemExit):
+        seeds.main()
+    assert message in capsys.readouterr().err

@@ -340,3 +340,25 @@ def test_stage2_loss_on_the_bf16_real_layout_under_cuda_like_autocast(
     assert torch.isfinite(loss)
     assert model.anomaly_expert.positive_embedding.dtype == torch.bfloat16
     assert model.model.multi_modal_projector.linear_1.weight.grad is not None
+
+
+def test_word_margins_compare_the_answer_tokens_qwen2_learns(llava_checkpoint: Path) -> None:
+    """``word_margins`` reads the logits of "Yes" and "No" as one token each; with Qwen2's real tokenizer those are the
+    first answer tokens stage 2's labels hold for a "Yes" / "No" answer, and the hub-layout model gives a finite
+    margin per word (text only, no image)."""
+    from anomaly_ov.model.presets import build_model, build_processor
+    from anomaly_ov.model.processing import DETECTION_PROMPT
+    from anomaly_ov.model.tokenizer import ADVERB_WORDS
+    from anomaly_ov.train import instruct as stage2
+
+    params = pretrained_params(llava_checkpoint)
+    processor = build_processor(params)
+    for answer in ("Yes", "No"):
+        ids = processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        conv = [{"from": "human", "value": f"<image>\n{DETECTION_PROMPT}"}, {"from": "gpt", "value": answer}]
+        _, labels = processor.encode_text_only(conv, ["highly"], add_generation_prompt=False)
+        assert ids == [next(t for t in labels if t != -100)], f"{answer!r} is not one answer token for Qwen2"
+    model = build_model(params, tokenizer=processor.tokenizer)
+    margins = stage2.word_margins(model, processor, torch.device("cpu"))
+    assert list(margins) == list(ADVERB_WORDS)
+    assert all(torch.isfinite(torch.tensor(m)) for m in margins.values())
