@@ -25,3 +25,20 @@ def test_description_claims_are_counted_per_label_and_against_the_expert() -> No
     assert out["anomalous_described_as_defective"] == 0.5
     assert out["normal_described_as_defective"] == 0.5
     assert out["description_agrees_with_expert"] == 0.75
+
+
+def test_every_normal_description_the_instruction_data_writes_reads_as_no_defect() -> None:
+    """The phrases follow ``anomaly_ov.instruct.answers``: its normal description (what the probe's describe prompt
+    trains on) never reads as a defect claim, for every industrial category and many draws."""
+    import random
+
+    from anomaly_ov.instruct.answers import Subject, normal_low_level
+    from anomaly_ov.instruct.knowledge import load_knowledge
+
+    knowledge = load_knowledge()
+    for name in ("nut", "pcb", "fabric", "dice", "bottle"):
+        subject = Subject(label="normal", category=knowledge.category("industrial", name), defect=None, facts=None)
+        rng = random.Random(0)
+        for _ in range(40):
+            answer = normal_low_level(rng, subject, "describe")
+            assert not probe.says_defective(answer), answer
