@@ -130,13 +130,20 @@ def _words(name: str, kind: str = "category") -> set[str]:
     return words
 
 
-#: how the instruction data's answers about a normal image say so (``anomaly_ov.instruct.answers``)
+#: how the instruction data's answers about a normal image say so (``anomaly_ov.instruct.answers``); they also open
+#: with one of its ``NORMAL_OPENERS`` ("No defect is visible. ...", "Nothing is wrong with ...")
 NO_DEFECT_PHRASES = ("no defect", "no visible defect", "looks normal", "no anomaly", "is normal", "nothing is wrong",
                      "no abnormality", "no part of", "not damaged", "no area is anomalous", "appears normal")
 
 
 def says_defective(answer: str) -> bool:
-    """Whether a description claims a defect: it does not say, in the training answers' words, that there is none."""
+    """Whether a description claims a defect: it neither opens with a verdict of none nor says, in the training
+    answers' words, that there is none."""
+    from anomaly_ov.instruct.answers import NORMAL_OPENERS
+
+    words = answer.split()
+    if words and words[0].strip(".,:;!") in NORMAL_OPENERS:
+        return False
     return not any(phrase in answer.lower() for phrase in NO_DEFECT_PHRASES)
 
 

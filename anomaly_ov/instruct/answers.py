@@ -273,38 +273,47 @@ def _normal_sentence(rng: random.Random, subject: Subject) -> str:
     ))
 
 
+#: the words a normal image's answers open with: their verdict comes first. No answer about an anomalous image opens
+#: with one, so an answer's first word decides what it claims, and the tiny LLM learns that word from the expert's
+#: phrase as it learns the one-word "No". When normal descriptions opened with "The image shows ..." and anomalous
+#: ones with "The <object> has ..." or "There is ...", greedy decoding described every image as normal
+#: (docs/model.md, 'Answers open with their verdict').
+NORMAL_OPENERS = ("No", "Nothing", "None", "Nowhere", "Zero")
+
+
 def normal_low_level(rng: random.Random, subject: Subject, sub: str) -> str:
-    """Answer for a normal image: no defect claims, a description of the normal object."""
+    """Answer for a normal image: the verdict first (a :data:`NORMAL_OPENERS` word), then the normal object."""
     obj = subject.category.noun
-    none = _pick(rng, (
-        "No defect is visible.",
-        f"The {obj} looks normal, with no visible defect.",
-        "There is no anomaly.",
-        f"Nothing is wrong with the {obj}.",
-    ))
     if sub == "where":
-        return _pick(rng, (f"There is no defect on the {obj}.", "Nowhere: the image shows no anomaly.",
+        return _pick(rng, ("Nowhere: the image shows no anomaly.", f"Nowhere: there is no defect on the {obj}.",
                            f"No part of the {obj} is damaged.")) + " " + _normal_sentence(rng, subject)
     if sub == "size":
-        return _pick(rng, ("There is no defect, so nothing is affected.", f"None of the {obj} is affected.",
+        return _pick(rng, ("Nothing is affected: there is no defect.", f"None of the {obj} is affected.",
                            "No area is anomalous."))
     if sub == "explain":
         lead = _pick(rng, ("No.", "No, there is no defect.", "No, it looks normal."))
         return f"{lead} {_normal_sentence(rng, subject)}"
     if sub == "count":
-        return _pick(rng, ("There are no defective regions.", "Zero: no defect is visible.",
-                           f"I count no defects on the {obj}."))
-    return f"{_normal_sentence(rng, subject)} {none}"
+        return _pick(rng, ("None: there are no defective regions.", "Zero: no defect is visible.",
+                           f"No defects: I count none on the {obj}."))
+    verdict = _pick(rng, (
+        "No defect is visible.",
+        f"No defect: the {obj} looks normal.",
+        "No anomaly is visible.",
+        f"Nothing is wrong with the {obj}.",
+    ))
+    return f"{verdict} {_normal_sentence(rng, subject)}"
 
 
 def normal_complex(rng: random.Random, subject: Subject, sub: str) -> str:
+    """Answer to a cause / impact / prevention question about a normal image: the verdict first, as above."""
     obj = subject.category.noun
     if sub == "cause":
-        return _pick(rng, (f"There is no defect to explain: the {obj} looks normal.",
+        return _pick(rng, (f"No defect to explain: the {obj} looks normal.",
                            f"Nothing needs explaining; the {obj} shows no anomaly."))
     if sub == "impact":
         return _pick(rng, (f"None: the {obj} appears normal and fit for use.",
-                           f"The {obj} shows no defect, so there is no impact."))
+                           f"No impact: the {obj} shows no defect."))
     return _pick(rng, ("No action is needed; keep the current process and routine inspection.",
                        f"Nothing needs fixing: the {obj} is normal."))
 

@@ -27,18 +27,30 @@ def test_description_claims_are_counted_per_label_and_against_the_expert() -> No
     assert out["description_agrees_with_expert"] == 0.75
 
 
-def test_every_normal_description_the_instruction_data_writes_reads_as_no_defect() -> None:
-    """The phrases follow ``anomaly_ov.instruct.answers``: its normal description (what the probe's describe prompt
-    trains on) never reads as a defect claim, for every industrial category and many draws."""
+def test_every_normal_answer_the_instruction_data_writes_reads_as_no_defect() -> None:
+    """The probe follows ``anomaly_ov.instruct.answers``: no answer it writes about a normal image (the describe
+    prompt's and every other low-level one) reads as a defect claim, for every industrial category and many
+    draws, and its anomalous descriptions all do."""
     import random
 
-    from anomaly_ov.instruct.answers import Subject, normal_low_level
+    import numpy as np
+
+    from anomaly_ov.instruct.answers import LOW_LEVEL_QUESTIONS, Subject, anomaly_describe, normal_low_level
     from anomaly_ov.instruct.knowledge import load_knowledge
+    from anomaly_ov.instruct.regions import region_facts
 
     knowledge = load_knowledge()
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[4:9, 20:26] = True
     for name in ("nut", "pcb", "fabric", "dice", "bottle"):
-        subject = Subject(label="normal", category=knowledge.category("industrial", name), defect=None, facts=None)
+        category = knowledge.category("industrial", name)
+        normal = Subject(label="normal", category=category, defect=None, facts=None)
+        anomalous = Subject(label="anomaly", category=category, defect=knowledge.defect("industrial", "scratch"),
+                            facts=region_facts(mask))
         rng = random.Random(0)
         for _ in range(40):
-            answer = normal_low_level(rng, subject, "describe")
-            assert not probe.says_defective(answer), answer
+            for sub in LOW_LEVEL_QUESTIONS:
+                answer = normal_low_level(rng, normal, sub)
+                assert not probe.says_defective(answer), answer
+            answer = anomaly_describe(rng, anomalous)
+            assert probe.says_defective(answer), answer
