@@ -11,9 +11,13 @@ end (``anomaly_ov.train.instruct.word_margins``), the answers (Yes / No / neithe
 the labels and the agreement with the expert's verdict (score >= ``--threshold``). A run whose LLM ignores the
 expert's word answers the same to every image: F1 0 (all "No") or about 0.44 (all "Yes"). The margins at the end are
 text-only too, so they say whether the LLM still reads the word without the image, not how it answers with it.
+With ``--reasoning`` each run also answers the benchmark's reasoning items as the ``evaluate`` stage does (its
+``evaluate.max_reasoning_items``, Sentence-BERT and ROUGE-L) and describes every benchmark image (the probe's
+describe prompt), printing how often the description claims a defect when the expert's verdict is "anomalous"
+and when it is not (``benchmarks/stage2_detection_probe.py``'s reading); about 40 s more per run.
 
     .venv/bin/python benchmarks/stage2_seeds.py [--workspace .] [--seeds 0,1,2] [--jobs 1] [--threads 2]
-        [--variant NAME=KEY=VALUE[,KEY=VALUE...] ...] [--set KEY=VALUE ...]
+        [--variant NAME=KEY=VALUE[,KEY=VALUE...] ...] [--set KEY=VALUE ...] [--reasoning]
 
 The workspace needs what stage 2 reads: run ``make pipeline`` first (or the stages up to ``train_expert``). About 3
 minutes per run on 2 CPU threads; ``--jobs`` runs several at once (each with ``--threads``). ``--variant`` adds a
@@ -81,9 +85,50 @@ def _detection(workspace: Path, params, model_dir: Path, threshold: float) -> di
     }
 
 
-def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads: int, threshold: float) -> dict:
+def _says_defective():
+    """The probe's reading of a description (one definition, in benchmarks/stage2_detection_probe.py)."""
+    import importlib.util
+
+    path = REPO / "benchmarks/stage2_detection_probe.py"
+    spec = importlib.util.spec_from_file_location("stage2_detection_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.says_defective
+
+
+def _reasoning(workspace: Path, params, model_dir: Path, threshold: float) -> dict:
+    """The benchmark's reasoning scores (the ``evaluate`` stage's items, cap and scores) and how the descriptions of
+    the benchmark's images follow the expert's verdict."""
+    from anomaly_ov.evaluate.reasoning import load_reasoning_items, reasoning_metrics, run_reasoning
+    from anomaly_ov.model.predict import Predictor
+    from anomaly_ov.model.presets import load_pretrained
+    from anomaly_ov.paths import in_workspace
+    from anomaly_ov.train.instruct import DESCRIBE_PROMPT
+
+    bench = in_workspace(workspace, params.instruct.bench_dir)
+    model, processor = load_pretrained(model_dir)
+    predictor = Predictor(model.eval(), processor)
+    items = load_reasoning_items(bench / "visa_dr.json", params.evaluate.max_reasoning_items, workspace)
+    overall, _ = reasoning_metrics(run_reasoning(predictor, items, params.evaluate, workspace))
+    images = json.loads((bench / "test_data.json").read_text())
+    described = predictor.predict([str(workspace / it["file"]) for it in images], question=DESCRIBE_PROMPT,
+                                  generate=True, max_new_tokens=40, threshold=threshold)
+    says = _says_defective()
+    claims = [(says(p.answer or ""), p.score >= threshold) for p in described]
+
+    def share(flags: list[bool]) -> float | None:
+        return round(sum(flags) / len(flags), 3) if flags else None
+
+    return {"sbert_low": overall["low_level"]["sbert"], "rouge_low": overall["low_level"]["rouge_l"],
+            "sbert_complex": overall["complex"]["sbert"],
+            "claims_when_expert_anomalous": share([c for c, e in claims if e]),
+            "claims_when_expert_normal": share([c for c, e in claims if not e])}
+
+
+def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads: int, threshold: float,
+            reasoning: bool = False) -> dict:
     """Stage 2 with ``train.seed=seed`` and ``overrides`` in a scratch workspace (``data`` and ``models`` linked to
-    ``workspace``'s, everything it writes in a temporary folder); then :func:`_detection`."""
+    ``workspace``'s, everything it writes in a temporary folder); then :func:`_detection` (and :func:`_reasoning`)."""
     import torch
 
     from anomaly_ov.config import load_params
@@ -105,6 +150,8 @@ def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads
         implementation("train_instruct")(params, scratch)
         report = json.loads((out / "train_instruct.json").read_text())
         result = _detection(scratch, params, out / "model", threshold)
+        if reasoning:
+            result |= _reasoning(scratch, params, out / "model", threshold)
     return {"variant": name, "seed": seed, **result,
             "warmup_word_margins": report.get("text_warmup", {}).get("word_margins"),
             "seconds": round(time.perf_counter() - started, 1)}
@@ -125,6 +172,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     parser.add_argument("--threshold", type=float, default=0.5, help="the expert's verdict threshold (default 0.5)")
+    parser.add_argument("--reasoning", action="store_true",
+                        help="also score the benchmark's reasoning items and read the descriptions (about 40 s a run)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -144,7 +193,7 @@ def main() -> None:
     variants = [("default", []), *args.variant]
     runs = [(name, seed, [*args.overrides, *sets]) for name, sets in variants for seed in seeds]
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(runs)), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, workspace, name, seed, sets, args.threads, args.threshold)
+        futures = [pool.submit(run_one, workspace, name, seed, sets, args.threads, args.threshold, args.reasoning)
                    for name, seed, sets in runs]
         for done in as_completed(futures):  # one line per finished run, so a cut-short sweep still reports
             r = done.result()
@@ -160,6 +209,13 @@ def main() -> None:
               f"{_margins(r['word_margins']):>20}  {r['yes']:>4}/{r['no']}/{other:<3}  {r['macro_f1']:>5.3f}  "
               f"{r['expert_macro_f1']:>9.3f}  {r['agreement_with_expert']:>9.3f}  {r['seconds']:>5.0f}")
     print("margins: Yes-minus-No logit for 'slightly' / 'moderately' / 'highly' (text only)")
+    if args.reasoning:
+        print(f"\n{'variant':<12} {'seed':>4}  {'SBERT low':>9}  {'ROUGE-L low':>11}  {'SBERT complex':>13}  "
+              f"{'claims a defect: expert anomalous / normal':>43}")
+        for r in results:
+            print(f"{r['variant']:<12} {r['seed']:>4}  {r['sbert_low']:>9.3f}  {r['rouge_low']:>11.3f}  "
+                  f"{r['sbert_complex']:>13.3f}  {r['claims_when_expert_anomalous']!s:>21} / "
+                  f"{r['claims_when_expert_normal']!s:<19}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

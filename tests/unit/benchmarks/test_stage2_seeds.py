@@ -52,3 +52,47 @@ def test_bad_command_lines_are_refused_with_what_to_give(tmp_path: Path, monkeyp
     with pytest.raises(SystemExit):
         seeds.main()
     assert message in capsys.readouterr().err
+
+
+def test_reasoning_scores_the_benchmark_and_reads_the_descriptions(tmp_path: Path) -> None:
+    """``--reasoning`` on a tiny random model: the evaluate stage's reasoning scores and the describe claims, split by
+    the expert's verdict, come back for every benchmark image."""
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from anomaly_ov.config import load_params
+    from anomaly_ov.model.presets import build_model, build_processor, save_pretrained
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    params = load_params(None, ["evaluate.reasoning_max_new_tokens=6", "evaluate.device=cpu"])
+    test, reasoning = [], []
+    for i in range(4):
+        rel = f"data/raw/pcb/{i}.png"
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / rel)
+        test.append({"image": f"Synth/pcb/{i}.png", "anomaly": i >= 2, "file": rel, "category": "pcb"})
+        if i >= 2:
+            reasoning.append({"image": f"Synth/pcb/{i}.png", "file": rel, "category": "pcb", "defect_type": "stain",
+                              "questions": ["What is the defect?", "Why might it happen?"],
+                              "answers": ["A bright stain near the top.", "Contamination during handling."],
+                              "kinds": ["low_level", "complex"]})
+    bench = tmp_path / params.instruct.bench_dir
+    bench.mkdir(parents=True)
+    (bench / "test_data.json").write_text(json.dumps(test))
+    (bench / "visa_dr.json").write_text(json.dumps(reasoning))
+    tokenizer = train_tokenizer(["Yes, there is a defect.", "No defect is visible."] * 4)
+    model_dir = tmp_path / "model"
+    save_pretrained(build_model(params, tokenizer), build_processor(params, tokenizer), model_dir)
+
+    out = seeds._reasoning(tmp_path, params, model_dir, threshold=0.5)
+
+    for key in ("sbert_low", "rouge_low", "sbert_complex"):
+        assert -1.0 <= out[key] <= 1.0, key
+    shares = [out["claims_when_expert_anomalous"], out["claims_when_expert_normal"]]
+    assert any(s is not None for s in shares)  # 4 images, each on one side of the threshold
+    assert all(s is None or 0.0 <= s <= 1.0 for s in shares)
