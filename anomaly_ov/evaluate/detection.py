@@ -19,6 +19,7 @@ import numpy as np
 
 from anomaly_ov.errors import InputError
 from anomaly_ov.evaluate import metrics as M
+from anomaly_ov.model.tokenizer import DETECTION_PROMPT
 from anomaly_ov.paths import in_workspace
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from anomaly_ov.config import EvaluateParams
     from anomaly_ov.parallel import FanOut
 
-DETECTION_PROMPT = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
 REQUIRED_TEST_KEYS = ("anomaly",)
 KINDS = ("TP", "FP", "FN")
 

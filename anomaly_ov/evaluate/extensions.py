@@ -249,7 +249,8 @@ def object_level(predictor: PredictorLike, view_items: list[dict[str, Any]], par
 
     ``known_scores`` (file -> score, from the view-level evaluation) saves scoring the views a second time.
     """
-    from anomaly_ov.evaluate.detection import DETECTION_PROMPT, load_image, parse_yes_no
+    from anomaly_ov.evaluate.detection import load_image, parse_yes_no
+    from anomaly_ov.model.tokenizer import DETECTION_PROMPT
 
     cfg = params.evaluate
     known_scores = known_scores or {}

@@ -15,17 +15,16 @@ from dataclasses import dataclass
 
 from anomaly_ov.instruct.knowledge import CategoryInfo, DefectInfo
 from anomaly_ov.instruct.regions import MaskFacts, Region, count_word, with_preposition
+from anomaly_ov.model.tokenizer import DETECTION_PROMPT
 
 DETECTION = "detection"
 LOW_LEVEL = "low_level"
 COMPLEX = "complex"
 KINDS = (DETECTION, LOW_LEVEL, COMPLEX)
 
-#: the VisA-D&R detection prompt (docs/model.md, 'The VisA-D&R protocol'); always one of the detection phrasings.
-CANONICAL_DETECTION = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
-
+#: the detection phrasings; the VisA-D&R prompt is always one of them
 DETECTION_QUESTIONS: tuple[str, ...] = (
-    CANONICAL_DETECTION,
+    DETECTION_PROMPT,
     "Is there any anomaly in this image? Please reply with 'Yes' or 'No'.",
     "Does this {object} have a defect? Answer Yes or No.",
     "Is the {object} in the image defective? Reply with Yes or No.",
@@ -206,7 +205,7 @@ _MEDICAL_WORDS = (
 def medical_wording(text: str, subject: Subject) -> str:
     """Industrial words -> clinical ones for medical subjects ("defect" -> "abnormality", "on the scan" -> "in
     the scan"); the canonical VisA-D&R detection prompt is never changed."""
-    if subject.domain != "medical" or CANONICAL_DETECTION in text:
+    if subject.domain != "medical" or DETECTION_PROMPT in text:
         return text
     for pattern, word in _MEDICAL_WORDS:
         text = pattern.sub(word, text)
@@ -242,7 +241,7 @@ CANONICAL_SHARE = 0.25
 def detection_question(rng: random.Random, subject: Subject) -> str:
     """A detection question; the canonical VisA-D&R prompt a quarter of the time, else one of the phrasings."""
     if rng.random() < CANONICAL_SHARE:
-        return CANONICAL_DETECTION
+        return DETECTION_PROMPT
     options = DETECTION_QUESTIONS
     if subject.domain == "medical":
         options = tuple(q for q in DETECTION_QUESTIONS if not any(word in q for word in _INDUSTRIAL_ONLY))

@@ -12,7 +12,7 @@ exactly this schema.
      "mask":     "<workspace-relative mask path>" or "",
      "category": "<category>"}
 
-Ask each image :data:`DETECTION_PROMPT` ("<image>\\n" + the canonical VisA-D&R question), decode greedily, and
+Ask each image the VisA-D&R question (``anomaly_ov.model.tokenizer.DETECTION_PROMPT``), decode greedily, and
 count a response as positive when it contains "Yes" or "yes".
 
 ``visa_dr.json`` (reasoning; anomalous images only): a JSON list of::
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 TEST_DATA = "test_data.json"
 VISA_DR = "visa_dr.json"
-DETECTION_PROMPT = f"<image>\n{A.CANONICAL_DETECTION}"
 
 #: (kind, sub-kind, question template) in the order they are asked; {object} is the category noun.
 BENCH_QUESTIONS: tuple[tuple[str, str, str], ...] = (

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_ov.model.processing import DETECTION_PROMPT, load_image
-from anomaly_ov.model.tokenizer import IMAGE_TOKEN
+from anomaly_ov.model.processing import load_image
+from anomaly_ov.model.tokenizer import DETECTION_PROMPT, IMAGE_TOKEN
 
 
 @dataclass

@@ -57,7 +57,6 @@ from anomaly_ov.model.tokenizer import (
 SYSTEM_PROMPT = "You are a helpful assistant."
 PHRASE_PREFIX = "with"
 PHRASE_SUFFIX = " suspicious features: "
-DETECTION_PROMPT = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "anomaly_ov_processor.json"
 

@@ -41,10 +41,15 @@ ADVERB_WORDS = ("slightly", "moderately", "highly")
 #: ``anomaly_ov.model.presets.suspicious_thresholds``)
 RELEASE_SUSPICIOUS_THRESHOLDS = (0.3, 0.7)
 
+#: the VisA-D&R detection prompt (docs/model.md, 'The VisA-D&R protocol'): evaluation and `predict` ask it, the
+#: instruction data trains on it as one of its detection phrasings. Declared here, the lightest module every user
+#: already imports.
+DETECTION_PROMPT = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
+
 #: A small built-in corpus so a tokenizer exists before any instruction data (tests, shapes-only models).
 BASE_CORPUS = [
     "You are a helpful assistant.",
-    "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'.",
+    DETECTION_PROMPT,
     "Yes", "No", "Yes.", "No.",
     "Is there any anomaly in the image? Describe the defect, where it is, how big it is and how many there are.",
     "What is the likely cause of this defect? What could its impact be, and how could it be prevented?",

@@ -238,8 +238,7 @@ def word_margins(model: nn.Module, processor: AnomalyOVProcessor, device: torch.
     (``benchmarks/stage2_seeds.py``). The first token of each answer is compared (one token for the tiny tokenizer
     and for Qwen2's).
     """
-    from anomaly_ov.model.processing import DETECTION_PROMPT
-    from anomaly_ov.model.tokenizer import ADVERB_WORDS, IMAGE_TOKEN
+    from anomaly_ov.model.tokenizer import ADVERB_WORDS, DETECTION_PROMPT, IMAGE_TOKEN
 
     yes, no = (processor.tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
     conversation = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{DETECTION_PROMPT}"}]

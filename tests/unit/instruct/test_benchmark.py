@@ -7,7 +7,6 @@ import json
 from anomaly_ov.instruct import answers as A
 from anomaly_ov.instruct.benchmark import (
     BENCH_QUESTIONS,
-    DETECTION_PROMPT,
     TEST_DATA,
     VISA_DR,
     bench_image_key,
@@ -24,7 +23,6 @@ def test_image_key_class_is_second_component():
     assert key == "VisA/pcb1/Data/Images/Anomaly/000.JPG"
     assert bench_image_key("mine", "tile", "x/tile/test/crack/1.png") == "mine/tile/test/crack/1.png"
     assert bench_image_key("mine", "tile", "img/1.png") == "mine/tile/img/1.png"
-    assert DETECTION_PROMPT.startswith("<image>\n") and A.CANONICAL_DETECTION in DETECTION_PROMPT
 
 
 def test_files_match_schema_and_masks(workspace):

@@ -11,6 +11,7 @@ from anomaly_ov.data.manifest import resolve
 from anomaly_ov.instruct import answers as A
 from anomaly_ov.instruct.regions import LOCATIONS, count_word, facts_from_files, with_preposition
 from anomaly_ov.instruct.synthesize import collect_subjects, summarize_records, synthesize_records
+from anomaly_ov.model.tokenizer import DETECTION_PROMPT
 
 PHRASES = {with_preposition(loc): loc for loc in LOCATIONS}
 SUB_OF_QUESTION = {q: sub for sub, qs in A.LOW_LEVEL_QUESTIONS.items() for q in qs}
@@ -65,9 +66,9 @@ def test_detection_answers_exact_balanced_and_canonical(records):
         assert answer == ("Yes" if label == "anomaly" else "No")
     yes = sum(a == "Yes" for a, _ in answers)
     assert yes == len(answers) - yes
-    assert A.CANONICAL_DETECTION in A.DETECTION_QUESTIONS
+    assert DETECTION_PROMPT in A.DETECTION_QUESTIONS
     canonical = "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
-    assert canonical == A.CANONICAL_DETECTION
+    assert canonical == DETECTION_PROMPT
 
 
 def test_answers_agree_with_masks(workspace):
@@ -180,7 +181,7 @@ def test_unknown_defect_uses_generic_knowledge_and_medical_wording(workspace):
     texts = [t["value"] for r in records for t in r["conversations"]]
     assert texts
     for text in texts:
-        if A.CANONICAL_DETECTION not in text:
+        if DETECTION_PROMPT not in text:
             assert not re.search(r"\bdefect", text) and "quality inspection" not in text, text
 
 
@@ -225,7 +226,7 @@ def test_canonical_detection_prompt_is_frequent(workspace):
     p = params.model_copy(update={"instruct": params.instruct.model_copy(update={"conversations_per_image": 8})})
     records = synthesize_records(frame[frame.role == "train"], p, ws)
     questions = [q.split("\n")[-1] for r in records for q, _, k in _pairs(r) if k == A.DETECTION]
-    share = questions.count(A.CANONICAL_DETECTION) / len(questions)
+    share = questions.count(DETECTION_PROMPT) / len(questions)
     assert 0.15 < share < 0.45 and len(set(questions)) > 6
 
 

@@ -116,8 +116,7 @@ def test_word_margins_tell_whether_the_answer_follows_the_expert_word(tiny_works
     from functools import partial
 
     from anomaly_ov.data.loaders import collate_instruct
-    from anomaly_ov.model.processing import DETECTION_PROMPT
-    from anomaly_ov.model.tokenizer import ADVERB_WORDS
+    from anomaly_ov.model.tokenizer import ADVERB_WORDS, DETECTION_PROMPT
 
     records = [{"image": rec["image"], "label": rec["label"],
                 "conversations": [{"from": "human", "value": f"<image>\n{DETECTION_PROMPT}"},

@@ -347,8 +347,7 @@ def test_word_margins_compare_the_answer_tokens_qwen2_learns(llava_checkpoint: P
     first answer tokens stage 2's labels hold for a "Yes" / "No" answer, and the hub-layout model gives a finite
     margin per word (text only, no image)."""
     from anomaly_ov.model.presets import build_model, build_processor
-    from anomaly_ov.model.processing import DETECTION_PROMPT
-    from anomaly_ov.model.tokenizer import ADVERB_WORDS
+    from anomaly_ov.model.tokenizer import ADVERB_WORDS, DETECTION_PROMPT
     from anomaly_ov.train import instruct as stage2
 
     params = pretrained_params(llava_checkpoint)
