@@ -157,6 +157,22 @@ def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def reasoning_table(results: list[dict]) -> str:
+    """The ``--reasoning`` figures of each run, one line per run (a score is "-" when the benchmark has no item of its
+    kind, a share "None" when no image fell on that side of the expert's threshold)."""
+    lines = [f"{'variant':<12} {'seed':>4}  {'SBERT low':>9}  {'ROUGE-L low':>11}  {'SBERT complex':>13}  "
+             "claims a defect: expert anomalous / normal"]
+    for r in results:
+        lines.append(f"{r['variant']:<12} {r['seed']:>4}  {_score(r['sbert_low']):>9}  {_score(r['rouge_low']):>11}  "
+                     f"{_score(r['sbert_complex']):>13}  {r['claims_when_expert_anomalous']!s:>21} / "
+                     f"{r['claims_when_expert_normal']!s}")
+    return "\n".join(lines)
+
+
 def _margins(m: dict | None) -> str:
     return " / ".join(f"{v:+.2f}" for v in m.values()) if m else "-"
 
@@ -210,12 +226,7 @@ def main() -> None:
               f"{r['expert_macro_f1']:>9.3f}  {r['agreement_with_expert']:>9.3f}  {r['seconds']:>5.0f}")
     print("margins: Yes-minus-No logit for 'slightly' / 'moderately' / 'highly' (text only)")
     if args.reasoning:
-        print(f"\n{'variant':<12} {'seed':>4}  {'SBERT low':>9}  {'ROUGE-L low':>11}  {'SBERT complex':>13}  "
-              f"{'claims a defect: expert anomalous / normal':>43}")
-        for r in results:
-            print(f"{r['variant']:<12} {r['seed']:>4}  {r['sbert_low']:>9.3f}  {r['rouge_low']:>11.3f}  "
-                  f"{r['sbert_complex']:>13.3f}  {r['claims_when_expert_anomalous']!s:>21} / "
-                  f"{r['claims_when_expert_normal']!s:<19}")
+        print("\n" + reasoning_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -96,3 +96,5 @@ def test_reasoning_scores_the_benchmark_and_reads_the_descriptions(tmp_path: Pat
     shares = [out["claims_when_expert_anomalous"], out["claims_when_expert_normal"]]
     assert any(s is not None for s in shares)  # 4 images, each on one side of the threshold
     assert all(s is None or 0.0 <= s <= 1.0 for s in shares)
+    table = seeds.reasoning_table([{"variant": "default", "seed": 3, **out, "rouge_low": None}])
+    assert table.splitlines()[1].split()[:2] == ["default", "3"] and " - " in table  # a missing score prints "-"
