@@ -139,15 +139,12 @@ NO_DEFECT_PHRASES = ("no defect", "no visible defect", "looks normal", "no anoma
 def says_defective(answer: str) -> bool:
     """Whether a description claims a defect: it neither opens with a verdict of none nor says, in the training
     answers' words, that there is none."""
-    from anomaly_ov.instruct.answers import NORMAL_OPENERS
+    from anomaly_ov.instruct.answers import opens_with_no_defect
 
-    words = answer.split()
-    if words and words[0].strip(".,:;!") in NORMAL_OPENERS:
-        return False
-    return not any(phrase in answer.lower() for phrase in NO_DEFECT_PHRASES)
+    return not opens_with_no_defect(answer) and not any(phrase in answer.lower() for phrase in NO_DEFECT_PHRASES)
 
 
-def _share(flags: list[bool]) -> float | None:
+def share(flags: list[bool]) -> float | None:
     return round(sum(flags) / len(flags), 3) if flags else None
 
 
@@ -173,11 +170,11 @@ def _grounding(answers: list[str], categories: list[str], defects: list[str], an
         "names_an_object": round(sum(n is not None for n in named) / len(answers), 3),
         "object_chance": round(1 / max(len(all_categories), 1), 3),
         "names_its_defect_type": round(sum(with_defect) / max(len(with_defect), 1), 3),
-        "anomalous_described_as_defective": _share([says_defective(a) for a, bad in zip(answers, anomalous,
+        "anomalous_described_as_defective": share([says_defective(a) for a, bad in zip(answers, anomalous,
                                                                                         strict=True) if bad]),
-        "normal_described_as_defective": _share([says_defective(a) for a, bad in zip(answers, anomalous,
+        "normal_described_as_defective": share([says_defective(a) for a, bad in zip(answers, anomalous,
                                                                                      strict=True) if not bad]),
-        **({"description_agrees_with_expert": _share([says_defective(a) == e for a, e in zip(answers, expert,
+        **({"description_agrees_with_expert": share([says_defective(a) == e for a, e in zip(answers, expert,
                                                                                              strict=True)])}
            if expert is not None else {}),
         "examples": {("anomaly" if bad else "normal"): a for a, bad in zip(answers, anomalous, strict=True)},

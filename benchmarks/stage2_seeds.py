@@ -54,7 +54,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [item for item in re.split(r",(?=[\w.]+=)", rest) if item]
 
 
-def _detection(workspace: Path, params, model_dir: Path, threshold: float) -> dict:
+def _detection(workspace: Path, params, model, processor, threshold: float) -> dict:
     """Answers to the detection question on the benchmark's images, against the labels and the expert's verdict
     (the ``evaluate`` stage's rule and figures: "Yes" anywhere in the answer, macro = the mean over categories)."""
     import torch
@@ -62,12 +62,10 @@ def _detection(workspace: Path, params, model_dir: Path, threshold: float) -> di
     from anomaly_ov.evaluate.detection import parse_yes_no
     from anomaly_ov.evaluate.metrics import macro_binary
     from anomaly_ov.model.predict import Predictor
-    from anomaly_ov.model.presets import load_pretrained
     from anomaly_ov.paths import in_workspace
     from anomaly_ov.train.instruct import word_margins
 
     items = json.loads((in_workspace(workspace, params.instruct.bench_dir) / "test_data.json").read_text())
-    model, processor = load_pretrained(model_dir)
     paths = [str(workspace / it["file"]) for it in items]
     preds = Predictor(model, processor).predict(paths, generate=True, max_new_tokens=4, threshold=threshold)
     answers = [(p.answer or "").strip() for p in preds]
@@ -85,44 +83,38 @@ def _detection(workspace: Path, params, model_dir: Path, threshold: float) -> di
     }
 
 
-def _says_defective():
-    """The probe's reading of a description (one definition, in benchmarks/stage2_detection_probe.py)."""
+def _probe():
+    """benchmarks/stage2_detection_probe.py, whose reading of a description (``says_defective``) this script shares."""
     import importlib.util
 
     path = REPO / "benchmarks/stage2_detection_probe.py"
     spec = importlib.util.spec_from_file_location("stage2_detection_probe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.says_defective
+    return module
 
 
-def _reasoning(workspace: Path, params, model_dir: Path, threshold: float) -> dict:
+def _reasoning(workspace: Path, params, model, processor, threshold: float) -> dict:
     """The benchmark's reasoning scores (the ``evaluate`` stage's items, cap and scores) and how the descriptions of
     the benchmark's images follow the expert's verdict."""
     from anomaly_ov.evaluate.reasoning import load_reasoning_items, reasoning_metrics, run_reasoning
     from anomaly_ov.model.predict import Predictor
-    from anomaly_ov.model.presets import load_pretrained
     from anomaly_ov.paths import in_workspace
     from anomaly_ov.train.instruct import DESCRIBE_PROMPT
 
     bench = in_workspace(workspace, params.instruct.bench_dir)
-    model, processor = load_pretrained(model_dir)
     predictor = Predictor(model.eval(), processor)
     items = load_reasoning_items(bench / "visa_dr.json", params.evaluate.max_reasoning_items, workspace)
     overall, _ = reasoning_metrics(run_reasoning(predictor, items, params.evaluate, workspace))
     images = json.loads((bench / "test_data.json").read_text())
     described = predictor.predict([str(workspace / it["file"]) for it in images], question=DESCRIBE_PROMPT,
                                   generate=True, max_new_tokens=40, threshold=threshold)
-    says = _says_defective()
-    claims = [(says(p.answer or ""), p.score >= threshold) for p in described]
-
-    def share(flags: list[bool]) -> float | None:
-        return round(sum(flags) / len(flags), 3) if flags else None
-
+    probe = _probe()
+    claims = [(probe.says_defective(p.answer or ""), p.score >= threshold) for p in described]
     return {"sbert_low": overall["low_level"]["sbert"], "rouge_low": overall["low_level"]["rouge_l"],
             "sbert_complex": overall["complex"]["sbert"],
-            "claims_when_expert_anomalous": share([c for c, e in claims if e]),
-            "claims_when_expert_normal": share([c for c, e in claims if not e])}
+            "claims_when_expert_anomalous": probe.share([c for c, e in claims if e]),
+            "claims_when_expert_normal": probe.share([c for c, e in claims if not e])}
 
 
 def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads: int, threshold: float,
@@ -132,6 +124,7 @@ def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads
     import torch
 
     from anomaly_ov.config import load_params
+    from anomaly_ov.model.presets import load_pretrained
     from anomaly_ov.stages import implementation
 
     torch.set_num_threads(threads)
@@ -149,9 +142,10 @@ def run_one(workspace: Path, name: str, seed: int, overrides: list[str], threads
         ])
         implementation("train_instruct")(params, scratch)
         report = json.loads((out / "train_instruct.json").read_text())
-        result = _detection(scratch, params, out / "model", threshold)
+        model, processor = load_pretrained(out / "model")
+        result = _detection(scratch, params, model, processor, threshold)
         if reasoning:
-            result |= _reasoning(scratch, params, out / "model", threshold)
+            result |= _reasoning(scratch, params, model, processor, threshold)
     return {"variant": name, "seed": seed, **result,
             "warmup_word_margins": report.get("text_warmup", {}).get("word_margins"),
             "seconds": round(time.perf_counter() - started, 1)}

@@ -280,6 +280,13 @@ def _normal_sentence(rng: random.Random, subject: Subject) -> str:
 NORMAL_OPENERS = ("No", "Nothing", "None", "Nowhere", "Zero")
 
 
+def opens_with_no_defect(answer: str) -> bool:
+    """Whether ``answer`` opens with a :data:`NORMAL_OPENERS` word (punctuation after it ignored), as every answer
+    about a normal image does and none about an anomalous one."""
+    words = answer.split()
+    return bool(words) and words[0].strip(".,:;!") in NORMAL_OPENERS
+
+
 def normal_low_level(rng: random.Random, subject: Subject, sub: str) -> str:
     """Answer for a normal image: the verdict first (a :data:`NORMAL_OPENERS` word), then the normal object."""
     obj = subject.category.noun

@@ -64,7 +64,7 @@ def test_reasoning_scores_the_benchmark_and_reads_the_descriptions(tmp_path: Pat
     from PIL import Image
 
     from anomaly_ov.config import load_params
-    from anomaly_ov.model.presets import build_model, build_processor, save_pretrained
+    from anomaly_ov.model.presets import build_model, build_processor, load_pretrained, save_pretrained
     from anomaly_ov.model.tokenizer import train_tokenizer
 
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def test_reasoning_scores_the_benchmark_and_reads_the_descriptions(tmp_path: Pat
     model_dir = tmp_path / "model"
     save_pretrained(build_model(params, tokenizer), build_processor(params, tokenizer), model_dir)
 
-    out = seeds._reasoning(tmp_path, params, model_dir, threshold=0.5)
+    out = seeds._reasoning(tmp_path, params, *load_pretrained(model_dir), threshold=0.5)
 
     for key in ("sbert_low", "rouge_low", "sbert_complex"):
         assert -1.0 <= out[key] <= 1.0, key
