@@ -264,7 +264,7 @@ STRATEGY_HELP = ("how num_processes > 1 share the work: ddp = a whole replica pe
 
 class TrainExpertParams(_Section):
     tiny: ExpertRecipe = ExpertRecipe(
-        lr=1e-3, epochs=8, batch_size=16, mask_loss=True, train_vision_tower=True,
+        lr=1e-3, epochs=16, batch_size=16, mask_loss=True, train_vision_tower=True,
         base_view_only=True, augment=True, schedule="one_cycle", score_loss_trains_maps=False,
     )
     pretrained: ExpertRecipe = ExpertRecipe(
