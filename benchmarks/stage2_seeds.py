@@ -103,7 +103,7 @@ def _reasoning(workspace: Path, params, model, processor, threshold: float) -> d
     from anomaly_ov.train.instruct import DESCRIBE_PROMPT
 
     bench = in_workspace(workspace, params.instruct.bench_dir)
-    predictor = Predictor(model.eval(), processor)
+    predictor = Predictor(model, processor)
     items = load_reasoning_items(bench / "visa_dr.json", params.evaluate.max_reasoning_items, workspace)
     overall, _ = reasoning_metrics(run_reasoning(predictor, items, params.evaluate, workspace))
     images = json.loads((bench / "test_data.json").read_text())

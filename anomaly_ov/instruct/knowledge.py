@@ -100,6 +100,14 @@ class KnowledgeBase:
     def domains(self) -> tuple[str, ...]:
         return tuple(self._domains)
 
+    def categories(self, domain: str) -> tuple[str, ...]:
+        """The category keys ``domain`` describes (aliases not included)."""
+        return tuple(self._domain(domain).get("categories", {}) or {})
+
+    def defect_types(self, domain: str) -> tuple[str, ...]:
+        """The defect keys ``domain`` describes (aliases and ``generic`` not included)."""
+        return tuple(self._domain(domain).get("defects", {}) or {})
+
     def _domain(self, domain: str) -> dict[str, Any]:
         if domain not in self._domains:
             raise KeyError(f"unknown knowledge domain {domain!r}; known: {', '.join(self._domains)}")

@@ -23,13 +23,12 @@ def _masks() -> list[np.ndarray]:
 
 def _subjects(domain: str) -> list[A.Subject]:
     kb = load_knowledge()
-    data = kb._domain(domain)
     subjects = []
-    for name in data["categories"]:
+    for name in kb.categories(domain):
         category = kb.category(domain, name)
         views = 4 if domain == "3d" else 1
         subjects.append(A.Subject("normal", category, None, None, domain=domain, views=views))
-        for defect in [*data["defects"], "something_unknown"]:
+        for defect in [*kb.defect_types(domain), "something_unknown"]:
             info = kb.defect(domain, defect, name)
             subjects.append(A.Subject("anomaly", category, info, None, domain=domain, views=views))  # not localised
             for mask in _masks():

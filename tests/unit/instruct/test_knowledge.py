@@ -21,6 +21,17 @@ def test_every_domain_and_entry_is_complete():
         assert len(info.what) >= 2 and len(info.causes) >= 2
 
 
+def test_listings_name_each_domains_own_keys():
+    kb = load_knowledge()
+    assert set(INDUSTRIAL) <= set(kb.defect_types("industrial")) and "generic" not in kb.defect_types("industrial")
+    assert {"cylinder", "box", "bowl", "sphere"} <= set(kb.categories("3d"))
+    assert "ring" not in kb.categories("3d")  # an alias of torus, not a key
+    for domain in kb.domains:
+        assert all(kb.category(domain, name).key == name for name in kb.categories(domain)), domain
+    with pytest.raises(KeyError, match="unknown knowledge domain"):
+        kb.categories("audio")
+
+
 @pytest.mark.parametrize(("domain", "name", "key"), [
     ("industrial", "scratch_head", "scratch"), ("industrial", "broken_large", "crack"),
     ("industrial", "metal_contamination", "stain"), ("industrial", "missing_wire", "missing"),
