@@ -7,8 +7,21 @@ score >= ``--threshold``). A model that ignores the
 expert answers the same word to every image; one that follows it agrees with the expert far above chance.
 It also asks the unseen training-category images for a description and counts how often it names the image's
 own object (the first category word it uses) and, for anomalous images, the defect type, and how often it claims a
-defect at all (for anomalous and normal images, and in agreement with the expert's verdict); a linear probe on the
-frozen tower's features says how much of the object the LLM could know.
+defect at all (for anomalous and normal images, and in agreement with the expert's verdict).
+
+Where the object gets lost (``object_linear_probe``): a 4-fold logistic regression tells the training families apart
+from what the model holds about every unseen industrial image of stage 1's held-out rows (one family each, about 15
+images per family in the default), at each step from the tower to the answer:
+
+- ``pretrained_tower``: the ``pretrain_tower`` stage's tower (tiny preset; absent when that stage trained none),
+  mean over the base view's tokens;
+- ``stage1_tower``: the trained model's tower (stage 1's: stage 2 keeps it frozen), the same pooling;
+- ``projected``: the mean of the projector's output for those tokens, what the LLM receives;
+- ``llm_middle`` and ``llm_answer_start``: the LLM's hidden state at the first answer position of the describe
+  question, after its middle and its last layer.
+
+A step whose accuracy falls far below the one before it is where the object is lost; the descriptions cannot name
+the object more often than ``llm_answer_start`` tells it apart.
 
     python benchmarks/stage2_detection_probe.py [--workspace .] [--per-label 30] [--threshold 0.5] [--threads 2]
 """
@@ -19,8 +32,10 @@ import argparse
 import contextlib
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -88,27 +103,88 @@ def probe(workspace: Path, per_label: int, threshold: float, seed: int = 0) -> d
         [p.answer or "" for p in described], list(rows["category"]), list(rows["defect_type"]),
         list(rows["label"] == "anomaly"), sorted(manifest.loc[manifest["role"] == "train", "category"].unique()),
         [p.score >= threshold for p in described])
-    out["descriptions_of_unseen_training_images"]["tower_category_linear_probe"] = _tower_probe(
-        model, processor, [workspace / p for p in rows["image"]], list(rows["category"]))
+    chain_rows = unseen[unseen["modality"] == "industrial"]
+    out["object_linear_probe"] = object_chain(model, processor, workspace, params, [
+        workspace / p for p in chain_rows["image"]], list(chain_rows["category"]))
     return out
 
 
-def _tower_probe(model, processor, paths: list[Path], categories: list[str]) -> float:
-    """4-fold accuracy of a logistic regression telling the categories apart from the vision tower's mean-pooled
-    base-view features: how much of the object the frozen tower hands the LLM."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
+#: the folds of the linear probes (a family needs this many images to take part)
+FOLDS = 4
 
-    features = []
+
+def linear_probe_accuracy(features: np.ndarray, labels: Sequence[str], folds: int = FOLDS) -> float:
+    """Mean held-out accuracy of a logistic regression predicting ``labels`` from ``features`` [N, D] over
+    ``folds`` stratified folds (features standardised on each fold's training part)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+    return round(float(cross_val_score(classifier, features, np.asarray(labels), cv=splits).mean()), 3)
+
+
+def representations(model, processor, images: Sequence, pretrained_tower=None) -> dict[str, np.ndarray]:
+    """[N, D] per step of the object chain (see the module docstring) for PIL ``images``, one at a time."""
+    from anomaly_ov.model.tokenizer import IMAGE_TOKEN
+    from anomaly_ov.train.instruct import DESCRIBE_PROMPT
+
+    rows: dict[str, list[np.ndarray]] = {}
+
+    def keep(name: str, value: torch.Tensor) -> None:
+        rows.setdefault(name, []).append(value.float().numpy())
+
+    conversation = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{DESCRIBE_PROMPT}"}]
     with torch.no_grad():
-        for path in paths:
-            pix = processor.preprocess_images([Image.open(path).convert("RGB")])
-            tokens, _ = model.tower_features(pix["pixel_values"][0][:1])
-            features.append(tokens.mean(1)[0].float().numpy())
-    scores = cross_val_score(LogisticRegression(max_iter=2000), np.stack(features), np.asarray(categories), cv=4)
-    return round(float(scores.mean()), 3)
+        for image in images:
+            base_view = processor.preprocess_images([image])["pixel_values"][0][:1]
+            if pretrained_tower is not None:
+                keep("pretrained_tower", pretrained_tower(base_view).last_hidden_state.mean(1)[0])
+            tokens, _ = model.tower_features(base_view)
+            keep("stage1_tower", tokens.mean(1)[0])
+            keep("projected", model.model.multi_modal_projector(tokens).mean(1)[0])
+            inputs = processor([[image]], [conversation], add_generation_prompt=True)
+            hidden = model(**{k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")},
+                           output_hidden_states=True, logits_to_keep=1).hidden_states
+            keep("llm_middle", hidden[len(hidden) // 2][0, -1])
+            keep("llm_answer_start", hidden[-1][0, -1])
+    return {name: np.stack(values) for name, values in rows.items()}
+
+
+def object_chain(model, processor, workspace: Path, params, paths: list[Path], categories: list[str]) -> dict:
+    """Linear-probe accuracy of the families at each step of the object chain for the images ``paths``; families
+    with fewer than :data:`FOLDS` of them are left out (and counted)."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from anomaly_ov.train.pretrain_tower import tiny_tower, tower_file
+
+    counts = Counter(categories)
+    kept = [i for i, c in enumerate(categories) if counts[c] >= FOLDS]
+    families = {categories[i] for i in kept}
+    if len(families) < 2:
+        return {"skipped": f"{len(families)} of the families have >= {FOLDS} unseen industrial images; "
+                           "the probe needs 2"}
+    tower = None
+    if tower_file(params, workspace).is_file():  # the tiny preset's pretrained tower, when that stage trained one
+        from safetensors.torch import load_file
+
+        tower = tiny_tower()
+        tower.load_state_dict(load_file(str(tower_file(params, workspace))), strict=True)
+        tower.eval()
+    images = [Image.open(paths[i]).convert("RGB") for i in kept]
+    features = representations(model, processor, images, tower)
+    labels = [categories[i] for i in kept]
+    return {
+        "images": len(kept),
+        "families": len(families),
+        "families_left_out": len(counts) - len(families),
+        "chance": round(max(Counter(labels).values()) / len(labels), 3),
+        **{name: linear_probe_accuracy(values, labels) for name, values in features.items()},
+    }
 
 
 def _words(name: str, kind: str = "category") -> set[str]:

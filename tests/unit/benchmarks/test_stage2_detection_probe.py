@@ -54,3 +54,44 @@ def test_every_normal_answer_the_instruction_data_writes_reads_as_no_defect() ->
                 assert not probe.says_defective(answer), answer
             answer = anomaly_describe(rng, anomalous)
             assert probe.says_defective(answer), answer
+
+
+def test_the_linear_probe_finds_what_the_features_hold_and_only_that() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = [f"family_{i % 4}" for i in range(80)]
+    centres = rng.normal(size=(4, 16)) * 5
+    separable = np.stack([centres[i % 4] + rng.normal(size=16) for i in range(80)])
+    assert probe.linear_probe_accuracy(separable, labels) >= 0.95
+    noise = rng.normal(size=(80, 16))  # no family in it: about chance (0.25)
+    assert probe.linear_probe_accuracy(noise, labels) <= 0.5
+
+
+def test_every_step_of_the_object_chain_gives_one_row_per_image(tmp_path: Path) -> None:
+    """On a tiny random model: the towers' and projector's means and the LLM's hidden states at the answer's first
+    position, one row per image; the pretrained tower's only when there is one. Too few families are skipped."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from anomaly_ov.config import load_params
+    from anomaly_ov.model.presets import build_model, build_processor
+    from anomaly_ov.model.tokenizer import train_tokenizer
+    from anomaly_ov.train.pretrain_tower import tiny_tower
+
+    torch.manual_seed(0)
+    params = load_params(None, [])
+    tokenizer = train_tokenizer(["Yes, there is a defect.", "No defect is visible."] * 4)
+    model, processor = build_model(params, tokenizer).eval(), build_processor(params, tokenizer)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)) for _ in range(3)]
+
+    rows = probe.representations(model, processor, images, pretrained_tower=tiny_tower().eval())
+    assert list(rows) == ["pretrained_tower", "stage1_tower", "projected", "llm_middle", "llm_answer_start"]
+    assert all(values.shape[0] == 3 and np.isfinite(values).all() for values in rows.values())
+    assert rows["projected"].shape[1] == rows["llm_answer_start"].shape[1] == model.config.text_config.hidden_size
+    assert "pretrained_tower" not in probe.representations(model, processor, images[:1])
+
+    out = probe.object_chain(model, processor, tmp_path, params, [tmp_path / "a.png"] * 5, ["nut"] * 4 + ["dice"])
+    assert out == {"skipped": "1 of the families have >= 4 unseen industrial images; the probe needs 2"}
