@@ -25,10 +25,11 @@ recipe to compare (the default recipe always runs, named "default"), e.g.
 ``--variant b32=train.instruct.tiny.text_warmup_batch_size=32``.
 
 Measured on the stage-1 expert of the default pipeline at 04b1342 (seed 0), stage 2 seeds 0-5, one CPU thread per
-run, 12 runs at once on a 16-core machine (about 375 s each); the README's "Stage 2's Yes / No across seeds" has the
-table. Warm-up batches of 16 (the default): the warm-up learned the word in 6 of 6 runs (margins about -1.3 / +0.7 /
-+2.0), agreement with the expert 0.86-1.00 (mean 0.94), detection F1 0.45-0.57 (mean 0.52; the expert's 0.565).
-Batches of 32: 5 of 6 (one run -0.05 / -0.02 / 0.00), agreement 0.84-1.00 (mean 0.91), F1 0.51-0.59 (mean 0.55).
+run, 12 runs at once on a 16-core machine (about 375 s each); "Stage 2's Yes / No across seeds" in
+docs/tiny_recipe_experiments.md has the table. Warm-up batches of 16 (the default): the warm-up learned the word in
+6 of 6 runs (margins about -1.3 / +0.7 / +2.0), agreement with the expert 0.86-1.00 (mean 0.94), detection F1
+0.45-0.57 (mean 0.52; the expert's 0.565). Batches of 32: 5 of 6 (one run -0.05 / -0.02 / 0.00), agreement 0.84-1.00
+(mean 0.91), F1 0.51-0.59 (mean 0.55).
 """
 
 from __future__ import annotations
