@@ -10,8 +10,8 @@ own object (the first category word it uses) and, for anomalous images, the defe
 defect at all (for anomalous and normal images, and in agreement with the expert's verdict).
 
 Where the object gets lost (``object_linear_probe``): a 4-fold logistic regression tells the training families apart
-from what the model holds about every unseen industrial image of stage 1's held-out rows (one family each, about 15
-images per family in the default), at each step from the tower to the answer:
+from what the model holds about every unseen industrial image of stage 1's held-out rows (about 12 images per family
+in the default; ``chance`` is the largest family's share), at each step from the tower to the answer:
 
 - ``pretrained_tower``: the ``pretrain_tower`` stage's tower (tiny preset; absent when that stage trained none),
   mean over the base view's tokens;
