@@ -137,15 +137,17 @@ def representations(model, processor, images: Sequence, pretrained_tower=None) -
         rows.setdefault(name, []).append(value.float().numpy())
 
     conversation = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{DESCRIBE_PROMPT}"}]
+    projector = model.model.multi_modal_projector
     with torch.no_grad():
         for image in images:
-            base_view = processor.preprocess_images([image])["pixel_values"][0][:1]
+            inputs = processor([[image]], [conversation], add_generation_prompt=True)
+            base_view = inputs["pixel_values"][0][:1]  # the image's first crop: its base view
             if pretrained_tower is not None:
                 keep("pretrained_tower", pretrained_tower(base_view).last_hidden_state.mean(1)[0])
             tokens, _ = model.tower_features(base_view)
             keep("stage1_tower", tokens.mean(1)[0])
-            keep("projected", model.model.multi_modal_projector(tokens).mean(1)[0])
-            inputs = processor([[image]], [conversation], add_generation_prompt=True)
+            # in the projector's dtype, as the model's own encoding does (a real checkpoint's may be 16-bit)
+            keep("projected", projector(tokens.to(projector.linear_1.weight.dtype)).mean(1)[0])
             hidden = model(**{k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")},
                            output_hidden_states=True, logits_to_keep=1).hidden_states
             keep("llm_middle", hidden[len(hidden) // 2][0, -1])
