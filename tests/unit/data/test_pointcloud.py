@@ -132,6 +132,58 @@ def test_a_densely_sampled_sphere_shows_only_its_front_side():
     assert far_side_pixels(2) == 0
 
 
+def _turned_box(n: int, turn_deg: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Points and exact normals of a box (half sizes 0.5, 0.5, 0.6) turned about z; also its turn and half sizes."""
+    points, normals = sample_shape("box", n, np.random.default_rng(seed))
+    half = np.abs(points).max(axis=0)
+    a = np.deg2rad(turn_deg)
+    turn = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    return points @ turn.T, normals @ turn.T, turn, half
+
+
+def test_the_edge_between_two_faces_renders_as_a_straight_line():
+    # Square splats with a hard z-test let each face's splats poke across the edge into the other face in a random
+    # comb (box and cylinder edges rendered as a sawtooth band, which looks like damage to the expert). With the
+    # tangent-plane footprints blended near the front surface, the shade changes at the same column on every row.
+    points, normals, turn, half = _turned_box(30000, turn_deg=20.0)
+    cam = camera_ring(1)[0]
+    centre, scale = normalisation(points)
+    view = render_view(points, normals, np.zeros(len(points)), cam, 128, centre, scale,
+                       splat_radius(points, 128, scale))
+    corner = turn @ np.array([half[0], half[1], 0.0])  # the vertical edge facing the camera
+    ends = np.stack([corner + [0, 0, 0.7 * half[2]], corner - [0, 0, 0.7 * half[2]]])
+    (top, bottom), _, _ = project(ends, cam, 128, centre, scale)
+    _, (col,), _ = project(corner[None], cam, 128, centre, scale)
+    image, c = view.image[..., 0].astype(float), int(col)
+    left = float(np.median(image[int(top):int(bottom), c - 8:c - 4]))
+    right = float(np.median(image[int(top):int(bottom), c + 4:c + 8]))
+    assert abs(left - right) > 40  # the two faces are shaded apart
+    middle, towards_right = (left + right) / 2, np.sign(right - left)
+    crossings = np.array([int(np.argmax((image[r, c - 6:c + 7] - middle) * towards_right > 0))
+                          for r in range(int(top), int(bottom))])
+    teeth = np.abs(crossings - np.median(crossings)) > 1
+    assert len(crossings) > 30 and not teeth.any()  # square splats: 17-39 % of the rows, seeds 0-3
+
+
+def test_an_anomalous_patch_keeps_its_mask_under_blending():
+    points, normals, turn, half = _turned_box(30000, turn_deg=20.0)
+    front = turn @ np.array([1.0, 0.0, 0.0])  # the +x face, turned
+    on_face = np.isclose(points @ front, half[0])
+    centre_of_face = turn @ np.array([half[0], 0.0, 0.0])
+    labels = (on_face & (np.linalg.norm(points - centre_of_face, axis=1) < 0.15)).astype(np.uint8)
+    cam = camera_ring(1)[0]
+    centre, scale = normalisation(points)
+    view = render_view(points, normals, labels, cam, 128, centre, scale, splat_radius(points, 128, scale))
+    shown = view.point_index[view.mask]
+    assert view.mask.sum() > 50
+    assert (labels[shown] > 0).mean() > 0.9  # the mask is where the labelled points are shown
+    # ... and covers them: every pixel whose front point is labelled, 2 px inside the patch's rim, is in the mask
+    labelled = (view.point_index >= 0) & (labels[np.maximum(view.point_index, 0)] > 0)
+    from scipy.ndimage import binary_erosion
+
+    assert view.mask[binary_erosion(labelled, iterations=2)].all()
+
+
 def _angle_errors_deg(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(np.abs((estimated * true).sum(axis=1)), 0.0, 1.0)))
 
