@@ -505,7 +505,8 @@ def render_view(points: np.ndarray, normals: np.ndarray, labels: np.ndarray, cam
     across = d_row * along_col[owner] - d_col * along_row[owner]
     distance2 = along * along + across * across
     footprint = radius + 0.75
-    keep = distance2 <= footprint * footprint
+    own_pixel = (rows == r0[owner]) & (cols == c0[owner])  # a point always paints the pixel it falls in
+    keep = (distance2 <= footprint * footprint) | own_pixel
     rows, cols, owner, distance2 = rows[keep], cols[keep], owner[keep], distance2[keep]
     pix = rows * size + cols
     # The centre of a point beats the rim of a neighbour's footprint at the same depth (tiny depth bias).

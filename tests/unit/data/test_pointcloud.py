@@ -165,6 +165,16 @@ def test_the_edge_between_two_faces_renders_as_a_straight_line():
     assert len(crossings) > 30 and not teeth.any()  # square splats: 17-39 % of the rows, seeds 0-3
 
 
+def test_a_point_seen_edge_on_still_paints_its_own_pixel():
+    cam = camera_ring(1, elevation_deg=0.0, azimuth_offset_deg=0.0)[0]  # looking along -x
+    grazing = np.array([[0.0, 0.0, 1.0]])  # the normal lies in the image plane: the disc is seen edge-on
+    for offset in (0.0, 0.49, -0.49):  # anywhere inside its pixel
+        point = np.array([[0.0, 0.3, 0.2 + offset * 2.0 / 21 / 0.9]])
+        view = render_view(point, grazing, np.ones(1, np.uint8), cam, 21, np.zeros(3), 1.0, radius=0)
+        row, col, _ = project(point, cam, 21, np.zeros(3), 1.0)
+        assert view.point_index[int(row[0]), int(col[0])] == 0 and view.mask.sum() == 1
+
+
 def test_an_anomalous_patch_keeps_its_mask_under_blending():
     points, normals, turn, half = _turned_box(30000, turn_deg=20.0)
     front = turn @ np.array([1.0, 0.0, 0.0])  # the +x face, turned
