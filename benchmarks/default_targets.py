@@ -129,7 +129,7 @@ def target_rows(runs: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> list[dic
 def _cell(value: Any, met: bool | None) -> str:
     if met is None:
         return "-"
-    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    text = (f"{value:.3f}" if abs(value) < 10 else f"{value:.0f}") if isinstance(value, float) else str(value)
     return f"**{text}**" if met else text
 
 
