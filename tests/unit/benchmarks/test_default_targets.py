@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 _SPEC = importlib.util.spec_from_file_location("default_targets", REPO / "benchmarks/default_targets.py")
@@ -16,25 +15,28 @@ sys.modules[_SPEC.name] = targets  # its dataclass looks its module up while it 
 _SPEC.loader.exec_module(targets)
 
 
-def test_the_seed_edit_changes_train_seed_alone_in_the_repository_params() -> None:
-    text = (REPO / "params.yaml").read_text()
-    edited = targets.set_train_seed(text, 7)
-    before, after = yaml.safe_load(text), yaml.safe_load(edited)
-    assert after["train"]["seed"] == 7
+def test_the_seed_params_change_train_seed_and_the_overrides_alone(tmp_path: Path) -> None:
+    from anomaly_ov.config import load_params
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((REPO / "params.yaml").read_text())
+    targets.write_seed_params(params_file, 7, ["train.expert.tiny.epochs=3"])
+    before, after = load_params(REPO / "params.yaml").to_dict(), load_params(params_file).to_dict()
+    assert after["train"]["seed"] == 7 and after["train"]["expert"]["tiny"]["epochs"] == 3
     after["train"]["seed"] = before["train"]["seed"]
-    assert after == before  # every other value, the instruction data's own seed included, is unchanged
-    changed = [(a, b) for a, b in zip(text.splitlines(), edited.splitlines(), strict=True) if a != b]
-    assert len(changed) == 1  # comments and layout stay
+    after["train"]["expert"]["tiny"]["epochs"] = before["train"]["expert"]["tiny"]["epochs"]
+    assert after == before  # the instruction data's own seed and every other value are unchanged
 
 
-def test_the_seed_edit_finds_train_seed_among_nested_seeds_and_refuses_other_layouts() -> None:
-    text = ("seed: 1\ninstruct:\n  seed: 2\n# training\ntrain:\n  # the order of batches\n  expert:\n    seed: 3\n"
-            "  seed: 4  # note\n")
-    edited = yaml.safe_load(targets.set_train_seed(text, 9))
-    assert edited == {"seed": 1, "instruct": {"seed": 2}, "train": {"expert": {"seed": 3}, "seed": 9}}
-    assert "seed: 9  # note" in targets.set_train_seed(text, 9)
-    with pytest.raises(ValueError, match="train.seed"):
-        targets.set_train_seed("train:\n  epochs: 2\nseed: 0\n", 1)
+def test_a_bad_override_is_refused_with_its_key_and_the_file_is_left_alone(tmp_path: Path) -> None:
+    from anomaly_ov.errors import ConfigError
+
+    params_file = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    params_file.write_text(text)
+    with pytest.raises(ConfigError, match="no_such_key"):
+        targets.write_seed_params(params_file, 1, ["train.no_such_key=2"])
+    assert params_file.read_text() == text
 
 
 def test_targets_are_met_missed_or_unmeasured_per_seed_and_printed_as_a_table() -> None:
