@@ -160,7 +160,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        raise ManifestError(f"{path}: not a readable Parquet manifest ({exc}); re-run `anomaly-ov stage prepare`") from None
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({exc}); "
+                            "re-run `anomaly-ov stage prepare`") from None
     return validate_schema(normalise(frame), str(path))
 
 

@@ -541,7 +541,7 @@ def phantom(modality: str, size: int, seed: int, anomalous: bool) -> tuple[np.nd
         dy, dx = c[0] + rng.normal(0, size * 0.02), c[1] + side * size * 0.22
         macula = np.hypot(yy - c[0], xx - (c[1] - side * size * 0.05))
         img[field] -= 0.12 * np.exp(-((macula[field] / (size * 0.08)) ** 2))
-        for k in range(int(rng.integers(4, 7))):  # vessels: dark arcs leaving the optic disc
+        for _ in range(int(rng.integers(4, 7))):  # vessels: dark arcs leaving the optic disc
             angle = rng.uniform(0, 2 * np.pi)
             bend = rng.uniform(-0.015, 0.015)
             t = np.arctan2(yy - dy, xx - dx) - angle

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 from PIL import Image
+from scipy import ndimage
 
 from anomaly_ov.data import medical
 from anomaly_ov.data.medical import (
