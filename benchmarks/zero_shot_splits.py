@@ -16,7 +16,11 @@ verdict F1 at 0.5 of several image scores read from the same expert (``VARIANTS`
 max, top-1 % / top-5 % mean, mean, and the predictor / map-max fusion), on the held-out categories and on stage 1's
 held-out rows of the training categories; ``--rescore`` only re-scores the experts kept in ``--workdir``. Last, for
 those held-out rows, the image AUROC of each defect type and each quartile of the anomalies' mask areas against the
-normal images of the same category (:func:`auroc_by_group`): which anomalies the image score misses.
+normal images of the same category (:func:`auroc_by_group`): which anomalies the image score misses. And the same
+expert's image AUROC on the medical and 3D extensions' evaluation sets (per modality; per view and per object, the
+max over its views), which is what the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves the
+expert as stage 1 trained it: a medical or 3D training change is measured here in one stage-1 run per seed (seed 0 of
+the default: medical 0.769, 3D per view 0.609 and per object 0.703, as the pipeline's reports to the digit).
 
 Current default (21 families with optional mounted parts, medical / 3D in training, pretrained tower, one cycle, the
 BCE kept off the maps, 16 epochs, the blended surfel renders of the training spheres; 2 threads, one split after the
@@ -122,15 +126,13 @@ def area_quartiles(areas, labels) -> list[str]:
         names.append(f"q{q + 1} {edges[q]:.3f}-{edges[q + 1]:.3f}")
     return names
 
-def score_rows(workspace: Path, params, rows) -> dict:
-    """Per-category image AUROC of every score variant, pixel AUROC of the base-view map, and for each category
-    how many normal images the expert's score puts at or above its median anomaly, on manifest ``rows``."""
-    import numpy as np
+def expert_outputs(workspace: Path, params, rows) -> dict:
+    """The workspace's trained expert on manifest ``rows``: per row its predictor score, base-view grid map, label,
+    category and group (as the manifest's), with the map upsampled to the mask and the mask."""
     import torch
     import torch.nn.functional as F
 
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
-    from anomaly_ov.evaluate import metrics as M
     from anomaly_ov.model.presets import build_model, load_expert_stage, processor_for
     from anomaly_ov.model.processing import ImagePreprocessor
     from anomaly_ov.model.tokenizer import train_tokenizer
@@ -143,20 +145,34 @@ def score_rows(workspace: Path, params, rows) -> dict:
     dataset = ExpertDataset(rows, workspace, preprocess, int(model.config.grid_size), params.evaluate.resolution)
     module = stage1.ExpertStage(model, True)
     forward = stage1.stage_forward(torch.device("cpu"))
-    predictor, grids, labels, cats, maps, masks = [], [], [], [], [], []
+    out: dict = {"predictor": [], "grids": [], "labels": [], "categories": [], "maps": [], "masks": []}
     model.eval()
     with torch.no_grad():
         for start in range(0, len(dataset), 32):
             batch = collate_expert([dataset[i] for i in range(start, min(start + 32, len(dataset)))])
-            out = forward(module, batch)
-            predictor += out.scores.reshape(-1).tolist()
-            grids += list(out.base_maps[:, 0].numpy())
-            labels += batch["labels"].tolist()
-            cats += list(batch["categories"])
-            up = F.interpolate(out.base_maps.float(), size=batch["masks"].shape[-2:], mode="bilinear",
+            result = forward(module, batch)
+            out["predictor"] += result.scores.reshape(-1).tolist()
+            out["grids"] += list(result.base_maps[:, 0].numpy())
+            out["labels"] += batch["labels"].tolist()
+            out["categories"] += list(batch["categories"])
+            up = F.interpolate(result.base_maps.float(), size=batch["masks"].shape[-2:], mode="bilinear",
                                align_corners=False)
-            maps += list(up[:, 0].numpy())
-            masks += list(batch["masks"][:, 0].numpy() > 0)
+            out["maps"] += list(up[:, 0].numpy())
+            out["masks"] += list(batch["masks"][:, 0].numpy() > 0)
+    out["groups"] = rows["group"].fillna("").astype(str).tolist() if "group" in rows else [""] * len(rows)
+    return out
+
+
+def score_rows(workspace: Path, params, rows) -> dict:
+    """Per-category image AUROC of every score variant, pixel AUROC of the base-view map, and for each category
+    how many normal images the expert's score puts at or above its median anomaly, on manifest ``rows``."""
+    import numpy as np
+
+    from anomaly_ov.evaluate import metrics as M
+
+    raw = expert_outputs(workspace, params, rows)
+    predictor, grids, labels, cats = raw["predictor"], raw["grids"], raw["labels"], raw["categories"]
+    maps, masks = raw["maps"], raw["masks"]
     variants = score_variants(predictor, np.stack(grids))
     labels, cats = np.array(labels), np.array(cats)
     per_class: dict = {}
@@ -200,6 +216,46 @@ def in_distribution(workspace: Path, params) -> dict:
     return score_rows(workspace, params, split_training_rows(params, workspace)[1])
 
 
+def per_object_max(scores, labels, categories, groups) -> tuple[list[float], list[int], list[str]]:
+    """One entry per object (rows with the same non-empty ``group``; a row without one is its own object): the max
+    of its views' scores, its label (anomalous when any view is) and its category, in order of first appearance."""
+    objects: dict = {}
+    for i, (score, label, cat, group) in enumerate(zip(scores, labels, categories, groups, strict=True)):
+        key = group or f"row {i}"
+        best, anomalous, _ = objects.get(key, (float("-inf"), 0, cat))
+        objects[key] = (max(best, float(score)), max(anomalous, int(label)), cat)
+    values = list(objects.values())
+    return [v[0] for v in values], [v[1] for v in values], [v[2] for v in values]
+
+
+def extensions(workspace: Path, params) -> dict:
+    """The expert's image AUROC on the medical and 3D extensions' evaluation sets, as the ``extend_medical`` /
+    ``extend_3d`` stages measure it from the same expert score: per modality / per shape, and for 3D also per object
+    (the max over its views). Only the enabled extensions; their sets are generated in the workspace."""
+    from anomaly_ov.data.extensions import medical_manifest, threed_manifest
+    from anomaly_ov.evaluate import metrics as M
+
+    out: dict = {}
+    sets = {"medical": (params.extensions.medical.enabled, medical_manifest),
+            "3d": (params.extensions.threed.enabled, threed_manifest)}
+    for name, (enabled, manifest) in sets.items():
+        if not enabled:
+            continue
+        frame = manifest(params, workspace)
+        rows = frame[frame["split"] != "train"].reset_index(drop=True)
+        raw = expert_outputs(workspace, params, rows)
+        macro, classes = M.macro_image(raw["predictor"], raw["labels"], raw["categories"])
+        entry = {"image_auroc": macro.get("image_auroc"),
+                 "per_class": {c: v.get("image_auroc") for c, v in classes.items()}, "images": len(rows)}
+        if name == "3d":
+            obj_macro, obj_classes = M.macro_image(*per_object_max(raw["predictor"], raw["labels"],
+                                                                   raw["categories"], raw["groups"]))
+            entry["object_image_auroc"] = obj_macro.get("image_auroc")
+            entry["object_per_class"] = {c: v.get("image_auroc") for c, v in obj_classes.items()}
+        out[name] = entry
+    return out
+
+
 def run_split(held_out: list[str], base_params: Path, root: Path, train: list[str] | None = None,
               overrides: list[str] | None = None, tower: str = "pretrained", rescore: bool = False) -> dict:
     """Train (prepare, pretrain_tower when ``tower`` is "pretrained", train_expert) in ``root``/<split>, or with
@@ -229,6 +285,7 @@ def run_split(held_out: list[str], base_params: Path, root: Path, train: list[st
         implementation("train_expert")(params, workspace)
     result = zero_shot(workspace, params)
     seen = in_distribution(workspace, params)
+    extension = extensions(workspace, params)
     return {
         "held_out": held_out, "trained_on": train, "tower": tower, "image_auroc": result["image_auroc"],
         "pixel_auroc": result["pixel_auroc"], "variants": {v: result[v] for v in VARIANTS},
@@ -237,6 +294,7 @@ def run_split(held_out: list[str], base_params: Path, root: Path, train: list[st
         "in_distribution_variants": {v: seen[v] for v in VARIANTS},
         "in_distribution_variants_f1": {v: seen[f"{v}_f1"] for v in VARIANTS},
         "in_distribution_per_class": seen["per_class"], "by": result["by"], "in_distribution_by": seen["by"],
+        "extensions": extension,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -283,6 +341,14 @@ def main() -> None:
         print(f"{', '.join(r['held_out']):<22} " + " ".join(f"{c:>13}" for c in cells))
         cells = [f"{r['variants_f1'][v]:.3f}/{r['in_distribution_variants_f1'][v]:.3f}" for v in VARIANTS]
         print(f"{'  F1 at 0.5':<22} " + " ".join(f"{c:>13}" for c in cells))
+    for r in results:
+        for name, entry in r["extensions"].items():
+            per = "; ".join(f"{c} {v:.3f}" for c, v in entry["per_class"].items())
+            line = f"held out {', '.join(r['held_out'])}: {name} image AUROC {entry['image_auroc']:.3f} ({per})"
+            if "object_image_auroc" in entry:
+                per = "; ".join(f"{c} {v:.3f}" for c, v in entry["object_per_class"].items())
+                line += f", per object (max over views) {entry['object_image_auroc']:.3f} ({per})"
+            print(line)
     for r in results:
         print(f"\nheld out {', '.join(r['held_out'])}: stage 1's held-out rows of the training categories, image AUROC "
               "of each group of anomalies against their own category's normals (predictor / map max; categories, "

@@ -40,3 +40,12 @@ def test_mask_area_quartiles_label_the_anomalies_only() -> None:
     assert names[1].startswith("q1 0.010-") and names[5].startswith("q4 ") and names[5].endswith("-0.050")
     assert [n.split()[0] for n in names[1:6]] == ["q1", "q2", "q3", "q4", "q4"]
     assert zss.area_quartiles([0.0, 0.0], [0, 0]) == ["", ""]
+
+
+def test_an_object_scores_the_max_of_its_views_and_is_anomalous_when_any_view_is() -> None:
+    # object g1: views 0.2 / 0.7 (normal); g2: 0.4 / 0.3, one view anomalous; a row without a group stands alone
+    scores, labels, cats = zss.per_object_max([0.2, 0.4, 0.7, 0.3, 0.9], [0, 0, 0, 1, 1],
+                                              ["box", "box", "box", "box", "bowl"], ["g1", "g2", "g1", "g2", ""])
+    assert scores == [0.7, 0.4, 0.9]
+    assert labels == [0, 1, 1]
+    assert cats == ["box", "box", "bowl"]
