@@ -45,7 +45,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 Window = str | tuple[float, float] | None
 
 BMAD_ANOMALY_DIR = "Ungood"
-SYNTHETIC_MODALITIES = ("brain_mri", "liver_ct", "chest_xray", "chest_ct", "retina_oct", "retina_fundus")
+SYNTHETIC_MODALITIES = ("brain_mri", "liver_ct", "chest_xray", "retina_oct", "retina_fundus")
 
 
 class MedicalFormatError(InputError):
@@ -458,9 +458,7 @@ def phantom(modality: str, size: int, seed: int, anomalous: bool) -> tuple[np.nd
 
     ``brain_mri``: skull ring, textured brain with grey/white contrast and ventricles; lesion = bright tumour with
     a darker oedema rim. ``liver_ct``: body outline, liver, spine, kidneys; lesion = hypodense liver mass.
-    ``chest_xray``: rib cage and lungs; lesion = opacity in a lung. ``chest_ct``: an axial chest slice, dark lungs
-    beside the heart, bright vertebra, sternum and rib cross-sections; lesion = a nodule in a lung or a dark lytic
-    hole in the vertebra. ``retina_oct``: a B-scan of layered retina
+    ``chest_xray``: rib cage and lungs; lesion = opacity in a lung. ``retina_oct``: a B-scan of layered retina
     bands over a dark vitreous, dipping at the fovea; lesion = a dark fluid pocket inside the layers or bright
     deposits under them. ``retina_fundus``: a round field of view with the optic disc, dark vessels from it and
     the darker macula; lesion = bright exudates or a dark haemorrhage.
@@ -512,38 +510,6 @@ def phantom(modality: str, size: int, seed: int, anomalous: bool) -> tuple[np.nd
             cy, cx = _pick_inside(rng, liver, size * 0.08, size)
             core = _blob(rng, yy, xx, cy, cx, size * rng.uniform(0.04, 0.08)) & liver
             img[core] = 0.38 + 0.03 * texture[core]
-            mask = core
-        img += 0.025 * fine
-    elif modality == "chest_ct":
-        body = _ellipse(yy, xx, c[0], c[1], size * 0.34 * scale, size * 0.45 * scale) < 1.0
-        img[body] = 0.4 + 0.03 * texture[body]  # muscle and fat
-        lungs = np.zeros_like(mask)
-        for side in (-1, 1):
-            lung = (_ellipse(yy, xx, c[0] - size * 0.02, c[1] + side * size * 0.2, size * 0.24, size * 0.15,
-                             side * 0.15) + 0.05 * _smooth_noise(rng, size, size / 16.0)) < 1.0
-            lungs |= lung & body
-        img[lungs] = 0.08 + 0.03 * texture[lungs]
-        for _ in range(int(rng.integers(10, 18))):  # vessels: small bright dots in the lungs
-            vy, vx = _pick_inside(rng, lungs, size * 0.02, size)
-            img[(np.hypot(yy - vy, xx - vx) < size * rng.uniform(0.006, 0.014)) & lungs] = 0.45
-        heart = _ellipse(yy, xx, c[0] - size * 0.02, c[1] + size * 0.03, size * 0.13, size * 0.1) < 1.0
-        img[heart & body] = 0.55
-        vertebra = _ellipse(yy, xx, c[0] + size * 0.22, c[1], size * 0.055, size * 0.055) < 1.0
-        img[vertebra] = 0.95
-        img[_ellipse(yy, xx, c[0] - size * 0.3, c[1], size * 0.02, size * 0.035) < 1.0] = 0.9  # sternum
-        for angle in np.linspace(0.35, np.pi - 0.35, 6):  # rib cross-sections along the chest wall
-            for side in (-1, 1):
-                ry, rx = c[0] - np.cos(angle) * size * 0.3, c[1] + side * np.sin(angle) * size * 0.41
-                img[np.hypot(yy - ry, xx - rx) < size * 0.018] = 0.9
-        if anomalous:
-            if rng.random() < 0.5:  # a solid nodule in a lung
-                cy, cx = _pick_inside(rng, lungs, size * 0.05, size)
-                core = _blob(rng, yy, xx, cy, cx, size * rng.uniform(0.025, 0.05)) & lungs
-                img[core] = 0.5 + 0.04 * texture[core]
-            else:  # a lytic lesion: a dark hole eaten into the vertebra
-                cy, cx = _pick_inside(rng, vertebra, size * 0.02, size)
-                core = _blob(rng, yy, xx, cy, cx, size * rng.uniform(0.02, 0.035)) & vertebra
-                img[core] = 0.35 + 0.03 * texture[core]
             mask = core
         img += 0.025 * fine
     elif modality == "retina_oct":
