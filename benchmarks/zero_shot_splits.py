@@ -12,15 +12,17 @@ for each held-out category how many normal images the expert scores at or above 
 
 ``--tower pretrained`` (the default, as the pipeline) runs the ``pretrain_tower`` stage before stage 1; ``random``
 starts stage 1 from a random tower (``train.tower.enabled=false``). Each split also prints the image AUROC and the
-verdict F1 at 0.5 of several image scores read from the same expert (``VARIANTS``: the predictor, the base-view map's
-max, top-1 % / top-5 % mean, mean, and the predictor / map-max fusion), on the held-out categories and on stage 1's
-held-out rows of the training categories; ``--rescore`` only re-scores the experts kept in ``--workdir``. Last, for
-those held-out rows, the image AUROC of each defect type and each quartile of the anomalies' mask areas against the
-normal images of the same category (:func:`auroc_by_group`): which anomalies the image score misses. And the same
-expert's image AUROC on the medical and 3D extensions' evaluation sets (per modality; per view and per object, the
-max over its views), which is what the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves the
-expert as stage 1 trained it: a medical or 3D training change is measured here in one stage-1 run per seed (seed 0 of
-the default: medical 0.769, 3D per view 0.609 and per object 0.703, as the pipeline's reports to the digit).
+verdict F1 at 0.5 of several image scores read from the same expert (``VARIANTS``: the predictor, the base-view
+map's max, top-1 % / top-5 % mean, mean, the predictor / map-max fusion, the training-free :func:`self_similarity`
+of the tower's features and its ``rank_fusion`` with the predictor, both without an F1 since they are not
+probabilities), on the held-out categories and on stage 1's held-out rows of the training categories; ``--rescore``
+only re-scores the experts kept in ``--workdir``. Last, for those held-out rows, the image AUROC of each defect type
+and each quartile of the anomalies' mask areas against the normal images of the same category
+(:func:`auroc_by_group`): which anomalies the image score misses. And the same expert's image AUROC on the medical
+and 3D extensions' evaluation sets (per modality; per view and per object, the max over its views), which is what
+the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves the expert as stage 1 trained it: a
+medical or 3D training change is measured here in one stage-1 run per seed (seed 0 of the default: medical 0.769, 3D
+per view 0.609 and per object 0.703, as the pipeline's reports to the digit).
 
 Current default (21 families with optional mounted parts, medical / 3D in training, pretrained tower, one cycle, the
 BCE kept off the maps, 16 epochs, the blended surfel renders of the training spheres; 2 threads, one split after the
@@ -57,13 +59,49 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 #: image scores compared on the same trained expert (see :func:`score_variants`)
-VARIANTS = ("predictor", "map_max", "map_top1", "map_top5", "map_mean", "fusion")
+VARIANTS = ("predictor", "map_max", "map_top1", "map_top5", "map_mean", "fusion", "self_similarity", "rank_fusion")
+#: variants that are ranks, not probabilities: their verdict at 0.5 means nothing, so no F1 is reported
+UNCALIBRATED = ("self_similarity", "rank_fusion")
 
 
-def score_variants(predictor, base_maps) -> dict:
+def self_similarity(features, grid_size: int, radius: int = 2, k: int = 1, top_fraction: float = 0.02):
+    """A training-free image score: how unlike the rest of its own image the image's most unusual patches are.
+
+    Each patch's score is 1 - the mean cosine similarity of its ``k`` most similar patches among those more than
+    ``radius`` cells away (Chebyshev distance on the ``grid_size`` grid), so a part that repeats across the image
+    (a chip, a bolt hole) finds its twin and scores low, while a defect finds none; the image's score is the mean of
+    its top ``top_fraction`` patch scores (at least one).
+
+    Args:
+        features: [B, G*G, C] tower features of the base views.
+    Returns: [B] numpy scores, higher = more anomalous.
+    """
+    import torch
+
+    f = torch.nn.functional.normalize(torch.as_tensor(features).float(), dim=-1)
+    cells = torch.cartesian_prod(torch.arange(grid_size), torch.arange(grid_size))  # [T,2]
+    near = (cells[:, None] - cells[None]).abs().amax(-1) <= radius  # [T,T]
+    similarity = (f @ f.transpose(1, 2)).masked_fill(near, -2.0)
+    patch = 1 - similarity.topk(k, dim=-1).values.mean(-1)  # [B,T]
+    top = max(1, int(top_fraction * patch.shape[1]))
+    return patch.topk(top, dim=-1).values.mean(-1).numpy()
+
+
+def _ranks(values):
+    import numpy as np
+    from scipy.stats import rankdata
+
+    values = np.asarray(values, dtype=np.float64)
+    return (rankdata(values) - 1) / max(len(values) - 1, 1)
+
+
+def score_variants(predictor, base_maps, self_similarity_scores=None) -> dict:
     """Candidate image scores from the expert's predictor probabilities [B] and base-view maps [B, G, G].
 
-    ``map_topK``: mean of the map's top K % cells; ``fusion``: mean of the predictor's probability and the map max.
+    ``map_topK``: mean of the map's top K % cells; ``fusion``: mean of the predictor's probability and the map max;
+    with ``self_similarity_scores`` [B] (:func:`self_similarity`) also those and ``rank_fusion``, the mean of the
+    predictor's and the self-similarity's ranks among the scored images (it needs the whole set, so it measures
+    what the two scores hold together; a deployed score would need a calibration instead).
     """
     import numpy as np
 
@@ -75,8 +113,12 @@ def score_variants(predictor, base_maps) -> dict:
         k = max(1, int(round(fraction * flat.shape[1])))
         return ordered[:, :k].mean(axis=1)
 
-    return {"predictor": predictor, "map_max": ordered[:, 0], "map_top1": top(0.01), "map_top5": top(0.05),
-            "map_mean": flat.mean(axis=1), "fusion": 0.5 * (predictor + ordered[:, 0])}
+    out = {"predictor": predictor, "map_max": ordered[:, 0], "map_top1": top(0.01), "map_top5": top(0.05),
+           "map_mean": flat.mean(axis=1), "fusion": 0.5 * (predictor + ordered[:, 0])}
+    if self_similarity_scores is not None:
+        ss = np.asarray(self_similarity_scores, dtype=np.float64)
+        out.update({"self_similarity": ss, "rank_fusion": 0.5 * (_ranks(predictor) + _ranks(ss))})
+    return out
 
 
 
@@ -145,12 +187,17 @@ def expert_outputs(workspace: Path, params, rows) -> dict:
     dataset = ExpertDataset(rows, workspace, preprocess, int(model.config.grid_size), params.evaluate.resolution)
     module = stage1.ExpertStage(model, True)
     forward = stage1.stage_forward(torch.device("cpu"))
-    out: dict = {"predictor": [], "grids": [], "labels": [], "categories": [], "maps": [], "masks": []}
+    out: dict = {"predictor": [], "grids": [], "labels": [], "categories": [], "maps": [], "masks": [],
+                 "self_similarity": []}
     model.eval()
     with torch.no_grad():
         for start in range(0, len(dataset), 32):
             batch = collate_expert([dataset[i] for i in range(start, min(start + 32, len(dataset)))])
             result = forward(module, batch)
+            crops = list(batch["crops_per_image"])
+            base = batch["pixel_values"].index_select(0, torch.tensor([sum(crops[:i]) for i in range(len(crops))]))
+            features, _ = model.tower_features(base)  # [B,T,C]: the expert's LLM-layer features of the base views
+            out["self_similarity"] += self_similarity(features, int(model.config.grid_size)).tolist()
             out["predictor"] += result.scores.reshape(-1).tolist()
             out["grids"] += list(result.base_maps[:, 0].numpy())
             out["labels"] += batch["labels"].tolist()
@@ -173,7 +220,7 @@ def score_rows(workspace: Path, params, rows) -> dict:
     raw = expert_outputs(workspace, params, rows)
     predictor, grids, labels, cats = raw["predictor"], raw["grids"], raw["labels"], raw["categories"]
     maps, masks = raw["maps"], raw["masks"]
-    variants = score_variants(predictor, np.stack(grids))
+    variants = score_variants(predictor, np.stack(grids), raw["self_similarity"])
     labels, cats = np.array(labels), np.array(cats)
     per_class: dict = {}
     for cat in sorted(set(cats.tolist())):
@@ -181,7 +228,8 @@ def score_rows(workspace: Path, params, rows) -> dict:
         px = [i for i in own if labels[i] == 0 or masks[i].any()]
         entry = {name: M.image_auroc(v[own].tolist(), labels[own].tolist()) for name, v in variants.items()}
         # F1 of the verdict "score >= 0.5" (evaluate.threshold, stage 2's phrase): a rank is not a calibration
-        entry.update({f"{name}_f1": M.binary_metrics((v[own] >= 0.5).tolist(), labels[own].tolist())["f1"]
+        entry.update({f"{name}_f1": None if name in UNCALIBRATED else
+                      M.binary_metrics((v[own] >= 0.5).tolist(), labels[own].tolist())["f1"]
                       for name, v in variants.items()})
         entry["pixel_auroc"] = M.pixel_auroc([maps[i] for i in px], [masks[i] for i in px]) if px else None
         scores = variants["predictor"]
@@ -232,6 +280,8 @@ def extensions(workspace: Path, params) -> dict:
     """The expert's image AUROC on the medical and 3D extensions' evaluation sets, as the ``extend_medical`` /
     ``extend_3d`` stages measure it from the same expert score: per modality / per shape, and for 3D also per object
     (the max over its views). Only the enabled extensions; their sets are generated in the workspace."""
+    import numpy as np
+
     from anomaly_ov.data.extensions import medical_manifest, threed_manifest
     from anomaly_ov.evaluate import metrics as M
 
@@ -247,11 +297,17 @@ def extensions(workspace: Path, params) -> dict:
         macro, classes = M.macro_image(raw["predictor"], raw["labels"], raw["categories"])
         entry = {"image_auroc": macro.get("image_auroc"),
                  "per_class": {c: v.get("image_auroc") for c, v in classes.items()}, "images": len(rows)}
+        variants = score_variants(raw["predictor"], np.stack(raw["grids"]), raw["self_similarity"])
+        entry["variants"] = {v: M.macro_image(variants[v], raw["labels"], raw["categories"])[0].get("image_auroc")
+                             for v in ("self_similarity", "rank_fusion")}
         if name == "3d":
             obj_macro, obj_classes = M.macro_image(*per_object_max(raw["predictor"], raw["labels"],
                                                                    raw["categories"], raw["groups"]))
             entry["object_image_auroc"] = obj_macro.get("image_auroc")
             entry["object_per_class"] = {c: v.get("image_auroc") for c, v in obj_classes.items()}
+            entry["object_variants"] = {
+                v: M.macro_image(*per_object_max(variants[v], raw["labels"], raw["categories"], raw["groups"]))[0]
+                .get("image_auroc") for v in ("self_similarity", "rank_fusion")}
         out[name] = entry
     return out
 
@@ -335,12 +391,13 @@ def main() -> None:
         print(f"{', '.join(r['held_out']):<22} {r['image_auroc']:>11.3f} {r['pixel_auroc']:>11.3f} "
               f"{r['in_distribution_image_auroc']:>14.3f}  {per}")
     print(f"\nimage score variants (zero-shot / in-distribution held-out rows), tower {args.tower}:")
-    print(f"{'held out':<22} " + " ".join(f"{v:>13}" for v in VARIANTS))
+    print(f"{'held out':<22} " + " ".join(f"{v:>15}" for v in VARIANTS))
     for r in results:
         cells = [f"{r['variants'][v]:.3f}/{r['in_distribution_variants'][v]:.3f}" for v in VARIANTS]
-        print(f"{', '.join(r['held_out']):<22} " + " ".join(f"{c:>13}" for c in cells))
-        cells = [f"{r['variants_f1'][v]:.3f}/{r['in_distribution_variants_f1'][v]:.3f}" for v in VARIANTS]
-        print(f"{'  F1 at 0.5':<22} " + " ".join(f"{c:>13}" for c in cells))
+        print(f"{', '.join(r['held_out']):<22} " + " ".join(f"{c:>15}" for c in cells))
+        cells = ["-" if v in UNCALIBRATED else f"{r['variants_f1'][v]:.3f}/{r['in_distribution_variants_f1'][v]:.3f}"
+                 for v in VARIANTS]
+        print(f"{'  F1 at 0.5':<22} " + " ".join(f"{c:>15}" for c in cells))
     for r in results:
         for name, entry in r["extensions"].items():
             per = "; ".join(f"{c} {v:.3f}" for c, v in entry["per_class"].items())
@@ -348,7 +405,10 @@ def main() -> None:
             if "object_image_auroc" in entry:
                 per = "; ".join(f"{c} {v:.3f}" for c, v in entry["object_per_class"].items())
                 line += f", per object (max over views) {entry['object_image_auroc']:.3f} ({per})"
-            print(line)
+            others = ", ".join(f"{v} {a:.3f}" + (f" / {entry['object_variants'][v]:.3f} per object"
+                                                 if "object_variants" in entry else "")
+                               for v, a in entry["variants"].items())
+            print(f"{line}; {others}")
     for r in results:
         print(f"\nheld out {', '.join(r['held_out'])}: stage 1's held-out rows of the training categories, image AUROC "
               "of each group of anomalies against their own category's normals (predictor / map max; categories, "
