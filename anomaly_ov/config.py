@@ -235,6 +235,10 @@ class ExpertRecipe(_Section):
     augment: bool = Field(
         default=False, description="random 90-degree turns and mirror flips of each batch (images and masks); needs "
         "base_view_only, whose square base views turn without changing shape")
+    augment_colours: bool = Field(
+        default=False, description="with augment, also reorder each image's colour channels (one of the 6 orders "
+        "at random; grey images are unchanged), so the expert sees every training object in 6 hues and cannot take "
+        "an unfamiliar colour for a defect")
     score_loss_trains_maps: bool = Field(
         default=True, description="whether the image-score BCE trains the maps, their adaptors and the tower too, "
         "through the look-twice selector (the release: it is its only loss). false: the selector reads them without "
@@ -246,6 +250,8 @@ class ExpertRecipe(_Section):
         if self.augment and not self.base_view_only:
             raise ValueError("augment: true needs base_view_only: true (AnyRes crops of a non-square image cannot "
                              "be turned by 90 degrees); turn one on or the other off")
+        if self.augment_colours and not self.augment:
+            raise ValueError("augment_colours: true is part of the batch augmentation; it needs augment: true")
         return self
 
     @model_validator(mode="after")

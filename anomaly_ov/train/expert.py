@@ -174,16 +174,26 @@ def expert_loss(out: ExpertOutput, batch: Mapping[str, Any], recipe: ExpertRecip
     return loss, metrics
 
 
-def augment_batch(batch: Mapping[str, Any], seed: int) -> dict[str, Any]:
+#: the 6 orders of an image's colour channels (``augment_colours``)
+CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def augment_batch(batch: Mapping[str, Any], seed: int,
+                  colour_norm: tuple[Sequence[float], Sequence[float]] | None = None) -> dict[str, Any]:
     """The batch turned by a random multiple of 90 degrees and maybe mirrored (images, masks and mask cells alike).
 
     The draw is seeded by ``seed`` and the batch's dataset indices, so a resumed run augments its batches exactly
     as the uninterrupted run did. The training set's categories then appear in 8 poses, which keeps the expert
     from tying a defect to where it sits or how it is oriented in the few training categories.
+
+    ``colour_norm``: the image processor's (mean, std) per channel; given, each image's colour channels are also
+    reordered (one of :data:`CHANNEL_ORDERS` per image, from the same seeded draw) in pixel space: ``pixel_values``
+    [B,...,3,H,W] are un-normalised, reordered and normalised again.
     """
 
     key = int(common.fingerprint(seed, [int(i) for i in batch["index"].tolist()])[:12], 16)
-    draw = torch.randint(0, 8, (1,), generator=torch.Generator().manual_seed(key)).item()
+    generator = torch.Generator().manual_seed(key)
+    draw = torch.randint(0, 8, (1,), generator=generator).item()
     turns, mirror = int(draw) % 4, draw >= 4
 
     def transform(t: torch.Tensor) -> torch.Tensor:
@@ -193,6 +203,15 @@ def augment_batch(batch: Mapping[str, Any], seed: int) -> dict[str, Any]:
     out = dict(batch)
     for name in ("pixel_values", "masks", "mask_grids"):
         out[name] = transform(batch[name])
+    if colour_norm is not None:
+        pixels = out["pixel_values"]
+        mean = torch.as_tensor(colour_norm[0], dtype=pixels.dtype).reshape(3, 1, 1)
+        std = torch.as_tensor(colour_norm[1], dtype=pixels.dtype).reshape(3, 1, 1)
+        orders = torch.tensor(CHANNEL_ORDERS)[torch.randint(0, len(CHANNEL_ORDERS), (pixels.shape[0],),
+                                                            generator=generator)]  # [B,3]
+        shape = (pixels.shape[0], *([1] * (pixels.dim() - 4)), 3, 1, 1)
+        index = orders.reshape(shape).expand_as(pixels)
+        out["pixel_values"] = (torch.gather(pixels * std + mean, -3, index) - mean) / std
     return out
 
 
@@ -303,8 +322,12 @@ def fit_expert(
     max_grad_norm: float | None = None,
     strategy: str = "ddp",
     zero_stage: int = 2,
+    colour_norm: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> common.LoopResult:
     """Train the expert part of ``model`` (anything ``forward(model, batch) -> ExpertOutput`` understands).
+
+    ``colour_norm``: the image processor's (mean, std), which ``recipe.augment_colours`` needs to reorder colours
+    in pixel space (see :func:`augment_batch`).
 
     Under torchrun the model is wrapped for ``strategy`` (see :func:`common.wrap_distributed`); the result's
     ``model`` is what trained (read its weights with :func:`common.consolidated_state`).
@@ -320,9 +343,12 @@ def fit_expert(
     params = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP's sharded parameters when sharded
     optimizer, scheduler = make_optimizer(params, recipe, per_epoch)
 
+    if recipe.augment_colours and colour_norm is None:
+        raise ValueError("recipe.augment_colours needs colour_norm, the image processor's (mean, std)")
+
     def step(m: nn.Module, batch: Mapping[str, Any]) -> common.StepOutput:
         if recipe.augment:
-            batch = augment_batch(batch, seed)
+            batch = augment_batch(batch, seed, colour_norm if recipe.augment_colours else None)
         out = forward(m, batch)
         loss, metrics = expert_loss(out, batch, recipe, weights)
         return common.StepOutput(loss=loss, items=len(batch["labels"]), metrics=metrics)
@@ -359,7 +385,8 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
         "warmup_ratio": recipe.warmup_ratio, "weight_decay": recipe.weight_decay,
         "base_view_only": recipe.base_view_only, "mask_pos_weight": recipe.mask_pos_weight,
         "map_image_loss_weight": recipe.map_image_loss_weight, "map_image_top_fraction": recipe.map_image_top_fraction,
-        "augment": recipe.augment, "score_loss_trains_maps": recipe.score_loss_trains_maps,
+        "augment": recipe.augment, "augment_colours": recipe.augment_colours,
+        "score_loss_trains_maps": recipe.score_loss_trains_maps,
     }
 
 
@@ -532,7 +559,8 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
             stage_module, forward, trainable, train_set, val_set, collate_expert, recipe, seed=params.train.seed,
             checkpoint_dir=in_workspace(workspace, cfg.checkpoint_dir), checkpoint_every=cfg.checkpoint_every,
             num_workers=cfg.num_workers, fingerprint=fp, max_grad_norm=cfg.max_grad_norm, strategy=cfg.strategy,
-            zero_stage=cfg.zero_stage,
+            zero_stage=cfg.zero_stage, colour_norm=(preprocess.image_processor.image_mean,
+                                                    preprocess.image_processor.image_std),
         )
     # every rank evaluates the whole held-out set (under fsdp the sharded forward is a collective)
     trained = result.model if result.model is not None else stage_module

@@ -290,3 +290,31 @@ def test_augment_turns_images_and_masks_together_and_is_seeded_by_the_batch() ->
         poses.add(out["pixel_values"][0, 0].flatten().tolist().__repr__())
         assert out["labels"] == 1 and batch["pixel_values"] is image  # other keys kept, input untouched
     assert len(poses) >= 6  # of the 8 poses, most appear over 24 seeds
+
+
+def test_colour_augmentation_reorders_each_images_channels_in_pixel_space() -> None:
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    norm = torch.tensor(mean).reshape(3, 1, 1), torch.tensor(std).reshape(3, 1, 1)
+    colour = torch.rand(6, 3, 8, 8)
+    colour[5] = colour[5, :1]  # a grey image: every channel the same
+    batch = {"index": torch.arange(6), "pixel_values": (colour - norm[0]) / norm[1], "masks": torch.zeros(6, 1, 8, 8),
+             "mask_grids": torch.zeros(6, 1, 4, 4)}
+    orders = set()
+    for seed in range(12):
+        plain = stage1.augment_batch(batch, seed)
+        out = stage1.augment_batch(batch, seed, (mean, std))
+        assert torch.equal(out["masks"], plain["masks"])  # the same pose as without colours
+        assert torch.equal(out["pixel_values"], stage1.augment_batch(batch, seed, (mean, std))["pixel_values"])
+        turned = plain["pixel_values"] * norm[1] + norm[0]  # the posed images, in pixel space
+        seen = out["pixel_values"] * norm[1] + norm[0]
+        for i in range(6):
+            order = next(o for o in stage1.CHANNEL_ORDERS if torch.allclose(seen[i], turned[i][list(o)], atol=1e-5))
+            orders.add(order)
+        assert torch.allclose(seen[5], turned[5], atol=1e-5)  # grey stays grey
+    assert orders == set(stage1.CHANNEL_ORDERS)  # every order is drawn
+
+
+def test_colour_augmentation_needs_the_batch_augmentation() -> None:
+    recipe = tiny_params().expert_recipe
+    with pytest.raises(ValueError, match="augment_colours: true .* needs augment: true"):
+        type(recipe).model_validate({**recipe.model_dump(), "augment": False, "augment_colours": True})
