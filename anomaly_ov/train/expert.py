@@ -5,10 +5,11 @@ when the recipe turns it on, a mask loss on every level's base-view anomaly map:
 mask (the map bilinearly upsampled to the mask resolution) and a per-cell BCE against the fraction of defect pixels
 in each G x G cell. Normal images count with an all-zero target; anomalies without a mask are left out of the mask
 loss. With ``score_loss_trains_maps: false`` (tiny recipe) the BCE trains only the selector and the predictor and the
-mask loss alone the maps and the tower (:class:`ExpertStage`). ``augment`` turns and mirrors each batch (seeded by the
-batch, so resume stays exact). The paper's recipe
-(pretrained presets) has no mask loss and temperature 100; the tiny preset, whose tower starts from random weights,
-needs the mask loss at temperature 10 (docs/model.md, 'Training recipes') — the run records which recipe was used.
+mask loss alone the maps and the tower (:class:`ExpertStage`). ``augment`` turns and mirrors each batch, and
+``augment_colours`` also reorders each image's colour channels (seeded by the batch, so resume stays exact). The
+paper's recipe (pretrained presets) has no mask loss and temperature 100; the tiny preset, whose tower starts from
+random weights, needs the mask loss at temperature 10 (docs/model.md, 'Training recipes') — the run records which
+recipe was used.
 
 Optimiser: AdamW over the expert (and the vision tower when ``train_vision_tower``), with the recipe's ``schedule``:
 the release's CosineAnnealingWarmRestarts restarting ``restarts_per_epoch`` times per epoch, or (tiny recipe) one
@@ -332,6 +333,8 @@ def fit_expert(
     Under torchrun the model is wrapped for ``strategy`` (see :func:`common.wrap_distributed`); the result's
     ``model`` is what trained (read its weights with :func:`common.consolidated_state`).
     """
+    if recipe.augment_colours and colour_norm is None:
+        raise ValueError("recipe.augment_colours needs colour_norm, the image processor's (mean, std)")
     info = common.dist_info()
     if not set_trainable(model, trainable):
         raise StageFailed(STAGE, "no trainable parameter (is the expert attached to the model?)")
@@ -342,9 +345,6 @@ def fit_expert(
                if strategy != "deepspeed" else model)
     params = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP's sharded parameters when sharded
     optimizer, scheduler = make_optimizer(params, recipe, per_epoch)
-
-    if recipe.augment_colours and colour_norm is None:
-        raise ValueError("recipe.augment_colours needs colour_norm, the image processor's (mean, std)")
 
     def step(m: nn.Module, batch: Mapping[str, Any]) -> common.StepOutput:
         if recipe.augment:
