@@ -170,7 +170,8 @@ def area_quartiles(areas, labels) -> list[str]:
 
 def expert_outputs(workspace: Path, params, rows) -> dict:
     """The workspace's trained expert on manifest ``rows``: per row its predictor score, base-view grid map, label,
-    category and group (as the manifest's), with the map upsampled to the mask and the mask."""
+    category and group (as the manifest's), the map upsampled to the mask and the mask, and the
+    :func:`self_similarity` of the base view's tower features (the tower runs a second time for them)."""
     import torch
     import torch.nn.functional as F
 
