@@ -174,6 +174,9 @@ class ExpertParams(_Section):
         "verdict read it): predictor = sigmoid(final_predictor(global token)), the release; map_max = the highest "
         "cell of the base view's anomaly map; fusion = their mean. null = the preset's (pretrained: predictor; "
         "tiny: see anomaly_ov.model.presets.TINY_EXPERT)")
+    self_similarity: bool | None = Field(
+        default=None, description="the predictor's logit also reads how unlike the rest of its image the base view's "
+        "most unusual patches are (a trained scale and shift; not in the release). null = the preset's (off)")
 
 
 class ModelParams(_Section):

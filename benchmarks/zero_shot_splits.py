@@ -13,14 +13,14 @@ for each held-out category how many normal images the expert scores at or above 
 ``--tower pretrained`` (the default, as the pipeline) runs the ``pretrain_tower`` stage before stage 1; ``random``
 starts stage 1 from a random tower (``train.tower.enabled=false``). Each split also prints the image AUROC and the
 verdict F1 at 0.5 of several image scores read from the same expert (``VARIANTS``: the predictor, the base-view
-map's max, top-1 % / top-5 % mean, mean, the predictor / map-max fusion, the training-free :func:`self_similarity`
-of the tower's features and its ``rank_fusion`` with the predictor, both without an F1 since they are not
-probabilities), on the held-out categories and on stage 1's held-out rows of the training categories; ``--rescore``
-only re-scores the experts kept in ``--workdir``. Last, for those held-out rows, the image AUROC of each defect type
-and each quartile of the anomalies' mask areas against the normal images of the same category
-(:func:`auroc_by_group`): which anomalies the image score misses. And the same expert's image AUROC on the medical
-and 3D extensions' evaluation sets (per modality; per view and per object, the max over its views), which is what
-the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves the expert as stage 1 trained it: a
+map's max, top-1 % / top-5 % mean, mean, the predictor / map-max fusion, the training-free ``self_similarity``
+(anomaly_ov/model/expert.py) of the tower's features and its ``rank_fusion`` with the predictor, both without an F1
+since they are not probabilities), on the held-out categories and on stage 1's held-out rows of the training
+categories; ``--rescore`` only re-scores the experts kept in ``--workdir``. Last, for those held-out rows, the image
+AUROC of each defect type and each quartile of the anomalies' mask areas against the normal images of the same
+category (:func:`auroc_by_group`): which anomalies the image score misses. And the same expert's image AUROC on the
+medical and 3D extensions' evaluation sets (per modality; per view and per object, the max over its views), which is
+what the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves the expert as stage 1 trained it: a
 medical or 3D training change is measured here in one stage-1 run per seed (seed 0 of the default: medical 0.769, 3D
 per view 0.609 and per object 0.703, as the pipeline's reports to the digit).
 
@@ -64,29 +64,6 @@ VARIANTS = ("predictor", "map_max", "map_top1", "map_top5", "map_mean", "fusion"
 UNCALIBRATED = ("self_similarity", "rank_fusion")
 
 
-def self_similarity(features, grid_size: int, radius: int = 2, k: int = 1, top_fraction: float = 0.02):
-    """A training-free image score: how unlike the rest of its own image the image's most unusual patches are.
-
-    Each patch's score is 1 - the mean cosine similarity of its ``k`` most similar patches among those more than
-    ``radius`` cells away (Chebyshev distance on the ``grid_size`` grid), so a part that repeats across the image
-    (a chip, a bolt hole) finds its twin and scores low, while a defect finds none; the image's score is the mean of
-    its top ``top_fraction`` patch scores (at least one).
-
-    Args:
-        features: [B, G*G, C] tower features of the base views.
-    Returns: [B] numpy scores, higher = more anomalous.
-    """
-    import torch
-
-    f = torch.nn.functional.normalize(torch.as_tensor(features).float(), dim=-1)
-    cells = torch.cartesian_prod(torch.arange(grid_size), torch.arange(grid_size))  # [T,2]
-    near = (cells[:, None] - cells[None]).abs().amax(-1) <= radius  # [T,T]
-    similarity = (f @ f.transpose(1, 2)).masked_fill(near, -2.0)
-    patch = 1 - similarity.topk(k, dim=-1).values.mean(-1)  # [B,T]
-    top = max(1, int(top_fraction * patch.shape[1]))
-    return patch.topk(top, dim=-1).values.mean(-1).numpy()
-
-
 def _ranks(values):
     import numpy as np
     from scipy.stats import rankdata
@@ -99,9 +76,9 @@ def score_variants(predictor, base_maps, self_similarity_scores=None) -> dict:
     """Candidate image scores from the expert's predictor probabilities [B] and base-view maps [B, G, G].
 
     ``map_topK``: mean of the map's top K % cells; ``fusion``: mean of the predictor's probability and the map max;
-    with ``self_similarity_scores`` [B] (:func:`self_similarity`) also those and ``rank_fusion``, the mean of the
-    predictor's and the self-similarity's ranks among the scored images (it needs the whole set, so it measures
-    what the two scores hold together; a deployed score would need a calibration instead).
+    with ``self_similarity_scores`` [B] (the expert module's ``self_similarity``) also those and ``rank_fusion``,
+    the mean of the predictor's and the self-similarity's ranks among the scored images (it needs the whole set, so
+    it measures what the two scores hold together; a deployed score would need a calibration instead).
     """
     import numpy as np
 
@@ -170,12 +147,13 @@ def area_quartiles(areas, labels) -> list[str]:
 
 def expert_outputs(workspace: Path, params, rows) -> dict:
     """The workspace's trained expert on manifest ``rows``: per row its predictor score, base-view grid map, label,
-    category and group (as the manifest's), the map upsampled to the mask and the mask, and the
-    :func:`self_similarity` of the base view's tower features (the tower runs a second time for them)."""
+    category and group (as the manifest's), the map upsampled to the mask and the mask, and the ``self_similarity``
+    of the base view's tower features (the tower runs a second time for them)."""
     import torch
     import torch.nn.functional as F
 
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
+    from anomaly_ov.model.expert import self_similarity
     from anomaly_ov.model.presets import build_model, load_expert_stage, processor_for
     from anomaly_ov.model.processing import ImagePreprocessor
     from anomaly_ov.model.tokenizer import train_tokenizer

@@ -13,6 +13,8 @@ Python loop):
   Q = ``query_proj(q)``, K = ``key_proj(v)``, V = ``v``) -> 4 anomaly tokens per crop.
 * per image: the significance-weighted mean of all its crops' tokens -> global token ``r``; ``final_predictor`` +
   sigmoid -> the image score.
+* not in the release, off by default: ``self_similarity`` adds a trained multiple of the base view's
+  :func:`self_similarity` (how unlike the rest of the image its most unusual patches are) to the predictor's logit.
 
 Differences from the release, all settings: ``temperature`` (release 100) and ``eps`` added to the two
 significance divisions (release 0). With ``eps=0`` and ``temperature=100`` the outputs equal the release maths
@@ -67,6 +69,36 @@ logger = logging.getLogger(__name__)
 _KNOWN_PREFIXES = ("module.", "anomaly_expert.", "expert.", "model.anomaly_expert.", "model.expert.")
 #: the parameter that names an expert inside a larger state dict: ``<prefix>positive_embedding``
 _ANCHOR_KEY = "positive_embedding"
+
+
+#: the self-similarity term (``self_similarity=True``): patches within this many cells (Chebyshev) are not compared,
+#: and the image reads the mean of its top this fraction of patch scores; both chosen on stage 1's held-out rows of
+#: the training families (docs/model.md, 'Settings that differ from the release')
+SELF_SIMILARITY_RADIUS = 2
+SELF_SIMILARITY_TOP_FRACTION = 0.02
+#: the term's trained scale is multiplied by this, so that Adam's steps (about lr each) move the term at the rate the
+#: predictor's own weights move its logit
+SELF_SIMILARITY_GAIN = 10.0
+
+
+def self_similarity(features: torch.Tensor, grid_size: int, radius: int = SELF_SIMILARITY_RADIUS,
+                    top_fraction: float = SELF_SIMILARITY_TOP_FRACTION) -> torch.Tensor:
+    """How unlike the rest of its own image an image's most unusual patches are (training-free).
+
+    Each patch scores 1 - its highest cosine similarity to a patch more than ``radius`` cells away, so a part that
+    repeats across the image (a chip, a bolt hole) finds its twin and scores low while a defect finds none; the image
+    scores the mean of its top ``top_fraction`` patch scores (at least one).
+
+    Args:
+        features: [B, G*G, C] features of B views on the ``grid_size`` grid.
+    Returns: [B] scores in [0, 2], higher = more anomalous (differentiable in ``features``).
+    """
+    f = F.normalize(features.float(), dim=-1)
+    cells = torch.cartesian_prod(torch.arange(grid_size, device=f.device), torch.arange(grid_size, device=f.device))
+    near = (cells[:, None] - cells[None]).abs().amax(-1) <= radius  # [T,T]
+    similarity = (f @ f.transpose(1, 2)).masked_fill(near, -2.0)
+    patch = 1 - similarity.amax(-1)  # [B,T]
+    return patch.topk(max(1, int(top_fraction * patch.shape[1])), dim=-1).values.mean(-1)
 
 
 #: what the expert's image score ``scores`` is read from: ``predictor`` (the release: ``sigmoid(final_predictor(r))``
@@ -140,6 +172,10 @@ class AnomalyExpert(nn.Module):
         num_pooling_tokens: quadrant grid side of the selector (release 2 -> 4 tokens per crop).
         image_score: what ``scores`` is (see :data:`IMAGE_SCORES`); release ``"predictor"``:
             ``sigmoid(final_predictor(r))``. ``score_logits`` is always the predictor's (stage 1's BCE trains it).
+        self_similarity: the predictor's logit also reads the base view's :func:`self_similarity` ``s``:
+            ``final_predictor(r) + GAIN * self_similarity_scale * (s - self_similarity_shift)``, both trained with
+            the predictor (scale from 0, so training starts at the release's predictor). Off in the release; its two
+            parameters exist only when on, so a release checkpoint's keys are unchanged.
     """
 
     def __init__(
@@ -153,6 +189,7 @@ class AnomalyExpert(nn.Module):
         predictor_dim: int | None = None,
         num_pooling_tokens: int = 2,
         image_score: str = "predictor",
+        self_similarity: bool = False,
     ) -> None:
         super().__init__()
         if image_score not in IMAGE_SCORES:
@@ -170,6 +207,7 @@ class AnomalyExpert(nn.Module):
         self.predictor_dim = predictor_dim or embed_dim
         self.num_pooling_tokens = num_pooling_tokens
         self.image_score = image_score
+        self.self_similarity = bool(self_similarity)
         num_patches = grid_size * grid_size
 
         self.positive_embedding = nn.Parameter(torch.randn(1, embed_dim))
@@ -184,6 +222,9 @@ class AnomalyExpert(nn.Module):
             nn.Linear(hidden_size, self.predictor_dim), nn.GELU(), nn.Linear(self.predictor_dim, 1)
         )
         self.q_former = SingleHeadAttention(hidden_size, hidden_size, embed_dim)
+        if self.self_similarity:
+            self.self_similarity_scale = nn.Parameter(torch.zeros(1))
+            self.self_similarity_shift = nn.Parameter(torch.full((1,), 0.3))
 
     def config_dict(self) -> dict[str, Any]:
         """Constructor arguments (saved beside the weights so the expert can be rebuilt)."""
@@ -197,6 +238,7 @@ class AnomalyExpert(nn.Module):
             "predictor_dim": self.predictor_dim,
             "num_pooling_tokens": self.num_pooling_tokens,
             "image_score": self.image_score,
+            "self_similarity": self.self_similarity,
         }
 
     # ------------------------------------------------------------------------------------------ maths
@@ -310,6 +352,10 @@ class AnomalyExpert(nn.Module):
         denominator = weight.new_zeros(num_images, 1).index_add_(0, image_index, weight)
         global_tokens = (numerator / self._denominator(denominator)).unsqueeze(1)  # [B,1,C]
         score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
+        if self.self_similarity:  # read from the base views' features (without their gradients when detached)
+            s = self_similarity(v.index_select(0, base_index), g)[:, None].to(score_logits.dtype)  # [B,1]
+            score_logits = score_logits + SELF_SIMILARITY_GAIN * self.self_similarity_scale * (
+                s - self.self_similarity_shift)
         return ExpertOutput(
             maps=maps,
             crop_tokens=crop_tokens,

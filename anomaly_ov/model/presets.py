@@ -86,8 +86,10 @@ TINY_TEXT: dict[str, Any] = {
 #: Pretrained presets: the release (E = 512, temperature 100, no eps; an exactly-0 pooled map is guarded in the
 #: expert). Tiny: E = 64; temperature 10 (a tower trained from scratch saturates the 2-way softmax at 100, and the
 #: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it).
-TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor"}
-PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor"}
+TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor",
+                               "self_similarity": False}
+PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor",
+                                     "self_similarity": False}
 #: The suspicious-level phrase's (low, high) per preset family (``params.model.suspicious_thresholds`` overrides).
 #: Pretrained: the release's 0.3 / 0.7. Tiny: "slightly" below 0.5, the expert's own verdict threshold
 #: (``evaluate.threshold``), "highly" from 0.75. The tiny LLM learns its Yes / No from that word alone (it does not

@@ -52,24 +52,6 @@ def test_an_object_scores_the_max_of_its_views_and_is_anomalous_when_any_view_is
     assert cats == ["box", "box", "bowl"]
 
 
-def test_self_similarity_scores_a_patch_without_a_twin_and_not_a_repeated_part() -> None:
-    import torch
-
-    grid, channels = 6, 4
-    plain = torch.zeros(grid * grid, channels)
-    plain[:, 0] = 1.0  # every patch alike
-    repeated = plain.clone()
-    repeated[0] = repeated[35] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # one part in two far corners: each has a twin
-    defect = plain.clone()
-    defect[14] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # one patch unlike every other
-    near_twin = plain.clone()
-    near_twin[14] = near_twin[15] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # its only twin is a neighbour: excluded
-    scores = zss.self_similarity(torch.stack([plain, repeated, defect, near_twin]), grid, radius=1, k=1,
-                                 top_fraction=0.02)
-    assert scores[0] == pytest.approx(0.0, abs=1e-6) and scores[1] == pytest.approx(0.0, abs=1e-6)
-    assert scores[2] == pytest.approx(1.0) and scores[3] == pytest.approx(1.0)
-
-
 def test_rank_fusion_averages_the_two_scores_ranks_and_only_then() -> None:
     predictor = [0.9, 0.1, 0.5, 0.3]
     out = zss.score_variants(predictor, np.zeros((4, 2, 2)), [0.0, 0.3, 0.2, 0.1])

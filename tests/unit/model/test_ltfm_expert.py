@@ -325,6 +325,56 @@ def test_detached_selector_gives_the_same_outputs_and_keeps_the_score_loss_off_t
         assert without[name] is not None and without[name].abs().sum() > 0, name
 
 
+def test_self_similarity_scores_a_patch_without_a_twin_and_not_a_repeated_part():
+    from anomaly_ov.model.expert import self_similarity
+
+    grid, channels = 6, 4
+    plain = torch.zeros(grid * grid, channels)
+    plain[:, 0] = 1.0  # every patch alike
+    repeated = plain.clone()
+    repeated[0] = repeated[35] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # one part in two far corners: each has a twin
+    defect = plain.clone()
+    defect[14] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # one patch unlike every other
+    near_twin = plain.clone()
+    near_twin[14] = near_twin[15] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # its only twin is a neighbour: not compared
+    scores = self_similarity(torch.stack([plain, repeated, defect, near_twin]), grid, radius=1, top_fraction=0.02)
+    assert scores.tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0], abs=1e-6)
+
+
+def test_self_similarity_term_adds_a_trained_multiple_to_the_predictor_logit_and_no_release_key():
+    from anomaly_ov.model.expert import SELF_SIMILARITY_GAIN, self_similarity
+
+    torch.manual_seed(0)
+    plain = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=4, temperature=10.0, eps=1e-6)
+    with_term = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=4, temperature=10.0, eps=1e-6,
+                              self_similarity=True)
+    assert set(with_term.state_dict()) - set(plain.state_dict()) == {"self_similarity_scale", "self_similarity_shift"}
+    assert AnomalyExpert(**plain.config_dict()).state_dict().keys() == plain.state_dict().keys()
+    assert AnomalyExpert(**with_term.config_dict()).self_similarity
+    with_term.load_state_dict(plain.state_dict(), strict=False)
+    counts = [2, 1]
+    v, levels = _inputs(counts, 4, 16)
+    assert torch.equal(with_term(v, levels, counts).score_logits, plain(v, levels, counts).score_logits)  # scale 0
+    with torch.no_grad():
+        with_term.self_similarity_scale.fill_(0.5)
+    out = with_term(v, levels, counts, detach_selector=True)
+    base = v.index_select(0, out.base_index)
+    expected = plain(v, levels, counts).score_logits + SELF_SIMILARITY_GAIN * 0.5 * (
+        self_similarity(base, 4)[:, None] - 0.3)
+    assert torch.allclose(out.score_logits, expected, atol=1e-6)
+    out.score_logits.sum().backward()
+    assert with_term.self_similarity_scale.grad is not None and with_term.self_similarity_shift.grad is not None
+
+
+def test_self_similarity_setting_resolves_per_preset():
+    from anomaly_ov.config import Params
+    from anomaly_ov.model.presets import expert_config
+
+    assert expert_config(Params(model={"preset": "llava-onevision-7b"}))["self_similarity"] is False  # the release
+    assert expert_config(Params())["self_similarity"] is False
+    assert expert_config(Params(model={"expert": {"self_similarity": True}}))["self_similarity"] is True
+
+
 def _float32_softmax_like_cuda_autocast(monkeypatch):
     """CUDA autocast runs softmax in float32 whatever its input; CPU autocast (bf16 matmuls) does not: patch it in."""
     softmax = torch.Tensor.softmax

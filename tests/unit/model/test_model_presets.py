@@ -139,7 +139,8 @@ def test_model_expert_params_are_the_expert_constructor_arguments():
     assert set(Params().model.expert.model_dump()) <= arguments
     params = Params(model={"expert": {"embed_dim": 32, "temperature": 7.0}})
     assert expert_config(params) == {"embed_dim": 32, "temperature": 7.0, "eps": 1e-6,
-                                     "image_score": TINY_EXPERT["image_score"]}
+                                     "image_score": TINY_EXPERT["image_score"],
+                                     "self_similarity": TINY_EXPERT["self_similarity"]}
     assert expert_config(Params())["temperature"] == 10.0
     assert expert_config(Params(model={"preset": "llava-onevision-7b"}))["temperature"] == 100.0
     with torch.device("meta"):
