@@ -118,7 +118,7 @@ class ExpertOutput:
     crop_tokens: torch.Tensor  # [N,4,C] anomaly tokens per crop (q_former output)
     global_tokens: torch.Tensor  # [B,1,C] significance-weighted mean of the image's crop tokens
     scores: torch.Tensor  # [B,1] sigmoid(score_logits)
-    score_logits: torch.Tensor  # [B,1] final_predictor output before the sigmoid
+    score_logits: torch.Tensor  # [B,1] final_predictor output (+ the self-similarity term when on), pre-sigmoid
     significance: torch.Tensor  # [N] mean anomaly map value per crop (mean over levels)
     level_maps: list[torch.Tensor]  # L tensors [N,1,G,G], one per level
     image_index: torch.Tensor  # [N] long: the image each crop belongs to
