@@ -176,7 +176,8 @@ class ExpertParams(_Section):
         "tiny: see anomaly_ov.model.presets.TINY_EXPERT)")
     self_similarity: bool | None = Field(
         default=None, description="the predictor's logit also reads how unlike the rest of its image the base view's "
-        "most unusual patches are (a trained scale and shift; not in the release). null = the preset's (off)")
+        "most unusual patches are (a trained scale and shift; not in the release). null = the preset's (tiny: on, "
+        "pretrained: off)")
 
 
 class ModelParams(_Section):

@@ -87,7 +87,7 @@ TINY_TEXT: dict[str, Any] = {
 #: expert). Tiny: E = 64; temperature 10 (a tower trained from scratch saturates the 2-way softmax at 100, and the
 #: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it).
 TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor",
-                               "self_similarity": False}
+                               "self_similarity": True}
 PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor",
                                      "self_similarity": False}
 #: The suspicious-level phrase's (low, high) per preset family (``params.model.suspicious_thresholds`` overrides).

@@ -371,8 +371,8 @@ def test_self_similarity_setting_resolves_per_preset():
     from anomaly_ov.model.presets import expert_config
 
     assert expert_config(Params(model={"preset": "llava-onevision-7b"}))["self_similarity"] is False  # the release
-    assert expert_config(Params())["self_similarity"] is False
-    assert expert_config(Params(model={"expert": {"self_similarity": True}}))["self_similarity"] is True
+    assert expert_config(Params())["self_similarity"] is True  # the tiny preset
+    assert expert_config(Params(model={"expert": {"self_similarity": False}}))["self_similarity"] is False
 
 
 def _float32_softmax_like_cuda_autocast(monkeypatch):
