@@ -24,13 +24,13 @@ what the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves 
 medical or 3D training change is measured here in one stage-1 run per seed (seed 0 of the default: medical 0.769, 3D
 per view 0.609 and per object 0.703, as the pipeline's reports to the digit).
 
-Current default (21 families with optional mounted parts, medical / 3D in training, pretrained tower, one cycle, the
-BCE kept off the maps, 16 epochs, the blended surfel renders of the training spheres; 2 threads, one split after the
-other, about 4.7 min per split), image / pixel AUROC: ic_chip, perforated 0.811 / 0.975 (ic_chip 0.766, perforated
-0.856); dice, connector 0.823 / 0.954 (connector 0.742, dice 0.904); pcb, round_part (the pipeline's own expert)
-0.732 / 0.924. With the previous renderer: 0.804 / 0.977, 0.781 / 0.955 and 0.782 / 0.966. At 8 epochs (1 thread,
-two splits at once): 0.769 / 0.952, 0.730 / 0.957 and 0.724 / 0.924; 8 epochs without the mounted parts: 0.724 /
-0.969, 0.567 / 0.955 and 0.698 / 0.933. The table below is an older recipe's.
+The default before the self-similarity term (21 families with optional mounted parts, medical / 3D in training,
+pretrained tower, one cycle, the BCE kept off the maps, 16 epochs, the blended surfel renders of the training
+spheres; 2 threads, one split after the other, about 4.7 min per split), image / pixel AUROC: ic_chip, perforated
+0.811 / 0.975 (ic_chip 0.766, perforated 0.856); dice, connector 0.823 / 0.954 (connector 0.742, dice 0.904); pcb,
+round_part (the pipeline's own expert) 0.732 / 0.924. With the previous renderer: 0.804 / 0.977, 0.781 / 0.955 and
+0.782 / 0.966. At 8 epochs (1 thread, two splits at once): 0.769 / 0.952, 0.730 / 0.957 and 0.724 / 0.924; 8 epochs
+without the mounted parts: 0.724 / 0.969, 0.567 / 0.955 and 0.698 / 0.933. The table below is an older recipe's.
 
 About 4 minutes per split on 2 CPU cores (12 minutes for the three default splits). Measured (seed 0, 2 threads):
 
