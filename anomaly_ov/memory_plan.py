@@ -95,7 +95,8 @@ def expert_params(config: Any) -> int:
     adaptors = levels * (c * e + e) + levels * (2 * e * e + e)
     final = (c * p + p) + (p + 1)
     q_former = 2 * (c * e + e)
-    return prompts + pooling + class_predictor + adaptors + final + q_former
+    self_similarity = 2 if _get(_get(config, "expert_config", {}), "self_similarity", False) else 0  # scale, shift
+    return prompts + pooling + class_predictor + adaptors + final + q_former + self_similarity
 
 
 def projector_params(config: Any) -> int:
