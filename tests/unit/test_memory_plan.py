@@ -55,6 +55,26 @@ def test_parameter_counts_equal_the_real_layout_checkpoint(real_layout_checkpoin
     assert numel(build_expert_model(params)) == counts.of(mp.stage1_workload(1, 1).resident)
 
 
+def test_self_similarity_term_on_the_real_layout_checkpoint(real_layout_checkpoint):
+    """The term turned on for a pretrained preset: the plan counts its two parameters, and the expert scores the real
+    tower's grid (the pretrained presets keep it off; this is the path a user who turns it on takes)."""
+    import torch
+    from real_layout import real_layout_params
+
+    from anomaly_ov.model.presets import build_expert_model, build_model
+
+    params = real_layout_params(real_layout_checkpoint, expert={"self_similarity": True})
+    model = build_model(params)
+    assert_parts_match(model)
+    assert mp.count_parameters(model.config).expert == numel(build_model(real_layout_params(
+        real_layout_checkpoint)).anomaly_expert) + 2
+    expert = build_expert_model(params).anomaly_expert
+    g, c = expert.grid_size, expert.hidden_size
+    features = torch.randn(3, g * g, c)
+    out = expert(features, [torch.randn(3, g * g, c) for _ in range(expert.num_levels)], [2, 1])
+    assert out.score_logits.shape == (2, 1) and torch.isfinite(out.score_logits).all()
+
+
 @pytest.mark.parametrize("preset", ["llava-onevision-0.5b", "llava-onevision-7b"])
 def test_parameter_counts_equal_the_released_shapes(preset):
     """The real 0.5B / 7B architectures built on the meta device (no memory, no download)."""
