@@ -89,17 +89,30 @@ def apply_lora(model: nn.Module, params: Params) -> nn.Module:
     return peft_model
 
 
-def sample_records(records: Sequence[Mapping[str, Any]], limit: int | None, seed: int) -> list[Mapping[str, Any]]:
+def sample_records(records: Sequence[Mapping[str, Any]], limit: int | None, seed: int,
+                   multi_image_first: bool = False) -> list[Mapping[str, Any]]:
     """At most ``limit`` records, drawn at random (seeded) and kept in file order.
 
     A random draw rather than the first ``limit``: the instruction file is ordered by manifest row, so its head is
-    the first categories only.
+    the first categories only. With ``multi_image_first`` the records with several images (a 3D object's views) are
+    all drawn (a random ``limit`` of them when there are more) and single-image records fill the rest; without it
+    the draw is the same as before the option existed.
     """
     if limit is None or limit >= len(records):
         return list(records)
+    rng = np.random.default_rng(seed)
+    if not multi_image_first:
+        keep = rng.choice(len(records), size=limit, replace=False)
+    else:
+        from anomaly_ov.data.loaders import record_images
 
-    keep = np.sort(np.random.default_rng(seed).choice(len(records), size=limit, replace=False))
-    return [records[int(i)] for i in keep]
+        multi = np.array([i for i, rec in enumerate(records) if len(record_images(rec)) > 1], dtype=np.int64)
+        single = np.setdiff1d(np.arange(len(records)), multi)
+        if len(multi) >= limit:
+            keep = multi[rng.choice(len(multi), size=limit, replace=False)]
+        else:
+            keep = np.concatenate([multi, single[rng.choice(len(single), size=limit - len(multi), replace=False)]])
+    return [records[int(i)] for i in np.sort(keep)]
 
 
 #: exponent p of the per-token weight n^-p, n = the tokens of the token's conversation (InternVL 2.5's token, square
@@ -167,12 +180,14 @@ def instruction_pool(params: Params, workspace: Path) -> list[Mapping[str, Any]]
 def training_records(params: Params, workspace: Path, text_warmup: bool = False,
                      pool: Sequence[Mapping[str, Any]] | None = None) -> list[Mapping[str, Any]]:
     """The records stage 2 trains on: :func:`instruction_pool` (or ``pool``), capped by the recipe's and the global
-    ``max_records`` (the smaller applies) with a draw seeded by ``train.seed``. The text warm-up's records
+    ``max_records`` (the smaller applies) with a draw seeded by ``train.seed`` (multi-image records first with the
+    recipe's ``multi_image_first``). The text warm-up's records
     (``text_warmup=True``) skip the recipe's cap: text examples are cheap, so the warm-up reads the whole pool
     (global cap only); the tiny tokenizer is trained on them too."""
     caps = [params.train.instruct.max_records] + ([] if text_warmup else [params.instruct_recipe.max_records])
     records = list(pool) if pool is not None else instruction_pool(params, workspace)
-    return sample_records(records, min([n for n in caps if n is not None], default=None), params.train.seed)
+    return sample_records(records, min([n for n in caps if n is not None], default=None), params.train.seed,
+                          params.instruct_recipe.multi_image_first)
 
 
 def expert_adverbs(model: AnomalyOVForConditionalGeneration, processor: AnomalyOVProcessor,
@@ -427,22 +442,30 @@ def restore_dtypes(model: nn.Module, dtypes: Mapping[int, torch.dtype]) -> None:
 def count_truncated(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor, workspace: Path,
                     max_length: int) -> dict[str, Any]:
     """How many ``records`` are longer than ``max_length`` tokens, hence cut (image sizes read from the files'
-    headers, no decoding), and the longest one's length."""
+    headers, no decoding), how many of those the cut leaves without any answer token (a cut that drops an image
+    drops the question and answers after it: such a record trains nothing; only these are encoded), and the
+    longest one's length."""
     from PIL import Image
 
-    from anomaly_ov.data.loaders import record_images
+    from anomaly_ov.data.loaders import load_image, record_images
 
-    truncated, longest = 0, 0
+    truncated, answerless, longest = 0, 0, 0
     for rec in records:
+        paths = [Path(rel) if Path(rel).is_absolute() else Path(workspace) / rel for rel in record_images(rec)]
         sizes = []
-        for rel in record_images(rec):
-            path = Path(rel) if Path(rel).is_absolute() else Path(workspace) / rel
+        for path in paths:
             with Image.open(path) as img:
                 sizes.append((img.height, img.width))
         n = processor.conversation_length(list(rec["conversations"]), sizes)
         longest = max(longest, n)
-        truncated += n > max_length
-    return {"truncated_records": truncated, "max_length": max_length, "longest_record_tokens": longest}
+        if n > max_length:
+            truncated += 1
+            images = [load_image(path) for path in paths]
+            labels = processor(images or None, list(rec["conversations"]), max_length=max_length,
+                               return_labels=True)["labels"]
+            answerless += not bool((labels != -100).any())
+    return {"truncated_records": truncated, "answerless_records": answerless, "max_length": max_length,
+            "longest_record_tokens": longest}
 
 
 def frozen_snapshot(model: nn.Module, part_names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -620,9 +643,13 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in trainable_parameters(train_model))
     truncation = count_truncated(records, processor, workspace, recipe.max_length)
     if truncation["truncated_records"] and info.is_main:
-        log.warning("stage 2: %d of %d conversations exceed max_length=%d tokens and are cut (longest: %d)",
+        recipe_key = f"train.instruct.{'pretrained' if params.is_pretrained else 'tiny'}.max_length"
+        answerless = (f"; {truncation['answerless_records']} of them lose every answer and train nothing: raise "
+                      f"{recipe_key} to at least {truncation['longest_record_tokens']}"
+                      if truncation["answerless_records"] else "")
+        log.warning("stage 2: %d of %d conversations exceed max_length=%d tokens and are cut (longest: %d)%s",
                     truncation["truncated_records"], len(records), recipe.max_length,
-                    truncation["longest_record_tokens"])
+                    truncation["longest_record_tokens"], answerless)
     if info.is_main:
         tracking.set_tags({"lora": cfg.lora.enabled, "stage1_temperature": expert_info.get("expert", {}).get(
             "temperature")})
@@ -630,6 +657,7 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
                              "text_warmup_records": len(all_records) if recipe.text_warmup_epochs else 0,
                              "trainable_parameters": n_trainable, "device": str(device),
                              "truncated_records": truncation["truncated_records"],
+                             "answerless_records": truncation["answerless_records"],
                              "master_weights": "float32", "upcast_parameters": len(upcast),
                              "vocab_size": len(tokenizer), "num_processes": info.world_size,
                              "strategy": cfg.strategy})

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -298,6 +299,58 @@ def test_record_cap_is_a_seeded_draw_in_file_order() -> None:
     assert [records.index(r) for r in sample] == sorted(records.index(r) for r in sample)
     assert {r["id"].split("/")[0] for r in sample} == {"fabric", "wood", "metal"}  # not just the file's head
     assert stage2.sample_records(records, None, 0) == records and stage2.sample_records(records, 99, 0) == records
+
+
+def test_multi_image_first_draws_every_multi_image_record_and_fills_with_single_ones() -> None:
+    records = [{"id": f"single/{i}", "image": f"s{i}.png"} for i in range(40)]
+    views = [{"id": f"object/{i}", "image": [f"o{i}_{v}.png" for v in range(4)]} for i in range(3)]
+    records[5:5] = views[:1]
+    records[30:30] = views[1:]
+    sample = stage2.sample_records(records, 10, seed=0, multi_image_first=True)
+    assert len(sample) == 10 and all(v in sample for v in views)
+    assert [records.index(r) for r in sample] == sorted(records.index(r) for r in sample)
+    assert sample == stage2.sample_records(records, 10, seed=0, multi_image_first=True)
+    # without the option the draw is the uniform one it always was
+    uniform = np.random.default_rng(0).choice(len(records), size=10, replace=False)
+    assert stage2.sample_records(records, 10, seed=0) == [records[int(i)] for i in sorted(uniform)]
+    # more multi-image records than the cap: a seeded draw of them alone
+    only = stage2.sample_records(records, 2, seed=0, multi_image_first=True)
+    assert len(only) == 2 and all(r in views for r in only)
+
+
+def test_the_tiny_recipe_keeps_a_3d_objects_four_views_and_counts_answerless_cuts(tmp_path: Path) -> None:
+    """The default 3D record: four 128 px views in the first question (the synthesizer's wording). At the tiny
+    recipe's max_length it is whole; at 1,024 (an earlier recipe) the cut falls in the fourth view and takes the
+    question and the answer with it, which ``count_truncated`` reports as a record that trains nothing."""
+    params = tiny_params()
+    views = []
+    for v in range(params.extensions.threed.views):
+        path = tmp_path / f"view_{v}.png"
+        Image.new("RGB", (params.extensions.threed.image_size,) * 2, (90 + 10 * v, 80, 70)).save(path)
+        views.append(path.name)
+    record = {"id": "sphere/001", "image": views, "conversations": [
+        {"from": "human", "value": "<image>\n" * len(views) + "These are 4 views of the same object. Is there any "
+         "anomaly in this image? Please reply with 'Yes' or 'No'."},
+        {"from": "gpt", "value": "Yes"},
+        {"from": "human", "value": "Where is the defect?"},
+        {"from": "gpt", "value": "The sphere has a bump in the center of the image (seen best in view 1)."}]}
+    _, processor = _tiny_model([record])
+
+    whole = stage2.count_truncated([record], processor, tmp_path, params.train.instruct.tiny.max_length)
+    assert whole["truncated_records"] == 0 and whole["answerless_records"] == 0
+    assert 1024 < whole["longest_record_tokens"] <= params.train.instruct.tiny.max_length
+
+    cut = stage2.count_truncated([record], processor, tmp_path, 1024)
+    assert cut["truncated_records"] == 1 and cut["answerless_records"] == 1
+    # a cut after the first answer keeps it: the record is cut but still trains
+    tail = stage2.count_truncated([record], processor, tmp_path, whole["longest_record_tokens"] - 5)
+    assert tail["truncated_records"] == 1 and tail["answerless_records"] == 0
+
+
+def test_the_tiny_recipe_draws_multi_image_records_first_and_the_release_does_not() -> None:
+    params = tiny_params()
+    assert params.train.instruct.tiny.multi_image_first is True
+    assert params.train.instruct.pretrained.multi_image_first is False
 
 
 class _Killed(Exception):

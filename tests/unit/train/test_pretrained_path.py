@@ -213,6 +213,7 @@ def test_stage2_cuts_a_too_long_conversation_and_updates_fp32_master_weights_tha
     summary = run_train_instruct(params, ws)
     assert summary["steps"] == 2 and summary["truncated_records"] == 1 and summary["max_length"] == 2000
     assert summary["longest_record_tokens"] > 2000
+    assert summary["answerless_records"] == 1  # the cut took the image, hence the question and its answer
     report = json.loads((ws / "reports/train_instruct.json").read_text())
     assert report["truncated_records"] == 1
 
