@@ -14,7 +14,8 @@ autocast only on CUDA; cosine schedule with warmup. What trains is kept in float
 DeepSpeed keeps them) even when the checkpoint is 16-bit: AdamW at lr 1e-5 on bf16 weights rounds most updates away.
 Frozen parts stay in the checkpoint's dtype; the trained parts go back to it before saving.
 Conversations longer than ``recipe.max_length`` (the release's model_max_length, 32768) are cut, never inside an
-image (see ``AnomalyOVProcessor``); the report counts them (``truncated_records``).
+image (see ``AnomalyOVProcessor``); the report counts them (``truncated_records``) and those the cut leaves without
+an answer, which train nothing (``answerless_records``; a cut that drops an image drops everything after it).
 Output: ``models/anomaly_ov/`` (``save_pretrained``, atomic) and
 ``reports/train_instruct.json`` with the loss curve's end values, tokens/s, sample answers to the detection
 question for one normal and one anomalous training image, and how much the expert's word steers the Yes/No answer
