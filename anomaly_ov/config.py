@@ -634,13 +634,18 @@ class Params(_Section):
         return self.model.preset != "tiny"
 
     @property
+    def recipe_family(self) -> Literal["pretrained", "tiny"]:
+        """Which recipe of ``train.expert`` / ``train.instruct`` the active preset trains with (the key under them)."""
+        return "pretrained" if self.is_pretrained else "tiny"
+
+    @property
     def expert_recipe(self) -> ExpertRecipe:
         """Stage-1 recipe for the active preset: ``tiny`` trains from scratch, the others use the paper's."""
-        return self.train.expert.pretrained if self.is_pretrained else self.train.expert.tiny
+        return getattr(self.train.expert, self.recipe_family)
 
     @property
     def instruct_recipe(self) -> InstructRecipe:
-        return self.train.instruct.pretrained if self.is_pretrained else self.train.instruct.tiny
+        return getattr(self.train.instruct, self.recipe_family)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the YAML key names (``validate``, not ``validate_``)."""

@@ -375,7 +375,7 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
     from anomaly_ov.model.presets import expert_config
 
     return {
-        "family": "pretrained" if params.is_pretrained else "tiny",
+        "family": params.recipe_family,
         "mask_loss": recipe.mask_loss,
         "mask_loss_weight": recipe.mask_loss_weight,
         "temperature": expert_config(params)["temperature"],  # the model's (model.expert), recorded with the run

@@ -644,9 +644,9 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in trainable_parameters(train_model))
     truncation = count_truncated(records, processor, workspace, recipe.max_length)
     if truncation["truncated_records"] and info.is_main:
-        recipe_key = f"train.instruct.{'pretrained' if params.is_pretrained else 'tiny'}.max_length"
         answerless = (f"; {truncation['answerless_records']} of them lose every answer and train nothing: raise "
-                      f"{recipe_key} to at least {truncation['longest_record_tokens']}"
+                      f"train.instruct.{params.recipe_family}.max_length to at least "
+                      f"{truncation['longest_record_tokens']}"
                       if truncation["answerless_records"] else "")
         log.warning("stage 2: %d of %d conversations exceed max_length=%d tokens and are cut (longest: %d)%s",
                     truncation["truncated_records"], len(records), recipe.max_length,

@@ -26,6 +26,9 @@ def test_recipe_follows_preset() -> None:
     pretrained = load_params(None, ["model.preset=llava-onevision-0.5b"])
     assert pretrained.expert_recipe.lr == pytest.approx(1e-4)
     assert pretrained.expert_recipe.batch_size == 128 and not pretrained.expert_recipe.mask_loss
+    assert (tiny.recipe_family, pretrained.recipe_family) == ("tiny", "pretrained")
+    assert pretrained.instruct_recipe is pretrained.train.instruct.pretrained
+    assert tiny.instruct_recipe is tiny.train.instruct.tiny
 
 
 def test_override_keeps_sibling_defaults() -> None:

@@ -185,7 +185,7 @@ def _keep_resume_state(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_stage2_cuts_a_too_long_conversation_and_updates_fp32_master_weights_that_bf16_would_round_away(
-    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One stage-2 run (two steps of batch 2) on the bf16 checkpoint at the release's lr 1e-5: a conversation longer
     than max_length is cut, not a reason to stop; the optimiser's weights (the resume checkpoint holds them) are fp32
@@ -214,6 +214,7 @@ def test_stage2_cuts_a_too_long_conversation_and_updates_fp32_master_weights_tha
     assert summary["steps"] == 2 and summary["truncated_records"] == 1 and summary["max_length"] == 2000
     assert summary["longest_record_tokens"] > 2000
     assert summary["answerless_records"] == 1  # the cut took the image, hence the question and its answer
+    assert "1 of them lose every answer and train nothing: raise train.instruct.pretrained.max_length" in caplog.text
     report = json.loads((ws / "reports/train_instruct.json").read_text())
     assert report["truncated_records"] == 1
 
