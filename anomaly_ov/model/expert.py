@@ -17,7 +17,9 @@ Python loop):
   :func:`self_similarity` (how unlike the rest of the image its most unusual patches are) to the predictor's logit.
 
 Differences from the release, all settings: ``temperature`` (release 100) and ``eps`` added to the two
-significance divisions (release 0). With ``eps=0`` and ``temperature=100`` the outputs equal the release maths
+significance divisions (release 0), once per crop in the global token's, so an image whose crops repeat its base view
+(a 128 px image's one AnyRes crop) gets the global token of its base view alone, the view the tiny recipe's stage 1
+trains on. With ``eps=0`` and ``temperature=100`` the outputs equal the release maths
 (tests check 1e-5 against a per-image loop); the one case the release cannot compute, a pooled map that is exactly
 0 (0 / 0 = NaN), gives a 0 query / global token instead. Pretrained presets use ``eps=0``: an eps is not small next
 to the pooled map of a confidently normal crop (mean map 3e-4 -> global weight ~4e-7, so eps 1e-6 shrinks the
@@ -167,7 +169,8 @@ class AnomalyExpert(nn.Module):
         grid_size: G; T = G*G tokens per crop (27 for SigLIP at 384 px, patch 14).
         num_levels: number of multi-level feature maps (4).
         temperature: matching temperature (release 100).
-        eps: added to the two significance divisions (release 0; an exactly-0 denominator is guarded either way).
+        eps: added to the two significance divisions, the global token's once per crop of the image (release 0;
+            an exactly-0 denominator is guarded either way).
         predictor_dim: hidden width of ``final_predictor`` (release 512); ``None`` = ``embed_dim``.
         num_pooling_tokens: quadrant grid side of the selector (release 2 -> 4 tokens per crop).
         image_score: what ``scores`` is (see :data:`IMAGE_SCORES`); release ``"predictor"``:
@@ -291,10 +294,12 @@ class AnomalyExpert(nn.Module):
         peak = base_maps.flatten(1).amax(dim=1, keepdim=True)  # [B,1]
         return peak if self.image_score == "map_max" else 0.5 * (predictor + peak)
 
-    def _denominator(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``pooled + eps``, with an exactly-0 entry replaced by 1: its numerator is 0 too (all its weights are 0),
-        so the quotient is 0 where the release's division gives NaN, and unchanged everywhere else."""
-        pooled = pooled + self.eps if self.eps else pooled
+    def _denominator(self, pooled: torch.Tensor, eps_terms: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled + eps`` (``eps * eps_terms`` when given, broadcast), with an exactly-0 entry replaced by 1: its
+        numerator is 0 too (all its weights are 0), so the quotient is 0 where the release's division gives NaN, and
+        unchanged everywhere else."""
+        if self.eps:
+            pooled = pooled + (self.eps if eps_terms is None else self.eps * eps_terms)
         return torch.where(pooled == 0, torch.ones_like(pooled), pooled)
 
     def forward(
@@ -350,7 +355,9 @@ class AnomalyExpert(nn.Module):
         weight = weight.sum(1)  # [N,1]
         numerator = weighted.new_zeros(num_images, c).index_add_(0, image_index, weighted)
         denominator = weight.new_zeros(num_images, 1).index_add_(0, image_index, weight)
-        global_tokens = (numerator / self._denominator(denominator)).unsqueeze(1)  # [B,1,C]
+        # eps once per crop: repeating a crop (a 128 px image's AnyRes crop is its base view) leaves the token as is
+        crops = torch.bincount(image_index, minlength=num_images).to(denominator.dtype)[:, None]  # [B,1]
+        global_tokens = (numerator / self._denominator(denominator, crops)).unsqueeze(1)  # [B,1,C]
         score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
         if self.self_similarity:  # read from the base views' features (without their gradients when detached)
             s = self_similarity(v.index_select(0, base_index), g)[:, None].to(score_logits.dtype)  # [B,1]

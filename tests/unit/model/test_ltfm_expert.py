@@ -187,6 +187,27 @@ def test_pretrained_presets_use_the_release_maths_and_tiny_keeps_its_eps():
     assert ratio < 0.5, ratio  # what an eps of 1e-6 did to the release's global token
 
 
+
+def test_eps_counts_once_per_crop_so_a_repeated_base_view_changes_nothing():
+    """A 128 px image's one AnyRes crop is its base view again. The tiny recipe's stage 1 trains on the base view alone
+    (``base_view_only``) and inference runs both; with eps once per image the two-crop global token of a confidently
+    normal image was about 1.5 times the one-crop token that the predictor was trained on."""
+    torch.manual_seed(0)
+    expert = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=6, temperature=100.0, eps=1e-6).double()
+    _confidently_normal(expert)
+    v, levels = _inputs([1], 6, 16, seed=3)
+    v, levels = v.double(), [f.double() for f in levels]
+    with torch.no_grad():
+        alone = expert(v, levels, [1])
+        repeated = expert(v.repeat(2, 1, 1), [f.repeat(2, 1, 1) for f in levels], [2])
+        expert.eps = 0.0
+        release = expert(v, levels, [1])
+    assert 2e-4 < float(alone.maps.mean()) < 5e-4  # where eps is not small next to the global weight
+    torch.testing.assert_close(repeated.global_tokens, alone.global_tokens, atol=0, rtol=1e-9)
+    torch.testing.assert_close(repeated.scores, alone.scores, atol=0, rtol=1e-9)
+    assert float(alone.global_tokens.norm() / release.global_tokens.norm()) < 0.5  # eps still shrinks it
+
+
 def test_full_size_parameter_count_and_release_keys():
     expert = AnomalyExpert()
     assert set(expert.state_dict()) == RELEASE_KEYS

@@ -154,6 +154,35 @@ def test_frozen_tower_stays_unchanged_with_pretrained_style_recipe(tiny_workspac
     assert any(not torch.equal(p, expert_before[n]) for n, p in model.anomaly_expert.named_parameters())
 
 
+def test_a_128_px_image_scores_the_same_as_stage_1_trains_it_and_as_inference_runs_it() -> None:
+    """The processor gives a 128 px image its base view and one AnyRes crop with the same pixels; the tiny recipe's
+    stage 1 (``base_view_only``) runs the expert on the base view, evaluation and the LLM on both. The scores must
+    agree, also where eps weighs (here 1.0, next to significance weights near 1; the tiny preset's 1e-6 weighs as much
+    next to a confidently normal crop's 4e-7)."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly_ov.model.presets import build_model, processor_for
+    from anomaly_ov.model.processing import ImagePreprocessor
+    from anomaly_ov.model.tokenizer import train_tokenizer
+
+    tok = train_tokenizer((), vocab_size=400)
+    model = build_model(tiny_params(), tokenizer=tok).eval()
+    model.anomaly_expert.eps = 1.0
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(2)]
+    preprocess = ImagePreprocessor(processor_for(model, tok).image_processor)
+    items = [preprocess(image) for image in images]
+    assert all(pv.shape[0] == 2 and torch.equal(pv[0], pv[1]) for pv, _ in items)  # base view + identical crop
+    pixels = torch.cat([pv for pv, _ in items])
+    sizes = torch.tensor([list(size) for _, size in items])
+    with torch.no_grad():
+        trained_as = stage1.ExpertStage(model, base_view_only=True)(pixels, sizes, [2, 2])
+        inferred_as = model.expert_forward(pixels, sizes)
+    torch.testing.assert_close(inferred_as.global_tokens, trained_as.global_tokens, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(inferred_as.scores, trained_as.scores, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("base_view_only", [True, False])
 def test_stage_module_keeps_the_score_loss_off_the_tower_when_the_recipe_says_so(base_view_only: bool) -> None:
     from anomaly_ov.model.presets import build_model
