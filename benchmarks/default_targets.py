@@ -12,8 +12,10 @@ seed's figure, marked ``**`` where the target is met, and the whole result as JS
 
     .venv/bin/python benchmarks/default_targets.py [--seeds 0,1,2] [--rerun] [--keep DIR] [--set KEY=VALUE ...]
 
-About 10 minutes per seed on 2 CPU cores (the flow, plus about 20 s for the probe and 11-13 s for the re-run); run
-nothing else meanwhile, since the flow's time is a target. ``--keep DIR`` leaves the workspaces there (one folder per
+About 10-18 minutes per seed on 2 CPU cores, by the host (the flow, plus about 20 s for the probe and 11-28 s for
+the re-run); run nothing else meanwhile, since the flow's time is a target. After the table it prints each seed's
+stage-1 training pace (images per second, ``reports/train_expert.json``): the host's speed, which the flow's time
+scales with. ``--keep DIR`` leaves the workspaces there (one folder per
 seed) for a closer look; otherwise they are deleted. ``--set`` measures a change to the recipe across the same seeds
 (e.g. ``--set train.expert.tiny.epochs=24``): one run moves by up to 0.05 of image AUROC with the seed. The README's
 "Where it is still weak" table holds these figures for seeds 0, 1 and 2, with the validation splits of
@@ -95,6 +97,15 @@ def read_reports(workspace: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def stage1_pace(workspace: Path) -> float | None:
+    """Stage 1's training images per second (``reports/train_expert.json``), None when it did not run: the host's
+    pace. The flow's seconds scale with it (one host's stage 1 took 1.8 times another's), so the time targets are read
+    against it."""
+    path = workspace / "reports/train_expert.json"
+    pace = json.loads(path.read_text()).get("images_per_s") if path.exists() else None
+    return float(pace) if pace is not None else None
+
+
 def target_rows(runs: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """One row per target: its name, goal, and per seed the value and whether it is met (None: not measured)."""
     rows = []
@@ -145,6 +156,7 @@ def run_seed(seed: int, root: Path, rerun: bool, overrides: Sequence[str] = ()) 
     if rc == 0 and rerun:
         rc2, again = _timed([cli, "run"], workspace, env, workspace / "rerun.log")
         timing.update(rerun_s=again if rc2 == 0 else None, rerun_rc=rc2)
+    timing["stage1_images_per_s"] = stage1_pace(workspace)
     reports: dict[str, Any] = {**read_reports(workspace), "timing": timing, "probe": {}}
     if rc == 0:
         probe = subprocess.run([sys.executable, str(workspace / "benchmarks/stage2_detection_probe.py"),
@@ -177,7 +189,7 @@ def main() -> None:
 
     load_params(REPO / "params.yaml", [f"train.seed={seeds[0]}", *args.overrides])  # a bad --set fails before any run
     if not (REPO / ".venv").exists():
-        raise SystemExit(f"{REPO / '.venv'} is missing: run `make venv` (or `make pipeline`) first")
+        raise SystemExit(f"{REPO / '.venv'} is missing: run `make setup` (or `make pipeline`) first")
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                            text=True).stdout.strip()
     if dirty:
@@ -199,6 +211,8 @@ def main() -> None:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     print(f"\nthe embedded default at {head.stdout.strip()}, met targets in bold:\n")
     print(markdown_table(rows, seeds))
+    paces = ", ".join(f"seed {s}: {runs[s]['timing'].get('stage1_images_per_s')}" for s in seeds)
+    print(f"\nthe host's pace, stage 1's training images per second (the flow's time scales with it): {paces}")
     print(json.dumps({"default_targets": rows, "runs": {str(s): runs[s]["timing"] for s in seeds}}))
 
 

@@ -71,3 +71,10 @@ def test_read_reports_takes_each_report_the_workspace_has(tmp_path: Path) -> Non
     assert reports["metrics"]["zero_shot.image_auroc"] == 0.8
     assert reports["3d"]["view.zero_shot.image_auroc"] == 0.6
     assert reports["register"] == {} and reports["medical"] == {}
+
+
+def test_stage1_pace_is_the_stage_reports_images_per_second(tmp_path: Path) -> None:
+    assert targets.stage1_pace(tmp_path) is None  # stage 1 did not run
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/train_expert.json").write_text('{"images_per_s": 71.91, "steps": 1904}')
+    assert targets.stage1_pace(tmp_path) == 71.91
