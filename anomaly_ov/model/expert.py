@@ -356,7 +356,7 @@ class AnomalyExpert(nn.Module):
         numerator = weighted.new_zeros(num_images, c).index_add_(0, image_index, weighted)
         denominator = weight.new_zeros(num_images, 1).index_add_(0, image_index, weight)
         # eps once per crop: repeating a crop (a 128 px image's AnyRes crop is its base view) leaves the token as is
-        crops = torch.bincount(image_index, minlength=num_images).to(denominator.dtype)[:, None]  # [B,1]
+        crops = torch.diff(base_index, append=base_index.new_tensor([n])).to(denominator.dtype)[:, None]  # [B,1]
         global_tokens = (numerator / self._denominator(denominator, crops)).unsqueeze(1)  # [B,1,C]
         score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
         if self.self_similarity:  # read from the base views' features (without their gradients when detached)
