@@ -187,7 +187,6 @@ def test_pretrained_presets_use_the_release_maths_and_tiny_keeps_its_eps():
     assert ratio < 0.5, ratio  # what an eps of 1e-6 did to the release's global token
 
 
-
 def test_eps_counts_once_per_crop_so_a_repeated_base_view_changes_nothing():
     """A 128 px image's one AnyRes crop is its base view again. The tiny recipe's stage 1 trains on the base view alone
     (``base_view_only``) and inference runs both; with eps once per image the two-crop global token of a confidently
