@@ -449,10 +449,11 @@ def count_truncated(records: Sequence[Mapping[str, Any]], processor: AnomalyOVPr
     from PIL import Image
 
     from anomaly_ov.data.loaders import load_image, record_images
+    from anomaly_ov.paths import in_workspace
 
     truncated, answerless, longest = 0, 0, 0
     for rec in records:
-        paths = [Path(rel) if Path(rel).is_absolute() else Path(workspace) / rel for rel in record_images(rec)]
+        paths = [in_workspace(workspace, rel) for rel in record_images(rec)]
         sizes = []
         for path in paths:
             with Image.open(path) as img:
