@@ -243,6 +243,9 @@ class ExpertRecipe(_Section):
         default=False, description="with augment, also reorder each image's colour channels (one of the 6 orders "
         "at random; grey images are unchanged), so the expert sees every training object in 6 hues and cannot take "
         "an unfamiliar colour for a defect")
+    validate_every: int = Field(
+        default=1, ge=1, description="score the held-out rows (image and pixel AUROC, the training curves' validation "
+        "panel) after every this many epochs; the stage scores them once more when training ends either way")
     score_loss_trains_maps: bool = Field(
         default=True, description="whether the image-score BCE trains the maps, their adaptors and the tower too, "
         "through the look-twice selector (the release: it is its only loss). false: the selector reads them without "
@@ -451,7 +454,8 @@ class EvaluateParams(_Section):
     report_md: str = "reports/evaluation.md"
     figures_dir: str = "reports/figures"
     curves_dir: str = Field(default="reports/curves", description="ROC / PRO / PR curve CSVs for `dvc plots`")
-    batch_size: int = Field(default=4, ge=1, description="images per predictor call in detection")
+    batch_size: int = Field(default=4, ge=1, description="images per predictor call in detection, and conversations "
+                            "per generate() call in the reasoning turns and the 3D objects' questions")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     exact_pixel_limit: int = Field(
         default=4_000_000, ge=2, description="per class, pixel metrics are exact up to this many distinct scores "

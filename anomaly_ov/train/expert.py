@@ -354,7 +354,7 @@ def fit_expert(
         return common.StepOutput(loss=loss, items=len(batch["labels"]), metrics=metrics)
 
     def epoch_end(epoch: int, m: nn.Module) -> dict[str, float]:
-        if val_set is None or len(val_set) == 0:
+        if val_set is None or len(val_set) == 0 or (epoch + 1) % recipe.validate_every:
             return {}
         res = evaluate_expert(forward, common.unwrap(m), val_set, collate, recipe.batch_size, num_workers)
         return {k: v for k, v in res.items() if k in ("image_auroc", "pixel_auroc") and v is not None}
@@ -386,7 +386,7 @@ def recipe_record(params: Params, recipe: ExpertRecipe) -> dict[str, Any]:
         "base_view_only": recipe.base_view_only, "mask_pos_weight": recipe.mask_pos_weight,
         "map_image_loss_weight": recipe.map_image_loss_weight, "map_image_top_fraction": recipe.map_image_top_fraction,
         "augment": recipe.augment, "augment_colours": recipe.augment_colours,
-        "score_loss_trains_maps": recipe.score_loss_trains_maps,
+        "score_loss_trains_maps": recipe.score_loss_trains_maps, "validate_every": recipe.validate_every,
     }
 
 

@@ -15,7 +15,8 @@ from .conftest import make_workspace, sigkill_stage_at, tiny_params  # noqa: TID
 
 #: stage 1 with a checkpoint every 3 steps: 8 training images, batch 2, 2 epochs = 8 steps (4 per epoch), so a kill
 #: after step 4 lies between two checkpoints and mid-epoch
-STRAIGHT = ("train.expert.checkpoint_every=3", "train.expert.tiny.epochs=2", "train.expert.tiny.batch_size=2")
+STRAIGHT = ("train.expert.checkpoint_every=3", "train.expert.tiny.epochs=2", "train.expert.tiny.batch_size=2",
+            "train.expert.tiny.validate_every=2")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,26 @@ def test_stage1_writes_expert_and_report(straight_run: tuple[Path, dict]) -> Non
     report = json.loads((workspace / "reports/train_expert.json").read_text())
     assert report["recipe"]["mask_loss"] is True and report["recipe"]["temperature"] == 10.0
     assert report["recipe"]["schedule"] == "one_cycle"  # the tiny recipe's; it ran to its last step without error
-    assert len(report["epoch_metrics"]) == 2 and "pixel_auroc" in report["epoch_metrics"][0]
+    # validate_every=2: the held-out rows are scored after the second epoch only
+    assert len(report["epoch_metrics"]) == 2 and "pixel_auroc" not in report["epoch_metrics"][0]
+    assert report["epoch_metrics"][1]["pixel_auroc"] is not None and report["recipe"]["validate_every"] == 2
     assert (workspace / "reports/train_expert_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_stage1_validation_leaves_the_training_as_it_is(straight_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """Scoring the held-out rows after every epoch instead of every other one trains the same weights, so
+    ``validate_every`` is a matter of time alone."""
+    straight, reference = straight_run
+    every = make_workspace(tmp_path / "every")
+    summary = stage1.run_train_expert(tiny_params(*STRAIGHT, "train.expert.tiny.validate_every=1"), every)
+    report = json.loads((every / "reports/train_expert.json").read_text())
+    assert all(e["pixel_auroc"] is not None for e in report["epoch_metrics"])
+    a, b = _weights(straight / "models/expert"), _weights(every / "models/expert")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert summary["val_image_auroc"] == reference["val_image_auroc"]
 
 
 class _Killed(Exception):
