@@ -38,8 +38,8 @@ class PredictorLike(Protocol):
     def predict(self, images: Sequence[Any], question: str | None = None, generate: bool = False,
                 threshold: float = 0.5, max_new_tokens: int = 64) -> list[Any]: ...
 
-    def chat(self, images: Sequence[Any], history: list[tuple[str, str]], question: str,
-             max_new_tokens: int = 128) -> str: ...
+    def chat_batch(self, conversations: Sequence[tuple[Sequence[Any], Sequence[tuple[str, str]], str]],
+                   max_new_tokens: int = 128, batch_size: int = 8) -> list[str]: ...
 
 
 # -------------------------------------------------------------------------------------------- parsing

@@ -211,20 +211,6 @@ def run_extend_3d(params: Params, workspace: Path, predictor: PredictorLike | No
     return _summary(report)
 
 
-def _chat(predictor: PredictorLike, images: list[Any], history: list[tuple[str, str]], question: str,
-          max_new_tokens: int) -> str:
-    """``predictor.chat`` with the answer length of ``evaluate.max_new_tokens`` when the predictor takes one."""
-    import inspect
-
-    try:
-        takes_length = "max_new_tokens" in inspect.signature(predictor.chat).parameters
-    except (TypeError, ValueError):
-        takes_length = False
-    if takes_length:
-        return str(predictor.chat(images, history, question, max_new_tokens=max_new_tokens))
-    return str(predictor.chat(images, history, question))
-
-
 def _scores_of(predictions: Path) -> dict[str, float]:
     import pandas as pd
 
@@ -250,27 +236,33 @@ def object_level(predictor: PredictorLike, view_items: list[dict[str, Any]], par
     ``known_scores`` (file -> score, from the view-level evaluation) saves scoring the views a second time.
     """
     from anomaly_ov.evaluate.detection import load_image, parse_yes_no
+    from anomaly_ov.evaluate.reasoning import ask_in_turns
     from anomaly_ov.model.tokenizer import DETECTION_PROMPT
 
     cfg = params.evaluate
     known_scores = known_scores or {}
+    groups = list(_group_items(view_items).items())
     objects = []
-    for group, items in _group_items(view_items).items():
-        images = [load_image(it["file"], workspace) for it in items]
-        if all(it["file"] in known_scores for it in items):
-            scores = [known_scores[it["file"]] for it in items]
-        else:
-            preds = predictor.predict(images, question=None, generate=False, threshold=cfg.threshold,
-                                      max_new_tokens=cfg.max_new_tokens)
-            scores = [float(p.score) for p in preds]
-        answer = _chat(predictor, images, [], DETECTION_PROMPT, cfg.max_new_tokens) if cfg.generate_answers else ""
-        said = parse_yes_no(answer) if cfg.generate_answers else None
-        objects.append({
-            "group": group, "category": items[0]["category"], "anomaly": any(it["anomaly"] for it in items),
-            "views": [it["file"] for it in items], "masks": [it["mask"] for it in items], "view_scores": scores,
-            "score_max": max(scores), "score_mean": sum(scores) / len(scores), "answer": answer,
-            "parsed": "" if said is None else ("yes" if said else "no"),
-        })
+    for start in range(0, len(groups), cfg.batch_size):  # batch_size objects' views loaded and asked together
+        chunk = groups[start:start + cfg.batch_size]
+        views = [[load_image(it["file"], workspace) for it in items] for _, items in chunk]
+        answers = ([a[0] for a in ask_in_turns(predictor, [(images, [DETECTION_PROMPT]) for images in views],
+                                               cfg.max_new_tokens, cfg.batch_size)]
+                   if cfg.generate_answers else [""] * len(chunk))
+        for (group, items), images, answer in zip(chunk, views, answers, strict=True):
+            if all(it["file"] in known_scores for it in items):
+                scores = [known_scores[it["file"]] for it in items]
+            else:
+                preds = predictor.predict(images, question=None, generate=False, threshold=cfg.threshold,
+                                          max_new_tokens=cfg.max_new_tokens)
+                scores = [float(p.score) for p in preds]
+            said = parse_yes_no(answer) if cfg.generate_answers else None
+            objects.append({
+                "group": group, "category": items[0]["category"], "anomaly": any(it["anomaly"] for it in items),
+                "views": [it["file"] for it in items], "masks": [it["mask"] for it in items], "view_scores": scores,
+                "score_max": max(scores), "score_mean": sum(scores) / len(scores), "answer": answer,
+                "parsed": "" if said is None else ("yes" if said else "no"),
+            })
     return objects
 
 
@@ -321,23 +313,25 @@ def multiview_reasoning(predictor: PredictorLike, items: list[dict[str, Any]], f
         files = [(Path(str(r["root"])) / r["image_path"]).as_posix() for _, r in rows.iterrows()]
         for f in files:
             by_file[f] = files
-    records: list[dict[str, Any]] = []
-    asked: set[tuple[str, ...]] = set()
+    conversations: dict[tuple[str, ...], dict[str, Any]] = {}
     for item in items:
         listed = item.get("files") or (item["file"] if isinstance(item["file"], list) else None)
         views = list(listed) if listed else by_file.get(Path(str(item["file"])).as_posix(), [str(item["file"])])
-        if tuple(views) in asked:  # one conversation per object, from its first anomalous view's references
-            continue
-        asked.add(tuple(views))
-        images = [load_image(v, workspace) for v in views]
-        history: list[tuple[str, str]] = []
-        for turn, (question, reference, kind) in enumerate(zip(item["questions"], item["answers"], item["kinds"],
-                                                               strict=True)):
-            answer = _chat(predictor, images, list(history), question, params.evaluate.max_new_tokens)
-            history.append((question, answer))
-            records.append({"file": str(views[0]), "category": item["category"],
-                            "defect_type": item.get("defect_type", ""), "turn": turn, "kind": kind,
-                            "question": question, "reference": reference, "answer": answer})
+        conversations.setdefault(tuple(views), item)  # one conversation per object, from its first item's references
+    records: list[dict[str, Any]] = []
+    asked = list(conversations.items())
+    step = params.evaluate.batch_size
+    for start in range(0, len(asked), step):  # batch_size objects' views loaded and asked together
+        chunk = asked[start:start + step]
+        dialogues = [([load_image(v, workspace) for v in object_views], item["questions"])
+                     for object_views, item in chunk]
+        replies = reasoning.ask_in_turns(predictor, dialogues, params.evaluate.max_new_tokens, step)
+        for (object_views, item), answers in zip(chunk, replies, strict=True):
+            for turn, (question, reference, kind, answer) in enumerate(
+                    zip(item["questions"], item["answers"], item["kinds"], answers, strict=True)):
+                records.append({"file": str(object_views[0]), "category": item["category"],
+                                "defect_type": item.get("defect_type", ""), "turn": turn, "kind": kind,
+                                "question": question, "reference": reference, "answer": answer})
     if not records:
         return {}
     if similarity is None:

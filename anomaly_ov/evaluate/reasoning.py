@@ -164,39 +164,63 @@ class ReasoningResult:
     judge_failures: int = 0
 
 
+def ask_in_turns(
+    predictor: PredictorLike,
+    dialogues: Sequence[tuple[Sequence[Any], Sequence[str]]],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[list[str]]:
+    """The answers to each dialogue's ``(images, questions)``, asked in order, each question with the model's earlier
+    answers in that dialogue as its history. Turn by turn, every dialogue that has a question at that turn is asked
+    in one ``predictor.chat_batch`` call (``batch_size`` conversations per ``generate()``)."""
+    answers: list[list[str]] = [[] for _ in dialogues]
+    for turn in range(max((len(questions) for _, questions in dialogues), default=0)):
+        asked = [i for i, (_, questions) in enumerate(dialogues) if turn < len(questions)]
+        conversations = [(dialogues[i][0], list(zip(dialogues[i][1][:turn], answers[i], strict=True)),
+                          dialogues[i][1][turn]) for i in asked]
+        replies = predictor.chat_batch(conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        if len(replies) != len(conversations):
+            raise RuntimeError(f"predictor returned {len(replies)} answers for {len(conversations)} conversations")
+        for i, reply in zip(asked, replies, strict=True):
+            answers[i].append(str(reply))
+    return answers
+
+
 def ask_items(
     predictor: PredictorLike,
     items: list[dict[str, Any]],
     workspace: str | Path = ".",
     progress: Callable[[int, int], None] | None = None,
     max_new_tokens: int = 128,
+    batch_size: int = 4,
 ) -> list[dict[str, Any]]:
-    """Ask every item's questions in turn, each with the model's earlier answers as history."""
+    """Ask every item's questions in turn, each with the model's earlier answers as history: ``batch_size`` items at
+    a time (their images loaded together), each turn of theirs in one batched call."""
     from anomaly_ov.evaluate.detection import load_image
 
     records: list[dict[str, Any]] = []
-    for n, item in enumerate(items):
-        image = load_image(item["file"], workspace)
-        history: list[tuple[str, str]] = []
-        for turn, (question, reference, kind) in enumerate(
-            zip(item["questions"], item["answers"], item["kinds"], strict=True)
-        ):
-            answer = str(predictor.chat([image], list(history), question, max_new_tokens=max_new_tokens))
-            history.append((question, answer))
-            records.append(
-                {
-                    "file": str(item["file"]),
-                    "category": item["category"],
-                    "defect_type": item.get("defect_type", ""),
-                    "turn": turn,
-                    "kind": kind,
-                    "question": question,
-                    "reference": reference,
-                    "answer": answer,
-                }
-            )
+    step = max(1, batch_size)
+    for start in range(0, len(items), step):
+        chunk = items[start:start + step]
+        dialogues = [([load_image(item["file"], workspace)], item["questions"]) for item in chunk]
+        for item, answers in zip(chunk, ask_in_turns(predictor, dialogues, max_new_tokens, batch_size), strict=True):
+            for turn, (question, reference, kind, answer) in enumerate(
+                zip(item["questions"], item["answers"], item["kinds"], answers, strict=True)
+            ):
+                records.append(
+                    {
+                        "file": str(item["file"]),
+                        "category": item["category"],
+                        "defect_type": item.get("defect_type", ""),
+                        "turn": turn,
+                        "kind": kind,
+                        "question": question,
+                        "reference": reference,
+                        "answer": answer,
+                    }
+                )
         if progress is not None:
-            progress(n + 1, len(items))
+            progress(start + len(chunk), len(items))
     return records
 
 
@@ -236,7 +260,7 @@ def run_reasoning(
     progress: Callable[[int, int], None] | None = None,
 ) -> ReasoningResult:
     """Ask and score the reasoning items (loads Sentence-BERT and, when enabled, the judge)."""
-    records = ask_items(predictor, items, workspace, progress, cfg.reasoning_max_new_tokens)
+    records = ask_items(predictor, items, workspace, progress, cfg.reasoning_max_new_tokens, cfg.batch_size)
     if similarity is None and any(r["reference"] is not None for r in records):
         similarity = SentenceSimilarity(cfg.sbert_model)
     judge = None

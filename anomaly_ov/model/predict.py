@@ -138,13 +138,31 @@ class Predictor:
         max_new_tokens: int = 128,
     ) -> str:
         """One more answer in a multi-turn conversation about ``images`` (several = multi-view, each its own tokens)."""
-        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
-            images = [images]
-        loaded = [load_image(im) for im in images]
-        turns: list[dict[str, str]] = []
-        for q, a in history:
-            turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-        turns.append({"from": "human", "value": question})
-        if not any(IMAGE_TOKEN in t["value"] for t in turns):
-            turns[0] = {"from": "human", "value": IMAGE_TOKEN * len(loaded) + "\n" + turns[0]["value"]}
-        return self._generate([loaded], [turns], max_new_tokens)[0][0]
+        return self.chat_batch([(images, history, question)], max_new_tokens=max_new_tokens)[0]
+
+    def chat_batch(
+        self,
+        conversations: Sequence[tuple[Sequence[Any], Sequence[tuple[str, str]], str]],
+        max_new_tokens: int = 128,
+        batch_size: int = 8,
+    ) -> list[str]:
+        """The next answer of each conversation ``(images, history, question)``, ``batch_size`` conversations per
+        ``generate()`` call (left-padded, greedy). Batched answers can differ from one-at-a-time ones where two
+        tokens' logits are within float rounding of each other (the padded matmuls sum in another order)."""
+        answers: list[str] = []
+        for start in range(0, len(conversations), max(1, batch_size)):
+            groups, convs = [], []
+            for images, history, question in conversations[start:start + max(1, batch_size)]:
+                if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+                    images = [images]
+                loaded = [load_image(im) for im in images]
+                turns: list[dict[str, str]] = []
+                for q, a in history:
+                    turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+                turns.append({"from": "human", "value": question})
+                if not any(IMAGE_TOKEN in t["value"] for t in turns):
+                    turns[0] = {"from": "human", "value": IMAGE_TOKEN * len(loaded) + "\n" + turns[0]["value"]}
+                groups.append(loaded)
+                convs.append(turns)
+            answers += self._generate(groups, convs, max_new_tokens)[0]
+        return answers

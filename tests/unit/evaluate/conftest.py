@@ -23,7 +23,8 @@ class FakePredictor:
 
     def __init__(self, says_yes_above: float = 0.5) -> None:
         self.says_yes_above = says_yes_above
-        self.chats: list[tuple[int, list[tuple[str, str]], str]] = []
+        self.chats: list[tuple[int, list[tuple[str, str]], str]] = []  # each conversation asked, in order
+        self.batches: list[int] = []  # conversations per chat_batch call
         self.calls = 0
 
     def predict(self, images, question=None, generate=False, threshold=0.5, max_new_tokens=64):
@@ -38,9 +39,13 @@ class FakePredictor:
             out.append(FakePrediction(score, "anomaly" if score >= threshold else "normal", arr, answer))
         return out
 
-    def chat(self, images, history, question, max_new_tokens=128):
-        self.chats.append((len(images), list(history), question))
-        return f"A bright square scratch near the centre (turn {len(history)})."
+    def chat_batch(self, conversations, max_new_tokens=128, batch_size=8):
+        self.batches.append(len(conversations))
+        answers = []
+        for images, history, question in conversations:
+            self.chats.append((len(images), list(history), question))
+            answers.append(f"A bright square scratch near the centre (turn {len(history)}).")
+        return answers
 
 
 def make_benchmark(root: Path, categories=("pcb", "cap"), normal=3, anomalous=3, size=40, seed=0):

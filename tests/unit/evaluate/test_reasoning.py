@@ -64,14 +64,37 @@ def test_a_capped_reasoning_set_takes_every_category_in_turn(tmp_path):
     assert len(R.load_reasoning_items(path, max_items=None)) == len(R.load_reasoning_items(path, max_items=99)) == 10
 
 
+def test_items_are_asked_batch_size_at_a_time_with_the_same_records(benchmark, fake_predictor):
+    FakePredictor = type(fake_predictor)
+    workspace, _, dr = benchmark
+    items = [R.normalise_reasoning_item(x, i) for i, x in enumerate(dr[:3])]
+    one, three = FakePredictor(), FakePredictor()
+    single = R.ask_items(one, items, workspace, batch_size=1)
+    batched = R.ask_items(three, items, workspace, batch_size=3)
+    assert one.batches == [1] * 9 and three.batches == [3, 3, 3]
+    assert batched == single  # the same records in the same order (item by item, turn by turn)
+    seen: list[tuple[int, int]] = []
+    R.ask_items(FakePredictor(), items, workspace, progress=lambda done, total: seen.append((done, total)),
+                batch_size=2)
+    assert seen == [(2, 3), (3, 3)]
+
+
+def test_ask_in_turns_stops_each_dialogue_at_its_last_question(fake_predictor):
+    fake = fake_predictor
+    answers = R.ask_in_turns(fake, [(["a"], ["q1", "q2", "q3"]), (["b"], ["p1"])], max_new_tokens=8, batch_size=4)
+    assert [len(a) for a in answers] == [3, 1] and fake.batches == [2, 1, 1]
+    assert fake.chats[3] == (1, [("q1", answers[0][0]), ("q2", answers[0][1])], "q3")
+
+
 def test_multi_turn_and_metrics(benchmark, fake_predictor, word_overlap):
     workspace, _, dr = benchmark
     items = [R.normalise_reasoning_item(x, i) for i, x in enumerate(dr[:2])]
     records = R.ask_items(fake_predictor, items, workspace)
     assert len(records) == 6
     histories = [h for _, h, _ in fake_predictor.chats]
-    assert [len(h) for h in histories] == [0, 1, 2, 0, 1, 2]
-    assert histories[2][1] == ("Where is it?", records[1]["answer"])
+    assert [len(h) for h in histories] == [0, 0, 1, 1, 2, 2]  # both items in one call per turn
+    assert histories[4][1] == ("Where is it?", records[1]["answer"])  # the first item's third turn
+    assert [(r["turn"], r["question"]) for r in records[:3]] == list(enumerate(items[0]["questions"]))
     result = R.score_records(records, word_overlap)
     overall, per_class = R.reasoning_metrics(result)
     low = [r for r in records if r["kind"] == "low_level"]

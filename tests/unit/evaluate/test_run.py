@@ -34,9 +34,11 @@ def test_evaluate_dataset_writes_every_report(benchmark, fake_predictor, word_ov
     assert all(not isinstance(v, dict | list) for v in metrics.values())  # flat, DVC-diffable
     assert metrics["eval_resolution"] == 32 and metrics["counts.images"] == 12
     assert metrics["reasoning.count.low_level"] == 4 and metrics["reasoning.count.complex"] == 2
-    # multi-turn: the second question sees the model's own first answer as history
-    assert fake_predictor.chats[0][1] == []
-    assert fake_predictor.chats[1][1][0][1].startswith("A bright square scratch")
+    # multi-turn: the second question sees the model's own first answer as history; the two items are asked
+    # together (evaluate.batch_size 4), one batched call per turn
+    assert fake_predictor.batches[-3:] == [2, 2, 2]
+    assert [len(h) for _, h, _ in fake_predictor.chats[-6:]] == [0, 0, 1, 1, 2, 2]
+    assert fake_predictor.chats[-4][1][0][1].startswith("A bright square scratch")
 
     preds = pd.read_parquet(out / "predictions.parquet")
     assert len(preds) == 12

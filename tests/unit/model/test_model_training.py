@@ -178,3 +178,28 @@ def test_predict_returns_maps_of_the_image_size(tiny_parts, tmp_path):
     single = predictor.predict([path])[0]
     assert single.score == pytest.approx(preds[0].score, abs=1e-5)
     assert isinstance(predictor.chat([path, path], [("Is it broken?", "Yes")], "Where?", max_new_tokens=2), str)
+
+
+def test_chat_batch_answers_as_one_conversation_at_a_time(tiny_parts):
+    """Left-padded batches of conversations with other image counts and history lengths give each conversation the
+    answer it gets alone."""
+    import copy
+
+    _, _, model, proc = tiny_parts
+    # the freshly initialised LLM answers "\n" to everything; larger random weights give each prompt its own tokens
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "language_model" in name or "lm_head" in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * (0.3 if weight.dim() > 1 else 1.0))
+    predictor = Predictor.from_pretrained(model, processor=proc)
+    conversations = [
+        ([make_image(100, 150, seed=5)], [], "Is there a defect?"),
+        ([make_image(128, 128, seed=6), make_image(128, 128, seed=7)], [("Is it broken?", "Yes")], "Where?"),
+        ([make_image(90, 200, seed=8)], [("Any defect?", "No"), ("Are you sure?", "Yes, quite")], "Describe it."),
+    ]
+    alone = [predictor.chat(images, history, question, max_new_tokens=6) for images, history, question in conversations]
+    assert len(set(alone)) == 3 and all(alone)  # three different, non-empty answers
+    assert predictor.chat_batch(conversations, max_new_tokens=6, batch_size=3) == alone
+    assert predictor.chat_batch(conversations, max_new_tokens=6, batch_size=2) == alone
