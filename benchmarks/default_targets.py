@@ -15,11 +15,11 @@ seed's figure, marked ``**`` where the target is met, and the whole result as JS
 About 10-18 minutes per seed on 2 CPU cores, by the host (the flow, plus about 20 s for the probe and 11-28 s for
 the re-run); run nothing else meanwhile, since the flow's time is a target. After the table it prints each seed's
 stage-1 training pace (images per second, ``reports/train_expert.json``): the host's speed, which the flow's time
-scales with. ``--keep DIR`` leaves the workspaces there (one folder per
-seed) for a closer look; otherwise they are deleted. ``--set`` measures a change to the recipe across the same seeds
-(e.g. ``--set train.expert.tiny.epochs=24``): one run moves by up to 0.05 of image AUROC with the seed. The README's
-"Where it is still weak" table holds these figures for seeds 0, 1 and 2, with the validation splits of
-``benchmarks/zero_shot_splits.py`` beside them.
+scales with, and the host (CPU model, CPU count, Python, torch, numpy and transformers versions). ``--keep DIR``
+leaves the workspaces there (one folder per seed) for a closer look; otherwise they are deleted. ``--set`` measures
+a change to the recipe across the same seeds (e.g. ``--set train.expert.tiny.epochs=24``): one run moves by up to
+0.05 of image AUROC with the seed. The README's "Where it is still weak" table holds these figures for seeds 0, 1
+and 2, with the validation splits of ``benchmarks/zero_shot_splits.py`` beside them.
 """
 
 from __future__ import annotations
@@ -95,6 +95,27 @@ def read_reports(workspace: Path) -> dict[str, dict[str, Any]]:
         path = workspace / rel
         out[name] = json.loads(path.read_text()) if path.exists() else {}
     return out
+
+
+def host_description() -> dict[str, Any]:
+    """The CPU and the builds that set the flow's time and, through their rounding, a from-scratch run's figures (the
+    same code gives other experts on another CPU or package build), read without importing torch."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text(errors="replace").splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    packages: dict[str, str | None] = {}
+    for name in ("torch", "numpy", "transformers"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), **packages}
 
 
 def stage1_pace(workspace: Path) -> float | None:
@@ -213,7 +234,9 @@ def main() -> None:
     print(markdown_table(rows, seeds))
     paces = ", ".join(f"seed {s}: {runs[s]['timing'].get('stage1_images_per_s')}" for s in seeds)
     print(f"\nthe host's pace, stage 1's training images per second (the flow's time scales with it): {paces}")
-    print(json.dumps({"default_targets": rows, "runs": {str(s): runs[s]["timing"] for s in seeds}}))
+    host = host_description()
+    print("the host: " + ", ".join(f"{k} {v}" for k, v in host.items()))
+    print(json.dumps({"default_targets": rows, "runs": {str(s): runs[s]["timing"] for s in seeds}, "host": host}))
 
 
 if __name__ == "__main__":

@@ -78,3 +78,12 @@ def test_stage1_pace_is_the_stage_reports_images_per_second(tmp_path: Path) -> N
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports/train_expert.json").write_text('{"images_per_s": 71.91, "steps": 1904}')
     assert targets.stage1_pace(tmp_path) == 71.91
+
+
+def test_the_host_names_its_cpu_and_the_builds_that_trained() -> None:
+    import os
+    from importlib.metadata import version
+
+    host = targets.host_description()
+    assert host["cpus"] == os.cpu_count() and host["cpu"]
+    assert host["torch"] == version("torch") and host["numpy"] == version("numpy")
