@@ -34,6 +34,18 @@ class Prediction:
     answer: str | None = None
 
 
+def _conversation_turns(num_images: int, history: Sequence[tuple[str, str]], question: str) -> list[dict[str, str]]:
+    """The processor's turns for ``history`` and ``question``; the first turn takes the images' tokens when no turn
+    places them."""
+    turns: list[dict[str, str]] = []
+    for q, a in history:
+        turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    turns.append({"from": "human", "value": question})
+    if not any(IMAGE_TOKEN in t["value"] for t in turns):
+        turns[0] = {"from": "human", "value": IMAGE_TOKEN * num_images + "\n" + turns[0]["value"]}
+    return turns
+
+
 class Predictor:
     """Batched inference over an :class:`AnomalyOVForConditionalGeneration` and its processor."""
 
@@ -149,20 +161,14 @@ class Predictor:
         """The next answer of each conversation ``(images, history, question)``, ``batch_size`` conversations per
         ``generate()`` call (left-padded, greedy). Batched answers can differ from one-at-a-time ones where two
         tokens' logits are within float rounding of each other (the padded matmuls sum in another order)."""
+        step = max(1, batch_size)
         answers: list[str] = []
-        for start in range(0, len(conversations), max(1, batch_size)):
-            groups, convs = [], []
-            for images, history, question in conversations[start:start + max(1, batch_size)]:
+        for start in range(0, len(conversations), step):
+            groups, turns = [], []
+            for images, history, question in conversations[start:start + step]:
                 if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
                     images = [images]
-                loaded = [load_image(im) for im in images]
-                turns: list[dict[str, str]] = []
-                for q, a in history:
-                    turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-                turns.append({"from": "human", "value": question})
-                if not any(IMAGE_TOKEN in t["value"] for t in turns):
-                    turns[0] = {"from": "human", "value": IMAGE_TOKEN * len(loaded) + "\n" + turns[0]["value"]}
-                groups.append(loaded)
-                convs.append(turns)
-            answers += self._generate(groups, convs, max_new_tokens)[0]
+                groups.append([load_image(im) for im in images])
+                turns.append(_conversation_turns(len(images), history, question))
+            answers += self._generate(groups, turns, max_new_tokens)[0]
         return answers
