@@ -4,6 +4,7 @@
     preds = predictor.predict(["a.png", pil_image], generate=True, threshold=0.5)
     preds[0].score, preds[0].label, preds[0].anomaly_map.shape == (H, W), preds[0].answer
     predictor.chat(["view1.png", "view2.png"], history=[("Is it defective?", "Yes.")], question="Where?")
+    predictor.chat_batch([(["a.png"], [], "Is it defective?"), (["b.png"], [], "Where?")], batch_size=8)  # answers
 
 Scores and maps come from one batched tower + expert pass per ``batch_size`` images (the base view's map, which
 covers the whole image, resized bilinearly to the image). Answers come from greedy ``generate()`` with the
