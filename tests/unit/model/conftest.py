@@ -35,3 +35,16 @@ def make_image(height: int, width: int, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def talkative(model, seed: int = 1):
+    """``model`` with its LLM's weights drawn again at a larger scale (in place; returns it). A freshly initialised
+    LLM answers the same token (a newline, stripped to "") to every prompt; these weights give each prompt its own
+    tokens, so tests can compare answers that say something."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "language_model" in name or "lm_head" in name:
+                drawn = torch.randn(weight.shape, generator=generator) * (0.3 if weight.dim() > 1 else 1.0)
+                weight.copy_(drawn.to(weight.dtype))
+    return model

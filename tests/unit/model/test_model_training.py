@@ -18,7 +18,7 @@ from anomaly_ov.model.presets import (
 )
 from anomaly_ov.model.processing import IGNORE_INDEX, ConversationCollator, ImagePreprocessor, collate_crops
 
-from .conftest import make_image
+from .conftest import make_image, talkative
 
 CONV = [
     {"from": "human", "value": "<image>\nAre there any defects?"},
@@ -186,14 +186,7 @@ def test_chat_batch_answers_as_one_conversation_at_a_time(tiny_parts):
     import copy
 
     _, _, model, proc = tiny_parts
-    # the freshly initialised LLM answers "\n" to everything; larger random weights give each prompt its own tokens
-    model = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if "language_model" in name or "lm_head" in name:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * (0.3 if weight.dim() > 1 else 1.0))
-    predictor = Predictor.from_pretrained(model, processor=proc)
+    predictor = Predictor.from_pretrained(talkative(copy.deepcopy(model)), processor=proc)
     conversations = [
         ([make_image(100, 150, seed=5)], [], "Is there a defect?"),
         ([make_image(128, 128, seed=6), make_image(128, 128, seed=7)], [("Is it broken?", "Yes")], "Where?"),

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from anomaly_ov.model.presets import build_model, build_processor, prepare_tokenizer, token_settings
 
-from .conftest import make_image
+from .conftest import make_image, talkative
 
 
 def _keys(directory) -> list[str]:
@@ -91,3 +91,21 @@ def test_tokenizer_has_the_release_ids(qwen2_tokenizer, real_layout_checkpoint):
     chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n" \
                    "<|im_start|>assistant\n"
+
+
+def test_batched_questions_on_the_release_layout_answer_as_one_at_a_time(real_layout_checkpoint):
+    """Evaluation asks its reasoning and 3D questions ``evaluate.batch_size`` conversations per ``generate()``: on the
+    release's layout (384 px SigLIP, AnyRes up to 9 crops, Qwen2's 152k vocabulary) images of other shapes give
+    conversations of other lengths, and each still gets the answer it gets alone."""
+    from anomaly_ov.model.predict import Predictor
+
+    params = real_layout_params(real_layout_checkpoint)
+    predictor = Predictor(talkative(build_model(params).eval()), build_processor(params))
+    conversations = [
+        ([make_image(300, 400, seed=1)], [], "Are there any defects?"),
+        ([make_image(500, 250, seed=2)], [("Is it broken?", "Yes")], "Where?"),
+        ([make_image(384, 384, seed=3), make_image(200, 600, seed=4)], [], "Describe the views."),
+    ]
+    alone = [predictor.chat(images, history, question, max_new_tokens=3) for images, history, question in conversations]
+    assert all(alone) and len(set(alone)) > 1  # random weights still answer each conversation in its own words
+    assert predictor.chat_batch(conversations, max_new_tokens=3, batch_size=3) == alone
