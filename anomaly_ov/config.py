@@ -454,8 +454,9 @@ class EvaluateParams(_Section):
     report_md: str = "reports/evaluation.md"
     figures_dir: str = "reports/figures"
     curves_dir: str = Field(default="reports/curves", description="ROC / PRO / PR curve CSVs for `dvc plots`")
-    batch_size: int = Field(default=4, ge=1, description="images per predictor call in detection, and conversations "
-                            "per generate() call in the reasoning turns and the 3D objects' questions")
+    batch_size: int = Field(default=4, ge=1, le=256, description="images per predictor call in detection, and "
+                            "conversations per generate() call in the reasoning turns and the 3D objects' questions "
+                            "(their images are loaded together, so it bounds what one call holds in memory)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     exact_pixel_limit: int = Field(
         default=4_000_000, ge=2, description="per class, pixel metrics are exact up to this many distinct scores "
