@@ -245,7 +245,8 @@ class ExpertRecipe(_Section):
         "an unfamiliar colour for a defect")
     validate_every: int = Field(
         default=1, ge=1, description="score the held-out rows (image and pixel AUROC, the training curves' validation "
-        "panel) after every this many epochs; the stage scores them once more when training ends either way")
+        "panel) after every this many epochs; the stage's report has the final weights' scores either way (the last "
+        "epoch's when it scored them, else scored once more)")
     score_loss_trains_maps: bool = Field(
         default=True, description="whether the image-score BCE trains the maps, their adaptors and the tower too, "
         "through the look-twice selector (the release: it is its only loss). false: the selector reads them without "

@@ -324,11 +324,13 @@ def fit_expert(
     strategy: str = "ddp",
     zero_stage: int = 2,
     colour_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+    on_validated: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> common.LoopResult:
     """Train the expert part of ``model`` (anything ``forward(model, batch) -> ExpertOutput`` understands).
 
     ``colour_norm``: the image processor's (mean, std), which ``recipe.augment_colours`` needs to reorder colours
-    in pixel space (see :func:`augment_batch`).
+    in pixel space (see :func:`augment_batch`). ``on_validated(epoch, result)``: called with
+    :func:`evaluate_expert`'s whole result each time an epoch's end scores ``val_set`` (epochs count from 0).
 
     Under torchrun the model is wrapped for ``strategy`` (see :func:`common.wrap_distributed`); the result's
     ``model`` is what trained (read its weights with :func:`common.consolidated_state`).
@@ -357,6 +359,8 @@ def fit_expert(
         if val_set is None or len(val_set) == 0 or (epoch + 1) % recipe.validate_every:
             return {}
         res = evaluate_expert(forward, common.unwrap(m), val_set, collate, recipe.batch_size, num_workers)
+        if on_validated is not None:
+            on_validated(epoch, res)
         return {k: v for k, v in res.items() if k in ("image_auroc", "pixel_auroc") and v is not None}
 
     settings = common.LoopSettings(
@@ -552,6 +556,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         common.data_fingerprint([*train_set.files, *(val_set.files if val_set is not None else [])], workspace),
         tower,
     )
+    scored: dict[int, dict[str, Any]] = {}  # the held-out rows' scores at an epoch's end, by epoch
     if official:
         result = common.LoopResult(step=0, history=[], epoch_metrics=[], seconds=0.0, items=0, resumed_from_step=None)
     else:
@@ -561,11 +566,16 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
             num_workers=cfg.num_workers, fingerprint=fp, max_grad_norm=cfg.max_grad_norm, strategy=cfg.strategy,
             zero_stage=cfg.zero_stage, colour_norm=(preprocess.image_processor.image_mean,
                                                     preprocess.image_processor.image_std),
+            on_validated=lambda epoch, res: scored.update({epoch: res}),
         )
-    # every rank evaluates the whole held-out set (under fsdp the sharded forward is a collective)
+    # the last epoch's end scored the final weights already, unless it did not validate or ran in an earlier
+    # process (a resume after the last step); otherwise every rank scores the whole held-out set (under fsdp the
+    # sharded forward is a collective)
     trained = result.model if result.model is not None else stage_module
-    val = (evaluate_expert(forward, trained, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
-           if val_set is not None else {})
+    val = scored.get(recipe.epochs - 1) if not official else None
+    if val is None:
+        val = (evaluate_expert(forward, trained, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
+               if val_set is not None else {})
     model = consolidated_expert_model(params, result, stage_module, model)
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {

@@ -24,7 +24,13 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One uninterrupted stage-1 run: the workspace and its summary (read only). The output test reads it and the
     SIGKILL test takes it as the reference its killed run must reproduce."""
     ws = make_workspace(tmp_path_factory.mktemp("straight") / "ws")
-    return ws, stage1.run_train_expert(tiny_params(*STRAIGHT), ws)
+    evaluate, scorings = stage1.evaluate_expert, []
+    stage1.evaluate_expert = lambda *a, **k: scorings.append(1) or evaluate(*a, **k)  # type: ignore[assignment]
+    try:
+        summary = stage1.run_train_expert(tiny_params(*STRAIGHT), ws)
+    finally:
+        stage1.evaluate_expert = evaluate  # type: ignore[assignment]
+    return ws, {**summary, "scorings": len(scorings)}
 
 
 @pytest.mark.slow
@@ -42,23 +48,32 @@ def test_stage1_writes_expert_and_report(straight_run: tuple[Path, dict]) -> Non
     # validate_every=2: the held-out rows are scored after the second epoch only
     assert len(report["epoch_metrics"]) == 2 and "pixel_auroc" not in report["epoch_metrics"][0]
     assert report["epoch_metrics"][1]["pixel_auroc"] is not None and report["recipe"]["validate_every"] == 2
+    assert summary["scorings"] == 1  # the report's final figures are the second epoch's scoring, not a new one
     assert (workspace / "reports/train_expert_curves.png").exists()
 
 
 @pytest.mark.slow
-def test_stage1_validation_leaves_the_training_as_it_is(straight_run: tuple[Path, dict], tmp_path: Path) -> None:
-    """Scoring the held-out rows after every epoch instead of every other one trains the same weights, so
-    ``validate_every`` is a matter of time alone."""
-    straight, reference = straight_run
-    every = make_workspace(tmp_path / "every")
-    summary = stage1.run_train_expert(tiny_params(*STRAIGHT, "train.expert.tiny.validate_every=1"), every)
-    report = json.loads((every / "reports/train_expert.json").read_text())
-    assert all(e["pixel_auroc"] is not None for e in report["epoch_metrics"])
-    a, b = _weights(straight / "models/expert"), _weights(every / "models/expert")
+def test_stage1_validation_leaves_the_training_as_it_is(straight_run: tuple[Path, dict], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring the held-out rows after every other epoch or never trains the same weights, so ``validate_every``
+    is a matter of time alone; and the report's final figures, which the straight run takes from its last epoch's
+    scoring, are those of scoring the final weights once more."""
+    straight, _ = straight_run
+    scorings: list[int] = []
+    evaluate = stage1.evaluate_expert
+    monkeypatch.setattr(stage1, "evaluate_expert", lambda *a, **k: scorings.append(1) or evaluate(*a, **k))
+    never = make_workspace(tmp_path / "never")
+    stage1.run_train_expert(tiny_params(*STRAIGHT, "train.expert.tiny.validate_every=3"), never)
+    assert len(scorings) == 1  # no epoch's end scored (2 epochs, every 3rd): the stage scored the final weights
+    report = json.loads((never / "reports/train_expert.json").read_text())
+    assert not any("image_auroc" in e for e in report["epoch_metrics"])
+    a, b = _weights(straight / "models/expert"), _weights(never / "models/expert")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert summary["val_image_auroc"] == reference["val_image_auroc"]
+    reference = json.loads((straight / "reports/train_expert.json").read_text())
+    assert reference["epoch_metrics"][-1]["image_auroc"] == reference["val"]["image_auroc"]
+    assert report["val"] == reference["val"]  # per category too
 
 
 class _Killed(Exception):
