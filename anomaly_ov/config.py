@@ -363,7 +363,8 @@ class TrainInstructParams(_Section):
         "the smaller of this and the recipe's max_records applies (null = no cap)")
     group_by_length: bool = Field(
         default=True, description="batch records of similar length together (less padding; LLaVA's training scripts "
-        "group by length too); the order stays a seeded shuffle")
+        "group by length too; the visual phases by the encoded length, images included); the order stays a seeded "
+        "shuffle")
     tokenizer_vocab_size: int = Field(default=2000, ge=300, description="tiny preset: BPE vocabulary size")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (null = off)")
     checkpoint_dir: str = Field(default="checkpoints/instruct", description="resume state (not a stage output)")

@@ -286,15 +286,6 @@ def warn_if_word_ignored(margins: Mapping[str, float], when: str) -> None:
                     "text_warmup_epochs)", when, margins, gap, WORD_GAP_WARNING)
 
 
-def text_lengths(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor) -> list[int]:
-    """Each record's token count without its image tokens: the key of length-grouped batches (an image adds about
-    the same count to every single-image record, so the text decides how much a batch pads)."""
-    from anomaly_ov.data.loaders import record_images
-
-    return [len(processor.encode_text_only(list(rec["conversations"]), ["slightly"] * len(record_images(rec)),
-                                           add_generation_prompt=False)[0]) for rec in records]
-
-
 def _projector_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters outside the LLM that stage 2 trains: the projector's and image_newline (under DDP or peft)."""
     base: Any = common.unwrap(model)
@@ -440,34 +431,49 @@ def restore_dtypes(model: nn.Module, dtypes: Mapping[int, torch.dtype]) -> None:
             p.data = p.data.to(dtypes[id(p)])
 
 
-def count_truncated(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor, workspace: Path,
-                    max_length: int) -> dict[str, Any]:
-    """How many ``records`` are longer than ``max_length`` tokens, hence cut (image sizes read from the files'
-    headers, no decoding), how many of those the cut leaves without any answer token (a cut that drops an image
-    drops the question and answers after it: such a record trains nothing; only these are encoded), and the
-    longest one's length."""
+def record_lengths(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor, workspace: Path
+                   ) -> list[int]:
+    """Each record's token count, its images' tokens included (image sizes read from the files' headers, no
+    decoding): the key of the visual phases' length-grouped batches and of :func:`count_truncated`. The images
+    count: every image adds hundreds of tokens, so a 3D object's four views are about twice as long as a
+    single-image record with the same text, and grouped by text alone they padded single-image batches to their
+    length."""
     from PIL import Image
 
+    from anomaly_ov.data.loaders import record_images
+    from anomaly_ov.paths import in_workspace
+
+    lengths = []
+    for rec in records:
+        sizes = []
+        for rel in record_images(rec):
+            with Image.open(in_workspace(workspace, rel)) as img:
+                sizes.append((img.height, img.width))
+        lengths.append(processor.conversation_length(list(rec["conversations"]), sizes))
+    return lengths
+
+
+def count_truncated(records: Sequence[Mapping[str, Any]], processor: AnomalyOVProcessor, workspace: Path,
+                    max_length: int, lengths: Sequence[int] | None = None) -> dict[str, Any]:
+    """How many ``records`` are longer than ``max_length`` tokens, hence cut, how many of those the cut leaves
+    without any answer token (a cut that drops an image drops the question and answers after it: such a record
+    trains nothing; only these are encoded), and the longest one's length. ``lengths``: the records'
+    :func:`record_lengths` when already known."""
     from anomaly_ov.data.loaders import load_image, record_images
     from anomaly_ov.paths import in_workspace
 
-    truncated, answerless, longest = 0, 0, 0
-    for rec in records:
-        paths = [in_workspace(workspace, rel) for rel in record_images(rec)]
-        sizes = []
-        for path in paths:
-            with Image.open(path) as img:
-                sizes.append((img.height, img.width))
-        n = processor.conversation_length(list(rec["conversations"]), sizes)
-        longest = max(longest, n)
+    if lengths is None:
+        lengths = record_lengths(records, processor, workspace)
+    truncated, answerless = 0, 0
+    for rec, n in zip(records, lengths, strict=True):
         if n > max_length:
             truncated += 1
-            images = [load_image(path) for path in paths]
+            images = [load_image(in_workspace(workspace, rel)) for rel in record_images(rec)]
             labels = processor(images or None, list(rec["conversations"]), max_length=max_length,
                                return_labels=True)["labels"]
             answerless += not bool((labels != -100).any())
     return {"truncated_records": truncated, "answerless_records": answerless, "max_length": max_length,
-            "longest_record_tokens": longest}
+            "longest_record_tokens": max(lengths, default=0)}
 
 
 def frozen_snapshot(model: nn.Module, part_names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -643,7 +649,8 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
     dataset = InstructDataset(records, workspace, make_encoder(processor, recipe.max_length))
     collate = partial(collate_instruct, pad_token_id=processor.pad_token_id)
     n_trainable = sum(p.numel() for p in trainable_parameters(train_model))
-    truncation = count_truncated(records, processor, workspace, recipe.max_length)
+    full_lengths = record_lengths(records, processor, workspace)
+    truncation = count_truncated(records, processor, workspace, recipe.max_length, full_lengths)
     if truncation["truncated_records"] and info.is_main:
         answerless = (f"; {truncation['answerless_records']} of them lose every answer and train nothing: raise "
                       f"train.instruct.{params.recipe_family}.max_length to at least "
@@ -687,7 +694,8 @@ def run_train_instruct(params: Params, workspace: Path) -> dict[str, Any]:
             warmup_margins = word_margins(train_model, processor, device)
             warn_if_word_ignored(warmup_margins, "after the text warm-up")
             tracking.log_metrics({f"text_warmup_word_margin_{word}": m for word, m in warmup_margins.items()})
-    lengths = text_lengths(records, processor) if cfg.group_by_length else None
+    # the visual phases group by the encoded length (images included; a record is cut at max_length)
+    lengths = [min(n, recipe.max_length) for n in full_lengths] if cfg.group_by_length else None
     align = None
     if recipe.align_epochs:
         align = align_projector(

@@ -95,7 +95,6 @@ def test_text_warmup_trains_the_llm_and_leaves_the_projector(tiny_workspace: Pat
     words = {(rec["image"],): ["highly" if rec["label"] == "anomaly" else "slightly"] for rec in records}
     items = stage2.text_warmup_items(records, processor, words, max_length=256)
     assert all(processor.image_token_id not in it["input_ids"] for it in items)
-    assert stage2.text_lengths(records, processor) == [len(it["input_ids"]) for it in items]
     before = stage2.frozen_snapshot(model, ["multi_modal_projector", "language_model"])
     recipe = tiny_params("train.instruct.tiny.text_warmup_epochs=6", "train.instruct.tiny.text_warmup_batch_size=4",
                          "train.instruct.tiny.lr=0.003").instruct_recipe
@@ -339,6 +338,11 @@ def test_the_tiny_recipe_keeps_a_3d_objects_four_views_and_counts_answerless_cut
     whole = stage2.count_truncated([record], processor, tmp_path, params.train.instruct.tiny.max_length)
     assert whole["truncated_records"] == 0 and whole["answerless_records"] == 0
     assert 1024 < whole["longest_record_tokens"] <= params.train.instruct.tiny.max_length
+    # the length that groups the visual phases' batches is the encoded one, its four views' tokens included
+    encoded = stage2.make_encoder(processor, params.train.instruct.tiny.max_length)(
+        [Image.open(tmp_path / v).convert("RGB") for v in views], record["conversations"])
+    assert stage2.record_lengths([record], processor, tmp_path) == [len(encoded["input_ids"])]
+    assert whole["longest_record_tokens"] == len(encoded["input_ids"])
 
     cut = stage2.count_truncated([record], processor, tmp_path, 1024)
     assert cut["truncated_records"] == 1 and cut["answerless_records"] == 1
