@@ -109,3 +109,32 @@ def test_batched_questions_on_the_release_layout_answer_as_one_at_a_time(real_la
     alone = [predictor.chat(images, history, question, max_new_tokens=3) for images, history, question in conversations]
     assert all(alone) and len(set(alone)) > 1  # random weights still answer each conversation in its own words
     assert predictor.chat_batch(conversations, max_new_tokens=3, batch_size=3) == alone
+
+
+def test_stage2_lengths_count_the_release_processors_image_tokens(real_layout_checkpoint, tmp_path):
+    """Stage 2 groups its visual batches, and counts cut records, by :func:`record_lengths`, read from the images'
+    headers without decoding them. On the release's processor (AnyRes up to 9 crops of 384 px, the image tokens
+    unpadded to each image's aspect) it must equal what the encoder makes, for one image or several of any shape."""
+    from PIL import Image
+
+    from anomaly_ov.train.instruct import make_encoder, record_lengths
+
+    processor = build_processor(real_layout_params(real_layout_checkpoint))
+    shapes = {"wide.png": (300, 800), "tall.png": (700, 260), "square.png": (384, 384), "small.png": (90, 120)}
+    for seed, (name, (h, w)) in enumerate(shapes.items()):
+        make_image(h, w, seed=seed).save(tmp_path / name)
+    ask = [{"from": "gpt", "value": "Yes, a scratch on the left."}]
+    records = [
+        {"image": "wide.png", "conversations": [{"from": "human", "value": "<image>\nIs it defective?"}, *ask]},
+        {"image": "tall.png", "conversations": [{"from": "human", "value": "<image>\nAny defect?"}, *ask]},
+        {"image": ["square.png", "small.png"],
+         "conversations": [{"from": "human", "value": "<image>\n<image>\nTwo views: any defect?"}, *ask]},
+    ]
+    encode = make_encoder(processor, 32768)
+    encoded = []
+    for rec in records:
+        names = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+        encoded.append(len(encode([Image.open(tmp_path / n).convert("RGB") for n in names],
+                                  rec["conversations"])["input_ids"]))
+    assert record_lengths(records, processor, tmp_path) == encoded
+    assert len(set(encoded)) == 3 and min(encoded) > 729  # each image brings at least its base view's 27 x 27
