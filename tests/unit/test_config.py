@@ -146,7 +146,6 @@ def test_a_recipe_whose_maps_no_loss_trains_is_refused() -> None:
         load_params(None, ["train.expert.tiny.score_loss_trains_maps=false", "train.expert.tiny.mask_loss=false"])
 
 
-
 def test_evaluate_batch_size_is_bounded_with_the_key_named():
     assert load_params(None, ["evaluate.batch_size=256"]).evaluate.batch_size == 256
     with pytest.raises(ConfigError, match=r"evaluate\.batch_size"):

@@ -187,3 +187,13 @@ def stage_one_until(step: int, params, ws, monkeypatch: pytest.MonkeyPatch) -> l
         with pytest.raises(StopTraining):
             run_train_expert(params, ws)
     return ran
+
+
+def count_expert_scorings(patch: pytest.MonkeyPatch) -> list[int]:
+    """Patch stage 1's ``evaluate_expert`` (it still scores) to record each call; returns the growing record."""
+    from anomaly_ov.train import expert as stage1
+
+    calls: list[int] = []
+    evaluate = stage1.evaluate_expert
+    patch.setattr(stage1, "evaluate_expert", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    return calls

@@ -11,7 +11,7 @@ import torch
 from anomaly_ov.train import common
 from anomaly_ov.train import expert as stage1
 
-from .conftest import make_workspace, sigkill_stage_at, tiny_params  # noqa: TID252
+from .conftest import count_expert_scorings, make_workspace, sigkill_stage_at, tiny_params  # noqa: TID252
 
 #: stage 1 with a checkpoint every 3 steps: 8 training images, batch 2, 2 epochs = 8 steps (4 per epoch), so a kill
 #: after step 4 lies between two checkpoints and mid-epoch
@@ -24,12 +24,9 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One uninterrupted stage-1 run: the workspace and its summary (read only). The output test reads it and the
     SIGKILL test takes it as the reference its killed run must reproduce."""
     ws = make_workspace(tmp_path_factory.mktemp("straight") / "ws")
-    evaluate, scorings = stage1.evaluate_expert, []
-    stage1.evaluate_expert = lambda *a, **k: scorings.append(1) or evaluate(*a, **k)  # type: ignore[assignment]
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the function-scoped fixture is not available
+        scorings = count_expert_scorings(patch)
         summary = stage1.run_train_expert(tiny_params(*STRAIGHT), ws)
-    finally:
-        stage1.evaluate_expert = evaluate  # type: ignore[assignment]
     return ws, {**summary, "scorings": len(scorings)}
 
 
@@ -59,9 +56,7 @@ def test_stage1_validation_leaves_the_training_as_it_is(straight_run: tuple[Path
     is a matter of time alone; and the report's final figures, which the straight run takes from its last epoch's
     scoring, are those of scoring the final weights once more."""
     straight, _ = straight_run
-    scorings: list[int] = []
-    evaluate = stage1.evaluate_expert
-    monkeypatch.setattr(stage1, "evaluate_expert", lambda *a, **k: scorings.append(1) or evaluate(*a, **k))
+    scorings = count_expert_scorings(monkeypatch)
     never = make_workspace(tmp_path / "never")
     stage1.run_train_expert(tiny_params(*STRAIGHT, "train.expert.tiny.validate_every=3"), never)
     assert len(scorings) == 1  # no epoch's end scored (2 epochs, every 3rd): the stage scored the final weights

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import make_workspace, pretrained_params  # noqa: TID252
+from .conftest import count_expert_scorings, make_workspace, pretrained_params  # noqa: TID252
 
 # the module's shrunk checkpoint is written once: keep its tests on one xdist worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pretrained_path")]
@@ -129,10 +129,11 @@ def test_stage1_map_image_loss_pools_each_images_base_view_of_the_real_layout(
         assert torch.isfinite(torch.tensor(value)) and value > 0
 
 def test_stage1_one_cycle_with_the_score_loss_kept_off_the_maps_runs_on_the_real_layout(
-    llava_checkpoint: Path, tmp_path: Path
+    llava_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The tiny recipe's two stage-1 settings on the 0.5B layout (AnyRes crop views, frozen SigLIP tower): OneCycleLR
-    runs to its last step, and with the selector detached the mask loss is what trains the maps."""
+    runs to its last step, and with the selector detached the mask loss is what trains the maps. The pretrained
+    recipe scores its held-out rows after every epoch; the report's final figures are the last epoch's scoring."""
     import json
 
     from anomaly_ov.train import expert as stage1
@@ -141,11 +142,16 @@ def test_stage1_one_cycle_with_the_score_loss_kept_off_the_maps_runs_on_the_real
     recipe = "train.expert.pretrained"
     params = pretrained_params(llava_checkpoint, f"{recipe}.schedule=one_cycle", f"{recipe}.mask_loss=true",
                                f"{recipe}.score_loss_trains_maps=false")
+    scorings = count_expert_scorings(monkeypatch)
     summary = stage1.run_train_expert(params, ws)
     assert summary["steps"] > 0
     report = json.loads((ws / "reports/train_expert.json").read_text())
     assert report["recipe"]["schedule"] == "one_cycle" and report["recipe"]["score_loss_trains_maps"] is False
     assert report["loss_last"] > 0
+    epochs = params.train.expert.pretrained.epochs
+    assert params.train.expert.pretrained.validate_every == 1 and len(scorings) == epochs  # none after the last
+    assert report["val"]["images"] == summary["val_images"] > 0 and report["val"]["per_class"]
+    assert report["epoch_metrics"][-1].get("pixel_auroc") == report["val"]["pixel_auroc"]
 
 
 def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path, mlflow_store) -> None:
