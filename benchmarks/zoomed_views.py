@@ -19,7 +19,7 @@ as the stages compute it.
         [--threads 2]
 
 ``--params`` defaults to the workspace's params.yaml, else the repository's (a ``benchmarks/zero_shot_splits.py``
-workspace has none). About 2 minutes on 2 CPU cores for the four sets.
+workspace has none); the tiny preset only. About 2 minutes on 2 CPU cores for the four sets.
 
 Measured on the default's three pipelines at c43a470 (seeds 0 / 1 / 2, 2 threads), image AUROC:
 
@@ -159,6 +159,12 @@ def main() -> None:
     if not params_file.exists():
         params_file = REPO / "params.yaml"
     params = load_params(params_file, ["tracking.enabled=false"])
+    if params.is_pretrained:
+        parser.error(f"{params_file}: model.preset is {params.model.preset!r}; this script reads the tiny preset's "
+                     "workspaces (a pretrained tower's crops already magnify a large image)")
+    if not (args.workspace / params.train.expert.output_dir).is_dir():
+        parser.error(f"{args.workspace / params.train.expert.output_dir}: no trained expert there (run the pipeline "
+                     "or benchmarks/zero_shot_splits.py --workdir first)")
     results = measure(args.workspace.resolve(), params, wanted, args.zoom)
     print(f"\n{'set':<16} {'images':>6} " + " ".join(f"{w:>10}" for w in WAYS))
     for name, entry in results.items():
