@@ -102,6 +102,7 @@ def evaluation_sets(workspace: Path, params, wanted: list[str]) -> dict:
 
 
 def measure(workspace: Path, params, wanted: list[str], zoom: int, batch_size: int = 32) -> dict:
+    """``{set: {way: image AUROC (mean over the set's categories), "images": n}}`` for the workspace's expert."""
     import torch
 
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
@@ -155,8 +156,10 @@ def main() -> None:
     from anomaly_ov.config import load_params
 
     torch.set_num_threads(args.threads)
+    if args.params is not None and not args.params.is_file():
+        parser.error(f"{args.params}: params file not found")
     params_file = args.params or (args.workspace / "params.yaml")
-    if not params_file.exists():
+    if not params_file.is_file():
         params_file = REPO / "params.yaml"
     params = load_params(params_file, ["tracking.enabled=false"])
     if params.is_pretrained:
