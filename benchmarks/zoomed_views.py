@@ -44,6 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("zero-shot", "in-distribution", "medical", "3d")
+#: zoom**2 tiles go through the tower per image (batches of 32 images): 4 means 16 tiles, about 512 crops a batch
+MAX_ZOOM = 4
 WAYS = ("base", "zoom_max", "zoom_mean", "anyres")
 
 
@@ -148,8 +150,9 @@ def main() -> None:
     unknown = sorted(set(wanted) - set(SETS))
     if unknown:
         parser.error(f"unknown sets {unknown}; choose from {', '.join(SETS)}")
-    if args.zoom < 2:
-        parser.error("--zoom must be 2 or more (1 magnifies nothing)")
+    if not 2 <= args.zoom <= MAX_ZOOM:
+        parser.error(f"--zoom must be 2 to {MAX_ZOOM} (1 magnifies nothing; each image sends zoom**2 tiles through "
+                     "the tower)")
 
     import torch
 
@@ -168,6 +171,10 @@ def main() -> None:
     if not (args.workspace / params.train.expert.output_dir).is_dir():
         parser.error(f"{args.workspace / params.train.expert.output_dir}: no trained expert there (run the pipeline "
                      "or benchmarks/zero_shot_splits.py --workdir first)")
+    disabled = [name for name, on in (("medical", params.extensions.medical.enabled),
+                                      ("3d", params.extensions.threed.enabled)) if name in wanted and not on]
+    for name in disabled:
+        print(f"{name}: skipped (extensions.{'threed' if name == '3d' else name}.enabled is false in {params_file})")
     results = measure(args.workspace.resolve(), params, wanted, args.zoom)
     print(f"\n{'set':<16} {'images':>6} " + " ".join(f"{w:>10}" for w in WAYS))
     for name, entry in results.items():

@@ -572,7 +572,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     # process (a resume after the last step); otherwise every rank scores the whole held-out set (under fsdp the
     # sharded forward is a collective)
     trained = result.model if result.model is not None else stage_module
-    val = scored.get(recipe.epochs - 1)  # empty when nothing trained (the official expert)
+    val = scored.get(recipe.epochs - 1)  # None when no epoch scored (the official expert trains none)
     if val is None:
         val = (evaluate_expert(forward, trained, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
                if val_set is not None else {})
