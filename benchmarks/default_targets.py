@@ -18,8 +18,9 @@ stage-1 training pace (images per second, ``reports/train_expert.json``): the ho
 scales with, and the host (CPU model, CPU count, Python, torch, numpy and transformers versions). ``--keep DIR``
 leaves the workspaces there (one folder per seed) for a closer look; otherwise they are deleted. ``--set`` measures
 a change to the recipe across the same seeds (e.g. ``--set train.expert.tiny.epochs=24``): one run moves by up to
-0.05 of image AUROC with the seed. The README's "Where it is still weak" table holds these figures for seeds 0, 1
-and 2, with the validation splits of ``benchmarks/zero_shot_splits.py`` beside them.
+0.05 of image AUROC with the seed. The README's "Measured end to end, and where it is still weak" table holds these
+figures for seeds 0-4, with breakdowns from the same workspaces and the validation splits of
+``benchmarks/zero_shot_splits.py`` beside them.
 """
 
 from __future__ import annotations
