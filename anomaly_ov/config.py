@@ -695,6 +695,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [part.strip() for part in key.split(".")], value
 
 
+#: the most seeds one ``--seeds`` list may name (each is a whole training run)
+MAX_SEEDS = 32
+
+
+def parse_seed_list(text: str, limit: int = MAX_SEEDS) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]: ``train.seed`` values for a sweep, each a whole number >= 0, none twice, at least
+    one and at most ``limit``; a :class:`ConfigError` naming the text otherwise."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        seeds = [int(part) for part in parts]
+    except ValueError:
+        raise ConfigError(f"seeds {text!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
+    if not seeds:
+        raise ConfigError(f"seeds {text!r}: give at least one seed, e.g. 0,1,2")
+    if any(seed < 0 for seed in seeds):
+        raise ConfigError(f"seeds {text!r}: a seed is a whole number >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {text!r}: a seed appears twice")
+    if len(seeds) > limit:
+        raise ConfigError(f"seeds {text!r}: {len(seeds)} seeds, at most {limit} (each is a whole training run)")
+    return seeds
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``a.b=c`` override set (intermediate sections are created)."""
     result = json.loads(json.dumps(data))

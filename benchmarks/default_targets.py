@@ -201,13 +201,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="a params override for every seed (repeatable), e.g. train.expert.tiny.epochs=24")
     args = parser.parse_args()
+    from anomaly_ov.config import load_params, parse_seed_list
+    from anomaly_ov.errors import ConfigError
+
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds {args.seeds!r}: give whole numbers separated by commas, e.g. 0,1,2")
-    if not seeds:
-        parser.error("--seeds: give at least one seed")
-    from anomaly_ov.config import load_params
+        seeds = parse_seed_list(args.seeds)
+    except ConfigError as exc:
+        parser.error(f"--seeds: {exc}")
 
     load_params(REPO / "params.yaml", [f"train.seed={seeds[0]}", *args.overrides])  # a bad --set fails before any run
     if not (REPO / ".venv").exists():

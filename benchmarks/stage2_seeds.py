@@ -195,12 +195,13 @@ def main() -> None:
     if missing:
         raise SystemExit(f"{workspace} lacks {', '.join(missing)}: run `make pipeline` there first (or the stages up "
                          "to train_expert)")
+    from anomaly_ov.config import parse_seed_list
+    from anomaly_ov.errors import ConfigError
+
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2")
-    if not seeds:
-        parser.error("--seeds names no seed")
+        seeds = parse_seed_list(args.seeds)
+    except ConfigError as exc:
+        parser.error(f"--seeds: {exc}")
     variants = [("default", []), *args.variant]
     runs = [(name, seed, [*args.overrides, *sets]) for name, sets in variants for seed in seeds]
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(runs)), mp_context=get_context("spawn")) as pool:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_ov.config import ConfigError, Params, apply_overrides, load_params, parse_override
+from anomaly_ov.config import (
+    ConfigError,
+    Params,
+    apply_overrides,
+    load_params,
+    parse_override,
+    parse_seed_list,
+)
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -83,6 +90,20 @@ def test_validate_section_keeps_its_yaml_name() -> None:
 def test_malformed_override_is_explained(bad: str) -> None:
     with pytest.raises(ConfigError, match="override"):
         parse_override(bad)
+
+
+def test_a_seed_list_keeps_its_order() -> None:
+    assert parse_seed_list(" 3, 0,12 ,") == [3, 0, 12]
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("0,one", "whole numbers"), (" , ", "at least one"), ("0,-1", ">= 0"), ("1,2,1", "twice"),
+    ("0,1,2,3", "at most 3"),
+])
+def test_a_bad_seed_list_is_explained(text: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why) as err:
+        parse_seed_list(text, limit=3)
+    assert repr(text) in str(err.value)
 
 
 def test_override_through_a_value_is_refused() -> None:

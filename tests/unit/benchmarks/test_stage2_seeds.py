@@ -38,8 +38,9 @@ def test_a_workspace_without_stage_1_says_what_to_run(tmp_path: Path, monkeypatc
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--jobs", "0"], "--jobs and --threads must be at least 1"),
-    (["--seeds", "0,one"], "give comma-separated integers"),
-    (["--seeds", ","], "names no seed"),
+    (["--seeds", "0,one"], "give whole numbers separated by commas"),
+    (["--seeds", ","], "give at least one seed"),
+    (["--seeds", "0,0"], "a seed appears twice"),
 ])
 def test_bad_command_lines_are_refused_with_what_to_give(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture, args: list[str],

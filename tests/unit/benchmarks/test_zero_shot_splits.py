@@ -57,3 +57,40 @@ def test_rank_fusion_averages_the_two_scores_ranks_and_only_then() -> None:
     out = zss.score_variants(predictor, np.zeros((4, 2, 2)), [0.0, 0.3, 0.2, 0.1])
     assert out["rank_fusion"].tolist() == pytest.approx([0.5, 0.5, 2 / 3, 1 / 3])
     assert "rank_fusion" not in zss.score_variants(predictor, np.zeros((4, 2, 2)))
+
+
+def _result(split: list[str], seed: int, image: float, medical: float | None) -> dict:
+    extensions = {"3d": {"image_auroc": 0.5, "object_image_auroc": 0.6}}
+    if medical is not None:
+        extensions["medical"] = {"image_auroc": medical}
+    return {"held_out": split, "seed": seed, "image_auroc": image, "pixel_auroc": 0.9,
+            "in_distribution_image_auroc": 0.8, "extensions": extensions}
+
+
+def test_the_seed_summary_gives_each_seed_and_their_mean_and_spread_per_split() -> None:
+    results = [_result(["pcb", "round_part"], 0, 0.70, 0.6), _result(["dice"], 0, 0.90, 0.6),
+               _result(["pcb", "round_part"], 1, 0.80, None), _result(["dice"], 1, 0.80, 0.8)]
+    rows = {(r["split"], r["figure"]): r for r in zss.seed_summary(results)}
+    image = rows[("pcb, round_part", "zero-shot image AUROC")]
+    assert image["seeds"] == {0: 0.70, 1: 0.80}
+    assert image["mean"] == pytest.approx(0.75)
+    assert image["sd"] == pytest.approx(np.std([0.7, 0.8], ddof=1))
+    medical = rows[("pcb, round_part", "medical image AUROC")]  # seed 1 ran without the medical set
+    assert medical["seeds"] == {0: 0.6, 1: None} and medical["mean"] == pytest.approx(0.6) and medical["sd"] is None
+    assert rows[("dice", "medical image AUROC")]["mean"] == pytest.approx(0.7)
+    assert len(rows) == 2 * len(zss.SUMMARY_FIGURES)
+    table = zss.summary_table(list(rows.values()), [0, 1]).splitlines()
+    assert table[0] == "| held out | figure | seed 0 | seed 1 | mean | sd |"
+    assert "| pcb, round_part | medical image AUROC | 0.600 | - | 0.600 | - |" in table
+
+
+def test_seeds_and_a_seed_override_are_refused_together(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["zero_shot_splits.py", "--seeds", "0,1", "--set", "train.seed=3"])
+    with pytest.raises(SystemExit):
+        zss.main()
+    assert "give one of them" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["zero_shot_splits.py", "--seeds", "0,x"])
+    with pytest.raises(SystemExit):
+        zss.main()
+    assert "--seeds: seeds '0,x': give whole numbers" in capsys.readouterr().err
