@@ -128,15 +128,32 @@ def stage1_pace(workspace: Path) -> float | None:
     return float(pace) if pace is not None else None
 
 
+def across_seeds(target: Target, values: Sequence[Any]) -> dict[str, Any]:
+    """The measured ``values`` of one target over the seeds: for a number their mean, sample standard deviation
+    (None with one value) and whether the mean meets the goal; otherwise how many seeds met it (``"2/3"``)."""
+    import statistics
+
+    measured = [v for v in values if v is not None]
+    if not measured:
+        return {"value": None, "sd": None, "met": None}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in measured):
+        mean = statistics.fmean(measured)
+        return {"value": mean, "sd": statistics.stdev(measured) if len(measured) > 1 else None,
+                "met": target.met(mean)}
+    return {"value": f"{sum(bool(target.met(v)) for v in measured)}/{len(measured)}", "sd": None, "met": None}
+
+
 def target_rows(runs: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per target: its name, goal, and per seed the value and whether it is met (None: not measured)."""
+    """One row per target: its name, goal, per seed the value and whether it is met (None: not measured), and the
+    seeds together (:func:`across_seeds`)."""
     rows = []
     for target in TARGETS:
         cells = {}
         for seed, reports in runs.items():
             value = reports.get(target.report, {}).get(target.key)
             cells[seed] = {"value": value, "met": target.met(value)}
-        rows.append({"target": target.name, "goal": f"{target.op} {target.goal}", "seeds": cells})
+        rows.append({"target": target.name, "goal": f"{target.op} {target.goal}", "seeds": cells,
+                     "across_seeds": across_seeds(target, [c["value"] for c in cells.values()])})
     return rows
 
 
@@ -147,12 +164,26 @@ def _cell(value: Any, met: bool | None) -> str:
     return f"**{text}**" if met else text
 
 
+def _summary_cell(summary: Mapping[str, Any]) -> str:
+    value, sd = summary["value"], summary["sd"]
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    text = _cell(float(value), summary["met"])
+    if sd is None:
+        return text
+    return f"{text} ± {sd:.3f}" if abs(value) < 10 else f"{text} ± {sd:.0f}"
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> str:
-    """The rows as a Markdown table, a column per seed; met targets in bold, unmeasured ones as "-"."""
-    head = "| target | goal | " + " | ".join(f"seed {s}" for s in seeds) + " |"
-    rule = "|---|---|" + "---|" * len(seeds)
+    """The rows as a Markdown table, a column per seed and one for the seeds together (mean ± standard deviation;
+    for the gate, how many seeds reached production); met targets in bold, unmeasured ones as "-"."""
+    head = "| target | goal | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |"
+    rule = "|---|---|" + "---|" * (len(seeds) + 1)
     body = [f"| {r['target']} | {r['goal']} | "
-            + " | ".join(_cell(r["seeds"][s]["value"], r["seeds"][s]["met"]) for s in seeds) + " |" for r in rows]
+            + " | ".join(_cell(r["seeds"][s]["value"], r["seeds"][s]["met"]) for s in seeds)
+            + f" | {_summary_cell(r['across_seeds'])} |" for r in rows]
     return "\n".join([head, rule, *body])
 
 

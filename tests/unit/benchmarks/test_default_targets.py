@@ -54,13 +54,16 @@ def test_targets_are_met_missed_or_unmeasured_per_seed_and_printed_as_a_table() 
     assert rows["the first run's flow, seconds"]["seeds"][0]["met"] is True
     assert rows["the unchanged re-run, seconds"]["seeds"][0]["met"] is None  # not timed
     assert rows["medical image AUROC (brain MRI, liver CT)"]["seeds"][1]["met"] is None  # no report
+    assert rows["zero-shot image AUROC (pcb, round_part)"]["across_seeds"] == {
+        "value": pytest.approx(0.80), "sd": pytest.approx(0.0848528), "met": False}
+    assert rows["the gate on the first run"]["across_seeds"]["value"] == "1/2"
     table = targets.markdown_table(list(rows.values()), [0, 1])
     lines = table.splitlines()
-    assert lines[0] == "| target | goal | seed 0 | seed 1 |"
-    assert "| zero-shot image AUROC (pcb, round_part) | >= 0.85 | **0.860** | 0.740 |" in lines
-    assert "| the gate on the first run | == production | staging | **production** |" in lines
-    assert "| the unchanged re-run, seconds | < 60 | - | - |" in lines
-    assert "| the first run's flow, seconds | < 900 | **594** | - |" in lines
+    assert lines[0] == "| target | goal | seed 0 | seed 1 | mean ± sd |"
+    assert "| zero-shot image AUROC (pcb, round_part) | >= 0.85 | **0.860** | 0.740 | 0.800 ± 0.085 |" in lines
+    assert "| the gate on the first run | == production | staging | **production** | 1/2 |" in lines
+    assert "| the unchanged re-run, seconds | < 60 | - | - | - |" in lines
+    assert "| the first run's flow, seconds | < 900 | **594** | - | **594** |" in lines  # one seed: no spread
 
 
 def test_read_reports_takes_each_report_the_workspace_has(tmp_path: Path) -> None:
