@@ -384,11 +384,12 @@ def summary_table(rows: list[dict], seeds: list[int]) -> str:
     def cell(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    lines = ["| held out | figure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |",
-             "|---|---|" + "---|" * (len(seeds) + 2)]
+    lines = ["| held out | figure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+             "|---|---|" + "---|" * (len(seeds) + 1)]
     for row in rows:
         values = " | ".join(cell(row["seeds"].get(s)) for s in seeds)
-        lines.append(f"| {row['split']} | {row['figure']} | {values} | {cell(row['mean'])} | {cell(row['sd'])} |")
+        spread = "" if row["sd"] is None else f" ± {row['sd']:.3f}"
+        lines.append(f"| {row['split']} | {row['figure']} | {values} | {cell(row['mean'])}{spread} |")
     return "\n".join(lines)
 
 

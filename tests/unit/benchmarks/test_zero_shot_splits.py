@@ -80,8 +80,9 @@ def test_the_seed_summary_gives_each_seed_and_their_mean_and_spread_per_split() 
     assert rows[("dice", "medical image AUROC")]["mean"] == pytest.approx(0.7)
     assert len(rows) == 2 * len(zss.SUMMARY_FIGURES)
     table = zss.summary_table(list(rows.values()), [0, 1]).splitlines()
-    assert table[0] == "| held out | figure | seed 0 | seed 1 | mean | sd |"
-    assert "| pcb, round_part | medical image AUROC | 0.600 | - | 0.600 | - |" in table
+    assert table[0] == "| held out | figure | seed 0 | seed 1 | mean ± sd |"
+    assert "| pcb, round_part | zero-shot image AUROC | 0.700 | 0.800 | 0.750 ± 0.071 |" in table
+    assert "| pcb, round_part | medical image AUROC | 0.600 | - | 0.600 |" in table
 
 
 def test_seeds_and_a_seed_override_are_refused_together(monkeypatch: pytest.MonkeyPatch,
