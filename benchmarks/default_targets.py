@@ -11,12 +11,16 @@ zero-shot detection that passes the gate, grounded descriptions, the medical and
 seed's figure, marked ``**`` where the target is met, and the whole result as JSON.
 
     .venv/bin/python benchmarks/default_targets.py [--seeds 0,1,2] [--rerun] [--keep DIR] [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/default_targets.py --from DIR [--from DIR ...] [--seeds 0,1,2]
 
 About 10-18 minutes per seed on 2 CPU cores, by the host (the flow, plus about 20 s for the probe and 11-28 s for
 the re-run); run nothing else meanwhile, since the flow's time is a target. After the table it prints each seed's
 stage-1 training pace (images per second, ``reports/train_expert.json``): the host's speed, which the flow's time
 scales with, and the host (CPU model, CPU count, Python, torch, numpy and transformers versions). ``--keep DIR``
-leaves the workspaces there (one folder per seed) for a closer look; otherwise they are deleted. ``--set`` measures
+leaves the workspaces there (one folder per seed, each with this script's ``default_targets_run.json``: timings, probe,
+commit, host) for a closer look; otherwise they are deleted. ``--from DIR`` (repeatable) runs nothing and prints the
+table of the seeds kept under those folders, e.g. seeds measured on different days. The last column gives the seeds'
+mean ± standard deviation (for the gate, how many seeds reached production). ``--set`` measures
 a change to the recipe across the same seeds (e.g. ``--set train.expert.tiny.epochs=24``): one run moves by up to
 0.05 of image AUROC with the seed. The README's "Measured end to end, and where it is still weak" table holds these
 figures for seeds 0-4, with breakdowns from the same workspaces and the validation splits of
@@ -79,6 +83,9 @@ TARGETS: tuple[Target, ...] = (
 #: where each report lives in a workspace (the probe and the timings are this script's own)
 REPORT_FILES = {"metrics": "reports/metrics.json", "register": "reports/register.json",
                 "medical": "reports/extensions/medical.json", "3d": "reports/extensions/3d.json"}
+#: this script's own figures of one seed (timings, probe, commit, host), kept beside its workspace's reports so that
+#: ``--from`` can put seeds measured at different times into one table
+RUN_FILE = "default_targets_run.json"
 
 
 def write_seed_params(params_file: Path, seed: int, overrides: Sequence[str] = ()) -> None:
@@ -221,12 +228,53 @@ def run_seed(seed: int, root: Path, rerun: bool, overrides: Sequence[str] = ()) 
             print(f"seed {seed}: the probe failed:\n{probe.stderr[-2000:]}", file=sys.stderr)
     else:
         print(f"seed {seed}: anomaly-ov run exited {rc}; see {workspace}/first_run.log", file=sys.stderr)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True)
+    (workspace / RUN_FILE).write_text(json.dumps({"seed": seed, "commit": commit.stdout.strip(), "timing": timing,
+                                                  "probe": reports["probe"], "host": host_description()}, indent=1))
     return reports
+
+
+def collect_seeds(folders: Sequence[Path], wanted: Sequence[int] | None = None
+                  ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Seeds measured earlier with ``--keep``: every ``<folder>/seed_<N>/`` holding :data:`RUN_FILE` (only the
+    ``wanted`` seeds when given) -> (reports by seed, as :func:`run_seed` returns them; the run files by seed).
+    Stops with a message naming the folders when a seed appears twice, a wanted seed is missing or none is found."""
+    runs: dict[int, dict[str, Any]] = {}
+    records: dict[int, dict[str, Any]] = {}
+    where: dict[int, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"--from {folder}: no such folder")
+        for run_file in sorted(folder.glob(f"seed_*/{RUN_FILE}")):
+            workspace = run_file.parent
+            try:
+                record = json.loads(run_file.read_text())
+                seed = int(record["seed"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SystemExit(f"{run_file}: not a run file of this script ({exc})") from None
+            if wanted is not None and seed not in wanted:
+                continue
+            if seed in where:
+                raise SystemExit(f"seed {seed} is in both {where[seed]} and {workspace}: pass one of the folders")
+            where[seed] = workspace
+            records[seed] = record
+            runs[seed] = {**read_reports(workspace), "timing": record.get("timing", {}),
+                          "probe": record.get("probe", {})}
+    missing = sorted(set(wanted or ()) - set(runs))
+    if missing or not runs:
+        names = ", ".join(str(f) for f in folders)
+        raise SystemExit(f"no seed_<N>/{RUN_FILE} for seed {missing[0]} under {names}" if missing
+                         else f"no seed_<N>/{RUN_FILE} under {names}: keep runs with --keep DIR first")
+    order = sorted(runs)
+    return {s: runs[s] for s in order}, {s: records[s] for s in order}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values (default: 0,1,2)")
+    parser.add_argument("--seeds", default=None, help="comma-separated train.seed values (default: 0,1,2; with "
+                        "--from, every seed found)")
+    parser.add_argument("--from", action="append", type=Path, default=[], dest="sources", metavar="DIR",
+                        help="run nothing: read the seeds kept earlier with --keep DIR (repeatable) into one table")
     parser.add_argument("--rerun", action="store_true", help="time an unchanged second run of each seed's flow")
     parser.add_argument("--keep", type=Path, default=None, help="keep the workspaces under this folder")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
@@ -236,9 +284,18 @@ def main() -> None:
     from anomaly_ov.errors import ConfigError
 
     try:
-        seeds = parse_seed_list(args.seeds)
+        wanted = parse_seed_list(args.seeds) if args.seeds is not None else None
     except ConfigError as exc:
         parser.error(f"--seeds: {exc}")
+    if args.sources:
+        if args.rerun or args.keep is not None or args.overrides:
+            parser.error("--from reads runs kept earlier: --rerun, --keep and --set do not apply")
+        runs, records = collect_seeds(args.sources, wanted)
+        commits = ", ".join(f"seed {s}: {r.get('commit')}" for s, r in records.items())
+        print_results(runs, list(runs), f"the embedded default ({commits})",
+                      {s: r.get("host", {}) for s, r in records.items()})
+        return
+    seeds = wanted or [0, 1, 2]
 
     load_params(REPO / "params.yaml", [f"train.seed={seeds[0]}", *args.overrides])  # a bad --set fails before any run
     if not (REPO / ".venv").exists():
@@ -260,15 +317,25 @@ def main() -> None:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    rows = target_rows(runs)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    print(f"\nthe embedded default at {head.stdout.strip()}, met targets in bold:\n")
+    host = host_description()
+    print_results(runs, seeds, f"the embedded default at {head.stdout.strip()}", {s: host for s in seeds})
+
+
+def print_results(runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int], title: str,
+                  hosts: Mapping[int, Mapping[str, Any]]) -> None:
+    """The table, each seed's stage-1 pace, the host (each seed's, when they differ) and everything as JSON."""
+    rows = target_rows(runs)
+    print(f"\n{title}, met targets in bold:\n")
     print(markdown_table(rows, seeds))
     paces = ", ".join(f"seed {s}: {runs[s]['timing'].get('stage1_images_per_s')}" for s in seeds)
     print(f"\nthe host's pace, stage 1's training images per second (the flow's time scales with it): {paces}")
-    host = host_description()
-    print("the host: " + ", ".join(f"{k} {v}" for k, v in host.items()))
-    print(json.dumps({"default_targets": rows, "runs": {str(s): runs[s]["timing"] for s in seeds}, "host": host}))
+    distinct = list({json.dumps(h, sort_keys=True): h for h in hosts.values()}.values())
+    for host in distinct:
+        which = "" if len(distinct) == 1 else " of seed " + ", ".join(str(s) for s in seeds if hosts[s] == host)
+        print(f"the host{which}: " + ", ".join(f"{k} {v}" for k, v in host.items()))
+    print(json.dumps({"default_targets": rows, "runs": {str(s): runs[s]["timing"] for s in seeds},
+                      "hosts": {str(s): hosts[s] for s in seeds}}))
 
 
 if __name__ == "__main__":

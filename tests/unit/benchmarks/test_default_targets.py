@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -90,3 +91,60 @@ def test_the_host_names_its_cpu_and_the_builds_that_trained() -> None:
     host = targets.host_description()
     assert host["cpus"] == os.cpu_count() and host["cpu"]
     assert host["torch"] == version("torch") and host["numpy"] == version("numpy")
+
+
+def _kept_seed(folder: Path, seed: int, image_auroc: float, first_run_s: float) -> Path:
+    workspace = folder / f"seed_{seed}"
+    (workspace / "reports").mkdir(parents=True)
+    (workspace / "reports/metrics.json").write_text(f'{{"zero_shot.image_auroc": {image_auroc}}}')
+    run = {"seed": seed, "commit": "abc1234", "timing": {"first_run_s": first_run_s, "stage1_images_per_s": 90.0},
+           "probe": {"names_its_object": 0.05}, "host": {"cpu": "test cpu", "cpus": 2}}
+    (workspace / targets.RUN_FILE).write_text(json.dumps(run))
+    return workspace
+
+
+def test_seeds_kept_in_several_folders_make_one_table(tmp_path: Path) -> None:
+    _kept_seed(tmp_path / "monday", 3, 0.80, 700.0)
+    _kept_seed(tmp_path / "monday", 0, 0.76, 1000.0)
+    _kept_seed(tmp_path / "tuesday", 1, 0.77, 950.0)
+    (tmp_path / "tuesday/seed_9").mkdir()  # a workspace without the run file (a run cut short) is not a seed
+    runs, records = targets.collect_seeds([tmp_path / "monday", tmp_path / "tuesday"])
+    assert list(runs) == [0, 1, 3] and records[3]["commit"] == "abc1234"
+    assert runs[0]["metrics"] == {"zero_shot.image_auroc": 0.76} and runs[0]["register"] == {}
+    assert runs[1]["timing"]["first_run_s"] == 950.0 and runs[1]["probe"] == {"names_its_object": 0.05}
+    rows = {r["target"]: r for r in targets.target_rows(runs)}
+    assert rows["zero-shot image AUROC (pcb, round_part)"]["across_seeds"]["value"] == pytest.approx(0.7766667)
+    only, _ = targets.collect_seeds([tmp_path / "monday", tmp_path / "tuesday"], wanted=[3, 1])
+    assert list(only) == [1, 3]
+
+
+def test_collecting_seeds_names_what_is_wrong(tmp_path: Path) -> None:
+    _kept_seed(tmp_path / "a", 0, 0.7, 800.0)
+    _kept_seed(tmp_path / "b", 0, 0.8, 800.0)
+    with pytest.raises(SystemExit, match=r"seed 0 is in both .*a/seed_0 and .*b/seed_0"):
+        targets.collect_seeds([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(SystemExit, match=r"for seed 5 under"):
+        targets.collect_seeds([tmp_path / "a"], wanted=[0, 5])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="keep runs with --keep DIR first"):
+        targets.collect_seeds([tmp_path / "empty"])
+    with pytest.raises(SystemExit, match="no such folder"):
+        targets.collect_seeds([tmp_path / "nowhere"])
+    (tmp_path / "a/seed_0" / targets.RUN_FILE).write_text("[]")
+    with pytest.raises(SystemExit, match="not a run file of this script"):
+        targets.collect_seeds([tmp_path / "a"])
+
+
+def test_from_prints_the_kept_seeds_and_refuses_options_that_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _kept_seed(tmp_path / "kept", 2, 0.79, 880.0)
+    monkeypatch.setattr(sys, "argv", ["default_targets.py", "--from", str(tmp_path / "kept")])
+    targets.main()
+    out = capsys.readouterr().out
+    assert "the embedded default (seed 2: abc1234)" in out
+    assert "| the first run's flow, seconds | < 900 | **880** | **880** |" in out
+    assert "the host: cpu test cpu, cpus 2" in out
+    monkeypatch.setattr(sys, "argv", ["default_targets.py", "--from", str(tmp_path / "kept"), "--rerun"])
+    with pytest.raises(SystemExit):
+        targets.main()
+    assert "--rerun, --keep and --set do not apply" in capsys.readouterr().err
