@@ -86,6 +86,7 @@ REPORT_FILES = {"metrics": "reports/metrics.json", "register": "reports/register
 #: this script's own figures of one seed (timings, probe, commit, host), kept beside its workspace's reports so that
 #: ``--from`` can put seeds measured at different times into one table
 RUN_FILE = "default_targets_run.json"
+MAX_RUN_FILE_BYTES = 1 << 20  # a run file holds a few hundred bytes
 
 
 def write_seed_params(params_file: Path, seed: int, overrides: Sequence[str] = ()) -> None:
@@ -228,9 +229,11 @@ def run_seed(seed: int, root: Path, rerun: bool, overrides: Sequence[str] = ()) 
             print(f"seed {seed}: the probe failed:\n{probe.stderr[-2000:]}", file=sys.stderr)
     else:
         print(f"seed {seed}: anomaly-ov run exited {rc}; see {workspace}/first_run.log", file=sys.stderr)
+    from anomaly_ov.io import atomic_write_json
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True)
-    (workspace / RUN_FILE).write_text(json.dumps({"seed": seed, "commit": commit.stdout.strip(), "timing": timing,
-                                                  "probe": reports["probe"], "host": host_description()}, indent=1))
+    atomic_write_json(workspace / RUN_FILE, {"seed": seed, "commit": commit.stdout.strip(), "timing": timing,
+                                             "probe": reports["probe"], "host": host_description()})
     return reports
 
 
@@ -247,9 +250,13 @@ def collect_seeds(folders: Sequence[Path], wanted: Sequence[int] | None = None
             raise SystemExit(f"--from {folder}: no such folder")
         for run_file in sorted(folder.glob(f"seed_*/{RUN_FILE}")):
             workspace = run_file.parent
+            if run_file.stat().st_size > MAX_RUN_FILE_BYTES:
+                raise SystemExit(f"{run_file}: larger than {MAX_RUN_FILE_BYTES} bytes, not a run file of this script")
             try:
                 record = json.loads(run_file.read_text())
                 seed = int(record["seed"])
+                if not all(isinstance(record.get(key, {}), dict) for key in ("timing", "probe", "host")):
+                    raise TypeError("timing, probe and host must be objects")
             except (ValueError, KeyError, TypeError) as exc:
                 raise SystemExit(f"{run_file}: not a run file of this script ({exc})") from None
             if wanted is not None and seed not in wanted:

@@ -130,8 +130,12 @@ def test_collecting_seeds_names_what_is_wrong(tmp_path: Path) -> None:
         targets.collect_seeds([tmp_path / "empty"])
     with pytest.raises(SystemExit, match="no such folder"):
         targets.collect_seeds([tmp_path / "nowhere"])
-    (tmp_path / "a/seed_0" / targets.RUN_FILE).write_text("[]")
-    with pytest.raises(SystemExit, match="not a run file of this script"):
+    for bad in ("[]", '{"seed": 0, "timing": [1]}', "{"):
+        (tmp_path / "a/seed_0" / targets.RUN_FILE).write_text(bad)
+        with pytest.raises(SystemExit, match="not a run file of this script"):
+            targets.collect_seeds([tmp_path / "a"])
+    (tmp_path / "a/seed_0" / targets.RUN_FILE).write_text(" " * (targets.MAX_RUN_FILE_BYTES + 1))
+    with pytest.raises(SystemExit, match="larger than"):
         targets.collect_seeds([tmp_path / "a"])
 
 
