@@ -229,12 +229,19 @@ def run_seed(seed: int, root: Path, rerun: bool, overrides: Sequence[str] = ()) 
             print(f"seed {seed}: the probe failed:\n{probe.stderr[-2000:]}", file=sys.stderr)
     else:
         print(f"seed {seed}: anomaly-ov run exited {rc}; see {workspace}/first_run.log", file=sys.stderr)
+    write_run_file(workspace, seed, timing, reports["probe"])
+    return reports
+
+
+def write_run_file(workspace: Path, seed: int, timing: Mapping[str, Any], probe: Mapping[str, Any]) -> Path:
+    """This script's own figures of one seed beside its workspace's reports (:data:`RUN_FILE`, written atomically):
+    what :func:`collect_seeds` reads back, with the workspace's commit and the host."""
     from anomaly_ov.io import atomic_write_json
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True)
-    atomic_write_json(workspace / RUN_FILE, {"seed": seed, "commit": commit.stdout.strip(), "timing": timing,
-                                             "probe": reports["probe"], "host": host_description()})
-    return reports
+    return atomic_write_json(workspace / RUN_FILE, {"seed": seed, "commit": commit.stdout.strip() or None,
+                                                    "timing": dict(timing), "probe": dict(probe),
+                                                    "host": host_description()})
 
 
 def collect_seeds(folders: Sequence[Path], wanted: Sequence[int] | None = None

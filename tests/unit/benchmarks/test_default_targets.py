@@ -152,3 +152,20 @@ def test_from_prints_the_kept_seeds_and_refuses_options_that_run(tmp_path: Path,
     with pytest.raises(SystemExit):
         targets.main()
     assert "--rerun, --keep and --set do not apply" in capsys.readouterr().err
+
+
+def test_a_kept_seed_is_read_back_as_it_was_written(tmp_path: Path) -> None:
+    import subprocess
+
+    workspace = tmp_path / "kept/seed_4"
+    (workspace / "reports").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    (workspace / "reports/register.json").write_text('{"verdict": "production"}')
+    timing = {"first_run_s": 701.5, "first_run_rc": 0, "rerun_s": 19.0, "stage1_images_per_s": 100.1}
+    path = targets.write_run_file(workspace, 4, timing, {"names_its_object": 0.05})
+    assert path == workspace / targets.RUN_FILE
+    assert {p.name for p in workspace.iterdir()} == {".git", "reports", targets.RUN_FILE}  # no temporary file left
+    runs, records = targets.collect_seeds([tmp_path / "kept"])
+    assert runs == {4: {**targets.read_reports(workspace), "timing": timing, "probe": {"names_its_object": 0.05}}}
+    assert records[4]["commit"] is None  # a repository without a commit yet
+    assert records[4]["host"] == targets.host_description()
