@@ -95,3 +95,34 @@ def test_seeds_and_a_seed_override_are_refused_together(monkeypatch: pytest.Monk
     with pytest.raises(SystemExit):
         zss.main()
     assert "--seeds: seeds '0,x': give whole numbers" in capsys.readouterr().err
+
+
+def test_seeds_train_every_split_once_per_seed_in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    calls = []
+
+    def fake_run_split(held_out, base_params, root, train, overrides, tower, rescore):
+        calls.append((held_out, root, overrides))
+        seed = int(overrides[-1].split("=")[1])
+        result = _result(held_out, seed, 0.7 + 0.1 * seed, 0.6)
+        result.update(per_class={}, variants={v: 0.5 for v in zss.VARIANTS},
+                      in_distribution_variants={v: 0.5 for v in zss.VARIANTS},
+                      variants_f1={v: 0.5 for v in zss.VARIANTS},
+                      in_distribution_variants_f1={v: 0.5 for v in zss.VARIANTS}, in_distribution_by={},
+                      extensions={})  # the printout of the extension sets is not what this test is about
+        return result
+
+    monkeypatch.setattr(zss, "run_split", fake_run_split)
+    monkeypatch.setattr("sys.argv", ["zero_shot_splits.py", "--workdir", str(tmp_path), "--split", "pcb,round_part",
+                                     "--split", "dice", "--seeds", "2,0", "--set", "train.expert.tiny.epochs=1"])
+    zss.main()
+    assert [(c[0], c[1].name, c[2]) for c in calls] == [
+        (["pcb", "round_part"], "seed_2", ["train.expert.tiny.epochs=1", "train.seed=2"]),
+        (["dice"], "seed_2", ["train.expert.tiny.epochs=1", "train.seed=2"]),
+        (["pcb", "round_part"], "seed_0", ["train.expert.tiny.epochs=1", "train.seed=0"]),
+        (["dice"], "seed_0", ["train.expert.tiny.epochs=1", "train.seed=0"]),
+    ]
+    out = capsys.readouterr().out
+    assert "| held out | figure | seed 2 | seed 0 | mean ± sd |" in out
+    assert "| pcb, round_part | zero-shot image AUROC | 0.900 | 0.700 | 0.800 ± 0.141 |" in out
+    assert "pcb, round_part (seed 2)" in out
