@@ -69,10 +69,13 @@ DEFAULT_SPLITS = ("pcb,round_part", "wood,tiles", "pill,metal")
 REPO = Path(__file__).resolve().parents[1]
 
 
-#: image scores compared on the same trained expert (see :func:`score_variants`)
-VARIANTS = ("predictor", "map_max", "map_top1", "map_top5", "map_mean", "fusion", "self_similarity", "rank_fusion")
+#: image scores compared on the same trained expert (see :func:`score_variants`); the first is the expert's own
+VARIANTS = ("image_score", "predictor", "map_max", "map_top1", "map_top5", "map_mean", "fusion", "self_similarity",
+            "rank_fusion")
 #: variants that are ranks, not probabilities: their verdict at 0.5 means nothing, so no F1 is reported
 UNCALIBRATED = ("self_similarity", "rank_fusion")
+#: the variants printed beside the expert's score for the medical and 3D sets
+EXTENSION_VARIANTS = ("predictor", "self_similarity", "rank_fusion")
 
 
 def _ranks(values):
@@ -83,10 +86,12 @@ def _ranks(values):
     return (rankdata(values) - 1) / max(len(values) - 1, 1)
 
 
-def score_variants(predictor, base_maps, self_similarity_scores=None) -> dict:
+def score_variants(predictor, base_maps, self_similarity_scores=None, image_score=None) -> dict:
     """Candidate image scores from the expert's predictor probabilities [B] and base-view maps [B, G, G].
 
-    ``map_topK``: mean of the map's top K % cells; ``fusion``: mean of the predictor's probability and the map max;
+    ``image_score`` [B]: the expert's own score (``ExpertOutput.scores``: the tiny preset's ``calibrated_fusion``);
+    the predictor's when not given. ``map_topK``: mean of the map's top K % cells; ``fusion``: mean of the
+    predictor's probability and the map max;
     with ``self_similarity_scores`` [B] (the expert module's ``self_similarity``) also those and ``rank_fusion``,
     the mean of the predictor's and the self-similarity's ranks among the scored images (it needs the whole set, so
     it measures what the two scores hold together; a deployed score would need a calibration instead).
@@ -101,7 +106,8 @@ def score_variants(predictor, base_maps, self_similarity_scores=None) -> dict:
         k = max(1, int(round(fraction * flat.shape[1])))
         return ordered[:, :k].mean(axis=1)
 
-    out = {"predictor": predictor, "map_max": ordered[:, 0], "map_top1": top(0.01), "map_top5": top(0.05),
+    out = {"image_score": predictor if image_score is None else np.asarray(image_score, dtype=np.float64),
+           "predictor": predictor, "map_max": ordered[:, 0], "map_top1": top(0.01), "map_top5": top(0.05),
            "map_mean": flat.mean(axis=1), "fusion": 0.5 * (predictor + ordered[:, 0])}
     if self_similarity_scores is not None:
         ss = np.asarray(self_similarity_scores, dtype=np.float64)
@@ -157,9 +163,10 @@ def area_quartiles(areas, labels) -> list[str]:
     return names
 
 def expert_outputs(workspace: Path, params, rows) -> dict:
-    """The workspace's trained expert on manifest ``rows``: per row its predictor score, base-view grid map, label,
-    category and group (as the manifest's), the map upsampled to the mask and the mask, and the ``self_similarity``
-    of the base view's tower features (the tower runs a second time for them)."""
+    """The workspace's trained expert on manifest ``rows``: per row its image score, its predictor's probability
+    (``sigmoid(score_logits)``), base-view grid map, label, category and group (as the manifest's), the map upsampled
+    to the mask and the mask, and the ``self_similarity`` of the base view's tower features (the expert's own when it
+    reads it, else the tower runs a second time for them)."""
     import torch
     import torch.nn.functional as F
 
@@ -177,18 +184,22 @@ def expert_outputs(workspace: Path, params, rows) -> dict:
     dataset = ExpertDataset(rows, workspace, preprocess, int(model.config.grid_size), params.evaluate.resolution)
     module = stage1.ExpertStage(model, True)
     forward = stage1.stage_forward(torch.device("cpu"))
-    out: dict = {"predictor": [], "grids": [], "labels": [], "categories": [], "maps": [], "masks": [],
-                 "self_similarity": []}
+    out: dict = {"image_score": [], "predictor": [], "grids": [], "labels": [], "categories": [], "maps": [],
+                 "masks": [], "self_similarity": []}
     model.eval()
     with torch.no_grad():
         for start in range(0, len(dataset), 32):
             batch = collate_expert([dataset[i] for i in range(start, min(start + 32, len(dataset)))])
             result = forward(module, batch)
-            crops = list(batch["crops_per_image"])
-            base = batch["pixel_values"].index_select(0, torch.tensor([sum(crops[:i]) for i in range(len(crops))]))
-            features, _ = model.tower_features(base)  # [B,T,C]: the expert's LLM-layer features of the base views
-            out["self_similarity"] += self_similarity(features, int(model.config.grid_size)).tolist()
-            out["predictor"] += result.scores.reshape(-1).tolist()
+            if result.similarity is not None:
+                out["self_similarity"] += result.similarity.reshape(-1).tolist()
+            else:
+                crops = list(batch["crops_per_image"])
+                starts = torch.tensor([sum(crops[:i]) for i in range(len(crops))])
+                features, _ = model.tower_features(batch["pixel_values"].index_select(0, starts))  # [B,T,C]
+                out["self_similarity"] += self_similarity(features, int(model.config.grid_size)).tolist()
+            out["image_score"] += result.scores.reshape(-1).tolist()
+            out["predictor"] += torch.sigmoid(result.score_logits).reshape(-1).tolist()
             out["grids"] += list(result.base_maps[:, 0].numpy())
             out["labels"] += batch["labels"].tolist()
             out["categories"] += list(batch["categories"])
@@ -210,7 +221,7 @@ def score_rows(workspace: Path, params, rows) -> dict:
     raw = expert_outputs(workspace, params, rows)
     predictor, grids, labels, cats = raw["predictor"], raw["grids"], raw["labels"], raw["categories"]
     maps, masks = raw["maps"], raw["masks"]
-    variants = score_variants(predictor, np.stack(grids), raw["self_similarity"])
+    variants = score_variants(predictor, np.stack(grids), raw["self_similarity"], raw["image_score"])
     labels, cats = np.array(labels), np.array(cats)
     per_class: dict = {}
     for cat in sorted(set(cats.tolist())):
@@ -222,7 +233,7 @@ def score_rows(workspace: Path, params, rows) -> dict:
                       M.binary_metrics((v[own] >= 0.5).tolist(), labels[own].tolist())["f1"]
                       for name, v in variants.items()})
         entry["pixel_auroc"] = M.pixel_auroc([maps[i] for i in px], [masks[i] for i in px]) if px else None
-        scores = variants["predictor"]
+        scores = variants["image_score"]
         median_anomaly = np.median(scores[own][labels[own] == 1])
         normals = scores[own][labels[own] == 0]
         entry["normals_above_median_anomaly"] = f"{int((normals >= median_anomaly).sum())}/{normals.size}"
@@ -233,9 +244,10 @@ def score_rows(workspace: Path, params, rows) -> dict:
     areas = [float(m.mean()) for m in masks]
     defect_types = rows["defect_type"].fillna("").astype(str).tolist()
     by = {"defect_type": defect_types, "mask_area": area_quartiles(areas, labels)}
-    breakdown = {kind: {name: auroc_by_group(variants[name], labels, cats, groups) for name in ("predictor", "map_max")}
+    breakdown = {kind: {name: auroc_by_group(variants[name], labels, cats, groups)
+                        for name in ("image_score", "map_max")}
                  for kind, groups in by.items()}
-    return {**means, "image_auroc": means["predictor"], "images": len(labels), "per_class": per_class,
+    return {**means, "image_auroc": means["image_score"], "images": len(labels), "per_class": per_class,
             "by": breakdown}
 
 
@@ -284,20 +296,21 @@ def extensions(workspace: Path, params) -> dict:
         frame = manifest(params, workspace)
         rows = frame[frame["split"] != "train"].reset_index(drop=True)
         raw = expert_outputs(workspace, params, rows)
-        macro, classes = M.macro_image(raw["predictor"], raw["labels"], raw["categories"])
+        macro, classes = M.macro_image(raw["image_score"], raw["labels"], raw["categories"])
         entry = {"image_auroc": macro.get("image_auroc"),
                  "per_class": {c: v.get("image_auroc") for c, v in classes.items()}, "images": len(rows)}
-        variants = score_variants(raw["predictor"], np.stack(raw["grids"]), raw["self_similarity"])
+        variants = score_variants(raw["predictor"], np.stack(raw["grids"]), raw["self_similarity"],
+                                  raw["image_score"])
         entry["variants"] = {v: M.macro_image(variants[v], raw["labels"], raw["categories"])[0].get("image_auroc")
-                             for v in ("self_similarity", "rank_fusion")}
+                             for v in EXTENSION_VARIANTS}
         if name == "3d":
-            obj_macro, obj_classes = M.macro_image(*per_object_max(raw["predictor"], raw["labels"],
+            obj_macro, obj_classes = M.macro_image(*per_object_max(raw["image_score"], raw["labels"],
                                                                    raw["categories"], raw["groups"]))
             entry["object_image_auroc"] = obj_macro.get("image_auroc")
             entry["object_per_class"] = {c: v.get("image_auroc") for c, v in obj_classes.items()}
             entry["object_variants"] = {
                 v: M.macro_image(*per_object_max(variants[v], raw["labels"], raw["categories"], raw["groups"]))[0]
-                .get("image_auroc") for v in ("self_similarity", "rank_fusion")}
+                .get("image_auroc") for v in EXTENSION_VARIANTS}
         out[name] = entry
     return out
 
@@ -444,7 +457,7 @@ def main() -> None:
     print(f"\n{'held out':<22} {'image AUROC':>11} {'pixel AUROC':>11} {'in-dist. image':>14}  per category "
           "(image / pixel / normals >= median anomaly)")
     for r in results:
-        per = "; ".join(f"{c} {m['predictor']:.3f} / {m['pixel_auroc']:.3f} / {m['normals_above_median_anomaly']}"
+        per = "; ".join(f"{c} {m['image_score']:.3f} / {m['pixel_auroc']:.3f} / {m['normals_above_median_anomaly']}"
                         for c, m in r["per_class"].items())
         print(f"{label(r):<22} {r['image_auroc']:>11.3f} {r['pixel_auroc']:>11.3f} "
               f"{r['in_distribution_image_auroc']:>14.3f}  {per}")
@@ -469,10 +482,10 @@ def main() -> None:
             print(f"{line}; {others}")
     for r in results:
         print(f"\nheld out {label(r)}: stage 1's held-out rows of the training categories, image AUROC "
-              "of each group of anomalies against their own category's normals (predictor / map max; categories, "
+              "of each group of anomalies against their own category's normals (image score / map max; categories, "
               "anomalies)")
         for kind, by_name in r["in_distribution_by"].items():
-            for group, entry in by_name["predictor"].items():
+            for group, entry in by_name["image_score"].items():
                 other = by_name["map_max"][group]["auroc"]
                 print(f"  {kind:<12} {group:<18} {entry['auroc']:.3f} / {other:.3f}  ({entry['categories']}, "
                       f"{entry['anomalies']})")

@@ -59,6 +59,14 @@ def test_rank_fusion_averages_the_two_scores_ranks_and_only_then() -> None:
     assert "rank_fusion" not in zss.score_variants(predictor, np.zeros((4, 2, 2)))
 
 
+def test_the_expert_s_own_score_is_the_first_variant_and_the_predictor_s_without_one() -> None:
+    predictor = [0.9, 0.1, 0.5, 0.3]
+    assert zss.VARIANTS[0] == "image_score"
+    assert zss.score_variants(predictor, np.zeros((4, 2, 2)))["image_score"].tolist() == predictor
+    own = zss.score_variants(predictor, np.zeros((4, 2, 2)), [0.0, 0.3, 0.2, 0.1], image_score=[0.2, 0.6, 0.4, 0.8])
+    assert own["image_score"].tolist() == [0.2, 0.6, 0.4, 0.8] and own["predictor"].tolist() == predictor
+
+
 def _result(split: list[str], seed: int, image: float, medical: float | None) -> dict:
     extensions = {"3d": {"image_auroc": 0.5, "object_image_auroc": 0.6}}
     if medical is not None:
