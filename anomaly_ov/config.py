@@ -169,11 +169,13 @@ class ExpertParams(_Section):
         default=None, ge=0, description="added to the expert's two divisions by the pooled map; null = the preset's "
         "(pretrained: 0, the release maths; tiny: 1e-6, which its from-scratch training needs). An exactly-0 "
         "denominator is guarded either way")
-    image_score: Literal["predictor", "map_max", "fusion"] | None = Field(
+    image_score: Literal["predictor", "map_max", "fusion", "calibrated_fusion"] | None = Field(
         default=None, description="what the expert's image score is (evaluation, predict, serving and stage 2's "
         "verdict read it): predictor = sigmoid(final_predictor(global token)), the release; map_max = the highest "
-        "cell of the base view's anomaly map; fusion = their mean. null = the preset's (pretrained: predictor; "
-        "tiny: see anomaly_ov.model.presets.TINY_EXPERT)")
+        "cell of the base view's anomaly map; fusion = their mean; calibrated_fusion = the predictor's logit and the "
+        "base view's self-similarity, each standardised on stage 1's held-out normal images, summed and mapped to a "
+        "probability on its held-out rows (fit after stage 1, saved with the expert). null = the preset's "
+        "(pretrained: predictor; tiny: see anomaly_ov.model.presets.TINY_EXPERT)")
     self_similarity: bool | None = Field(
         default=None, description="the predictor's logit also reads how unlike the rest of its image the base view's "
         "most unusual patches are (a trained scale and shift; not in the release). null = the preset's (tiny: on, "

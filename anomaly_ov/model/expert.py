@@ -14,7 +14,8 @@ Python loop):
 * per image: the significance-weighted mean of all its crops' tokens -> global token ``r``; ``final_predictor`` +
   sigmoid -> the image score.
 * not in the release, off by default: ``self_similarity`` adds a trained multiple of the base view's
-  :func:`self_similarity` (how unlike the rest of the image its most unusual patches are) to the predictor's logit.
+  :func:`self_similarity` (how unlike the rest of the image its most unusual patches are) to the predictor's logit;
+  ``image_score="calibrated_fusion"`` adds it again after training, in a fixed proportion (:class:`ScoreCalibration`).
 
 Differences from the release, all settings: ``temperature`` (release 100) and ``eps`` added to the two
 significance divisions (release 0), once per crop in the global token's, so an image whose crops repeat its base view
@@ -25,8 +26,11 @@ trains on. With ``eps=0`` and ``temperature=100`` the outputs equal the release 
 to the pooled map of a confidently normal crop (mean map 3e-4 -> global weight ~4e-7, so eps 1e-6 shrinks the
 global token to 0.26x). The tiny preset, trained from scratch, keeps an eps (its maps collapse early in training).
 ``image_score`` says what ``scores`` is: the release's ``sigmoid(final_predictor(r))`` (``"predictor"``, every
-pretrained preset), or read from the base view's anomaly map (``"map_max"``, or ``"fusion"``: the mean of the two);
-``score_logits`` stays the predictor's either way (docs/model.md, 'Settings that differ from the release').
+pretrained preset), read from the base view's anomaly map (``"map_max"``, or ``"fusion"``: the mean of the two), or
+``"calibrated_fusion"``: ``sigmoid(w_l * logit + w_s * self_similarity + c)`` with the three numbers of the
+``score_calibration`` buffer, fit after stage 1 on its held-out rows (identity ``(1, 0, 0)`` until then: the
+predictor). ``score_logits`` stays the predictor's either way (docs/model.md, 'Settings that differ from the
+release').
 ``predictor_dim`` is the hidden width of
 ``final_predictor`` (release: 512); it defaults to ``embed_dim`` so the full-size expert (E = 512) is the release.
 
@@ -71,6 +75,8 @@ logger = logging.getLogger(__name__)
 _KNOWN_PREFIXES = ("module.", "anomaly_expert.", "expert.", "model.anomaly_expert.", "model.expert.")
 #: the parameter that names an expert inside a larger state dict: ``<prefix>positive_embedding``
 _ANCHOR_KEY = "positive_embedding"
+#: state fit after training (``calibrated_fusion``), never in a release checkpoint: a strict load does not need it
+_FIT_AFTER_TRAINING = ("score_calibration",)
 
 
 #: the self-similarity term (``self_similarity=True``): patches within this many cells (Chebyshev) are not compared,
@@ -104,8 +110,54 @@ def self_similarity(features: torch.Tensor, grid_size: int, radius: int = SELF_S
 
 
 #: what the expert's image score ``scores`` is read from: ``predictor`` (the release: ``sigmoid(final_predictor(r))``
-#: of the global token), ``map_max`` (the highest cell of the image's base-view map) or ``fusion`` (their mean)
-IMAGE_SCORES = ("predictor", "map_max", "fusion")
+#: of the global token), ``map_max`` (the highest cell of the image's base-view map), ``fusion`` (their mean) or
+#: ``calibrated_fusion`` (the predictor's logit and the base view's :func:`self_similarity` in the proportion of
+#: the ``score_calibration`` buffer, :class:`ScoreCalibration`)
+IMAGE_SCORES = ("predictor", "map_max", "fusion", "calibrated_fusion")
+#: the ``score_calibration`` buffer before a calibration is set: (logit weight, self-similarity weight, bias), so
+#: ``calibrated_fusion`` scores what ``predictor`` does
+IDENTITY_CALIBRATION = (1.0, 0.0, 0.0)
+#: a standard deviation below this is taken as this (a constant feature standardises to 0, not to inf)
+MIN_CALIBRATION_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class ScoreCalibration:
+    """How ``calibrated_fusion`` turns the predictor's logit ``l`` and the self-similarity ``s`` into a probability.
+
+    Each is standardised by the mean and standard deviation of the held-out *normal* images, the two are summed with
+    equal weight, and a logistic ``sigmoid(slope * z + bias)`` (fit on held-out normal and anomalous images, the
+    classes weighted equally) maps the sum to a probability, so the verdict threshold and the suspicious-level
+    phrase keep reading a probability. The equal weight is not fit: on the training families the predictor
+    dominates a fit weight, and the self-similarity is what carries to unseen families (docs/model.md).
+    """
+
+    logit_mean: float
+    logit_std: float
+    similarity_mean: float
+    similarity_std: float
+    slope: float
+    bias: float
+
+    def __post_init__(self) -> None:
+        if not self.slope > 0:
+            raise ValueError(f"a score calibration's slope must be > 0 (it keeps the ranking), got {self.slope}")
+        if min(self.logit_std, self.similarity_std) < MIN_CALIBRATION_STD:
+            raise ValueError(f"standard deviations must be >= {MIN_CALIBRATION_STD}, got {self.logit_std}, "
+                             f"{self.similarity_std}")
+
+    def fused(self, logits: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+        """The standardised sum ``z`` (same shape as the inputs)."""
+        return ((logits - self.logit_mean) / self.logit_std
+                + (similarity - self.similarity_mean) / self.similarity_std)
+
+    def weights(self) -> tuple[float, float, float]:
+        """(logit weight, self-similarity weight, bias) of the calibrated logit ``slope * z + bias``."""
+        w_l, w_s = self.slope / self.logit_std, self.slope / self.similarity_std
+        return w_l, w_s, self.bias - w_l * self.logit_mean - w_s * self.similarity_mean
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
 
 
 class ExpertWeightsError(InputError):
@@ -119,12 +171,13 @@ class ExpertOutput:
     maps: torch.Tensor  # [N,1,G,G] anomaly map per crop (mean over levels), values in [0,1]
     crop_tokens: torch.Tensor  # [N,4,C] anomaly tokens per crop (q_former output)
     global_tokens: torch.Tensor  # [B,1,C] significance-weighted mean of the image's crop tokens
-    scores: torch.Tensor  # [B,1] sigmoid(score_logits)
+    scores: torch.Tensor  # [B,1] the image score in [0,1] (``image_score``; the release: sigmoid(score_logits))
     score_logits: torch.Tensor  # [B,1] final_predictor output (+ the self-similarity term when on), pre-sigmoid
     significance: torch.Tensor  # [N] mean anomaly map value per crop (mean over levels)
     level_maps: list[torch.Tensor]  # L tensors [N,1,G,G], one per level
     image_index: torch.Tensor  # [N] long: the image each crop belongs to
     base_index: torch.Tensor  # [B] long: the row of each image's base view
+    similarity: torch.Tensor | None = None  # [B,1] the base view's self_similarity, when the expert reads it
 
     @property
     def base_maps(self) -> torch.Tensor:
@@ -175,6 +228,8 @@ class AnomalyExpert(nn.Module):
         num_pooling_tokens: quadrant grid side of the selector (release 2 -> 4 tokens per crop).
         image_score: what ``scores`` is (see :data:`IMAGE_SCORES`); release ``"predictor"``:
             ``sigmoid(final_predictor(r))``. ``score_logits`` is always the predictor's (stage 1's BCE trains it).
+            ``"calibrated_fusion"`` adds the ``score_calibration`` buffer [3] (set with
+            :meth:`set_score_calibration`; the predictor until then).
         self_similarity: the predictor's logit also reads the base view's :func:`self_similarity` ``s``:
             ``final_predictor(r) + GAIN * self_similarity_scale * (s - self_similarity_shift)``, both trained with
             the predictor (scale from 0, so training starts at the release's predictor). Off in the release; its two
@@ -228,6 +283,20 @@ class AnomalyExpert(nn.Module):
         if self.self_similarity:
             self.self_similarity_scale = nn.Parameter(torch.zeros(1))
             self.self_similarity_shift = nn.Parameter(torch.full((1,), 0.3))
+        if image_score == "calibrated_fusion":  # saved with the weights; a release checkpoint has no such key
+            self.register_buffer("score_calibration", torch.tensor(IDENTITY_CALIBRATION))
+
+    @property
+    def reads_similarity(self) -> bool:
+        """Whether the forward computes the base view's :func:`self_similarity` (``ExpertOutput.similarity``)."""
+        return self.self_similarity or self.image_score == "calibrated_fusion"
+
+    def set_score_calibration(self, calibration: ScoreCalibration) -> None:
+        """Make ``scores`` the calibrated fusion of ``calibration`` (``image_score="calibrated_fusion"`` only)."""
+        if self.image_score != "calibrated_fusion":
+            raise ValueError(f"a score calibration needs image_score='calibrated_fusion', not {self.image_score!r}")
+        buffer: torch.Tensor = self.score_calibration  # type: ignore[assignment]
+        buffer.copy_(torch.tensor(calibration.weights(), dtype=buffer.dtype))
 
     def config_dict(self) -> dict[str, Any]:
         """Constructor arguments (saved beside the weights so the expert can be rebuilt)."""
@@ -286,8 +355,16 @@ class AnomalyExpert(nn.Module):
         significance = torch.stack([m.mean(dim=(1, 2, 3)) for m in level_maps], 0).mean(0)  # [N]
         return maps, significance, level_maps
 
-    def image_scores(self, score_logits: torch.Tensor, base_maps: torch.Tensor) -> torch.Tensor:
-        """[B,1] image scores from the predictor's logits [B,1] and the base views' maps [B,1,G,G] (``image_score``)."""
+    def image_scores(self, score_logits: torch.Tensor, base_maps: torch.Tensor,
+                     similarity: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,1] image scores (``image_score``) from the predictor's logits [B,1], the base views' maps [B,1,G,G]
+        and (``calibrated_fusion``) their self-similarity [B,1]."""
+        if self.image_score == "calibrated_fusion":
+            if similarity is None:
+                raise ValueError("image_score 'calibrated_fusion' needs the base views' self-similarity [B,1]")
+            calibration: torch.Tensor = self.score_calibration  # type: ignore[assignment]
+            w_l, w_s, bias = calibration.to(score_logits.dtype)
+            return torch.sigmoid(w_l * score_logits + w_s * similarity.to(score_logits.dtype) + bias)
         predictor = torch.sigmoid(score_logits)
         if self.image_score == "predictor":
             return predictor
@@ -359,20 +436,23 @@ class AnomalyExpert(nn.Module):
         crops = torch.diff(base_index, append=base_index.new_tensor([n])).to(denominator.dtype)[:, None]  # [B,1]
         global_tokens = (numerator / self._denominator(denominator, crops)).unsqueeze(1)  # [B,1,C]
         score_logits = self.final_predictor(global_tokens.squeeze(1))  # [B,1]
-        if self.self_similarity:  # read from the base views' features (without their gradients when detached)
-            s = self_similarity(v.index_select(0, base_index), g)[:, None].to(score_logits.dtype)  # [B,1]
+        # [B,1], read from the base views' features (without their gradients when detached)
+        s = (self_similarity(v.index_select(0, base_index), g)[:, None].to(score_logits.dtype)
+             if self.reads_similarity else None)
+        if s is not None and self.self_similarity:
             score_logits = score_logits + SELF_SIMILARITY_GAIN * self.self_similarity_scale * (
                 s - self.self_similarity_shift)
         return ExpertOutput(
             maps=maps,
             crop_tokens=crop_tokens,
             global_tokens=global_tokens,
-            scores=self.image_scores(score_logits, maps.index_select(0, base_index)),
+            scores=self.image_scores(score_logits, maps.index_select(0, base_index), s),
             score_logits=score_logits,
             significance=significance,
             level_maps=level_maps,
             image_index=image_index,
             base_index=base_index,
+            similarity=s,
         )
 
 
@@ -409,7 +489,8 @@ def load_expert_weights(
 
     Logs and returns ``{"matched": [...], "missing": [...], "unexpected": [...]}``. Raises
     :class:`ExpertWeightsError` when no key matches (a wrong file), when a matched key has another shape (an
-    expert of another size), or, with ``strict=True``, when any key is missing or unexpected.
+    expert of another size), or, with ``strict=True``, when any key is missing (but ``score_calibration``, which
+    stage 1 fits after loading) or unexpected.
     """
     name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
     if isinstance(source, (str, Path)):
@@ -439,15 +520,20 @@ def load_expert_weights(
         raise ExpertWeightsError(
             f"{name}: {len(wrong)} key(s) have another shape (expert sized for another tower?): " + "; ".join(wrong[:5])
         )
-    if strict and (missing or unexpected):
-        raise ExpertWeightsError(f"{name}: missing keys {missing}, unexpected keys {unexpected}")
+    required = [k for k in missing if k not in _FIT_AFTER_TRAINING]
+    if strict and (required or unexpected):
+        raise ExpertWeightsError(f"{name}: missing keys {required}, unexpected keys {unexpected}")
     with torch.no_grad():
         for key in matched:
             own_tensor = own[key]
             own_tensor.copy_(incoming[key].to(dtype=own_tensor.dtype, device=own_tensor.device))
     logger.info("expert weights from %s: %d matched keys %s", name, len(matched), matched)
-    if missing:
-        logger.warning("expert weights from %s: %d missing keys (left as initialised): %s", name, len(missing), missing)
+    if required:
+        logger.warning("expert weights from %s: %d missing keys (left as initialised): %s", name, len(required),
+                       required)
+    if len(required) < len(missing):
+        logger.info("expert weights from %s: no %s (fit after training; the identity until then)", name,
+                    sorted(set(missing) - set(required)))
     if unexpected:
         logger.warning("expert weights from %s: %d unexpected keys ignored: %s", name, len(unexpected), unexpected)
     return {"matched": matched, "missing": missing, "unexpected": unexpected}

@@ -85,9 +85,11 @@ TINY_TEXT: dict[str, Any] = {
 #: The expert's settings per preset family (AnomalyExpert keyword arguments; ``params.model.expert`` overrides each).
 #: Pretrained presets: the release (E = 512, temperature 100, no eps; an exactly-0 pooled map is guarded in the
 #: expert). Tiny: E = 64; temperature 10 (a tower trained from scratch saturates the 2-way softmax at 100, and the
-#: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it).
-TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6, "image_score": "predictor",
-                               "self_similarity": True}
+#: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it); the
+#: self-similarity read by the predictor, and again by the image score in a share calibrated after stage 1
+#: (docs/model.md, 'Settings that differ from the release').
+TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6,
+                               "image_score": "calibrated_fusion", "self_similarity": True}
 PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor",
                                      "self_similarity": False}
 #: The suspicious-level phrase's (low, high) per preset family (``params.model.suspicious_thresholds`` overrides).

@@ -30,6 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomaly_ov.errors import ConfigError, InputError, StageFailed
-from anomaly_ov.model.expert import ExpertOutput
+from anomaly_ov.model.expert import AnomalyExpert, ExpertOutput
 from anomaly_ov.train import common
 
 if TYPE_CHECKING:
@@ -217,43 +218,52 @@ def augment_batch(batch: Mapping[str, Any], seed: int,
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def evaluate_expert(
-    forward: ExpertForward,
-    model: nn.Module,
-    dataset: ExpertDataset,
-    collate: Collate,
-    batch_size: int,
-    num_workers: int = 0,
-) -> dict[str, Any]:
-    """Image AUROC and pixel AUROC (per category, then the mean) of the expert on ``dataset``.
+@dataclass
+class ScoredImages:
+    """What the expert gives each image of a dataset, in the dataset's order (:func:`score_images`)."""
 
-    Pixel maps are the base view's map upsampled (bilinear) to the dataset's mask resolution.
-    """
+    scores: list[float]  # the image score (``ExpertOutput.scores``)
+    logits: list[float]  # the predictor's logit (``score_logits``)
+    similarity: list[float] | None  # the base view's self-similarity, when the expert reads it
+    labels: list[int]
+    categories: list[str]
+    maps: list[np.ndarray]  # the base view's map, upsampled (bilinear) to the mask's resolution
+    masks: list[np.ndarray]  # bool
 
-    from anomaly_ov.evaluate import metrics as M
 
-    if len(dataset) == 0:
-        return {}
+def score_images(forward: ExpertForward, model: nn.Module, dataset: ExpertDataset, collate: Collate,
+                 batch_size: int, num_workers: int = 0) -> ScoredImages:
+    """Run the expert (in eval mode, without gradients) over every image of ``dataset``."""
     batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
     loader = common.make_loader(dataset, batches, collate, num_workers, seed=0, epoch=0)
-    scores: list[float] = []
-    labels: list[int] = []
-    cats: list[str] = []
-    maps: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
+    scored = ScoredImages([], [], [], [], [], [], [])
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for batch in loader:
             out = forward(model, batch)
-            scores += out.scores.reshape(-1).float().cpu().tolist()
-            labels += [int(v) for v in batch["labels"].tolist()]
-            cats += list(batch["categories"])
+            scored.scores += out.scores.reshape(-1).float().cpu().tolist()
+            scored.logits += out.score_logits.reshape(-1).float().cpu().tolist()
+            if out.similarity is not None and scored.similarity is not None:
+                scored.similarity += out.similarity.reshape(-1).float().cpu().tolist()
+            else:
+                scored.similarity = None
+            scored.labels += [int(v) for v in batch["labels"].tolist()]
+            scored.categories += list(batch["categories"])
             size = batch["masks"].shape[-2:]
             up = F.interpolate(out.base_maps.float(), size=size, mode="bilinear", align_corners=False)
-            maps += list(up[:, 0].cpu().numpy())
-            masks += list(batch["masks"][:, 0].cpu().numpy() > 0)
+            scored.maps += list(up[:, 0].cpu().numpy())
+            scored.masks += list(batch["masks"][:, 0].cpu().numpy() > 0)
     model.train(was_training)
+    return scored
+
+
+def expert_metrics(scored: ScoredImages, scores: Sequence[float] | None = None) -> dict[str, Any]:
+    """Image AUROC and pixel AUROC (per category, then the mean) of ``scored`` (its image scores, or ``scores``)."""
+    from anomaly_ov.evaluate import metrics as M
+
+    scores = scored.scores if scores is None else list(scores)
+    labels, cats, maps, masks = scored.labels, scored.categories, scored.maps, scored.masks
     per_class: dict[str, dict[str, float | None]] = {}
     for cat in sorted(set(cats)):
         idx = [i for i, c in enumerate(cats) if c == cat]
@@ -269,6 +279,35 @@ def evaluate_expert(
         "images": len(scores),
         "per_class": per_class,
     }
+
+
+def calibrate_image_score(expert: AnomalyExpert, scored: ScoredImages) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit ``expert``'s ``calibrated_fusion`` score on ``scored`` (its held-out rows, as :func:`score_images` gave
+    them for its final weights) and set it.
+
+    Returns (the held-out metrics of the score the expert now gives, a report of the calibration: its numbers, the
+    held-out image AUROC of the predictor alone and of the calibrated score; or why none was set, the expert then
+    scoring what its predictor does).
+    """
+    from anomaly_ov.train.score_calibration import CalibrationError, fit_score_calibration
+
+    logits = torch.tensor(scored.logits, dtype=torch.float32)[:, None]  # [B,1]
+    predictor = expert_metrics(scored, torch.sigmoid(logits).reshape(-1).tolist())
+    report: dict[str, Any] = {"predictor_image_auroc": predictor["image_auroc"], "images": len(scored.labels)}
+    try:
+        calibration = fit_score_calibration(scored.logits, scored.similarity or [], scored.labels)
+    except CalibrationError as exc:
+        log.warning("stage 1: no score calibration (%s)", exc)
+        return predictor, {**report, "calibrated": False, "reason": str(exc)}
+    expert.set_score_calibration(calibration)
+    buffer: torch.Tensor = expert.score_calibration  # type: ignore[assignment]
+    with torch.no_grad():  # the expert's own maths on the scores in hand (this score reads no map)
+        calibrated = expert.image_scores(
+            logits.to(buffer.device), logits.new_zeros(len(logits), 1, 1, 1).to(buffer.device),
+            torch.tensor(scored.similarity, dtype=torch.float32)[:, None].to(buffer.device))
+    metrics = expert_metrics(scored, calibrated.reshape(-1).cpu().tolist())
+    return metrics, {**report, "calibrated": True, **calibration.to_dict(), "weights": buffer.tolist(),
+                     "image_auroc": metrics["image_auroc"]}
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -324,13 +363,13 @@ def fit_expert(
     strategy: str = "ddp",
     zero_stage: int = 2,
     colour_norm: tuple[Sequence[float], Sequence[float]] | None = None,
-    on_validated: Callable[[int, dict[str, Any]], None] | None = None,
+    on_validated: Callable[[int, ScoredImages], None] | None = None,
 ) -> common.LoopResult:
     """Train the expert part of ``model`` (anything ``forward(model, batch) -> ExpertOutput`` understands).
 
     ``colour_norm``: the image processor's (mean, std), which ``recipe.augment_colours`` needs to reorder colours
-    in pixel space (see :func:`augment_batch`). ``on_validated(epoch, result)``: called with
-    :func:`evaluate_expert`'s whole result each time an epoch's end scores ``val_set`` (epochs count from 0).
+    in pixel space (see :func:`augment_batch`). ``on_validated(epoch, scored)``: called with
+    :func:`score_images`'s result each time an epoch's end scores ``val_set`` (epochs count from 0).
 
     Under torchrun the model is wrapped for ``strategy`` (see :func:`common.wrap_distributed`); the result's
     ``model`` is what trained (read its weights with :func:`common.consolidated_state`).
@@ -358,9 +397,10 @@ def fit_expert(
     def epoch_end(epoch: int, m: nn.Module) -> dict[str, float]:
         if val_set is None or len(val_set) == 0 or (epoch + 1) % recipe.validate_every:
             return {}
-        res = evaluate_expert(forward, common.unwrap(m), val_set, collate, recipe.batch_size, num_workers)
+        scored = score_images(forward, common.unwrap(m), val_set, collate, recipe.batch_size, num_workers)
         if on_validated is not None:
-            on_validated(epoch, res)
+            on_validated(epoch, scored)
+        res = expert_metrics(scored)
         return {k: v for k, v in res.items() if k in ("image_auroc", "pixel_auroc") and v is not None}
 
     settings = common.LoopSettings(
@@ -556,7 +596,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         common.data_fingerprint([*train_set.files, *(val_set.files if val_set is not None else [])], workspace),
         tower,
     )
-    scored: dict[int, dict[str, Any]] = {}  # the held-out rows' scores at an epoch's end, by epoch
+    scored: dict[int, ScoredImages] = {}  # the held-out rows' scores at an epoch's end, by epoch
     if official:
         result = common.LoopResult(step=0, history=[], epoch_metrics=[], seconds=0.0, items=0, resumed_from_step=None)
     else:
@@ -572,11 +612,20 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     # process (a resume after the last step); otherwise every rank scores the whole held-out set (under fsdp the
     # sharded forward is a collective)
     trained = result.model if result.model is not None else stage_module
-    val = scored.get(recipe.epochs - 1)  # None when no epoch scored (the official expert trains none)
-    if val is None:
-        val = (evaluate_expert(forward, trained, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
-               if val_set is not None else {})
+    rows = scored.get(recipe.epochs - 1)  # None when no epoch scored (the official expert trains none)
+    if rows is None and val_set is not None and len(val_set):
+        rows = score_images(forward, trained, val_set, collate_expert, recipe.batch_size, cfg.num_workers)
+    val = expert_metrics(rows) if rows is not None else {}
     model = consolidated_expert_model(params, result, stage_module, model)
+    calibration: dict[str, Any] | None = None  # the calibrated_fusion score is fit on the held-out rows, then saved
+    if info.is_main and getattr(model.anomaly_expert, "image_score", None) == "calibrated_fusion":
+        if rows is None:
+            calibration = {"calibrated": False, "reason": "no held-out rows (train.expert.val_fraction is 0): the "
+                           "expert scores what its predictor does"}
+            log.warning("stage 1: %s", calibration["reason"])
+        else:
+            expert: Any = model.anomaly_expert
+            val, calibration = calibrate_image_score(expert, rows)
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "expert_source": expert_source,
@@ -588,6 +637,7 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
         "val_images": len(val_set or []),
         "val_image_auroc": val.get("image_auroc"),
         "val_pixel_auroc": val.get("pixel_auroc"),
+        **({"score_calibration": calibration} if calibration is not None else {}),
         **common.summarise_history(result),
         "train_seconds": round(result.seconds, 3),
         "images_per_s": round(result.items_per_s, 2),

@@ -435,3 +435,57 @@ def test_bf16_expert_under_cuda_autocast_matches_float32():
             out = half(v.to(torch.bfloat16), [f.to(torch.bfloat16) for f in levels], counts)
     torch.testing.assert_close(out.global_tokens.float(), reference.global_tokens, atol=0.05, rtol=0.05)
     torch.testing.assert_close(out.scores.float(), reference.scores, atol=0.02, rtol=0)
+
+
+def test_calibrated_fusion_scores_the_predictor_until_calibrated_then_the_calibrated_sum():
+    """``calibrated_fusion`` adds one buffer, scores what the predictor does until a calibration is set, then
+    ``sigmoid(slope * z + bias)`` of the standardised sum ``z``; it changes nothing but ``scores``."""
+    from anomaly_ov.model.expert import ScoreCalibration, self_similarity
+
+    torch.manual_seed(0)
+    plain = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=4, temperature=10.0, eps=1e-6, self_similarity=True)
+    fused = AnomalyExpert(**{**plain.config_dict(), "image_score": "calibrated_fusion"})
+    assert set(fused.state_dict()) - set(plain.state_dict()) == {"score_calibration"}
+    fused.load_state_dict(plain.state_dict(), strict=False)
+    counts = [2, 1, 3]
+    v, levels = _inputs(counts, 4, 16, seed=3)
+    with torch.no_grad():
+        ref, out = plain(v, levels, counts), fused(v, levels, counts)
+    torch.testing.assert_close(out.scores, ref.scores, atol=1e-7, rtol=0)  # identity: the predictor's probability
+    torch.testing.assert_close(out.score_logits, ref.score_logits, atol=0, rtol=0)
+    similarity = self_similarity(v.index_select(0, out.base_index), 4)[:, None]
+    torch.testing.assert_close(out.similarity, similarity)
+    assert plain(v, levels, counts).similarity is not None  # the trained term reads it too
+    calibration = ScoreCalibration(logit_mean=0.2, logit_std=0.5, similarity_mean=0.3, similarity_std=0.1,
+                                   slope=1.7, bias=-0.4)
+    fused.set_score_calibration(calibration)
+    with torch.no_grad():
+        out = fused(v, levels, counts)
+    expected = torch.sigmoid(1.7 * calibration.fused(ref.score_logits, similarity) - 0.4)
+    torch.testing.assert_close(out.scores, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.score_logits, ref.score_logits, atol=0, rtol=0)
+    rebuilt = AnomalyExpert(**fused.config_dict())  # what load_expert_stage does: the calibration is in the weights
+    rebuilt.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(v, levels, counts).scores, out.scores, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="needs image_score='calibrated_fusion'"):
+        plain.set_score_calibration(calibration)
+    with pytest.raises(ValueError, match="slope must be > 0"):
+        ScoreCalibration(0.0, 1.0, 0.0, 1.0, slope=-0.1, bias=0.0)
+    assert AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=4)(v, levels, counts).similarity is None
+
+
+def test_release_checkpoint_loads_strictly_into_a_calibrated_fusion_expert(tmp_path):
+    """A release file has no ``score_calibration`` (stage 1 fits it after loading): the strict load takes it as the
+    identity, so the official expert scores as released until calibrated; any other missing key still fails."""
+    release = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=4)
+    path = tmp_path / "pretrained_expert_05b.pth"
+    torch.save(release.state_dict(), path)
+    expert = AnomalyExpert(hidden_size=16, embed_dim=8, grid_size=4, image_score="calibrated_fusion")
+    report = load_expert_weights(expert, path, strict=True)
+    assert report["missing"] == ["score_calibration"] and set(report["matched"]) == RELEASE_KEYS
+    assert expert.score_calibration.tolist() == [1.0, 0.0, 0.0]
+    state = dict(release.state_dict())
+    state.pop("final_predictor.2.bias")
+    with pytest.raises(ExpertWeightsError, match=r"missing keys \['final_predictor.2.bias'\]"):
+        load_expert_weights(expert, state, strict=True)

@@ -190,10 +190,10 @@ def stage_one_until(step: int, params, ws, monkeypatch: pytest.MonkeyPatch) -> l
 
 
 def count_expert_scorings(patch: pytest.MonkeyPatch) -> list[int]:
-    """Patch stage 1's ``evaluate_expert`` (it still scores) to record each call; returns the growing record."""
+    """Patch stage 1's ``score_images`` (it still scores) to record each call; returns the growing record."""
     from anomaly_ov.train import expert as stage1
 
     calls: list[int] = []
-    evaluate = stage1.evaluate_expert
-    patch.setattr(stage1, "evaluate_expert", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    score = stage1.score_images
+    patch.setattr(stage1, "score_images", lambda *a, **k: calls.append(1) or score(*a, **k))
     return calls

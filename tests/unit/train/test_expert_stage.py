@@ -67,8 +67,43 @@ def test_stage1_validation_leaves_the_training_as_it_is(straight_run: tuple[Path
     for key in a:
         assert torch.equal(a[key], b[key]), key
     reference = json.loads((straight / "reports/train_expert.json").read_text())
-    assert reference["epoch_metrics"][-1]["image_auroc"] == reference["val"]["image_auroc"]
+    # the last epoch's scoring gave the predictor's figure; the calibration fit on those same scores
+    assert reference["epoch_metrics"][-1]["image_auroc"] == reference["score_calibration"]["predictor_image_auroc"]
     assert report["val"] == reference["val"]  # per category too
+    assert report["score_calibration"] == reference["score_calibration"]
+
+
+@pytest.mark.slow
+def test_stage1_calibrates_the_image_score_on_its_held_out_rows_and_saves_it(straight_run: tuple[Path, dict]
+                                                                            ) -> None:
+    """The tiny preset's ``calibrated_fusion`` score: fit on the last epoch's scoring of the held-out rows (no
+    extra pass), reported, and saved with the expert, whose reloaded scores on those rows are the reported ones."""
+    from anomaly_ov.data.loaders import ExpertDataset, collate_expert
+    from anomaly_ov.model.presets import build_expert_model, expert_config, load_expert_stage
+
+    workspace, summary = straight_run
+    params = tiny_params(*STRAIGHT)
+    assert expert_config(params)["image_score"] == "calibrated_fusion"
+    report = json.loads((workspace / "reports/train_expert.json").read_text())
+    calibration = report["score_calibration"]
+    assert calibration["calibrated"] is True and calibration["slope"] > 0 and calibration["images"] == 4
+    assert summary["score_calibration"] == calibration
+    assert report["val"]["image_auroc"] == calibration["image_auroc"] == summary["val_image_auroc"]
+    assert calibration["predictor_image_auroc"] == report["epoch_metrics"][-1]["image_auroc"]
+
+    model = build_expert_model(params)
+    load_expert_stage(model, workspace / "models/expert")
+    weights = model.anomaly_expert.score_calibration.tolist()
+    assert weights == pytest.approx(calibration["weights"]) and weights != [1.0, 0.0, 0.0]
+    _, held_out = stage1.split_training_rows(params, workspace)
+    dataset = ExpertDataset(held_out, workspace, stage1.stage_preprocessor(params), int(model.config.grid_size),
+                            params.evaluate.resolution)
+    scored = stage1.score_images(stage1.stage_forward(torch.device("cpu")), stage1.ExpertStage(model, True),
+                                 dataset, collate_expert, batch_size=4)
+    assert scored.similarity is not None
+    logit = torch.tensor(scored.logits) * weights[0] + torch.tensor(scored.similarity) * weights[1] + weights[2]
+    torch.testing.assert_close(torch.tensor(scored.scores), torch.sigmoid(logit), atol=1e-6, rtol=0)
+    assert stage1.expert_metrics(scored)["per_class"] == report["val"]["per_class"]
 
 
 class _Killed(Exception):

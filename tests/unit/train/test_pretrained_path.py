@@ -183,6 +183,33 @@ def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tm
         run_stage("train_expert", pretrained_params(llava_checkpoint, "train.expert.pretrained.epochs=0"), ws)
 
 
+def test_official_expert_with_the_calibrated_score_loads_strictly_and_keeps_the_predictor_it_cannot_calibrate(
+        llava_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``calibrated_fusion`` on a pretrained preset (not its default): the release's file has no
+    ``score_calibration``, so the strict load takes the identity and the weights stay as released. The stage then
+    tries the calibration on its held-out rows at the real tower's 27 x 27 grid; this random expert's sum ranks
+    them the wrong way round, so it says why and saves the identity: the expert scores as released."""
+    from anomaly_ov.train import expert as stage1
+
+    ws = make_workspace(tmp_path / "ws")
+    official = _write_official_expert(tmp_path / "pretrained_expert_05b.pth", hidden=32, grid=27)
+    params = pretrained_params(llava_checkpoint, "train.expert.pretrained.epochs=0",
+                               f"model.expert_checkpoint={tmp_path / 'pretrained_expert_05b.pth'}",
+                               "model.expert.image_score=calibrated_fusion")
+    with caplog.at_level("WARNING"):
+        summary = stage1.run_train_expert(params, ws)
+    calibration = summary["score_calibration"]
+    assert summary["expert_keys_loaded"] == len(official) and calibration["images"] == summary["val_images"] == 4
+    assert calibration["calibrated"] is False and "does not rank the held-out anomalies" in calibration["reason"]
+    assert "keeps the predictor's score" in caplog.text and "missing keys" not in caplog.text
+    assert summary["val_image_auroc"] == calibration["predictor_image_auroc"]
+    saved = torch.load(ws / "models/expert/pretrained_expert.pth", weights_only=True)
+    assert set(saved) == {*official, "score_calibration"} and saved["score_calibration"].tolist() == [1.0, 0.0, 0.0]
+    for key, value in official.items():
+        torch.testing.assert_close(saved[key], value.float(), atol=0, rtol=0)
+    assert json.loads((ws / "reports/train_expert.json").read_text())["score_calibration"] == calibration
+
+
 def _keep_resume_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """Leave the stage's resume checkpoint on disk after success (it holds the optimiser's master weights)."""
     from anomaly_ov.train import common
