@@ -86,10 +86,10 @@ TINY_TEXT: dict[str, Any] = {
 #: Pretrained presets: the release (E = 512, temperature 100, no eps; an exactly-0 pooled map is guarded in the
 #: expert). Tiny: E = 64; temperature 10 (a tower trained from scratch saturates the 2-way softmax at 100, and the
 #: mask loss then collapsed the maps); eps 1e-6, since its maps collapse early in training (0 / 0 without it); the
-#: self-similarity read by the predictor, and again by the image score in a share calibrated after stage 1
-#: (docs/model.md, 'Settings that differ from the release').
+#: self-similarity read by the predictor. Its image score stays the predictor's: ``calibrated_fusion`` gained on pcb /
+#: round_part but not on the validation splits (docs/model.md, 'Settings that differ from the release').
 TINY_EXPERT: dict[str, Any] = {"embed_dim": 64, "temperature": 10.0, "eps": 1e-6,
-                               "image_score": "calibrated_fusion", "self_similarity": True}
+                               "image_score": "predictor", "self_similarity": True}
 PRETRAINED_EXPERT: dict[str, Any] = {"embed_dim": 512, "temperature": 100.0, "eps": 0.0, "image_score": "predictor",
                                      "self_similarity": False}
 #: The suspicious-level phrase's (low, high) per preset family (``params.model.suspicious_thresholds`` overrides).

@@ -14,9 +14,10 @@ from anomaly_ov.train import expert as stage1
 from .conftest import count_expert_scorings, make_workspace, sigkill_stage_at, tiny_params  # noqa: TID252
 
 #: stage 1 with a checkpoint every 3 steps: 8 training images, batch 2, 2 epochs = 8 steps (4 per epoch), so a kill
-#: after step 4 lies between two checkpoints and mid-epoch
+#: after step 4 lies between two checkpoints and mid-epoch; with the calibrated image score (an option), so the
+#: SIGKILL test also compares the calibration the resumed run fits
 STRAIGHT = ("train.expert.checkpoint_every=3", "train.expert.tiny.epochs=2", "train.expert.tiny.batch_size=2",
-            "train.expert.tiny.validate_every=2")
+            "train.expert.tiny.validate_every=2", "model.expert.image_score=calibrated_fusion")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_stage1_validation_leaves_the_training_as_it_is(straight_run: tuple[Path
 @pytest.mark.slow
 def test_stage1_calibrates_the_image_score_on_its_held_out_rows_and_saves_it(straight_run: tuple[Path, dict]
                                                                             ) -> None:
-    """The tiny preset's ``calibrated_fusion`` score: fit on the last epoch's scoring of the held-out rows (no
+    """The ``calibrated_fusion`` score on the tiny preset: fit on the last epoch's scoring of the held-out rows (no
     extra pass), reported, and saved with the expert, whose reloaded scores on those rows are the reported ones."""
     from anomaly_ov.data.loaders import ExpertDataset, collate_expert
     from anomaly_ov.model.presets import build_expert_model, expert_config, load_expert_stage
