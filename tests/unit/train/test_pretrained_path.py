@@ -154,7 +154,13 @@ def test_stage1_one_cycle_with_the_score_loss_kept_off_the_maps_runs_on_the_real
     assert report["epoch_metrics"][-1].get("pixel_auroc") == report["val"]["pixel_auroc"]
 
 
-def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path, mlflow_store) -> None:
+def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tmp_path: Path, mlflow_store,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The official expert file (release keys, bf16) is stage 1's output as it is, evaluated on the held-out rows.
+    With the calibrated image score turned on (an option, not the pretrained default): the release's file has no
+    ``score_calibration``, so the strict load takes the identity; the stage tries the calibration on the held-out
+    rows at the real tower's 27 x 27 grid, and since this random expert's sum ranks them the wrong way round, it says
+    why and saves the identity beside the weights as released."""
     import mlflow
 
     from anomaly_ov.stages import run_stage
@@ -163,51 +169,32 @@ def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tm
     mlflow_store(ws)
     official = _write_official_expert(tmp_path / "pretrained_expert_05b.pth", hidden=32, grid=27)
     params = pretrained_params(llava_checkpoint, "tracking.enabled=true", "train.expert.pretrained.epochs=0",
-                               f"model.expert_checkpoint={tmp_path / 'pretrained_expert_05b.pth'}")
-    summary = run_stage("train_expert", params, ws)
+                               f"model.expert_checkpoint={tmp_path / 'pretrained_expert_05b.pth'}",
+                               "model.expert.image_score=calibrated_fusion")
+    with caplog.at_level("WARNING"):
+        summary = run_stage("train_expert", params, ws)
     assert summary["expert_source"] == "official_checkpoint" and summary["steps"] == 0
     assert summary["expert_keys_loaded"] == len(official)
     report = json.loads((ws / "reports/train_expert.json").read_text())
     assert report["expert_source"] == "official_checkpoint"
     assert report["val"]["images"] > 0  # the released expert is still evaluated on the held-out rows
+    calibration = report["score_calibration"]
+    assert calibration["calibrated"] is False and "does not rank the held-out anomalies" in calibration["reason"]
+    assert calibration["images"] == report["val"]["images"] and "missing keys" not in caplog.text
+    assert report["val_image_auroc"] == calibration["predictor_image_auroc"]
     saved = torch.load(ws / "models/expert/pretrained_expert.pth", weights_only=True)
-    assert set(saved) == set(official)
+    assert set(saved) == {*official, "score_calibration"} and saved["score_calibration"].tolist() == [1.0, 0.0, 0.0]
     for key, value in official.items():
         torch.testing.assert_close(saved[key], value.float(), atol=0, rtol=0)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
     assert run.data.tags["expert_source"] == "official_checkpoint"
     assert run.data.params["expert_source"] == "official_checkpoint"
+    assert run.data.metrics["train_expert.score_calibration.predictor_image_auroc"] == pytest.approx(
+        calibration["predictor_image_auroc"])
 
     with pytest.raises(ValueError, match="expert_checkpoint"):
         run_stage("train_expert", pretrained_params(llava_checkpoint, "train.expert.pretrained.epochs=0"), ws)
-
-
-def test_official_expert_with_the_calibrated_score_loads_strictly_and_keeps_the_predictor_it_cannot_calibrate(
-        llava_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """``calibrated_fusion`` on a pretrained preset (not its default): the release's file has no
-    ``score_calibration``, so the strict load takes the identity and the weights stay as released. The stage then
-    tries the calibration on its held-out rows at the real tower's 27 x 27 grid; this random expert's sum ranks
-    them the wrong way round, so it says why and saves the identity: the expert scores as released."""
-    from anomaly_ov.train import expert as stage1
-
-    ws = make_workspace(tmp_path / "ws")
-    official = _write_official_expert(tmp_path / "pretrained_expert_05b.pth", hidden=32, grid=27)
-    params = pretrained_params(llava_checkpoint, "train.expert.pretrained.epochs=0",
-                               f"model.expert_checkpoint={tmp_path / 'pretrained_expert_05b.pth'}",
-                               "model.expert.image_score=calibrated_fusion")
-    with caplog.at_level("WARNING"):
-        summary = stage1.run_train_expert(params, ws)
-    calibration = summary["score_calibration"]
-    assert summary["expert_keys_loaded"] == len(official) and calibration["images"] == summary["val_images"] == 4
-    assert calibration["calibrated"] is False and "does not rank the held-out anomalies" in calibration["reason"]
-    assert "keeps the predictor's score" in caplog.text and "missing keys" not in caplog.text
-    assert summary["val_image_auroc"] == calibration["predictor_image_auroc"]
-    saved = torch.load(ws / "models/expert/pretrained_expert.pth", weights_only=True)
-    assert set(saved) == {*official, "score_calibration"} and saved["score_calibration"].tolist() == [1.0, 0.0, 0.0]
-    for key, value in official.items():
-        torch.testing.assert_close(saved[key], value.float(), atol=0, rtol=0)
-    assert json.loads((ws / "reports/train_expert.json").read_text())["score_calibration"] == calibration
 
 
 def _keep_resume_state(monkeypatch: pytest.MonkeyPatch) -> None:
