@@ -128,8 +128,9 @@ class ScoreCalibration:
     Each is standardised by the mean and standard deviation of the held-out *normal* images, the two are summed with
     equal weight, and a logistic ``sigmoid(slope * z + bias)`` (fit on held-out normal and anomalous images, the
     classes weighted equally) maps the sum to a probability, so the verdict threshold and the suspicious-level
-    phrase keep reading a probability. The equal weight is not fit: on the training families the predictor
-    dominates a fit weight, and the self-similarity is what carries to unseen families (docs/model.md).
+    phrase keep reading a probability. The equal weight is not fit: a weight fit on the training families leans on
+    the predictor, and the self-similarity is the part meant to carry to unseen families (docs/model.md has where
+    it did and did not).
     """
 
     logit_mean: float
@@ -522,7 +523,9 @@ def load_expert_weights(
         )
     required = [k for k in missing if k not in _FIT_AFTER_TRAINING]
     if strict and (required or unexpected):
-        raise ExpertWeightsError(f"{name}: missing keys {required}, unexpected keys {unexpected}")
+        hint = (" (the file's expert has a calibrated image score: build this one with image_score "
+                "'calibrated_fusion', model.expert.image_score)" if set(_FIT_AFTER_TRAINING) & set(unexpected) else "")
+        raise ExpertWeightsError(f"{name}: missing keys {required}, unexpected keys {unexpected}{hint}")
     with torch.no_grad():
         for key in matched:
             own_tensor = own[key]

@@ -489,3 +489,6 @@ def test_release_checkpoint_loads_strictly_into_a_calibrated_fusion_expert(tmp_p
     state.pop("final_predictor.2.bias")
     with pytest.raises(ExpertWeightsError, match=r"missing keys \['final_predictor.2.bias'\]"):
         load_expert_weights(expert, state, strict=True)
+    # the other way round: a calibrated expert's file into an expert built without the option says which to build
+    with pytest.raises(ExpertWeightsError, match=r"unexpected keys \['score_calibration'\].*image_score"):
+        load_expert_weights(release, expert.state_dict(), strict=True)
