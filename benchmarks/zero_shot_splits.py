@@ -18,17 +18,18 @@ medical AUROC with the seed, so a recipe change is compared over several.
 
 ``--tower pretrained`` (the default, as the pipeline) runs the ``pretrain_tower`` stage before stage 1; ``random``
 starts stage 1 from a random tower (``train.tower.enabled=false``). Each split also prints the image AUROC and the
-verdict F1 at 0.5 of several image scores read from the same expert (``VARIANTS``: the predictor, the base-view
-map's max, top-1 % / top-5 % mean, mean, the predictor / map-max fusion, the training-free ``self_similarity``
-(anomaly_ov/model/expert.py) of the tower's features and its ``rank_fusion`` with the predictor, both without an F1
-since they are not probabilities), on the held-out categories and on stage 1's held-out rows of the training
-categories; ``--rescore`` only re-scores the experts kept in ``--workdir``. Last, for those held-out rows, the image
-AUROC of each defect type and each quartile of the anomalies' mask areas against the normal images of the same
-category (:func:`auroc_by_group`): which anomalies the image score misses. And the same expert's image AUROC on the
-medical and 3D extensions' evaluation sets (per modality; per view and per object, the max over its views), which is
-what the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves the expert as stage 1 trained it: a
-medical or 3D training change is measured here in one stage-1 run per seed (seed 0 of the default before the
-self-similarity term: medical 0.769, 3D per view 0.609 and per object 0.703, as the pipeline's reports to the digit).
+verdict F1 at 0.5 of several image scores read from the same expert (``VARIANTS``: the expert's own score, which the
+headline figures are, the predictor, the base-view map's max, top-1 % / top-5 % mean, mean, the predictor / map-max
+fusion, the training-free ``self_similarity`` (anomaly_ov/model/expert.py) of the tower's features and its
+``rank_fusion`` with the predictor, both without an F1 since they are not probabilities), on the held-out categories and
+on stage 1's held-out rows of the training categories; ``--rescore`` only re-scores the experts kept in ``--workdir``.
+Last, for those held-out rows, the image AUROC of each defect type and each quartile of the anomalies' mask areas
+against the normal images of the same category (:func:`auroc_by_group`): which anomalies the image score misses. And the
+same expert's image AUROC on the medical and 3D extensions' evaluation sets (per modality; per view and per object, the
+max over its views), which is what the ``extend_medical`` / ``extend_3d`` stages report, since stage 2 leaves the expert
+as stage 1 trained it: a medical or 3D training change is measured here in one stage-1 run per seed (seed 0 of the
+default before the self-similarity term: medical 0.769, 3D per view 0.609 and per object 0.703, as the pipeline's
+reports to the digit).
 
 The default (the self-similarity term in the predictor, seed 0, 2 threads, about 5.3 min per split), image / pixel
 AUROC: ic_chip, perforated 0.859 / 0.975 (ic_chip 0.817, perforated 0.900); dice, connector 0.841 / 0.961 (connector
@@ -89,9 +90,9 @@ def _ranks(values):
 def score_variants(predictor, base_maps, self_similarity_scores=None, image_score=None) -> dict:
     """Candidate image scores from the expert's predictor probabilities [B] and base-view maps [B, G, G].
 
-    ``image_score`` [B]: the expert's own score (``ExpertOutput.scores``: the tiny preset's ``calibrated_fusion``);
-    the predictor's when not given. ``map_topK``: mean of the map's top K % cells; ``fusion``: mean of the
-    predictor's probability and the map max;
+    ``image_score`` [B]: the expert's own score (``ExpertOutput.scores``, e.g. ``model.expert.image_score:
+    calibrated_fusion``); the predictor's when not given. ``map_topK``: mean of the map's top K % cells;
+    ``fusion``: mean of the predictor's probability and the map max;
     with ``self_similarity_scores`` [B] (the expert module's ``self_similarity``) also those and ``rank_fusion``,
     the mean of the predictor's and the self-similarity's ranks among the scored images (it needs the whole set, so
     it measures what the two scores hold together; a deployed score would need a calibration instead).
