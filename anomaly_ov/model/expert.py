@@ -356,19 +356,22 @@ class AnomalyExpert(nn.Module):
         significance = torch.stack([m.mean(dim=(1, 2, 3)) for m in level_maps], 0).mean(0)  # [N]
         return maps, significance, level_maps
 
-    def image_scores(self, score_logits: torch.Tensor, base_maps: torch.Tensor,
+    def image_scores(self, score_logits: torch.Tensor, base_maps: torch.Tensor | None = None,
                      similarity: torch.Tensor | None = None) -> torch.Tensor:
-        """[B,1] image scores (``image_score``) from the predictor's logits [B,1], the base views' maps [B,1,G,G]
-        and (``calibrated_fusion``) their self-similarity [B,1]."""
+        """[B,1] image scores (``image_score``) from the predictor's logits [B,1] and what the setting also reads:
+        the base views' maps [B,1,G,G] (``map_max``, ``fusion``) or their self-similarity [B,1]
+        (``calibrated_fusion``)."""
         if self.image_score == "calibrated_fusion":
             if similarity is None:
                 raise ValueError("image_score 'calibrated_fusion' needs the base views' self-similarity [B,1]")
             calibration: torch.Tensor = self.score_calibration  # type: ignore[assignment]
-            w_l, w_s, bias = calibration.to(score_logits.dtype)
-            return torch.sigmoid(w_l * score_logits + w_s * similarity.to(score_logits.dtype) + bias)
+            w_l, w_s, bias = calibration.to(device=score_logits.device, dtype=score_logits.dtype)
+            return torch.sigmoid(w_l * score_logits + w_s * similarity.to(score_logits) + bias)
         predictor = torch.sigmoid(score_logits)
         if self.image_score == "predictor":
             return predictor
+        if base_maps is None:
+            raise ValueError(f"image_score {self.image_score!r} needs the base views' maps [B,1,G,G]")
         peak = base_maps.flatten(1).amax(dim=1, keepdim=True)  # [B,1]
         return peak if self.image_score == "map_max" else 0.5 * (predictor + peak)
 

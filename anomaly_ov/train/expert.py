@@ -300,13 +300,11 @@ def calibrate_image_score(expert: AnomalyExpert, scored: ScoredImages) -> tuple[
         log.warning("stage 1: no score calibration (%s)", exc)
         return predictor, {**report, "calibrated": False, "reason": str(exc)}
     expert.set_score_calibration(calibration)
-    buffer: torch.Tensor = expert.score_calibration  # type: ignore[assignment]
-    with torch.no_grad():  # the expert's own maths on the scores in hand (this score reads no map)
-        calibrated = expert.image_scores(
-            logits.to(buffer.device), logits.new_zeros(len(logits), 1, 1, 1).to(buffer.device),
-            torch.tensor(scored.similarity, dtype=torch.float32)[:, None].to(buffer.device))
+    with torch.no_grad():  # the expert's own maths on the scores in hand
+        calibrated = expert.image_scores(logits, similarity=torch.tensor(scored.similarity)[:, None])
     metrics = expert_metrics(scored, calibrated.reshape(-1).cpu().tolist())
-    return metrics, {**report, "calibrated": True, **calibration.to_dict(), "weights": buffer.tolist(),
+    return metrics, {**report, "calibrated": True, **calibration.to_dict(),
+                     "weights": expert.score_calibration.tolist(),  # type: ignore[operator]
                      "image_auroc": metrics["image_auroc"]}
 
 
@@ -618,13 +616,13 @@ def run_train_expert(params: Params, workspace: Path) -> dict[str, Any]:
     val = expert_metrics(rows) if rows is not None else {}
     model = consolidated_expert_model(params, result, stage_module, model)
     calibration: dict[str, Any] | None = None  # the calibrated_fusion score is fit on the held-out rows, then saved
-    if info.is_main and getattr(model.anomaly_expert, "image_score", None) == "calibrated_fusion":
+    expert: Any = model.anomaly_expert
+    if info.is_main and expert.image_score == "calibrated_fusion":
         if rows is None:
             calibration = {"calibrated": False, "reason": "no held-out rows (train.expert.val_fraction is 0): the "
                            "expert scores what its predictor does"}
             log.warning("stage 1: %s", calibration["reason"])
         else:
-            expert: Any = model.anomaly_expert
             val, calibration = calibrate_image_score(expert, rows)
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {

@@ -316,6 +316,16 @@ def test_image_score_settings_resolve_per_preset_and_refuse_unknown_names():
     assert expert_config(Params(model={"expert": {"image_score": "map_max"}}))["image_score"] == "map_max"
     with pytest.raises(ValueError, match="image_score must be one of"):
         AnomalyExpert(hidden_size=8, embed_dim=4, grid_size=3, image_score="top_k")
+    # params.yaml accepts exactly the expert's settings (the Literal repeats IMAGE_SCORES for the type checker)
+    import typing
+
+    from anomaly_ov.config import ExpertParams
+    from anomaly_ov.model.expert import IMAGE_SCORES
+
+    literal = next(a for a in typing.get_args(ExpertParams.model_fields["image_score"].annotation) if a is not None)
+    assert typing.get_args(literal) == IMAGE_SCORES
+    with pytest.raises(ValueError, match="'map_max' needs the base views' maps"):
+        AnomalyExpert(hidden_size=8, embed_dim=4, grid_size=3, image_score="map_max").image_scores(torch.zeros(2, 1))
 
 
 def test_detached_selector_gives_the_same_outputs_and_keeps_the_score_loss_off_the_maps():
