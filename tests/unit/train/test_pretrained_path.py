@@ -181,6 +181,7 @@ def test_official_expert_is_stage1_output_as_released(llava_checkpoint: Path, tm
     calibration = report["score_calibration"]
     assert calibration["calibrated"] is False and "does not rank the held-out anomalies" in calibration["reason"]
     assert calibration["images"] == report["val"]["images"] and "missing keys" not in caplog.text
+    assert "keeps the predictor's score" in caplog.text  # the refusal is also logged, with its reason
     assert report["val_image_auroc"] == calibration["predictor_image_auroc"]
     saved = torch.load(ws / "models/expert/pretrained_expert.pth", weights_only=True)
     assert set(saved) == {*official, "score_calibration"} and saved["score_calibration"].tolist() == [1.0, 0.0, 0.0]
