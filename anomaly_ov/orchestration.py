@@ -16,7 +16,8 @@ Python so that ``tasks/`` and ``flows/`` stay thin and this logic is testable wi
   failure is raised as :class:`StageError` with the stage's typed reason and whether retrying could help.
 - :func:`summarize_stage`: the stage's report JSON as Markdown + a key/value table (for Prefect artifacts).
 - :func:`start_parent_run` / :func:`finish_parent_run`: one MLflow run per flow run, created through the client
-  (the active run is thread-local; the id travels explicitly), closed with the evaluation metrics and reports.
+  (the active run is thread-local; the id travels explicitly), closed with the evaluation metrics and reports;
+  :func:`closing_parent_run` closes it with the block's outcome (FINISHED, FAILED, or KILLED on SIGTERM / Ctrl-C).
 
 Why ``--single-item``: the flow runs the stages in order, one task each, so every upstream stage has just been
 reproduced (or found up to date) by its own task. ``--single-item`` makes each task own exactly one stage, so a
@@ -38,14 +39,23 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_ov.errors import StageFailed
 from anomaly_ov.stages import INVOCATION_ENV, SPECS, read_result, spec, stage_names
-from anomaly_ov.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, flatten, numeric_metrics, start_tracking
+from anomaly_ov.tracking import (
+    PARENT_RUN_ENV,
+    TRACKING_URI_ENV,
+    Terminated,
+    flatten,
+    numeric_metrics,
+    sigterm_raises,
+    start_tracking,
+)
 
 if TYPE_CHECKING:
     from anomaly_ov.config import Params, StageRunParams
@@ -628,6 +638,25 @@ def finish_parent_run(
     client.log_text(parent.run_id, json.dumps([o.to_dict() for o in outcomes], indent=2, default=str), "stages.json")
     if parent.owned:
         client.set_terminated(parent.run_id, status=status)
+
+
+@contextmanager
+def closing_parent_run(
+    parent: ParentRun | None, params: Params, workspace: str | Path, outcomes: list[StageOutcome]
+) -> Iterator[None]:
+    """Run the block, then close the flow's run (:func:`finish_parent_run`) with how it ended: FINISHED, FAILED with
+    the error, or KILLED when SIGTERM (which raises :class:`~anomaly_ov.tracking.Terminated` inside the block
+    instead of leaving the run RUNNING) or Ctrl-C stopped it. ``outcomes`` is read when the run closes, so the block
+    appends the stages it ran to it."""
+    try:
+        with sigterm_raises():
+            yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, Terminated | KeyboardInterrupt) else "FAILED"
+        finish_parent_run(parent, params, workspace, status=status, outcomes=outcomes,
+                          error=str(exc) or type(exc).__name__)
+        raise
+    finish_parent_run(parent, params, workspace, status="FINISHED", outcomes=outcomes)
 
 
 def _metric_key(key: str) -> str:

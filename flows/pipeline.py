@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from anomaly_ov import orchestration as orch
 from anomaly_ov.config import Params, load_params
-from anomaly_ov.tracking import Terminated, sigterm_raises, start_tracking
+from anomaly_ov.tracking import start_tracking
 from tasks.stages import stage_task
 
 
@@ -70,15 +70,8 @@ def run_with_parent(
     else:
         parent = orch.start_parent_run(params, workspace, flow_name, flow_tags())
     outcomes: list[orch.StageOutcome] = []
-    try:
-        with sigterm_raises():  # SIGTERM ends the run as KILLED instead of leaving it RUNNING
-            outcomes = run_stages(stages, workspace, params, parent, force)
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, Terminated | KeyboardInterrupt) else "FAILED"
-        orch.finish_parent_run(parent, params, workspace, status=status, outcomes=outcomes,
-                               error=str(exc) or type(exc).__name__)
-        raise
-    orch.finish_parent_run(parent, params, workspace, status="FINISHED", outcomes=outcomes)
+    with orch.closing_parent_run(parent, params, workspace, outcomes):
+        outcomes.extend(run_stages(stages, workspace, params, parent, force))
     return outcomes, parent
 
 

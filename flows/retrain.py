@@ -21,7 +21,6 @@ from prefect import Flow, flow
 
 from anomaly_ov import orchestration as orch
 from anomaly_ov.errors import ConfigError
-from anomaly_ov.tracking import Terminated, sigterm_raises
 from flows.pipeline import flow_tags, load_workspace_params, outcome_markdown, run_stages
 from tasks.stages import dvc_task, promotion_task
 
@@ -48,17 +47,10 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml", force: bool 
     stages = [*orch.PIPELINE_STAGES, *orch.enabled_extensions(params), orch.REGISTER_STAGE]
     parent = orch.start_parent_run(params, workspace, "retrain", flow_tags())
     outcomes: list[orch.StageOutcome] = []
-    try:
-        with sigterm_raises():  # SIGTERM ends the run as KILLED instead of leaving it RUNNING
-            outcomes = run_stages(stages, workspace, params, parent, force)
-            decision = promotion_task(workspace, params)
-            dvc_task.with_options(name="dvc-push")(["push", "-r", remote], workspace)
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, Terminated | KeyboardInterrupt) else "FAILED"
-        orch.finish_parent_run(parent, params, workspace, status=status, outcomes=outcomes,
-                               error=str(exc) or type(exc).__name__)
-        raise
-    orch.finish_parent_run(parent, params, workspace, status="FINISHED", outcomes=outcomes)
+    with orch.closing_parent_run(parent, params, workspace, outcomes):
+        outcomes.extend(run_stages(stages, workspace, params, parent, force))
+        decision = promotion_task(workspace, params)
+        dvc_task.with_options(name="dvc-push")(["push", "-r", remote], workspace)
     footer = orch.where_to_look(params, workspace, parent)
     create_markdown_artifact(outcome_markdown(outcomes, footer), key="retrain-run", description="stages and links")
     print(footer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -231,3 +232,27 @@ def test_every_flow_stage_has_a_report_to_summarise(tmp_path):
     (tmp_path / SOURCES_FINGERPRINT).write_text(json.dumps({"sources": {"mine": {"files": 3, "bytes": 10}}}))
     summary = orch.summarize_stage("sources", params, tmp_path, orch.StageOutcome("sources", False, 0.1))
     assert {"key": "sources.mine.files", "value": 3} in summary.table
+
+
+@pytest.mark.parametrize(("raised", "status"), [(None, "FINISHED"), (RuntimeError("disk full"), "FAILED"),
+                                                (KeyboardInterrupt(), "KILLED")])
+def test_the_flow_run_closes_with_how_its_block_ended(tmp_path, mlflow_store, raised, status):
+    """A real MLflow store: the stages appended inside the block are logged, and the run never stays RUNNING."""
+    from mlflow import MlflowClient
+
+    mlflow_store(tmp_path)
+    params = load_params(None, [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=t"])
+    parent = orch.start_parent_run(params, tmp_path, "pipeline")
+    assert parent is not None
+    outcomes: list[orch.StageOutcome] = []
+    expected = pytest.raises(type(raised)) if raised else contextlib.nullcontext()
+    with expected, orch.closing_parent_run(parent, params, tmp_path, outcomes):
+        outcomes.append(orch.StageOutcome(stage="prepare", skipped=False, seconds=1.5, attempts=1))
+        if raised:
+            raise raised
+    run = MlflowClient(parent.tracking_uri).get_run(parent.run_id)
+    assert run.info.status == status
+    assert run.data.tags["outcome"] == status.lower()
+    assert run.data.metrics["stage.prepare.seconds"] == 1.5
+    assert run.data.tags.get("error") == ("disk full" if status == "FAILED" else
+                                          "KeyboardInterrupt" if status == "KILLED" else None)
