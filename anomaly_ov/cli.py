@@ -136,6 +136,11 @@ def echo_json(data: Any) -> None:
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON only (for scripts) instead of a table")]
+AllowExternalOpt = Annotated[
+    bool,
+    typer.Option("--allow-external-paths",
+                 help="accept dataset and item paths that leave PATH ('..', absolute, symlinks)"),
+]
 
 
 def _fail(message: str, code: int = 1) -> None:

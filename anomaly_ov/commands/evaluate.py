@@ -21,7 +21,17 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from anomaly_ov.choices import SourceFormat, choices
-from anomaly_ov.cli import JsonOpt, ParamsOpt, SetOpt, WorkspaceOpt, _load, echo_json, in_workspace_file, model_app
+from anomaly_ov.cli import (
+    AllowExternalOpt,
+    JsonOpt,
+    ParamsOpt,
+    SetOpt,
+    WorkspaceOpt,
+    _load,
+    echo_json,
+    in_workspace_file,
+    model_app,
+)
 from anomaly_ov.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -100,12 +110,7 @@ def evaluate_command(
     bench: Annotated[
         Path | None, typer.Option("--bench", help="test_data.json-style detection file; PATH is then its data root")
     ] = None,
-    allow_external: Annotated[
-        bool,
-        typer.Option(
-            "--allow-external-paths", help="accept dataset and item paths that leave PATH ('..', absolute, symlinks)"
-        ),
-    ] = False,
+    allow_external: AllowExternalOpt = False,
     as_json: JsonOpt = False,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,

@@ -18,6 +18,7 @@ import typer
 
 from anomaly_ov.choices import Modality, Role, SourceFormat, choices
 from anomaly_ov.cli import (
+    AllowExternalOpt,
     JsonOpt,
     ParamsOpt,
     SetOpt,
@@ -52,9 +53,7 @@ def validate_dataset(
     modality: Annotated[ModalityChoice,  # type: ignore[valid-type]
                         typer.Option(help="kind of images")] = ModalityChoice("industrial"),
     files: Annotated[bool, typer.Option("--files/--no-files", help="open and check every image and mask")] = True,
-    allow_external: Annotated[
-        bool, typer.Option("--allow-external-paths", help="accept paths that leave the dataset folder")
-    ] = False,
+    allow_external: AllowExternalOpt = False,
     as_json: JsonOpt = False,
     params_file: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
