@@ -30,8 +30,8 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,11 +47,17 @@ _PARTS = {"train_good": 1, "test_good": 2, "test_anomaly": 3}
 
 @dataclass
 class Render:
-    """A normal image (float32 H x W x 3 in [0, 1]), where defects may go, and what a missing piece reveals."""
+    """A normal image (float32 H x W x 3 in [0, 1]), where defects may go, and what a missing piece reveals.
+
+    ``normal_parts`` counts the optional normal parts a renderer drew that look like another family's defects (a
+    pcb's chip, a round part's bolt holes), for analyses of the expert's scores (``benchmarks/normal_parts.py``);
+    drawing them is unchanged by it.
+    """
 
     image: np.ndarray
     region: np.ndarray
     background: np.ndarray
+    normal_parts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -332,7 +338,8 @@ def _render_pcb(rng: np.random.Generator, size: int) -> Render:
         pad = (u - pu) ** 2 + (v - pv) ** 2 < radius**2
         image[pad] = copper * 1.15
         image[(u - pu) ** 2 + (v - pv) ** 2 < (radius * 0.4) ** 2] = 0.08
-    for _ in range(int(rng.integers(0, 2))):
+    chips = int(rng.integers(0, 2))
+    for _ in range(chips):
         cu, cv = rng.uniform(-0.5, 0.5) * half_w, rng.uniform(-0.5, 0.5) * half_h
         cw, ch = rng.uniform(0.06, 0.12), rng.uniform(0.05, 0.09)
         pins = (np.abs(u - cu) < cw + 0.02) & (np.abs(v - cv) < ch) & (np.sin((v - cv) / 0.022 * np.pi) > 0.2)
@@ -340,7 +347,7 @@ def _render_pcb(rng: np.random.Generator, size: int) -> Render:
         chip = (np.abs(u - cu) < cw) & (np.abs(v - cv) < ch)
         image[chip] = _jitter_colour(rng, (0.1, 0.1, 0.11), 0.04)
     image = np.where(region[..., None], np.clip(image, 0, 1), background)
-    return Render(image.astype(np.float32), region, background)
+    return Render(image.astype(np.float32), region, background, {"chips": chips})
 
 
 def _render_round_part(rng: np.random.Generator, size: int) -> Render:
@@ -364,7 +371,7 @@ def _render_round_part(rng: np.random.Generator, size: int) -> Render:
     sheen = 0.8 + 0.2 * np.cos(2 * (theta - rng.uniform(0, np.pi)))
     bevel = np.where((r > outer - 0.025) | (r < inner + 0.02), 0.75, 1.0)
     image = np.where(region[..., None], _shade(metal, turning * sheen * bevel), background)
-    return Render(image.astype(np.float32), region, background)
+    return Render(image.astype(np.float32), region, background, {"bolt_holes": holes if holes >= 3 else 0})
 
 
 # ------------------------------------------------------------------------ families whose normal parts look like defects
@@ -953,6 +960,21 @@ def _write_visa(params: SyntheticParams, root: Path, category: str, seed: int, s
         counts[defect] = counts.get(defect, 0) + 1
     _write(root / category / "image_anno.csv", _csv_bytes(["image", "label", "mask"], anno))
     return counts
+
+
+def visa_sample(image: str, train_normal_per_category: int) -> tuple[str, int]:
+    """``(part, index)`` that :func:`make_sample` drew an image of the VisA layout from (the inverse of
+    ``_write_visa``'s names): ``Normal/NNNN`` counts the train normals, then the test normals; ``Anomaly/NNN`` the
+    anomalies."""
+    path = PurePosixPath(image)
+    if path.parent.parent.name != "Images" or path.parent.name not in ("Normal", "Anomaly") or not path.stem.isdigit():
+        raise ValueError(f"{image}: not an image of the synthetic VisA layout (.../Data/Images/Normal|Anomaly/N.JPG)")
+    index = int(path.stem)
+    if path.parent.name == "Anomaly":
+        return "test_anomaly", index
+    if index < train_normal_per_category:
+        return "train_good", index
+    return "test_good", index - train_normal_per_category
 
 
 def _csv_bytes(header: list[str], rows: list[list[str]]) -> bytes:

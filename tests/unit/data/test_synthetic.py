@@ -206,3 +206,40 @@ def test_mounted_parts_are_small_sharp_additions_and_optional():
         changed = np.abs(out - image).max(-1) > 0
         assert 0.003 < changed.mean() < 0.15, (seed, changed.mean())
         assert np.array_equal(image, np.full_like(image, 0.5))  # the input is left as it was
+
+
+def test_visa_sample_names_the_draw_of_every_written_image(tmp_path):
+    """Re-drawing each VisA image from the (part, index) its name gives reproduces the written file byte for byte."""
+    from anomaly_ov.data.synthetic import _jpeg_bytes, visa_sample
+
+    params = tiny(eval_categories=["pcb", "round_part"], train_normal_per_category=3, test_normal_per_category=2)
+    generate_industrial(params, tmp_path, seed=5)
+    visa = tmp_path / "visa"
+    rows = [line.split(",") for line in (visa / "split_csv" / "1cls.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 2 * (3 + 2 + 3)
+    for category in ("pcb", "round_part"):
+        defects = dict(line.split(",")[:2] for line in
+                       (visa / category / "image_anno.csv").read_text().splitlines()[1:])
+        for name in (r[3] for r in rows if r[0] == category):
+            part, index = visa_sample(name, params.train_normal_per_category)
+            defect = None if defects[name] == "normal" else defects[name]
+            drawn = make_sample(category, SIZE, 5, part, index, defect)[1]
+            assert _jpeg_bytes(drawn) == (visa / name).read_bytes(), name
+    with pytest.raises(ValueError, match="not an image of the synthetic VisA layout"):
+        visa_sample("pcb/Data/Masks/Anomaly/000.png", 3)
+
+
+@pytest.mark.parametrize(("category", "part", "dark_when_present"), [("pcb", "chips", True),
+                                                                      ("round_part", "bolt_holes", False)])
+def test_renders_record_the_optional_normal_parts_they_drew(category, part, dark_when_present):
+    """pcb: 0 or 1 chip, and a board with a chip has its dark body; round part: 0 or 3-6 bolt holes through it."""
+    counts, dark = [], []
+    for i in range(16):
+        render = CATEGORIES[category].render(image_rng(0, category, "train_good", i), 128)
+        counts.append(render.normal_parts[part])
+        inside = render.image[render.region]  # the board's / part's own pixels
+        dark.append(int((inside.max(-1) < 0.2).sum()))  # a chip body's pixels (a pad's drill hole: a dozen at most)
+    allowed = {0, 1} if part == "chips" else {0, 3, 4, 5, 6}
+    assert set(counts) <= allowed and 0 in counts and any(c > 0 for c in counts), counts  # optional: both occur
+    if dark_when_present:  # a chip body is a few hundred dark pixels
+        assert all((d > 100) == (c > 0) for c, d in zip(counts, dark, strict=True)), (counts, dark)

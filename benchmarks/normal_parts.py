@@ -1,0 +1,156 @@
+"""Which normal images does the expert take for anomalies? The held-out categories' image AUROC by their normal parts.
+
+Two evaluation categories carry optional parts that are normal there and look like other families' defects: the
+synthetic pcb has 0 or 1 chip (a dark rectangle, a defect's shape on most families), the round part 0 or 3-6 bolt
+holes. A zero-shot expert has never seen either category, so it can only learn from the training families that such
+a part is normal *for this object*. This script measures how far it did.
+
+For every evaluation category whose renderer records its parts (``Render.normal_parts`` in
+anomaly_ov/data/synthetic.py), it scores the workspace's trained expert on the category's evaluation images (the
+expert's own image score, as ``benchmarks/zero_shot_splits.py`` and the ``evaluate`` stage read it), re-draws each
+image's render from the generator (the seed, part and index that ``prepare`` drew it from; nothing is guessed from the
+pixels) and prints, for each part, the image AUROC of all the category's anomalies against the normals with the part
+and against those without it, each group's size and mean score, and the ``ceiling``: the category's AUROC if the
+normals without the part were all scored below every anomaly and those with it kept their ranks, i.e. what the
+category can reach while the expert keeps mistaking the part for a defect.
+
+    .venv/bin/python benchmarks/normal_parts.py WORKSPACE [--params FILE] [--threads 2] [--json]
+
+WORKSPACE is a pipeline workspace or one of ``benchmarks/zero_shot_splits.py --workdir``'s (``--params`` defaults to
+the workspace's params.yaml, else the repository's). Seconds on 2 CPU cores. Measured on the default's stage-1
+experts (seeds 0 and 1, pcb / round_part held out): see "The pcb's chip and the round part's bolt holes" in
+docs/tiny_recipe_experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _zero_shot_splits() -> Any:
+    """benchmarks/zero_shot_splits.py as a module (its ``expert_outputs`` scores the rows as the stages do)."""
+    spec = importlib.util.spec_from_file_location("zero_shot_splits", REPO / "benchmarks" / "zero_shot_splits.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def render_parts(category: str, image: str, seed: int, size: int, train_normals: int) -> dict[str, int]:
+    """The normal parts the generator drew for one image of the synthetic VisA layout (``Render.normal_parts``)."""
+    from anomaly_ov.data.synthetic import CATEGORIES, image_rng, visa_sample
+
+    part, index = visa_sample(image, train_normals)
+    return CATEGORIES[category].render(image_rng(seed, category, part, index), size).normal_parts
+
+
+def part_table(scores: list[float], labels: list[int], parts: list[dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """Per part name: the AUROC of every anomaly against the normals with / without the part, the groups' sizes
+    and mean scores, and the ceiling (the normals without the part at AUROC 1, those with it as they are).
+
+    Args:
+        scores: [N] image scores, higher = more anomalous.
+        labels: [N] 1 = anomalous, 0 = normal.
+        parts: [N] each image's ``normal_parts`` (a normal image's decide its group; the anomalies are not grouped).
+    """
+    from anomaly_ov.evaluate import metrics as M
+
+    anomalies = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    table: dict[str, dict[str, Any]] = {}
+    for name in sorted({k for p in parts for k in p}):
+        entry: dict[str, Any] = {}
+        sizes = {}
+        for group, has in (("with", True), ("without", False)):
+            normals = [s for s, y, p in zip(scores, labels, parts, strict=True)
+                       if y == 0 and (p.get(name, 0) > 0) == has]
+            sizes[group] = len(normals)
+            auroc = M.image_auroc(normals + anomalies, [0] * len(normals) + [1] * len(anomalies)) \
+                if normals and anomalies else None
+            entry[group] = {"normals": len(normals), "auroc": auroc,
+                            "mean_score": sum(normals) / len(normals) if normals else None}
+        total = sizes["with"] + sizes["without"]
+        with_auroc = entry["with"]["auroc"]
+        entry["ceiling"] = (sizes["without"] + sizes["with"] * with_auroc) / total \
+            if total and with_auroc is not None else None
+        entry["all"] = M.image_auroc(scores, labels) if anomalies and total else None
+        table[name] = entry
+    return table
+
+
+def measure(workspace: Path, params: Any) -> dict[str, Any]:
+    """Each evaluation category with recorded parts: its rows scored by the expert, grouped by :func:`part_table`."""
+    from anomaly_ov.data.manifest import read_manifest
+    from anomaly_ov.data.synthetic import CATEGORIES
+
+    synthetic = params.data.synthetic
+    frame = read_manifest(workspace / params.data.manifest)
+    frame = frame[(frame["role"] == "eval") & frame["source"].str.startswith("synthetic")]
+    outputs = _zero_shot_splits().expert_outputs(workspace, params, frame)
+    results: dict[str, Any] = {}
+    for category in synthetic.eval_categories:
+        if category not in CATEGORIES:
+            continue
+        own = [i for i, c in enumerate(outputs["categories"]) if c == category]
+        images = frame["image_path"].tolist()
+        parts = [render_parts(category, images[i], params.seed, synthetic.image_size,
+                              synthetic.train_normal_per_category) for i in own]
+        if not any(parts):
+            continue
+        results[category] = part_table([outputs["image_score"][i] for i in own],
+                                       [int(outputs["labels"][i]) for i in own], parts)
+    return results
+
+
+def _cell(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("workspace", type=Path, help="a pipeline (or zero_shot_splits) workspace with models/expert")
+    parser.add_argument("--params", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    args = parser.parse_args()
+
+    import torch
+
+    from anomaly_ov.config import load_params
+
+    torch.set_num_threads(args.threads)
+    if args.params is not None and not args.params.is_file():
+        parser.error(f"{args.params}: params file not found")
+    params_file = args.params or (args.workspace / "params.yaml")
+    if not params_file.is_file():
+        params_file = REPO / "params.yaml"
+    params = load_params(params_file, ["tracking.enabled=false"])
+    if not params.data.synthetic.enabled:
+        parser.error(f"{params_file}: data.synthetic.enabled is false; the parts are the generator's")
+    if not (args.workspace / params.train.expert.output_dir).is_dir():
+        parser.error(f"{args.workspace / params.train.expert.output_dir}: no trained expert there (run the pipeline "
+                     "or benchmarks/zero_shot_splits.py --workdir first)")
+    results = measure(args.workspace.resolve(), params)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print("| category | part | all | normals with it: n / AUROC / mean score | without it: n / AUROC / mean score "
+          "| ceiling |")
+    print("|---|---|---|---|---|---|")
+    for category, table in results.items():
+        for name, e in table.items():
+            w, wo = e["with"], e["without"]
+            print(f"| {category} | {name} | {_cell(e['all'])} | {w['normals']} / {_cell(w['auroc'])} / "
+                  f"{_cell(w['mean_score'])} | {wo['normals']} / {_cell(wo['auroc'])} / {_cell(wo['mean_score'])} "
+                  f"| {_cell(e['ceiling'])} |")
+    if not results:
+        print("no evaluation category of this workspace records normal parts (pcb, round_part do)")
+
+
+if __name__ == "__main__":
+    main()
