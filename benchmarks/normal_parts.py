@@ -92,12 +92,12 @@ def measure(workspace: Path, params: Any) -> dict[str, Any]:
     frame = read_manifest(workspace / params.data.manifest)
     frame = frame[(frame["role"] == "eval") & frame["source"].str.startswith("synthetic")]
     outputs = _zero_shot_splits().expert_outputs(workspace, params, frame)
+    images = frame["image_path"].tolist()
     results: dict[str, Any] = {}
     for category in synthetic.eval_categories:
         if category not in CATEGORIES:
             continue
         own = [i for i, c in enumerate(outputs["categories"]) if c == category]
-        images = frame["image_path"].tolist()
         parts = [render_parts(category, images[i], params.seed, synthetic.image_size,
                               synthetic.train_normal_per_category) for i in own]
         if not any(parts):

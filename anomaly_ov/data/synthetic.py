@@ -51,7 +51,7 @@ class Render:
 
     ``normal_parts`` counts the optional normal parts a renderer drew that look like another family's defects (a
     pcb's chip, a round part's bolt holes), for analyses of the expert's scores (``benchmarks/normal_parts.py``);
-    drawing them is unchanged by it.
+    recording them changes no image.
     """
 
     image: np.ndarray
