@@ -1,25 +1,32 @@
-"""Which normal images does the expert take for anomalies? The held-out categories' image AUROC by their normal parts.
+"""Which normal images does the expert take for anomalies? Image AUROC by the optional normal parts they carry.
 
 Two evaluation categories carry optional parts that are normal there and look like other families' defects: the
 synthetic pcb has 0 or 1 chip (a dark rectangle, a defect's shape on most families), the round part 0 or 3-6 bolt
 holes. A zero-shot expert has never seen either category, so it can only learn from the training families that such
-a part is normal *for this object*. This script measures how far it did.
+a part is normal *for this object*. Four training families (fabric, metal, tiles, leather) carry optional mounted
+parts for that reason: modules drawn like the pcb's chip, nameplates and sockets. This script measures what the
+expert made of both.
 
-For every evaluation category whose renderer records its parts (``Render.normal_parts`` in
-anomaly_ov/data/synthetic.py), it scores the workspace's trained expert on the category's evaluation images (the
-expert's own image score, as ``benchmarks/zero_shot_splits.py`` and the ``evaluate`` stage read it), re-draws each
-image's render from the generator (the seed, part and index that ``prepare`` drew it from; nothing is guessed from the
-pixels) and prints, for each part, the image AUROC of all the category's anomalies against the normals with the part
-and against those without it, each group's size and mean score, and the ``ceiling``: the category's AUROC if the
-normals without the part were all scored below every anomaly and those with it kept their ranks, i.e. what the
-category can reach while the expert keeps mistaking the part for a defect.
+For every category whose renderer records its parts (``Render.normal_parts`` in anomaly_ov/data/synthetic.py) it
+scores the workspace's trained expert (its own image score, as ``benchmarks/zero_shot_splits.py`` and the
+``evaluate`` stage read it) and prints, for each part, the image AUROC of all the category's anomalies against the
+normals with the part and against those without it, each group's size and mean score, and the ``ceiling``: the
+category's AUROC if the normals without the part were all scored below every anomaly and those with it kept their
+ranks, i.e. what the category can reach while the expert keeps mistaking the part for a defect. The parts come from
+the generator, never from the pixels:
+
+- the evaluation categories (default): their evaluation images as ``prepare`` wrote them, each image's render drawn
+  again from the seed, part and index its name gives (``visa_sample``);
+- ``--families fabric,metal,tiles,leather --draw N``: N normal and N anomalous images of each training family that
+  no stage saw, drawn by the generator at indices from ``DRAW_OFFSET`` (far above what ``prepare`` writes) and
+  scored from a temporary folder: does the expert know a module is normal on the families it trained on?
 
     .venv/bin/python benchmarks/normal_parts.py WORKSPACE [--params FILE] [--threads 2] [--json]
+        [--families a,b,... [--draw 60]]
 
 WORKSPACE is a pipeline workspace or one of ``benchmarks/zero_shot_splits.py --workdir``'s (``--params`` defaults to
-the workspace's params.yaml, else the repository's). Seconds on 2 CPU cores. Measured on the default's stage-1
-experts (seeds 0 and 1, pcb / round_part held out): see "The pcb's chip and the round part's bolt holes" in
-docs/tiny_recipe_experiments.md.
+the workspace's params.yaml, else the repository's). Seconds to a minute on 2 CPU cores. Measured on the default's
+pipelines: see "The pcb's chip and the round part's bolt holes" in docs/tiny_recipe_experiments.md.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+#: ``--draw`` images start at this index of their part: ``prepare`` writes at most a few dozen per part, so no stage
+#: has seen them
+DRAW_OFFSET = 100_000
+MAX_DRAW = 1_000
 
 
 def _zero_shot_splits() -> Any:
@@ -83,6 +94,55 @@ def part_table(scores: list[float], labels: list[int], parts: list[dict[str, int
     return table
 
 
+def draw_rows(category: str, count: int, params: Any, folder: Path) -> tuple[Any, list[dict[str, int]]]:
+    """``count`` normal and ``count`` anomalous images of ``category`` that ``prepare`` never wrote (indices from
+    :data:`DRAW_OFFSET`, the family's defect types in turn), saved as PNG under ``folder``: manifest-like rows for
+    them (``root`` absolute) and each image's ``normal_parts``."""
+    import pandas as pd
+    from PIL import Image
+
+    from anomaly_ov.data.synthetic import CATEGORIES, defects_for, image_rng, make_sample
+
+    synthetic, seed = params.data.synthetic, params.seed
+    size, defects = synthetic.image_size, defects_for(synthetic, category)
+    rows, parts = [], []
+    for k in range(count):
+        for part, defect in (("test_good", None), ("test_anomaly", defects[k % len(defects)])):
+            index = DRAW_OFFSET + k
+            _, image, mask = make_sample(category, size, seed, part, index, defect)
+            name = f"{category}/{defect or 'good'}/{index}.png"
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / name)
+            mask_name = ""
+            if mask is not None:
+                mask_name = f"{category}/{defect}/{index}_mask.png"
+                Image.fromarray(mask).save(folder / mask_name)
+            rows.append({"image_path": name, "root": str(folder), "mask_path": mask_name, "category": category,
+                         "label": "normal" if defect is None else "anomaly", "defect_type": defect or "good",
+                         "group": ""})
+            parts.append(CATEGORIES[category].render(image_rng(seed, category, part, index), size).normal_parts)
+    return pd.DataFrame(rows), parts
+
+
+def measure_draws(workspace: Path, params: Any, families: list[str], count: int) -> dict[str, Any]:
+    """:func:`part_table` of each training family in ``families`` on :func:`draw_rows`'s images."""
+    import tempfile
+
+    import pandas as pd
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="normal_parts_") as tmp:
+        drawn = [draw_rows(family, count, params, Path(tmp)) for family in families]
+        frame = pd.concat([rows for rows, _ in drawn], ignore_index=True)
+        parts = [p for _, family_parts in drawn for p in family_parts]
+        outputs = _zero_shot_splits().expert_outputs(workspace, params, frame)
+    for family in families:
+        own = [i for i, c in enumerate(outputs["categories"]) if c == family]
+        results[family] = part_table([outputs["image_score"][i] for i in own],
+                                     [int(outputs["labels"][i]) for i in own], [parts[i] for i in own])
+    return results
+
+
 def measure(workspace: Path, params: Any) -> dict[str, Any]:
     """Each evaluation category with recorded parts: its rows scored by the expert, grouped by :func:`part_table`."""
     from anomaly_ov.data.manifest import read_manifest
@@ -117,7 +177,13 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    parser.add_argument("--families", default="", help="training families to draw unseen images of, comma-separated "
+                        "(instead of the evaluation categories)")
+    parser.add_argument("--draw", type=int, default=60, help="with --families: normal and anomalous images each")
     args = parser.parse_args()
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if families and not 1 <= args.draw <= MAX_DRAW:
+        parser.error(f"--draw must be 1 to {MAX_DRAW}")
 
     import torch
 
@@ -135,7 +201,15 @@ def main() -> None:
     if not (args.workspace / params.train.expert.output_dir).is_dir():
         parser.error(f"{args.workspace / params.train.expert.output_dir}: no trained expert there (run the pipeline "
                      "or benchmarks/zero_shot_splits.py --workdir first)")
-    results = measure(args.workspace.resolve(), params)
+    if families:
+        from anomaly_ov.data.synthetic import CATEGORIES
+
+        wrong = [f for f in families if f not in params.data.synthetic.train_categories or f not in CATEGORIES]
+        if wrong:
+            parser.error(f"--families {wrong}: not synthetic training families of {params_file}")
+        results = measure_draws(args.workspace.resolve(), params, families, args.draw)
+    else:
+        results = measure(args.workspace.resolve(), params)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -149,7 +223,7 @@ def main() -> None:
                   f"{_cell(w['mean_score'])} | {wo['normals']} / {_cell(wo['auroc'])} / {_cell(wo['mean_score'])} "
                   f"| {_cell(e['ceiling'])} |")
     if not results:
-        print("no evaluation category of this workspace records normal parts (pcb, round_part do)")
+        print("no category measured records normal parts (pcb, round_part, fabric, metal, tiles and leather do)")
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ class Render:
     """A normal image (float32 H x W x 3 in [0, 1]), where defects may go, and what a missing piece reveals.
 
     ``normal_parts`` counts the optional normal parts a renderer drew that look like another family's defects (a
-    pcb's chip, a round part's bolt holes), for analyses of the expert's scores (``benchmarks/normal_parts.py``);
-    recording them changes no image.
+    pcb's chip, a round part's bolt holes, the mounted parts of four training families), for analyses of the
+    expert's scores (``benchmarks/normal_parts.py``); recording them changes no image.
     """
 
     image: np.ndarray
@@ -162,16 +162,25 @@ def _table(rng: np.random.Generator, size: int) -> np.ndarray:
     return _shade(colour, 0.9 + 0.2 * _fbm(rng, size, 4, 2))
 
 
-def _mount_parts(rng: np.random.Generator, image: np.ndarray, chance: float = 0.5) -> np.ndarray:
+#: the kinds of optional mounted parts, in the order ``_mount_parts`` draws their index
+MOUNTED_KINDS = ("modules", "nameplates", "sockets")
+
+
+def _mount_parts(
+    rng: np.random.Generator, image: np.ndarray, chance: float = 0.5
+) -> tuple[np.ndarray, dict[str, int]]:
     """Optional mounted parts on a normal ``image`` (H x W x 3): with probability ``chance``, one or two of a
-    module (a dark body with metal legs on two sides), a riveted nameplate or a round socket, at a random place.
+    module (a dark body with metal legs on two sides, drawn like the pcb's chip), a riveted nameplate or a round
+    socket, at a random place. Returns the image (a copy when parts were drawn) and how many of each kind it got
+    (``MOUNTED_KINDS``, for ``Render.normal_parts``).
 
     Why: real products carry parts that some units have and others lack (a label, a component, a port). They are
     sharp-edged and regular where the defects are blobs and lines, and present on some normal images of a family
     but not on others, so the expert cannot learn "a dark rectangle that most images lack is a defect".
     """
+    counts = dict.fromkeys(MOUNTED_KINDS, 0)
     if rng.random() >= chance:
-        return image
+        return image, counts
     size = image.shape[0]
     image = image.copy()
     for _ in range(int(rng.integers(1, 3))):
@@ -180,6 +189,7 @@ def _mount_parts(rng: np.random.Generator, image: np.ndarray, chance: float = 0.
         hw, hh = rng.uniform(0.05, 0.12), rng.uniform(0.04, 0.08)
         body = (np.abs(u) < hw) & (np.abs(v) < hh)
         kind = int(rng.integers(0, 3))
+        counts[MOUNTED_KINDS[kind]] += 1
         if kind == 0:  # a module: dark body, a row of metal legs along two sides
             pitch = rng.uniform(0.018, 0.026)
             legs = (np.abs(u) < hw + 0.02) & (np.abs(v) < hh * 0.9) & (np.sin(v / pitch * np.pi) > 0.2)
@@ -197,7 +207,7 @@ def _mount_parts(rng: np.random.Generator, image: np.ndarray, chance: float = 0.
             r = np.sqrt(u * u + v * v)
             image[r < hh * 1.15] = _jitter_colour(rng, (0.72, 0.72, 0.7), 0.1)
             image[r < hh * 0.8] = _jitter_colour(rng, (0.06, 0.06, 0.07), 0.03)
-    return image
+    return image, counts
 
 
 # --------------------------------------------------------------------------------------------- textures
@@ -212,8 +222,8 @@ def _render_fabric(rng: np.random.Generator, size: int) -> Render:
     thread = np.where(over, np.sqrt(pu) * (0.8 + 0.2 * pv), np.sqrt(pv) * (0.8 + 0.2 * pu))
     fibres = 0.9 + 0.2 * _smooth_noise(rng, size, max(8, size // 4))
     colour = _hsv_colour(rng, (0.2, 0.85), (0.3, 0.9))
-    image = _mount_parts(rng, _shade(colour, (0.35 + 0.65 * thread) * fibres).astype(np.float32))
-    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
+    image, parts = _mount_parts(rng, _shade(colour, (0.35 + 0.65 * thread) * fibres).astype(np.float32))
+    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size), parts)
 
 
 def _render_wood(rng: np.random.Generator, size: int) -> Render:
@@ -242,8 +252,8 @@ def _render_metal(rng: np.random.Generator, size: int) -> Render:
     grey = rng.uniform(0.5, 0.78)
     light = grey * sheen + 0.045 * lines + 0.04 * (_smooth_noise(rng, size, 5) - 0.5)
     tint = _jitter_colour(rng, (1.0, 1.0, 1.0), 0.06)
-    image = _mount_parts(rng, _shade(tint, light))
-    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
+    image, parts = _mount_parts(rng, _shade(tint, light))
+    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size), parts)
 
 
 def _render_tiles(rng: np.random.Generator, size: int) -> Render:
@@ -262,8 +272,8 @@ def _render_tiles(rng: np.random.Generator, size: int) -> Render:
     bevel = np.clip(edge / (grout * 1.5), 0, 1) * 0.1 + 0.9
     grout_colour = _jitter_colour(rng, (0.35, 0.35, 0.33), 0.12)
     image = np.where((edge < grout / 2)[..., None], grout_colour, colours * (glaze * bevel)[..., None])
-    image = _mount_parts(rng, image.astype(np.float32))
-    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
+    image, parts = _mount_parts(rng, image.astype(np.float32))
+    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size), parts)
 
 
 # ----------------------------------------------------------------------------------------------- objects
@@ -409,8 +419,9 @@ def _render_leather(rng: np.random.Generator, size: int) -> Render:
     grain = np.abs(_smooth_noise(rng, size, max(6, size // 10)) - 0.5) * 2
     pores = _smooth_noise(rng, size, max(12, size // 3)) > rng.uniform(0.88, 0.94)
     colour = _hsv_colour(rng, (0.3, 0.8), (0.2, 0.75))
-    image = _mount_parts(rng, _shade(colour, (0.75 + 0.3 * grain) * np.where(pores, 0.6, 1.0)).astype(np.float32))
-    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size))
+    leather = _shade(colour, (0.75 + 0.3 * grain) * np.where(pores, 0.6, 1.0)).astype(np.float32)
+    image, parts = _mount_parts(rng, leather)
+    return Render(image, np.ones((size, size), bool), _dark_backing(rng, size), parts)
 
 
 def _render_carpet(rng: np.random.Generator, size: int) -> Render:

@@ -32,3 +32,21 @@ def test_render_parts_reads_the_generators_draw_of_a_named_image():
     expected = CATEGORIES["pcb"].render(image_rng(7, "pcb", "test_good", 2), 64).normal_parts
     assert normal_parts.render_parts("pcb", name, seed=7, size=64, train_normals=40) == expected
     assert set(expected) == {"chips"}
+
+
+def test_draw_rows_writes_unseen_images_of_a_family_with_their_parts(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from anomaly_ov.config import load_params
+    from anomaly_ov.data.synthetic import MOUNTED_KINDS, make_sample
+
+    params = load_params(REPO / "params.yaml", ["data.synthetic.image_size=64"])
+    rows, parts = normal_parts.draw_rows("metal", 3, params, tmp_path)
+    assert rows["label"].tolist() == ["normal", "anomaly"] * 3
+    assert all(set(p) == set(MOUNTED_KINDS) for p in parts)
+    first = np.asarray(Image.open(tmp_path / rows["image_path"][0]))
+    drawn = make_sample("metal", 64, params.seed, "test_good", normal_parts.DRAW_OFFSET)[1]
+    assert np.array_equal(first, drawn)  # the image the generator draws at that index, saved losslessly
+    anomalies = rows[rows["label"] == "anomaly"]
+    assert all((tmp_path / m).is_file() for m in anomalies["mask_path"]) and rows["root"].nunique() == 1

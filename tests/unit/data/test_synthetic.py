@@ -186,26 +186,34 @@ def test_families_with_optional_mounted_parts_draw_them_on_some_normal_images(ca
     real = synthetic._mount_parts
 
     def spy(rng, image, chance=0.5):
-        out = real(rng, image, chance)
+        out, counts = real(rng, image, chance)
         drawn.append(not np.array_equal(out, image))
-        return out
+        return out, counts
 
     monkeypatch.setattr(synthetic, "_mount_parts", spy)
+    recorded = []
     for i in range(12):
-        CATEGORIES[category].render(image_rng(0, category, "train_good", i), SIZE)
+        render = CATEGORIES[category].render(image_rng(0, category, "train_good", i), SIZE)
+        recorded.append(sum(render.normal_parts.values()) > 0)
     assert len(drawn) == 12 and 0 < sum(drawn) < 12, drawn  # present on some normal images, absent on others
+    assert recorded == drawn  # the render records exactly the images that got parts
 
 
 def test_mounted_parts_are_small_sharp_additions_and_optional():
     from anomaly_ov.data.synthetic import _mount_parts
 
     image = np.full((128, 128, 3), 0.5, np.float32)
-    assert np.array_equal(_mount_parts(np.random.default_rng(0), image, chance=0.0), image)
+    out, counts = _mount_parts(np.random.default_rng(0), image, chance=0.0)
+    assert np.array_equal(out, image) and sum(counts.values()) == 0
+    kinds = set()
     for seed in range(8):
-        out = _mount_parts(np.random.default_rng(seed), image, chance=1.0)
+        out, counts = _mount_parts(np.random.default_rng(seed), image, chance=1.0)
         changed = np.abs(out - image).max(-1) > 0
         assert 0.003 < changed.mean() < 0.15, (seed, changed.mean())
         assert np.array_equal(image, np.full_like(image, 0.5))  # the input is left as it was
+        assert 1 <= sum(counts.values()) <= 2, counts
+        kinds |= {k for k, n in counts.items() if n}
+    assert len(kinds) >= 2, kinds
 
 
 def test_visa_sample_names_the_draw_of_every_written_image(tmp_path):
