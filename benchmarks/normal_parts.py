@@ -96,11 +96,11 @@ def part_table(scores: list[float], labels: list[int], parts: list[dict[str, int
 
 def draw_rows(category: str, count: int, params: Any, folder: Path) -> tuple[Any, list[dict[str, int]]]:
     """``count`` normal and ``count`` anomalous images of ``category`` that ``prepare`` never wrote (indices from
-    :data:`DRAW_OFFSET`, the family's defect types in turn), saved as PNG under ``folder``: manifest-like rows for
-    them (``root`` absolute) and each image's ``normal_parts``."""
-    import pandas as pd
+    :data:`DRAW_OFFSET`, the family's defect types in turn), saved as PNG under ``folder``: their manifest rows
+    (``root`` absolute, role ``eval``) and each image's ``normal_parts``."""
     from PIL import Image
 
+    from anomaly_ov.data.manifest import ManifestRow, from_rows, validate_schema
     from anomaly_ov.data.synthetic import CATEGORIES, defects_for, image_rng, make_sample
 
     synthetic, seed = params.data.synthetic, params.seed
@@ -117,11 +117,11 @@ def draw_rows(category: str, count: int, params: Any, folder: Path) -> tuple[Any
             if mask is not None:
                 mask_name = f"{category}/{defect}/{index}_mask.png"
                 Image.fromarray(mask).save(folder / mask_name)
-            rows.append({"image_path": name, "root": str(folder), "mask_path": mask_name, "category": category,
-                         "label": "normal" if defect is None else "anomaly", "defect_type": defect or "good",
-                         "group": ""})
+            rows.append(ManifestRow(name, str(folder), "normal_parts_draw", category, "test", "eval",
+                                    "normal" if defect is None else "anomaly", defect or "good", mask_name,
+                                    width=size, height=size))
             parts.append(CATEGORIES[category].render(image_rng(seed, category, part, index), size).normal_parts)
-    return pd.DataFrame(rows), parts
+    return validate_schema(from_rows(rows), "drawn images"), parts
 
 
 def measure_draws(workspace: Path, params: Any, families: list[str], count: int) -> dict[str, Any]:

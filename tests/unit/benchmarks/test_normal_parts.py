@@ -50,3 +50,9 @@ def test_draw_rows_writes_unseen_images_of_a_family_with_their_parts(tmp_path):
     assert np.array_equal(first, drawn)  # the image the generator draws at that index, saved losslessly
     anomalies = rows[rows["label"] == "anomaly"]
     assert all((tmp_path / m).is_file() for m in anomalies["mask_path"]) and rows["root"].nunique() == 1
+    # the rows are a manifest stage 1's dataset reads, masks included
+    from anomaly_ov.data.loaders import ExpertDataset
+    from anomaly_ov.train.expert import stage_preprocessor
+
+    item = ExpertDataset(rows, tmp_path, stage_preprocessor(params), 16, 64)[1]
+    assert item["label"] == 1 and item["mask"].sum() > 0
