@@ -32,25 +32,18 @@ pipelines: see "The pcb's chip and the round part's bolt holes" in docs/tiny_rec
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling zero_shot_splits.py scores as the stages do
+from zero_shot_splits import expert_outputs, workspace_params  # noqa: E402
+
 #: ``--draw`` images start at this index of their part: ``prepare`` writes at most a few dozen per part, so no stage
 #: has seen them
 DRAW_OFFSET = 100_000
 MAX_DRAW = 1_000
-
-
-def _zero_shot_splits() -> Any:
-    """benchmarks/zero_shot_splits.py as a module (its ``expert_outputs`` scores the rows as the stages do)."""
-    spec = importlib.util.spec_from_file_location("zero_shot_splits", REPO / "benchmarks" / "zero_shot_splits.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def render_parts(category: str, image: str, seed: int, size: int, train_normals: int) -> dict[str, int]:
@@ -135,7 +128,7 @@ def measure_draws(workspace: Path, params: Any, families: list[str], count: int)
         drawn = [draw_rows(family, count, params, Path(tmp)) for family in families]
         frame = pd.concat([rows for rows, _ in drawn], ignore_index=True)
         parts = [p for _, family_parts in drawn for p in family_parts]
-        outputs = _zero_shot_splits().expert_outputs(workspace, params, frame)
+        outputs = expert_outputs(workspace, params, frame)
     for family in families:
         own = [i for i, c in enumerate(outputs["categories"]) if c == family]
         results[family] = part_table([outputs["image_score"][i] for i in own],
@@ -151,7 +144,7 @@ def measure(workspace: Path, params: Any) -> dict[str, Any]:
     synthetic = params.data.synthetic
     frame = read_manifest(workspace / params.data.manifest)
     frame = frame[(frame["role"] == "eval") & frame["source"].str.startswith("synthetic")]
-    outputs = _zero_shot_splits().expert_outputs(workspace, params, frame)
+    outputs = expert_outputs(workspace, params, frame)
     images = frame["image_path"].tolist()
     results: dict[str, Any] = {}
     for category in synthetic.eval_categories:
@@ -187,20 +180,10 @@ def main() -> None:
 
     import torch
 
-    from anomaly_ov.config import load_params
-
     torch.set_num_threads(args.threads)
-    if args.params is not None and not args.params.is_file():
-        parser.error(f"{args.params}: params file not found")
-    params_file = args.params or (args.workspace / "params.yaml")
-    if not params_file.is_file():
-        params_file = REPO / "params.yaml"
-    params = load_params(params_file, ["tracking.enabled=false"])
+    params_file, params = workspace_params(parser, args.workspace, args.params)
     if not params.data.synthetic.enabled:
         parser.error(f"{params_file}: data.synthetic.enabled is false; the parts are the generator's")
-    if not (args.workspace / params.train.expert.output_dir).is_dir():
-        parser.error(f"{args.workspace / params.train.expert.output_dir}: no trained expert there (run the pipeline "
-                     "or benchmarks/zero_shot_splits.py --workdir first)")
     if families:
         from anomaly_ov.data.synthetic import CATEGORIES
 

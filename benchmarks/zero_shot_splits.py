@@ -163,6 +163,25 @@ def area_quartiles(areas, labels) -> list[str]:
         names.append(f"q{q + 1} {edges[q]:.3f}-{edges[q + 1]:.3f}")
     return names
 
+def workspace_params(parser: argparse.ArgumentParser, workspace: Path, params_file: Path | None):
+    """``(params file, params)`` of a workspace with a trained expert, for the scripts that score one: ``--params``
+    when given, else the workspace's params.yaml, else the repository's (a ``--workdir`` workspace of this script has
+    none); tracking off. Stops with ``parser.error`` naming what is missing: a ``--params`` file, or the trained
+    expert (``train.expert.output_dir``)."""
+    from anomaly_ov.config import load_params
+
+    if params_file is not None and not params_file.is_file():
+        parser.error(f"{params_file}: params file not found")
+    chosen = params_file or (workspace / "params.yaml")
+    if not chosen.is_file():
+        chosen = REPO / "params.yaml"
+    params = load_params(chosen, ["tracking.enabled=false"])
+    if not (workspace / params.train.expert.output_dir).is_dir():
+        parser.error(f"{workspace / params.train.expert.output_dir}: no trained expert there (run the pipeline "
+                     "or benchmarks/zero_shot_splits.py --workdir first)")
+    return chosen, params
+
+
 def expert_outputs(workspace: Path, params, rows) -> dict:
     """The workspace's trained expert on manifest ``rows``: per row its image score, its predictor's probability
     (``sigmoid(score_logits)``), base-view grid map, label, category and group (as the manifest's), the map upsampled

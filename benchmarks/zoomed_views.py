@@ -42,7 +42,6 @@ import argparse
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 SETS = ("zero-shot", "in-distribution", "medical", "3d")
 #: zoom**2 tiles go through the tower per image (batches of 32 images): 4 means 16 tiles, about 512 crops a batch
 MAX_ZOOM = 4
@@ -155,22 +154,13 @@ def main() -> None:
                      "the tower)")
 
     import torch
-
-    from anomaly_ov.config import load_params
+    from zero_shot_splits import workspace_params
 
     torch.set_num_threads(args.threads)
-    if args.params is not None and not args.params.is_file():
-        parser.error(f"{args.params}: params file not found")
-    params_file = args.params or (args.workspace / "params.yaml")
-    if not params_file.is_file():
-        params_file = REPO / "params.yaml"
-    params = load_params(params_file, ["tracking.enabled=false"])
+    params_file, params = workspace_params(parser, args.workspace, args.params)
     if params.is_pretrained:
         parser.error(f"{params_file}: model.preset is {params.model.preset!r}; this script reads the tiny preset's "
                      "workspaces (a pretrained tower's crops already magnify a large image)")
-    if not (args.workspace / params.train.expert.output_dir).is_dir():
-        parser.error(f"{args.workspace / params.train.expert.output_dir}: no trained expert there (run the pipeline "
-                     "or benchmarks/zero_shot_splits.py --workdir first)")
     disabled = [name for name, on in (("medical", params.extensions.medical.enabled),
                                       ("3d", params.extensions.threed.enabled)) if name in wanted and not on]
     for name in disabled:
