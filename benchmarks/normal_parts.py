@@ -61,7 +61,8 @@ def part_table(scores: list[float], labels: list[int], parts: list[dict[str, int
     Args:
         scores: [N] image scores, higher = more anomalous.
         labels: [N] 1 = anomalous, 0 = normal.
-        parts: [N] each image's ``normal_parts`` (a normal image's decide its group; the anomalies are not grouped).
+        parts: [N] each image's ``normal_parts`` (a normal image's parts decide its group; anomalies are not
+            grouped).
     """
     from anomaly_ov.evaluate import metrics as M
 
@@ -185,11 +186,15 @@ def main() -> None:
     if not params.data.synthetic.enabled:
         parser.error(f"{params_file}: data.synthetic.enabled is false; the parts are the generator's")
     if families:
-        from anomaly_ov.data.synthetic import CATEGORIES
+        from anomaly_ov.data.synthetic import CATEGORIES, image_rng
 
         wrong = [f for f in families if f not in params.data.synthetic.train_categories or f not in CATEGORIES]
         if wrong:
             parser.error(f"--families {wrong}: not synthetic training families of {params_file}")
+        plain = [f for f in families if not CATEGORIES[f].render(image_rng(0, f, "test_good", 0), 32).normal_parts]
+        if plain:
+            parser.error(f"--families {plain}: their renders record no normal parts (fabric, metal, tiles and "
+                         "leather do)")
         results = measure_draws(args.workspace.resolve(), params, families, args.draw)
     else:
         results = measure(args.workspace.resolve(), params)
