@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--draw", type=int, default=60, help="with --families: normal and anomalous images each")
     args = parser.parse_args()
     families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not 1 <= args.threads <= 64:
+        parser.error("--threads must be 1 to 64")
     if families and not 1 <= args.draw <= MAX_DRAW:
         parser.error(f"--draw must be 1 to {MAX_DRAW}")
 

@@ -65,6 +65,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEFAULT_SPLITS = ("pcb,round_part", "wood,tiles", "pill,metal")
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +164,7 @@ def area_quartiles(areas, labels) -> list[str]:
         names.append(f"q{q + 1} {edges[q]:.3f}-{edges[q + 1]:.3f}")
     return names
 
-def workspace_params(parser: argparse.ArgumentParser, workspace: Path, params_file: Path | None):
+def workspace_params(parser: argparse.ArgumentParser, workspace: Path, params_file: Path | None) -> tuple[Path, Any]:
     """``(params file, params)`` of a workspace with a trained expert, for the scripts that score one: ``--params``
     when given, else the workspace's params.yaml, else the repository's (a ``--workdir`` workspace of this script has
     none); tracking off. Stops with ``parser.error`` naming what is missing: a ``--params`` file, or the trained
